@@ -1,0 +1,1 @@
+"""Export stage (cxr.export): Keras run -> ONNX with metadata and a parity gate. Core: ``export_onnx``."""

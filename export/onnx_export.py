@@ -1,0 +1,179 @@
+"""Export stage core: ``export_onnx`` turns a training run into a self-describing ONNX model.
+
+The graph takes uint8 NHWC pixels (0-255) and casts inside, so the scorer feeds the
+shared preprocessing's output directly; normalisation is inside the Keras graph.
+The output is P(positive class). A parity gate against Keras guards the file: on
+failure nothing is left at the output path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr.files import atomic_path, sha256_file, write_json_atomic
+from cxr.imaging import RESIZE_RULE, decode_image
+
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "pixels", "probability"
+
+
+class ExportError(RuntimeError):
+    """A run that cannot be exported (missing or foreign files). One-line message."""
+
+
+class ParityError(ExportError):
+    """ONNX and Keras disagree beyond the tolerance."""
+
+
+@dataclass
+class ExportResult:
+    model_path: Path
+    parity_path: Path
+    parity: dict[str, Any]
+    metadata: dict[str, str]
+
+
+def _read_run(run_dir: Path) -> tuple[dict, dict]:
+    for name in ("best.keras", "config.json", "run.json"):
+        if not (run_dir / name).is_file():
+            raise ExportError(f"{run_dir} is not a finished training run: {name} is missing")
+    return json.loads((run_dir / "config.json").read_text()), json.loads((run_dir / "run.json").read_text())
+
+
+def load_keras_model(path: Path):
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - zip, h5 and deserialisation errors all mean "not a model"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"cannot load {path} as a Keras model: {first[:300]}") from None
+
+
+def build_metadata(config: dict, run: dict, threshold: float) -> dict[str, str]:
+    from cxr.train.fit import package_versions
+
+    values = {
+        "classes": config["classes"], "positive_class": config["classes"][1], "threshold": threshold,
+        "input_size": int(config["input_size"]), "input_layout": "NHWC", "input_dtype": "uint8",
+        "pixel_range": [0, 255], "resize_rule": RESIZE_RULE, "output": f"P({config['classes'][1]})",
+        "variant": config["variant"], "backbone": config["backbone"], "weights": str(config["weights"]),
+        "freeze_bn": bool(config.get("freeze_bn", False)), "epochs_run": run.get("epochs_run"),
+        "config_sha256": run["config_sha256"], "manifest_sha256": run["manifest_sha256"],
+        "training_config": config, "versions": package_versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return {f"cxr.{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in values.items()}
+
+
+def convert(model, input_size: int, opset: int, out_path: Path, metadata: dict[str, str]) -> None:
+    """tf2onnx conversion of ``model`` wrapped with a uint8 input and an in-graph cast.
+
+    The serving function is frozen first: tf2onnx's ``from_function`` leaves some Keras 3
+    captured tensors (the Normalization layer's mean and variance) as extra graph inputs.
+    """
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    tf.get_logger().setLevel("ERROR")
+    spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.uint8, name=INPUT_NAME),)
+
+    @tf.function(input_signature=spec)
+    def serve(pixels):
+        return tf.reshape(model(tf.cast(pixels, tf.float32), training=False), (-1,))
+
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs], opset=opset)
+    _rename_value(proto, proto.graph.input[0].name, INPUT_NAME)
+    _rename_value(proto, proto.graph.output[0].name, OUTPUT_NAME)
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del proto.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = "cxr pneumonia classifier: uint8 NHWC pixels 0-255 in, P(positive class) out"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out_path))
+
+
+def _rename_value(proto, old: str, new: str) -> None:
+    """Rename a graph input or output and every node reference to it."""
+    if old == new:
+        return
+    for node in proto.graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def parity_batch(paths: list[str], input_size: int, n_synthetic: int, seed: int) -> tuple[np.ndarray, str]:
+    """Images for the parity gate: decoded with the shared preprocessing, or synthetic."""
+    if paths:
+        return np.stack([decode_image(p, input_size) for p in paths]), f"{len(paths)} real images"
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n_synthetic, input_size, input_size, 3), dtype=np.uint8), \
+        f"{n_synthetic} synthetic images"
+
+
+def check_parity(keras_model, onnx_path: Path, images: np.ndarray, threshold: float,
+                 tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
+    from cxr.infer.model import OnnxClassifier
+
+    p_keras = keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0).reshape(-1).astype(np.float64)
+    p_onnx = OnnxClassifier(onnx_path, device="cpu").predict(images)
+    diff = np.abs(p_keras - p_onnx)
+    labels_differ = int(np.sum((p_keras >= threshold) != (p_onnx >= threshold)))
+    return {"n_images": int(len(images)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "labels_differ": labels_differ, "tolerance": tolerance, "threshold": threshold,
+            "passed": bool(diff.max() <= tolerance and labels_differ == 0)}
+
+
+def default_parity_paths(run: dict, n: int, seed: int) -> list[str]:
+    """N validation images of the run's own manifest, when that manifest is reachable."""
+    from cxr.data import DataPrepError, load_manifest
+
+    try:
+        manifest = load_manifest(run["manifest"])
+    except (DataPrepError, OSError, KeyError):
+        return []
+    val = manifest[manifest["split"] == "val"]
+    val = val[[Path(p).is_file() for p in val["abspath"]]]
+    return val.sample(n=min(n, len(val)), random_state=seed)["abspath"].tolist() if len(val) else []
+
+
+def export_onnx(run_dir: str | Path, out_path: str | Path, *, parity_paths: list[str] | None = None,
+                n_parity: int = 32, threshold: float = 0.5, opset: int = DEFAULT_OPSET,
+                tolerance: float = PARITY_TOLERANCE, seed: int = 0) -> ExportResult:
+    """Convert ``run_dir/best.keras`` to ``out_path`` (+ ``<stem>.parity.json``) behind the parity gate."""
+    run_dir, out_path = Path(run_dir), Path(out_path)
+    config, run = _read_run(run_dir)
+    model = load_keras_model(run_dir / "best.keras")
+    size = int(config["input_size"])
+    metadata = build_metadata(config, run, threshold)
+    if parity_paths is None:
+        parity_paths = default_parity_paths(run, n_parity, seed)
+    images, source = parity_batch(parity_paths, size, n_parity, seed)
+    with atomic_path(out_path) as tmp:
+        convert(model, size, opset, tmp, metadata)
+        parity = check_parity(model, tmp, images, threshold, tolerance)
+        parity.update({"source": source, "opset": opset})
+        if not parity["passed"]:
+            raise ParityError(f"parity gate failed: max |dp| {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
+                              f"{parity['labels_differ']} labels differ; no model written")
+        parity["model_sha256"] = sha256_file(tmp)
+    parity_path = out_path.with_suffix(".parity.json")
+    write_json_atomic(parity_path, {"model": out_path.name, "run": str(run_dir), **parity})
+    return ExportResult(out_path, parity_path, parity, metadata)

@@ -1,0 +1,1 @@
+"""Report stage (cxr.reports): metrics with CIs, figures, HTML report, regression gate. Core: ``summarize``."""

@@ -1,0 +1,108 @@
+"""PNG figures: training curves, image grids, confusion matrix, ROC/PR, reliability diagram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+
+from cxr.files import atomic_path
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kwargs):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _save(fig, out: Path) -> Path:
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return out
+
+
+def plot_history(history: pd.DataFrame, out: str | Path, title: str = "") -> Path:
+    """Training vs validation accuracy and loss per epoch (the seed's figures 3 and 6)."""
+    fig, axes = _subplots(1, 2, figsize=(10, 3.8))
+    epochs = np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        if metric in history:
+            ax.plot(epochs, history[metric], marker="o", label=f"training {metric}")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], marker="o", label=f"validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title or "training curves")
+    return _save(fig, out)
+
+
+def save_image_grid(images, out: str | Path, titles: Sequence[str] | None = None, title: str = "",
+                    columns: int = 4, title_colors: Sequence[str] | None = None) -> Path:
+    """A grid of 0-255 images (N, H, W, 3) with optional per-image titles."""
+    images = np.clip(np.asarray(images, dtype=np.float32), 0, 255).astype(np.uint8)
+    n = len(images)
+    rows = max(1, int(np.ceil(n / columns)))
+    fig, axes = _subplots(rows, columns, figsize=(columns * 2.6, rows * 2.8), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i])
+            if titles:
+                ax.set_title(titles[i], fontsize=8, color=(title_colors[i] if title_colors else "black"))
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: str | Path, title: str = "") -> Path:
+    """Confusion matrix as counts and row-normalised rates, side by side."""
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, axes = _subplots(1, 2, figsize=(9, 3.8))
+    for ax, data, fmt, name in ((axes[0], matrix, "{:d}", "counts"), (axes[1], rates, "{:.1%}", "rates (per true class)")):
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        for (r, c), value in np.ndenumerate(data):
+            ax.text(c, r, fmt.format(value), ha="center", va="center",
+                    color="white" if rates[r, c] > 0.5 else "black", fontsize=12)
+        ax.set_xticks(range(len(classes)), [f"pred {c}" for c in classes])
+        ax.set_yticks(range(len(classes)), [f"true {c}" for c in classes])
+        ax.set_title(name)
+    fig.suptitle(title or "confusion matrix")
+    return _save(fig, out)
+
+
+def plot_curve(x: np.ndarray, y: np.ndarray, out: str | Path, *, xlabel: str, ylabel: str, title: str,
+               diagonal: bool = False, baseline: float | None = None) -> Path:
+    fig, ax = _subplots(figsize=(4.8, 4.4))
+    ax.plot(x, y, lw=2)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", color="grey", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def plot_reliability(mean_predicted: np.ndarray, fraction_positive: np.ndarray, counts: np.ndarray,
+                     out: str | Path, title: str = "reliability diagram") -> Path:
+    fig, (ax, hist) = _subplots(2, 1, figsize=(4.8, 5.6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(mean_predicted, fraction_positive, marker="o", lw=2, label="model")
+    ax.set_ylabel("observed fraction positive")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    edges = np.linspace(0, 1, len(counts) + 1)
+    hist.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
+    hist.set_xlabel("predicted probability")
+    hist.set_ylabel("images")
+    return _save(fig, out)

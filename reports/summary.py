@@ -1,0 +1,179 @@
+"""Report stage core: ``summarize`` builds metrics.json, figures, report.md and report.html
+from prediction CSVs (the output of ``cxr-infer``), never from models."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr.data import patient_id_from_name
+from cxr.files import write_json_atomic
+from cxr.reports import figures
+from cxr.reports.metrics import (binary_metrics, bootstrap_ci, reliability_curve, threshold_for_recall,
+                                 threshold_table)
+
+# Published figures from other data splits, for context only (not comparable one to one).
+PUBLISHED = [
+    {"name": "Kermany et al. 2018 (paper)", "split": "original Kaggle test split (624 images), Inception V3",
+     "accuracy": 0.96, "precision": 0.97, "recall": 0.96, "f1": 0.96, "roc_auc": 0.991},
+    {"name": "seed report, model1", "split": "seed's image-level random split (patients leak)",
+     "accuracy": 0.891, "precision": 0.995, "recall": 0.855, "f1": 0.920, "roc_auc": 0.990},
+    {"name": "seed report, model2", "split": "seed's image-level random split (patients leak)",
+     "accuracy": 0.880, "precision": 0.910, "recall": 0.926, "f1": 0.918, "roc_auc": 0.934},
+]
+
+
+class ReportInputError(ValueError):
+    """A prediction file that cannot be reported on. One-line message."""
+
+
+def read_predictions(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """A cxr-infer CSV and its positive-class probability column name."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ReportInputError(f"cannot read predictions {path}: {exc}") from None
+    prob_cols = [c for c in frame.columns if c.startswith("p_")]
+    if len(prob_cols) != 1 or not {"path", "true_label", "error"} <= set(frame.columns):
+        raise ReportInputError(f"{path} is not a cxr prediction CSV (need path, p_<class>, true_label, error)")
+    return frame, prob_cols[0]
+
+
+def _labelled(frame: pd.DataFrame, prob_col: str, classes: list[str]) -> pd.DataFrame:
+    usable = frame[(frame["error"] == "") & frame["true_label"].isin(classes) & (frame[prob_col] != "")].copy()
+    usable["y"] = (usable["true_label"] == classes[1]).astype(int)
+    usable["p"] = usable[prob_col].astype(float)
+    usable["patient_id"] = [patient_id_from_name(Path(p).name) for p in usable["path"]]
+    return usable
+
+
+def _block(y, p, threshold, groups, n_boot, seed) -> dict[str, Any]:
+    return {"threshold": float(threshold), "metrics": binary_metrics(y, p, threshold),
+            "ci95": bootstrap_ci(y, p, threshold, groups, n_boot=n_boot, seed=seed)}
+
+
+def _model_name(frame: pd.DataFrame, path: Path) -> str:
+    names = sorted(set(frame.get("model", pd.Series([], dtype=str))) - {""})
+    return Path(names[0]).stem if len(names) == 1 else path.stem
+
+
+def evaluate_predictions(frame: pd.DataFrame, prob_col: str, *, val_threshold: float | None = None,
+                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Metrics (with CIs) of one prediction table at 0.5, at the model's threshold and at the
+    validation-chosen threshold."""
+    positive = prob_col[2:]
+    negatives = sorted(set(frame["true_label"]) - {positive, ""})
+    classes = [negatives[0] if negatives else "NEGATIVE", positive]
+    data = _labelled(frame, prob_col, classes)
+    if len(data) == 0 or data["y"].nunique() < 2:
+        raise ReportInputError("need labelled predictions of both classes to compute metrics")
+    y, p, groups = data["y"].to_numpy(), data["p"].to_numpy(), data["patient_id"].to_numpy()
+    model_threshold = float(frame["threshold"].iloc[0]) if "threshold" in frame and len(frame) else 0.5
+    result = {"classes": classes, "n_rows": int(len(frame)), "n_scored": int((frame["error"] == "").sum()),
+              "n_errors": int((frame["error"] != "").sum()), "n_labelled": int(len(data)),
+              "n_patients": int(len(set(groups))), "bootstrap": {"n": n_boot, "seed": seed, "unit": "patient"},
+              "model_sha256": sorted(set(frame.get("model_sha256", [""])))[0] if len(frame) else "",
+              "at_0.5": _block(y, p, 0.5, groups, n_boot, seed)}
+    result["at_model_threshold"] = (result["at_0.5"] if model_threshold == 0.5
+                                    else _block(y, p, model_threshold, groups, n_boot, seed))
+    if val_threshold is not None:
+        result["at_val_threshold"] = _block(y, p, val_threshold, groups, n_boot, seed)
+    grid = sorted({0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, model_threshold}
+                  | ({val_threshold} if val_threshold is not None else set()))
+    result["threshold_table"] = threshold_table(y, p, grid)
+    return result
+
+
+def choose_val_threshold(val_predictions: str | Path, target_recall: float) -> dict[str, Any]:
+    """Threshold reaching ``target_recall`` on a run's val_predictions.csv."""
+    frame = pd.read_csv(val_predictions, dtype=str, keep_default_na=False)
+    prob_col = next(c for c in frame.columns if c.startswith("p_"))
+    y = (frame["label"] == prob_col[2:]).astype(int).to_numpy()
+    threshold = threshold_for_recall(y, frame[prob_col].astype(float).to_numpy(), target_recall)
+    return {"threshold": threshold, "target_recall": target_recall, "source": str(val_predictions),
+            "n_val": int(len(frame))}
+
+
+def _figures(name: str, frame: pd.DataFrame, prob_col: str, result: dict, out: Path,
+             images_root: Path | None, seed: int) -> dict[str, str]:
+    from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
+
+    data = _labelled(frame, prob_col, result["classes"])
+    y, p = data["y"].to_numpy(), data["p"].to_numpy()
+    t = result["at_model_threshold"]["threshold"]
+    made = {}
+    made["confusion"] = figures.plot_confusion(confusion_matrix(y, (p >= t).astype(int), labels=[0, 1]),
+                                               result["classes"], out / f"{name}confusion.png",
+                                               title=f"confusion matrix at threshold {t:.3g}")
+    fpr, tpr, _ = roc_curve(y, p)
+    made["roc"] = figures.plot_curve(fpr, tpr, out / f"{name}roc.png", xlabel="false positive rate (1 - specificity)",
+                                     ylabel="true positive rate (sensitivity)", diagonal=True,
+                                     title=f"ROC, AUC {result['at_0.5']['metrics']['roc_auc']:.3f}")
+    precision, recall, _ = precision_recall_curve(y, p)
+    made["pr"] = figures.plot_curve(recall, precision, out / f"{name}pr.png", xlabel="recall", ylabel="precision",
+                                    baseline=float(y.mean()),
+                                    title=f"precision-recall, AP {result['at_0.5']['metrics']['pr_auc']:.3f}")
+    made["reliability"] = figures.plot_reliability(*reliability_curve(y, p), out / f"{name}reliability.png",
+                                                   title=f"reliability, ECE {result['at_0.5']['metrics']['ece']:.3f}")
+    if images_root is not None:
+        made.update(_image_grids(name, data, t, result["classes"], out, images_root, seed))
+    return {k: Path(v).name for k, v in made.items()}
+
+
+def _image_grids(name, data, threshold, classes, out, root, seed) -> dict[str, Path]:
+    from cxr.imaging import decode_or_error
+
+    def grid(rows: pd.DataFrame, filename: str, title: str) -> Path | None:
+        images, titles, colors = [], [], []
+        for row in rows.itertuples():
+            arr, err = decode_or_error(Path(root) / row.path, 224)
+            if arr is None:
+                continue
+            pred = classes[int(row.p >= threshold)]
+            images.append(arr)
+            titles.append(f"true {row.true_label}\npred {pred} (p={row.p:.2f})")
+            colors.append("green" if pred == row.true_label else "red")
+        return figures.save_image_grid(images, out / filename, titles, title, title_colors=colors) if images else None
+
+    made = {}
+    sample = data.sample(n=min(16, len(data)), random_state=seed)
+    made["samples"] = grid(sample, f"{name}samples.png", f"random test images (seed {seed})")
+    wrong = data[(data["p"] >= threshold).astype(int) != data["y"]]
+    confident = wrong.assign(c=(wrong["p"] - wrong["y"]).abs()).sort_values("c", ascending=False).head(8)
+    made["confident_errors"] = grid(confident, f"{name}confident_errors.png", "most confident errors")
+    return {k: v for k, v in made.items() if v is not None}
+
+
+def summarize(prediction_files: list[str | Path], out_dir: str | Path, *, history: str | Path | None = None,
+              val_predictions: str | Path | None = None, target_recall: float = 0.95,
+              images_root: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
+              with_figures: bool = True) -> dict[str, Any]:
+    """Metrics, CIs, threshold analysis, figures and HTML/Markdown report for prediction CSVs."""
+    from cxr.reports.render import write_reports
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    val = choose_val_threshold(val_predictions, target_recall) if val_predictions else None
+    report: dict[str, Any] = {"generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "val_threshold": val, "models": {}, "published": PUBLISHED, "figures": {}}
+    for path in map(Path, prediction_files):
+        frame, prob_col = read_predictions(path)
+        name = _model_name(frame, path)
+        result = evaluate_predictions(frame, prob_col, val_threshold=val["threshold"] if val else None,
+                                      n_boot=n_boot, seed=seed)
+        result["predictions"] = str(path)
+        if with_figures:
+            prefix = f"{name}_" if len(prediction_files) > 1 else ""
+            root = Path(images_root) if images_root else None
+            result["figures"] = _figures(prefix, frame, prob_col, result, out, root, seed)
+        report["models"][name] = result
+    if with_figures and history:
+        report["figures"]["curves"] = figures.plot_history(pd.read_csv(history), out / "curves.png").name
+    write_json_atomic(out / "metrics.json", report)
+    if with_figures:
+        write_reports(report, out)
+    return report

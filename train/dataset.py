@@ -1,0 +1,90 @@
+"""Training input: decode every image once into a cached uint8 array, then tf.data.
+
+The cache file is keyed by the manifest's sha256, the input size and the resize
+rule, so epochs (and reruns) never decode a JPEG again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from cxr.files import atomic_path
+from cxr.imaging import RESIZE_RULE, decode_image, decode_pool
+
+DEFAULT_CACHE_DIR = Path("data/cache")
+
+
+def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
+    paths, size = args
+    return np.stack([decode_image(p, size) for p in paths]) if paths else np.zeros((0, size, size, 3), np.uint8)
+
+
+def decode_all(paths: list[str], size: int, workers: int | None = None) -> np.ndarray:
+    """Decode paths into one (N, size, size, 3) uint8 array using a process pool."""
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(paths) < 64:
+        return _decode_chunk((paths, size))
+    n_chunks = workers * 4
+    step = math.ceil(len(paths) / n_chunks)
+    chunks = [(paths[i:i + step], size) for i in range(0, len(paths), step)]
+    with decode_pool(workers) as pool:
+        return np.concatenate(list(pool.map(_decode_chunk, chunks)))
+
+
+def cached_images(paths: list[str], size: int, manifest_sha256: str, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                  ) -> np.ndarray:
+    """The decoded images of ``paths`` (in manifest order), from the cache or decoded once now."""
+    cache_file = Path(cache_dir) / f"{manifest_sha256[:16]}-{size}px-{RESIZE_RULE}.npy"
+    if cache_file.is_file():
+        images = np.load(cache_file)
+        if images.shape == (len(paths), size, size, 3):
+            return images
+    images = decode_all(paths, size)
+    with atomic_path(cache_file) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, images)
+    return images
+
+
+def make_augmenter(augment: dict[str, Any], seed: int) -> keras.Sequential:
+    """The seed's ImageDataGenerator table as Keras 3 preprocessing layers."""
+    fill = augment.get("fill_mode", "nearest")
+    zoom = float(augment["zoom"])
+    layers = [
+        keras.layers.RandomRotation(float(augment["rotation_degrees"]) / 360.0, fill_mode=fill, seed=seed),
+        keras.layers.RandomTranslation(float(augment["height_shift"]), float(augment["width_shift"]),
+                                       fill_mode=fill, seed=seed + 1),
+        keras.layers.RandomShear(x_factor=math.tan(math.radians(float(augment["shear_degrees"]))),
+                                 fill_mode=fill, seed=seed + 2),
+        keras.layers.RandomZoom((-zoom, zoom), (-zoom, zoom), fill_mode=fill, seed=seed + 3),
+    ]
+    if augment.get("horizontal_flip", False):
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
+    return keras.Sequential(layers, name="augment")
+
+
+def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augmenter: keras.Sequential | None,
+                  seed: int):
+    """Shuffled, augmented, prefetched tf.data pipeline over in-memory uint8 images."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype("float32")))
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augmenter is not None:
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype("float32"))).batch(batch_size)
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)

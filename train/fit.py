@@ -1,0 +1,181 @@
+"""Training stage core: ``fit_variant`` trains one variant and writes its run folder.
+
+Run folder: best.keras, history.csv, config.json (resolved), run.json (seed, versions,
+manifest sha256, parameter counts, weights, warnings, epochs), augment_grid.png,
+curves.png, val_predictions.csv, and backup/ while a run is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr.data import load_manifest
+from cxr.files import sha256_file, write_json_atomic
+from cxr.train.config import config_sha256
+
+FROZEN_RANDOM_WARNING = ("WARNING: {n} base layers are frozen but the base is randomly initialised "
+                         "(weights=none); frozen random features cannot learn. Use pretrained weights "
+                         "(--weights imagenet|PATH, or --backbone efficientnet_lite2) or expect poor results.")
+
+
+class RunFolderError(RuntimeError):
+    """The run folder is in a state that needs a decision (e.g. --resume). One-line message."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    run_info: dict[str, Any]
+    history: pd.DataFrame
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("cxr", "keras", "tensorflow", "tensorflow-cpu", "numpy", "scikit-learn", "jax", "onnx", "tf2onnx"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights)}
+
+
+def _split_arrays(manifest: pd.DataFrame, images: np.ndarray, classes: list[str], split: str):
+    mask = (manifest["split"] == split).to_numpy()
+    labels = manifest.loc[mask, "label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    if np.isnan(labels.astype(float)).any():
+        raise ValueError(f"{split} split holds labels outside {classes}")
+    return images[mask], labels.astype(np.int64), manifest.loc[mask].reset_index(drop=True)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    backup = run_dir / "backup"
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            raise RunFolderError(f"nothing to resume in {run_dir} (no config.json)")
+        return
+    if (run_dir / "config.json").is_file() or backup.exists():
+        raise RunFolderError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
+    import keras
+
+    cb = resolved["callbacks"]
+    history_csv = run_dir / "history.csv"
+    best_so_far = None
+    if resume and history_csv.is_file():
+        previous = pd.read_csv(history_csv)
+        if "val_loss" in previous and len(previous):
+            best_so_far = float(previous["val_loss"].min())
+    return [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True,
+                                        initial_value_threshold=best_so_far),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cb["reduce_lr_factor"],
+                                          patience=cb["reduce_lr_patience"], min_lr=cb["min_lr"], verbose=1),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cb["early_stopping_patience"],
+                                      restore_best_weights=True, verbose=1),
+        keras.callbacks.CSVLogger(str(history_csv), append=resume),
+    ]
+
+
+def _compile(model, learning_rate: float) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss="binary_crossentropy",
+                  metrics=["accuracy", keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"),
+                           keras.metrics.Recall(name="recall")])
+
+
+def _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, n_train, n_val) -> dict[str, Any]:
+    return {"variant": resolved["variant"], "backbone": resolved["backbone"], "weights": str(resolved["weights"]),
+            "freeze_bn": bool(resolved.get("freeze_bn", False)), "seed": seed,
+            "config_sha256": config_sha256(resolved), "manifest": str(manifest_path),
+            "manifest_sha256": sha256_file(manifest_path), "classes": resolved["classes"],
+            "input_size": int(resolved["input_size"]), "class_weight": class_weight,
+            "n_train": n_train, "n_val": n_val, **facts, "warnings": warnings, "versions": package_versions()}
+
+
+def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: str | Path, *, resume: bool = False,
+                cache_dir: str | Path | None = None, verbose: int = 2, log=print) -> FitResult:
+    """Train one resolved variant config on the manifest's train split (val for callbacks)."""
+    import keras
+
+    from cxr.reports.figures import plot_history, save_image_grid
+    from cxr.train import dataset
+    from cxr.train.model import build_classifier
+
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, resume)
+    seed = int(resolved["seed"])
+    keras.utils.set_random_seed(seed)
+    classes, size = list(resolved["classes"]), int(resolved["input_size"])
+
+    manifest = load_manifest(manifest_path)
+    images = dataset.cached_images(manifest["abspath"].tolist(), size, sha256_file(manifest_path),
+                                   cache_dir or dataset.DEFAULT_CACHE_DIR)
+    x_train, y_train, _ = _split_arrays(manifest, images, classes, "train")
+    x_val, y_val, val_rows = _split_arrays(manifest, images, classes, "val")
+
+    model, facts = build_classifier(resolved)
+    warnings = []
+    if resolved["weights"] in (None, "none") and facts["frozen_base_layers"] > 0:
+        warnings.append(FROZEN_RANDOM_WARNING.format(n=facts["frozen_base_layers"]))
+    for warning in warnings:
+        log(warning)
+    log(f"{resolved['variant']}: {facts['params']['trainable']:,} trainable / "
+        f"{facts['params']['non_trainable']:,} non-trainable params; "
+        f"{facts['frozen_base_layers']}/{facts['base_layers']} base layers frozen")
+    class_weight = balanced_class_weight(y_train)
+    info = _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, len(y_train), len(y_val))
+    if not resume:
+        write_json_atomic(run_dir / "config.json", resolved)
+    write_json_atomic(run_dir / "run.json", info)
+
+    augmenter = dataset.make_augmenter(resolved["augment"], seed)
+    save_image_grid(augmenter(x_train[:16].astype("float32"), training=True), run_dir / "augment_grid.png",
+                    title="training augmentation samples")
+    _compile(model, float(resolved["learning_rate"]))
+    started = time.time()
+    model.fit(dataset.train_dataset(x_train, y_train, int(resolved["batch_size"]), augmenter, seed),
+              validation_data=dataset.eval_dataset(x_val, y_val, int(resolved["batch_size"])),
+              epochs=int(resolved["epochs"]), class_weight=class_weight,
+              callbacks=_callbacks(resolved, run_dir, resume), verbose=verbose)
+    history = pd.read_csv(run_dir / "history.csv")
+    plot_history(history, run_dir / "curves.png", title=f"{resolved['variant']} ({resolved['backbone']})")
+    best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").is_file() else model
+    probs = best.predict(x_val.astype("float32"), batch_size=64, verbose=0).reshape(-1)
+    val_rows.assign(p=probs)[["path", "label", "patient_id", "p"]].rename(
+        columns={"p": f"p_{classes[1]}"}).to_csv(run_dir / "val_predictions.csv", index=False)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    info.update({"epochs_run": int(len(history)), "fit_seconds_this_session": round(time.time() - started, 1),
+                 "best_val_loss": float(history["val_loss"].min()),
+                 "best_epoch": int(history.loc[history["val_loss"].idxmin(), "epoch"]) + 1,
+                 "finished": True})
+    write_json_atomic(run_dir / "run.json", info)
+    return FitResult(run_dir, info, history)
+
+
+def load_run_info(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "run.json").read_text())

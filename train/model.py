@@ -1,0 +1,86 @@
+"""The classifier: a keras.applications backbone (top removed) plus the seed's head.
+
+Input contract: float 0-255 RGB pixels, (size, size, 3). keras.applications
+EfficientNet rescales and normalises inside its graph, so the seed's extra 1/255
+rescale would be a bug here and is not applied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from cxr.train.config import frozen_layer_count
+
+KERAS_B2_CACHE = Path("~/.keras/models/efficientnetb2_notop.h5").expanduser()
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights cannot be had. The message is one line."""
+
+
+def _efficientnet_b2(weights: str | None, input_size: int) -> keras.Model:
+    kwargs = dict(include_top=False, input_shape=(input_size, input_size, 3))
+    if weights is None:
+        return keras.applications.EfficientNetB2(weights=None, **kwargs)
+    if weights != "imagenet":
+        if not Path(weights).is_file():
+            raise WeightsUnavailableError(f"weights file not found: {weights}")
+        return keras.applications.EfficientNetB2(weights=str(weights), **kwargs)
+    try:
+        return keras.applications.EfficientNetB2(weights="imagenet", **kwargs)
+    except Exception as exc:  # noqa: BLE001 - urllib/HTTP/OS errors all mean the same to the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsUnavailableError(
+            f"EfficientNetB2 ImageNet weights are not in the Keras cache ({KERAS_B2_CACHE}) and could not be "
+            f"downloaded ({reason}); use --weights none, or --weights PATH to a local efficientnetb2_notop.h5"
+        ) from None
+
+
+def build_backbone(backbone: str, weights: str | None, input_size: int) -> keras.Model:
+    """The base network without its top. ``weights``: 'imagenet', None or a file path."""
+    if weights in ("none", "None", ""):
+        weights = None
+    if backbone == "efficientnet_b2":
+        return _efficientnet_b2(weights, input_size)
+    if backbone == "efficientnet_lite2":
+        from cxr.train.lite2 import efficientnet_lite2
+
+        return efficientnet_lite2(weights=weights, input_size=input_size)
+    raise ValueError(f"unknown backbone {backbone!r}")
+
+
+def add_head(base: keras.Model, name: str) -> keras.Model:
+    """GAP -> Dense128 ReLU -> Dropout .3 -> Dense64 ReLU -> Dropout .2 -> Dense1 sigmoid."""
+    x = keras.layers.GlobalAveragePooling2D(name="head_gap")(base.output)
+    x = keras.layers.Dense(128, activation="relu", name="head_dense128")(x)
+    x = keras.layers.Dropout(0.3, name="head_dropout1")(x)
+    x = keras.layers.Dense(64, activation="relu", name="head_dense64")(x)
+    x = keras.layers.Dropout(0.2, name="head_dropout2")(x)
+    output = keras.layers.Dense(1, activation="sigmoid", name="p_positive")(x)
+    return keras.Model(base.input, output, name=name)
+
+
+def freeze_base(base: keras.Model, n_frozen: int, freeze_bn: bool) -> None:
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= n_frozen
+        if freeze_bn and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # Keras 3: a non-trainable BatchNorm runs in inference mode
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    non_trainable = sum(int(w.numpy().size) for w in model.non_trainable_weights)
+    return {"trainable": trainable, "non_trainable": non_trainable, "total": trainable + non_trainable}
+
+
+def build_classifier(resolved: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
+    """Build the model of one resolved variant config. Returns (model, facts about it)."""
+    base = build_backbone(resolved["backbone"], resolved["weights"], int(resolved["input_size"]))
+    n_frozen = frozen_layer_count(resolved, len(base.layers))
+    freeze_base(base, n_frozen, bool(resolved.get("freeze_bn", False)))
+    model = add_head(base, name=f"{resolved['variant']}_{resolved['backbone']}")
+    facts = {"base_layers": len(base.layers), "frozen_base_layers": n_frozen, "params": count_params(model)}
+    return model, facts
