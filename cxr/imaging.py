@@ -13,6 +13,7 @@ scaling) to at least twice the target size before the final resize.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,9 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+            img = Image.open(path)
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image file") from None
     except Image.DecompressionBombError as exc:

@@ -25,3 +25,5 @@ def fail_usage(message: str) -> None:
     """Print a one-line usage error and exit 2."""
     click.echo(f"Error: {message}", err=True)
     raise SystemExit(EXIT_USAGE)
+n_boot_option = click.option("--n-boot", type=click.IntRange(10), default=1000, show_default=True,
+                             help="Bootstrap resamples (by patient) for the 95% CIs.")

@@ -41,10 +41,20 @@ class ExportResult:
 
 
 def _read_run(run_dir: Path) -> tuple[dict, dict]:
+    """The run's config and facts. A run stopped early (no 'finished') still exports its best
+    checkpoint; its epoch count then comes from history.csv."""
     for name in ("best.keras", "config.json", "run.json"):
         if not (run_dir / name).is_file():
-            raise ExportError(f"{run_dir} is not a finished training run: {name} is missing")
-    return json.loads((run_dir / "config.json").read_text()), json.loads((run_dir / "run.json").read_text())
+            raise ExportError(f"{run_dir} is not a training run with a checkpoint: {name} is missing")
+    try:
+        config, run = (json.loads((run_dir / n).read_text()) for n in ("config.json", "run.json"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{run_dir}: unreadable run files ({exc})") from None
+    history = run_dir / "history.csv"
+    if "epochs_run" not in run and history.is_file():
+        run["epochs_run"] = max(0, len(history.read_text().strip().splitlines()) - 1)
+    run.setdefault("finished", False)
+    return config, run
 
 
 def load_keras_model(path: Path):
@@ -66,6 +76,7 @@ def build_metadata(config: dict, run: dict, threshold: float) -> dict[str, str]:
         "pixel_range": [0, 255], "resize_rule": RESIZE_RULE, "output": f"P({config['classes'][1]})",
         "variant": config["variant"], "backbone": config["backbone"], "weights": str(config["weights"]),
         "freeze_bn": bool(config.get("freeze_bn", False)), "epochs_run": run.get("epochs_run"),
+        "training_finished": bool(run.get("finished")), "best_epoch": run.get("best_epoch"),
         "config_sha256": run["config_sha256"], "manifest_sha256": run["manifest_sha256"],
         "training_config": config, "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

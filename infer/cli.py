@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cxr.options import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, batch_size_option, device_option, fail_usage,
-                         model_option, quiet_option, workers_option)
+                         model_option, n_boot_option, quiet_option, workers_option)
 
 
 def progress_bar(quiet: bool):
@@ -51,16 +51,14 @@ def score_or_exit(folder, model, out_dir: Path, **kwargs):
         bar.close()
 
 
-def write_report(result, folder: Path, out_dir: Path, full: bool, history: Path | None = None,
-                 val_predictions: Path | None = None) -> dict | None:
+def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 1000) -> dict | None:
     """The reports stage on these predictions, when they carry ground truth."""
     from cxr.reports.summary import ReportInputError, summarize
 
     if not (result.predictions["true_label"] != "").any():
         return None
     try:
-        return summarize([result.csv_path], out_dir, images_root=folder, with_figures=full, history=history,
-                         val_predictions=val_predictions)
+        return summarize([result.csv_path], out_dir, images_root=folder, with_figures=full, n_boot=n_boot)
     except ReportInputError as exc:
         click.echo(f"no report: {exc}", err=True)
         return None
@@ -78,9 +76,10 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, history: Path 
 @workers_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted run; files already scored are kept.")
 @click.option("--no-report", is_flag=True, help="With ground truth, write only metrics.json (no figures/HTML).")
+@n_boot_option
 @quiet_option
 def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int, device: str,
-          workers: int | None, resume: bool, no_report: bool, quiet: bool) -> None:
+          workers: int | None, resume: bool, no_report: bool, n_boot: int, quiet: bool) -> None:
     """Score every image under FOLDER (recursively) with an exported ONNX model."""
     from cxr.infer.score import ScoreInputError, read_labels_csv
 
@@ -96,7 +95,7 @@ def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None,
         fail_usage(str(exc))
     result = score_or_exit(folder, model, out_dir, batch_size=batch_size, workers=workers, labels=labels,
                            resume=resume, quiet=quiet)
-    report = write_report(result, folder, out_dir, full=not no_report)
+    report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot)
     click.echo(f"scored {result.n_files - result.n_errors}/{result.n_files} files "
                f"({result.images_per_second:.1f} img/s) -> {result.csv_path}")
     if report is not None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from cxr.options import (EXIT_PARTIAL, batch_size_option, device_option, fail_usage, model_option, quiet_option,
-                         target_recall_option, workers_option)
+from cxr.options import (EXIT_PARTIAL, batch_size_option, device_option, fail_usage, model_option, n_boot_option,
+                         quiet_option, target_recall_option, workers_option)
 
 EXIT_DATA_CHANGED = 3
 
@@ -29,7 +29,7 @@ EXIT_DATA_CHANGED = 3
 @target_recall_option
 @click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder the prediction paths are relative to (for the sample-image grids).")
-@click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True)
+@n_boot_option
 @click.option("--seed", type=int, default=0, show_default=True)
 def report(prediction_files, out_dir, history, val_preds, target_recall, images_root, n_boot, seed) -> None:
     """Metrics with CIs, figures, report.md and a self-contained report.html."""
@@ -64,9 +64,10 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, images_
 @batch_size_option
 @device_option
 @workers_option
+@n_boot_option
 @quiet_option
 def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_path, out_dir, labels_csv, batch_size,
-             device, workers, quiet) -> None:
+             device, workers, n_boot, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
     from cxr.infer.cli import load_model_or_exit, score_or_exit, write_report
     from cxr.infer.score import ScoreInputError, read_labels_csv
@@ -85,7 +86,7 @@ def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_pat
         fail_usage(str(exc))
     result = score_or_exit(folder, model, out_dir, batch_size=batch_size, workers=workers, labels=labels,
                            resume=False, quiet=quiet)
-    report = write_report(result, folder, out_dir, full=True)
+    report = write_report(result, folder, out_dir, full=True, n_boot=n_boot)
     if report is None:
         fail_usage(f"no labelled images of both classes under {folder}; nothing to evaluate")
     try:

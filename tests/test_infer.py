@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cxr.imaging import decode_image
+from cxr.infer.cli import infer
+from cxr.infer.model import ModelLoadError, OnnxClassifier, ProviderError, choose_providers
+from cxr.infer.score import score_folder
+from tests.onnx_fixtures import make_tiny_model
+
+
+def _mixed_folder(root: Path) -> tuple[Path, int, int]:
+    """Good images under class folders plus broken and odd files. Returns (root, files, bad)."""
+    rng = np.random.default_rng(0)
+    for label, level in (("NORMAL", 40), ("PNEUMONIA", 140)):
+        (root / label).mkdir(parents=True)
+        for i in range(5):
+            arr = np.clip(rng.normal(level, 10, (48, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"img{i}.jpeg")
+    odd = root / "odd"
+    odd.mkdir()
+    Image.fromarray(np.full((30, 30, 4), 90, np.uint8), "RGBA").save(odd / "rgba.png")
+    Image.fromarray(np.full((30, 30), 90, np.uint8)).convert("P").save(odd / "palette.PNG")
+    Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).convert("CMYK").save(odd / "cmyk.jpg")
+    Image.fromarray((np.full((30, 30), 90, np.uint16) * 257)).save(odd / "sixteen.png")
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "zero.jpg").write_bytes(b"")
+    (bad / "text.png").write_text("this is not a png")
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((200, 200), 90, np.uint8)).save(buffer, format="JPEG")
+    (bad / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    Image.new("1", (12000, 12000)).save(bad / "bomb.png")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    (root / ".hidden.png").write_text("ignored: hidden")
+    return root, 18, 4
+
+
+def test_one_row_per_file_and_exit_code_1_on_errors(tmp_path: Path, tiny_model: Path) -> None:
+    folder, n_files, n_bad = _mixed_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "--quiet",
+                                        "--workers", "2", "--batch-size", "4", "--n-boot", "50"])
+    assert result.exit_code == 1, result.output
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert len(rows) == n_files and rows["path"].is_unique
+    assert list(rows["path"]) == sorted(rows["path"])
+    errors = rows[rows["error"] != ""]
+    assert sorted(errors["path"]) == ["bad/bomb.png", "bad/text.png", "bad/truncated.jpg", "bad/zero.jpg"]
+    assert (errors["p_PNEUMONIA"] == "").all() and (errors["pred_label"] == "").all()
+    assert f"{n_bad} file(s) could not be scored" in result.output
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*partial"))
+
+
+def test_all_good_exits_0_labels_from_folders_and_report(tmp_path: Path, tiny_model: Path) -> None:
+    folder, _, _ = _mixed_folder(tmp_path / "in")
+    for extra in ("bad", "odd"):
+        for f in (folder / extra).iterdir():
+            f.unlink()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert set(rows["true_label"]) == {"NORMAL", "PNEUMONIA"}
+    assert (rows["pred_label"] == rows["true_label"]).all()  # the tiny model separates dark from bright
+    for name in ("metrics.json", "report.html", "report.md", "roc.png", "confusion.png"):
+        assert (out / name).is_file()
+
+
+def test_no_report_writes_metrics_json_only(tmp_path: Path, tiny_model: Path) -> None:
+    folder, _, _ = _mixed_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--no-report", "--n-boot", "50"])
+    assert (out / "metrics.json").is_file() and not (out / "report.html").exists()
+
+
+def test_labels_csv_overrides_folders(tmp_path: Path, tiny_model: Path) -> None:
+    folder, _, _ = _mixed_folder(tmp_path / "in")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nNORMAL/img0.jpeg,PNEUMONIA\nimg1.jpeg,NORMAL\n")
+    model = OnnxClassifier(tiny_model, device="cpu")
+    from cxr.infer.score import read_labels_csv
+
+    result = score_folder(folder, model, tmp_path / "p.csv", labels=read_labels_csv(labels, model.info.classes),
+                          workers=0)
+    truth = dict(zip(result.predictions["path"], result.predictions["true_label"]))
+    assert truth["NORMAL/img0.jpeg"] == "PNEUMONIA" and truth["NORMAL/img1.jpeg"] == "NORMAL"
+    assert truth["PNEUMONIA/img2.jpeg"] == ""
+
+
+def test_resume_scores_each_file_once_and_loses_no_row(tmp_path: Path, tiny_model: Path) -> None:
+    folder, n_files, _ = _mixed_folder(tmp_path / "in")
+    model = OnnxClassifier(tiny_model, device="cpu")
+    out = tmp_path / "p.csv"
+    full = score_folder(folder, model, out, workers=0).predictions
+    # simulate a run killed after 7 rows, the last one cut mid-line
+    lines = out.read_text().splitlines()
+    partial = out.with_name("p.csv.partial")
+    partial.write_text("\n".join(lines[:8]) + "\n" + lines[8][:20])
+    out.unlink()
+    resumed = score_folder(folder, model, out, workers=0, resume=True)
+    assert resumed.n_scored_now == n_files - 7
+    assert resumed.predictions.equals(full)
+
+
+def test_usage_errors_exit_2(tmp_path: Path, tiny_model: Path) -> None:
+    runner = CliRunner()
+    folder, _, _ = _mixed_folder(tmp_path / "in")
+    assert runner.invoke(infer, [str(tmp_path / "missing"), "--model", str(tiny_model)]).exit_code == 2
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not onnx")
+    result = runner.invoke(infer, [str(folder), "--model", str(garbage)])
+    assert result.exit_code == 2 and "cannot load" in result.output
+    assert runner.invoke(infer, [str(folder), "--model", str(tmp_path / "none.onnx")]).exit_code == 2
+    mismatched = make_tiny_model(tmp_path / "mismatch.onnx", size=32, input_size_in_graph=64)
+    result = runner.invoke(infer, [str(folder), "--model", str(mismatched)])
+    assert result.exit_code == 2 and "does not match its metadata" in result.output
+
+
+def test_foreign_onnx_without_cxr_metadata_is_refused(tmp_path: Path) -> None:
+    import onnx
+
+    path = make_tiny_model(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.save(model, str(path))
+    with pytest.raises(ModelLoadError, match="not a cxr model"):
+        OnnxClassifier(path)
+
+
+def test_cpu_provider_selection(tiny_model: Path) -> None:
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    assert OnnxClassifier(tiny_model, device="cpu").provider == "CPUExecutionProvider"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ProviderError):
+            OnnxClassifier(tiny_model, device="cuda")
+        assert OnnxClassifier(tiny_model, device="auto").provider == "CPUExecutionProvider"
+
+
+def test_predictions_use_the_shared_preprocessing(tmp_path: Path, tiny_model: Path) -> None:
+    folder, _, _ = _mixed_folder(tmp_path / "in")
+    model = OnnxClassifier(tiny_model, device="cpu")
+    rows = score_folder(folder, model, tmp_path / "p.csv", workers=2).predictions.set_index("path")
+    expected = model.predict(decode_image(folder / "NORMAL" / "img3.jpeg", model.info.input_size)[None])[0]
+    assert float(rows.loc["NORMAL/img3.jpeg", "p_PNEUMONIA"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_inference_path_never_imports_tensorflow(tmp_path: Path, tiny_model: Path) -> None:
+    folder, _, _ = _mixed_folder(tmp_path / "in")
+    code = ("import sys\nfrom cxr.infer.cli import main\nsys.argv=['cxr-infer', sys.argv[1], '--model', sys.argv[2],"
+            " '--out', sys.argv[3], '-q', '--n-boot', '20']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]\n"
+            "print('IMPORTED', bad)\nsys.exit(1 if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder), str(tiny_model), str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "o" / "predictions.csv").is_file()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from cxr.reports.metrics import (binary_metrics, bootstrap_ci, expected_calibration_error, threshold_for_recall,
+                                 threshold_table)
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    p = np.clip(0.35 * y + rng.uniform(0, 0.65, 400), 0, 1)
+    return y, p
+
+
+def test_metrics_match_sklearn(scored) -> None:
+    y, p = scored
+    m = binary_metrics(y, p, 0.5)
+    pred = (p >= 0.5).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(skm.recall_score(1 - y, 1 - pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert m["pr_auc"] == pytest.approx(skm.average_precision_score(y, p))
+    assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y, pred))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, p))
+    assert m["loss"] == pytest.approx(skm.log_loss(y, p))
+
+
+def test_roc_auc_uses_probabilities_not_labels() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8])  # at 0.5 the hard labels would give AUC 0.75
+    assert binary_metrics(y, p)["roc_auc"] == pytest.approx(0.75)
+    assert binary_metrics(y, np.array([0.1, 0.2, 0.3, 0.4]))["roc_auc"] == pytest.approx(1.0)
+
+
+def test_ece_of_known_arrays() -> None:
+    y = np.array([0, 1, 1, 1])
+    p = np.array([0.05, 0.95, 0.95, 0.95])  # bins 0 and 9: |0-0.05|*1 + |1-0.95|*3 over 4
+    assert expected_calibration_error(y, p) == pytest.approx(0.05)
+
+
+def test_bootstrap_cis_contain_point_estimates(scored) -> None:
+    y, p = scored
+    groups = [f"pt{i // 2}" for i in range(len(y))]
+    point = binary_metrics(y, p, 0.5)
+    ci = bootstrap_ci(y, p, 0.5, groups, n_boot=200, seed=0)
+    for name in ("accuracy", "recall", "specificity", "roc_auc", "f1", "brier"):
+        low, high = ci[name]
+        assert low <= point[name] <= high
+        assert high - low > 0
+
+
+def test_bootstrap_is_seeded(scored) -> None:
+    y, p = scored
+    assert bootstrap_ci(y, p, 0.5, n_boot=50, seed=4) == bootstrap_ci(y, p, 0.5, n_boot=50, seed=4)
+
+
+def test_threshold_for_recall_reaches_the_target(scored) -> None:
+    y, p = scored
+    for target in (0.8, 0.95, 1.0):
+        t = threshold_for_recall(y, p, target)
+        assert binary_metrics(y, p, t)["recall"] >= target
+        # and it is the highest such threshold: a hair above loses recall below target
+        assert binary_metrics(y, p, t + 1e-9)["recall"] < target
+
+
+def test_threshold_table_rows(scored) -> None:
+    y, p = scored
+    rows = threshold_table(y, p, [0.2, 0.5, 0.8])
+    assert [r["threshold"] for r in rows] == [0.2, 0.5, 0.8]
+    assert rows[0]["recall"] >= rows[1]["recall"] >= rows[2]["recall"]

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cxr.reports.cli import evaluate, report
+from cxr.reports.evaluate import GateSpecError, parse_max_drop
+from cxr.reports.summary import summarize
+from tests.onnx_fixtures import make_tiny_model
+
+
+def _predictions(path: Path, images_root: Path | None = None, n: int = 120, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.4 * y + rng.uniform(0, 0.6, n), 0, 1)
+    rows = []
+    for i, (yi, pi) in enumerate(zip(y, p)):
+        label = ("NORMAL", "PNEUMONIA")[yi]
+        rel = f"{label}/person{i // 2}_bacteria_{i}.jpeg"
+        if images_root is not None:
+            (images_root / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((24, 24), int(pi * 255), np.uint8)).save(images_root / rel)
+        rows.append({"path": rel, "p_PNEUMONIA": f"{pi:.6f}", "pred_label": ("NORMAL", "PNEUMONIA")[int(pi >= 0.5)],
+                     "threshold": 0.5, "true_label": label, "error": "", "model": "m.onnx", "model_sha256": "a" * 64})
+    rows.append({"path": "broken.jpeg", "p_PNEUMONIA": "", "pred_label": "", "threshold": 0.5, "true_label": "",
+                 "error": "not a recognised image file", "model": "m.onnx", "model_sha256": "a" * 64})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_report_writes_metrics_figures_and_self_contained_html(tmp_path: Path) -> None:
+    preds = _predictions(tmp_path / "preds.csv", images_root=tmp_path / "images")
+    history = tmp_path / "history.csv"
+    pd.DataFrame({"epoch": [0, 1], "accuracy": [0.6, 0.7], "loss": [0.7, 0.6], "val_accuracy": [0.6, 0.65],
+                  "val_loss": [0.69, 0.66]}).to_csv(history, index=False)
+    val = tmp_path / "val.csv"
+    pd.DataFrame({"path": ["a", "b", "c", "d"], "label": ["NORMAL", "PNEUMONIA", "PNEUMONIA", "NORMAL"],
+                  "p_PNEUMONIA": [0.2, 0.9, 0.4, 0.5]}).to_csv(val, index=False)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(report, ["--preds", str(preds), "--out", str(out), "--history", str(history),
+                                         "--val-preds", str(val), "--images-root", str(tmp_path / "images"),
+                                         "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    model = metrics["models"]["m"]
+    assert model["n_errors"] == 1 and model["n_labelled"] == 120
+    assert metrics["val_threshold"]["threshold"] == pytest.approx(0.4)
+    assert "at_val_threshold" in model and model["threshold_table"]
+    for name in ("confusion", "roc", "pr", "reliability", "samples", "confident_errors"):
+        assert (out / model["figures"][name]).is_file()
+    assert (out / "curves.png").is_file() and (out / "report.md").is_file()
+    html = (out / "report.html").read_text()
+    assert len(re.findall(r"src='data:image/png;base64,", html)) == 7
+    assert "published" in html and "0.991" in html
+
+
+def test_comparison_of_two_prediction_files(tmp_path: Path) -> None:
+    a = _predictions(tmp_path / "a.csv", seed=1)
+    b = _predictions(tmp_path / "b.csv", seed=2)
+    for path, name in ((a, "model1.onnx"), (b, "model2.onnx")):
+        frame = pd.read_csv(path)
+        frame["model"] = name
+        frame.to_csv(path, index=False)
+    result = summarize([a, b], tmp_path / "cmp", n_boot=20)
+    assert set(result["models"]) == {"model1", "model2"}
+    assert (tmp_path / "cmp" / "model1_roc.png").is_file() and (tmp_path / "cmp" / "model2_roc.png").is_file()
+
+
+def test_html_renders_in_headless_chromium_with_images_loaded(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    preds = _predictions(tmp_path / "preds.csv")
+    summarize([preds], tmp_path / "r", n_boot=20)
+    probe = tmp_path / "probe.html"
+    html = (tmp_path / "r" / "report.html").read_text()
+    script = ("<script>window.onload=()=>{const imgs=[...document.images];"
+              "document.title='IMAGES '+imgs.length+' LOADED '+imgs.filter(i=>i.complete&&i.naturalWidth>0).length;}"
+              "</script>")
+    probe.write_text(html.replace("</body>", script + "</body>"))
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+                           probe.as_uri()], capture_output=True, text=True, timeout=120)
+    match = re.search(r"<title>IMAGES (\d+) LOADED (\d+)</title>", proc.stdout)
+    assert match, proc.stderr[-2000:]
+    assert int(match.group(1)) == 4 and match.group(1) == match.group(2)
+
+
+def test_parse_max_drop() -> None:
+    assert parse_max_drop("auc=0.01, recall=0.02") == {"roc_auc": 0.01, "recall": 0.02}
+    with pytest.raises(GateSpecError):
+        parse_max_drop("bogus=1")
+    with pytest.raises(GateSpecError):
+        parse_max_drop("auc")
+
+
+def _labelled_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for label, level in (("NORMAL", 60), ("PNEUMONIA", 110)):
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            arr = np.clip(rng.normal(level, 25, (40, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"person{i}_x_{i}.png")
+    return root
+
+
+def test_evaluate_gate_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    folder = _labelled_folder(tmp_path / "data")
+    good = make_tiny_model(tmp_path / "good.onnx")
+    common = ["--data", str(folder), "--history", str(tmp_path / "history.csv"), "--n-boot", "20", "-q"]
+    first = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e1"), *common])
+    assert first.exit_code == 0, first.output
+    baseline = tmp_path / "e1" / "metrics.json"
+    same = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e2"), "--baseline", str(baseline),
+                                    *common])
+    assert same.exit_code == 0 and "PASSED" in same.output
+    # planted regression: a model whose scores barely depend on the image
+    worse = make_tiny_model(tmp_path / "worse.onnx", scale=0.0005, centre=200.0)
+    regressed = runner.invoke(evaluate, ["--model", str(worse), "--out", str(tmp_path / "e3"),
+                                         "--baseline", str(baseline), "--max-drop", "recall=0.02", *common])
+    assert regressed.exit_code == 1 and "regressed" in regressed.output
+    (folder / "NORMAL" / "person0_x_0.png").unlink()
+    changed = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e4"),
+                                       "--baseline", str(baseline), *common])
+    assert changed.exit_code == 3 and "data changed" in changed.output
+    allowed = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e5"),
+                                       "--baseline", str(baseline), "--allow-new-data", *common])
+    assert allowed.exit_code == 0
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["verdict"]) == ["pass", "pass", "regression", "data_changed", "pass"]
+    assert {"time", "model_sha256", "data_sha256", "roc_auc"} <= set(history.columns)
+
+
+def test_evaluate_usage_errors(tmp_path: Path) -> None:
+    good = make_tiny_model(tmp_path / "good.onnx")
+    result = CliRunner().invoke(evaluate, ["--model", str(good), "--data", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    folder = _labelled_folder(tmp_path / "data")
+    bad_baseline = tmp_path / "b.json"
+    bad_baseline.write_text("{}")
+    result = CliRunner().invoke(evaluate, ["--model", str(good), "--data", str(folder), "--baseline",
+                                           str(bad_baseline), "--out", str(tmp_path / "o"), "--history",
+                                           str(tmp_path / "h.csv"), "--n-boot", "20", "-q"])
+    assert result.exit_code == 2 and "not a cxr metrics.json" in result.output
