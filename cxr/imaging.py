@@ -112,6 +112,8 @@ def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
 
 def decode_or_error(path: str | Path, size: int, use_draft: bool = True) -> tuple[np.ndarray | None, str]:
     """Like decode_image, but returns (array, "") or (None, message). Safe for worker pools."""
+    if not Path(path).is_file():
+        return None, "file not found"
     try:
         return decode_image(path, size, use_draft=use_draft), ""
     except ImageDecodeError as exc:
@@ -142,3 +144,23 @@ def decode_pool(workers: int):
 
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+
+
+def _decode_strict_chunk(args: tuple[list[str], int]) -> np.ndarray:
+    paths, size = args
+    return np.stack([decode_image(p, size) for p in paths]) if paths else np.zeros((0, size, size, 3), np.uint8)
+
+
+def decode_many(paths: list[str], size: int, workers: int | None = None) -> np.ndarray:
+    """Decode paths into one (N, size, size, 3) uint8 array with a process pool; any bad
+    file raises ImageDecodeError (for curated inputs such as a prepared split)."""
+    import math
+    import os
+
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(paths) < 64:
+        return _decode_strict_chunk((list(paths), size))
+    step = math.ceil(len(paths) / (workers * 4))
+    chunks = [(list(paths[i:i + step]), size) for i in range(0, len(paths), step)]
+    with decode_pool(workers) as pool:
+        return np.concatenate(list(pool.map(_decode_strict_chunk, chunks)))

@@ -74,14 +74,19 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
 @batch_size_option
 @device_option
 @workers_option
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Score only the files of a split manifest (paths relative to FOLDER); labels come from it.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="With --manifest: which split to score.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run; files already scored are kept.")
 @click.option("--no-report", is_flag=True, help="With ground truth, write only metrics.json (no figures/HTML).")
 @n_boot_option
 @quiet_option
 def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int, device: str,
-          workers: int | None, resume: bool, no_report: bool, n_boot: int, quiet: bool) -> None:
+          workers: int | None, manifest: Path | None, split: str, resume: bool, no_report: bool, n_boot: int,
+          quiet: bool) -> None:
     """Score every image under FOLDER (recursively) with an exported ONNX model."""
-    from cxr.infer.score import ScoreInputError, read_labels_csv
+    from cxr.infer.score import ScoreInputError, manifest_split, read_labels_csv
 
     if not folder.is_dir():
         fail_usage(f"folder not found: {folder}")
@@ -89,12 +94,15 @@ def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None,
     if not quiet:
         click.echo(f"provider: {model.provider} | model {model.path.name} ({model.info.sha256[:12]}), "
                    f"threshold {model.info.threshold:g}, classes {model.info.classes}", err=True)
+    only = None
     try:
         labels = read_labels_csv(labels_csv, model.info.classes) if labels_csv else None
+        if manifest is not None:
+            only, labels = manifest_split(manifest, split, model.info.classes)
     except ScoreInputError as exc:
         fail_usage(str(exc))
     result = score_or_exit(folder, model, out_dir, batch_size=batch_size, workers=workers, labels=labels,
-                           resume=resume, quiet=quiet)
+                           resume=resume, quiet=quiet, only=only)
     report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot)
     click.echo(f"scored {result.n_files - result.n_errors}/{result.n_files} files "
                f"({result.images_per_second:.1f} img/s) -> {result.csv_path}")

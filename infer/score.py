@@ -65,6 +65,23 @@ def read_labels_csv(path: str | Path, classes: list[str]) -> dict[str, str]:
     return dict(zip(frame["path"], frame["label"]))
 
 
+def manifest_split(manifest_path: str | Path, split: str, classes: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(relative paths, labels) of one split of a `cxr data prepare` manifest."""
+    try:
+        frame = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ScoreInputError(f"cannot read manifest {manifest_path}: {exc}") from None
+    if not {"path", "label", "split"} <= set(frame.columns):
+        raise ScoreInputError(f"{manifest_path} is not a split manifest (needs path, label, split)")
+    rows = frame[frame["split"] == split]
+    if rows.empty:
+        raise ScoreInputError(f"{manifest_path} has no '{split}' rows")
+    unknown = sorted(set(rows["label"]) - set(classes))
+    if unknown:
+        raise ScoreInputError(f"{manifest_path} has labels {unknown} outside the model's classes {classes}")
+    return rows["path"].tolist(), dict(zip(rows["path"], rows["label"]))
+
+
 def true_label_for(rel_path: str, classes: list[str], labels: dict[str, str] | None) -> str:
     if labels is not None:
         return labels.get(rel_path, labels.get(Path(rel_path).name, ""))
@@ -122,15 +139,20 @@ def _rewrite_partial(partial: Path, done: pd.DataFrame) -> None:
 
 def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int = 32,
                  workers: int | None = None, labels: dict[str, str] | None = None, resume: bool = False,
-                 progress: ProgressFn | None = None) -> ScoreResult:
-    """Score all images under ``folder``; write ``out_csv``. Returns counts and the predictions."""
+                 progress: ProgressFn | None = None, only: list[str] | None = None) -> ScoreResult:
+    """Score all images under ``folder`` (or just the relative paths in ``only``); write ``out_csv``.
+    Returns counts and the predictions. A listed file that is missing gets an error row."""
     folder, out_csv = Path(folder), Path(out_csv)
     if not folder.is_dir():
         raise ScoreInputError(f"folder not found: {folder}")
     info = model.info
     columns = columns_for(info.positive_class)
-    paths = list_images(folder)
-    rel_paths = [p.relative_to(folder).as_posix() for p in paths]
+    if only is None:
+        paths = list_images(folder)
+        rel_paths = [p.relative_to(folder).as_posix() for p in paths]
+    else:
+        rel_paths = sorted(dict.fromkeys(only))
+        paths = [folder / rel for rel in rel_paths]
     partial = out_csv.with_name(out_csv.name + ".partial")
     done = _done_rows(partial, columns) if resume else pd.DataFrame(columns=columns)
     done = done[done["path"].isin(set(rel_paths)) & (done["model_sha256"] == info.sha256)]

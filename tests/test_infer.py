@@ -167,3 +167,19 @@ def test_inference_path_never_imports_tensorflow(tmp_path: Path, tiny_model: Pat
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "o" / "predictions.csv").is_file()
+
+
+def test_manifest_split_scores_only_that_split_with_its_labels(tmp_path: Path, tiny_model: Path,
+                                                                 kaggle_folder: Path) -> None:
+    from cxr.data import prepare_splits
+
+    result = prepare_splits(kaggle_folder, tmp_path / "splits")
+    test_rows = result.manifest[result.manifest["split"] == "test"]
+    out = tmp_path / "out"
+    run = CliRunner().invoke(infer, [str(kaggle_folder), "--model", str(tiny_model), "--out", str(out),
+                                     "--manifest", str(result.manifest_path), "--split", "test", "-q",
+                                     "--n-boot", "20"])
+    assert run.exit_code == 0, run.output
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert sorted(rows["path"]) == sorted(test_rows["path"])
+    assert dict(zip(rows["path"], rows["true_label"])) == dict(zip(test_rows["path"], test_rows["label"]))

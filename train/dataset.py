@@ -7,7 +7,6 @@ rule, so epochs (and reruns) never decode a JPEG again.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +14,9 @@ import keras
 import numpy as np
 
 from cxr.files import atomic_path
-from cxr.imaging import RESIZE_RULE, decode_image, decode_pool
+from cxr.imaging import RESIZE_RULE, decode_many
 
 DEFAULT_CACHE_DIR = Path("data/cache")
-
-
-def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
-    paths, size = args
-    return np.stack([decode_image(p, size) for p in paths]) if paths else np.zeros((0, size, size, 3), np.uint8)
-
-
-def decode_all(paths: list[str], size: int, workers: int | None = None) -> np.ndarray:
-    """Decode paths into one (N, size, size, 3) uint8 array using a process pool."""
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(paths) < 64:
-        return _decode_chunk((paths, size))
-    n_chunks = workers * 4
-    step = math.ceil(len(paths) / n_chunks)
-    chunks = [(paths[i:i + step], size) for i in range(0, len(paths), step)]
-    with decode_pool(workers) as pool:
-        return np.concatenate(list(pool.map(_decode_chunk, chunks)))
 
 
 def cached_images(paths: list[str], size: int, manifest_sha256: str, cache_dir: str | Path = DEFAULT_CACHE_DIR,
@@ -45,7 +27,7 @@ def cached_images(paths: list[str], size: int, manifest_sha256: str, cache_dir: 
         images = np.load(cache_file)
         if images.shape == (len(paths), size, size, 3):
             return images
-    images = decode_all(paths, size)
+    images = decode_many(paths, size)
     with atomic_path(cache_file) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, images)

@@ -161,7 +161,7 @@ def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: st
     model.fit(dataset.train_dataset(x_train, y_train, int(resolved["batch_size"]), augmenter, seed),
               validation_data=dataset.eval_dataset(x_val, y_val, int(resolved["batch_size"])),
               epochs=int(resolved["epochs"]), class_weight=class_weight,
-              callbacks=_callbacks(resolved, run_dir, resume), verbose=verbose)
+              callbacks=_callbacks(resolved, run_dir, resume), verbose=verbose, shuffle=False)
     history = pd.read_csv(run_dir / "history.csv")
     plot_history(history, run_dir / "curves.png", title=f"{resolved['variant']} ({resolved['backbone']})")
     best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").is_file() else model

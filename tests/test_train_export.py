@@ -1,0 +1,160 @@
+"""Slow tests: train tiny EfficientNet runs (weights=None) and export them to ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cxr.cli import cxr
+from tests.synthetic import make_dataset
+
+pytestmark = pytest.mark.slow
+TINY = ["--weights", "none", "--epochs", "1", "--input-size", "64", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    data = make_dataset(root / "data", n_patients=6, images_per_patient=2)
+    runner = CliRunner()
+    prepared = runner.invoke(cxr, ["data", "prepare", "--source", str(data), "--out", str(root / "splits")])
+    assert prepared.exit_code == 0, prepared.output
+    result = runner.invoke(cxr, ["train", "--variant", "all", "--data", str(root / "splits" / "manifest.csv"),
+                                 "--out", str(root / "runs"), "--cache-dir", str(root / "cache"), *TINY])
+    assert result.exit_code == 0, result.output
+    return {"root": root, "data": data, "manifest": root / "splits" / "manifest.csv", "runs": root / "runs",
+            "output": result.output}
+
+
+def test_both_variants_write_every_artifact(trained) -> None:
+    for variant in ("model1", "model2"):
+        run = trained["runs"] / variant
+        for name in ("best.keras", "history.csv", "config.json", "run.json", "augment_grid.png", "curves.png",
+                     "val_predictions.csv"):
+            assert (run / name).is_file(), f"{variant}: {name} missing"
+        info = json.loads((run / "run.json").read_text())
+        assert info["finished"] and info["epochs_run"] == 1 and info["seed"] == 42
+        assert len(info["manifest_sha256"]) == 64 and "keras" in info["versions"]
+        assert not (run / "backup").exists()
+
+
+def test_freezing_counts_and_parameters_match_the_seed(trained) -> None:
+    m1 = json.loads((trained["runs"] / "model1" / "run.json").read_text())
+    m2 = json.loads((trained["runs"] / "model2" / "run.json").read_text())
+    assert m1["frozen_base_layers"] == 10
+    assert m2["frozen_base_layers"] == int(m2["base_layers"] * 0.7)
+    # the seed's Keras 2 counts (input size does not change parameter counts)
+    assert (m1["params"]["trainable"], m1["params"]["non_trainable"]) == (7_888_387, 68_855)
+    assert (m2["params"]["trainable"], m2["params"]["non_trainable"]) == (6_383_963, 1_573_279)
+
+
+def test_frozen_random_base_warns_and_is_recorded(trained) -> None:
+    assert "frozen random features cannot learn" in trained["output"]
+    info = json.loads((trained["runs"] / "model2" / "run.json").read_text())
+    assert any("cannot learn" in w for w in info["warnings"])
+
+
+def test_existing_run_needs_resume(trained) -> None:
+    result = CliRunner().invoke(cxr, ["train", "--variant", "model1", "--data", str(trained["manifest"]),
+                                      "--out", str(trained["runs"] / "model1"), *TINY])
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_interrupted_run_resumes_from_last_finished_epoch(trained, monkeypatch) -> None:
+    import keras
+
+    from cxr.train import fit
+    from cxr.train.config import load_config, resolve_variant
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise KeyboardInterrupt("simulated kill after epoch 1")
+
+    original = fit._callbacks
+    monkeypatch.setattr(fit, "_callbacks", lambda *a: original(*a) + [Crash()])
+    cfg = resolve_variant(load_config(), "model2", {"weights": "none", "epochs": 2, "input_size": 64,
+                                                    "batch_size": 8})
+    run = trained["root"] / "resume"
+    with pytest.raises(KeyboardInterrupt):
+        fit.fit_variant(cfg, trained["manifest"], run, cache_dir=trained["root"] / "cache", verbose=0)
+    assert (run / "backup").is_dir() and len(pd.read_csv(run / "history.csv")) == 1
+    monkeypatch.setattr(fit, "_callbacks", original)
+    result = fit.fit_variant(cfg, trained["manifest"], run, resume=True, cache_dir=trained["root"] / "cache",
+                             verbose=0)
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and result.run_info["epochs_run"] == 2
+
+
+def test_export_metadata_parity_and_round_trip(trained, tmp_path: Path) -> None:
+    import onnx
+
+    from cxr.export.onnx_export import load_keras_model
+    from cxr.imaging import decode_image, list_images
+    from cxr.infer.cli import infer
+
+    run = trained["runs"] / "model1"
+    out = tmp_path / "models" / "model1.onnx"
+    result = CliRunner().invoke(cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8"])
+    assert result.exit_code == 0, result.output
+    assert "max |dp|" in result.output
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["cxr.classes"]) == ["NORMAL", "PNEUMONIA"]
+    assert json.loads(meta["cxr.threshold"]) == 0.5 and json.loads(meta["cxr.input_size"]) == 64
+    assert meta["cxr.variant"] == "model1" and meta["cxr.input_dtype"] == "uint8"
+    assert len(meta["cxr.config_sha256"]) == 64 and len(meta["cxr.manifest_sha256"]) == 64
+    assert not any(n.op_type.startswith("Random") for n in model.graph.node)
+    parity = json.loads((out.with_suffix(".parity.json")).read_text())
+    assert parity["passed"] and parity["max_abs_diff"] <= 1e-4 and len(parity["model_sha256"]) == 64
+    assert parity["source"].endswith("real images")  # the run's own validation images
+
+    # export -> cxr-infer round trip against Keras on the same decoded images
+    scored = tmp_path / "scored"
+    infer_result = CliRunner().invoke(infer, [str(trained["data"]), "--model", str(out), "--out", str(scored),
+                                              "-q", "--n-boot", "20"])
+    assert infer_result.exit_code == 0, infer_result.output
+    rows = pd.read_csv(scored / "predictions.csv")
+    paths = list_images(trained["data"])
+    keras_p = load_keras_model(run / "best.keras").predict(
+        np.stack([decode_image(p, 64) for p in paths]).astype("float32"), verbose=0).reshape(-1)
+    assert np.abs(rows["p_PNEUMONIA"].to_numpy() - keras_p).max() <= 1e-4
+
+
+def test_failed_parity_leaves_no_model(trained, tmp_path: Path) -> None:
+    from cxr.export.onnx_export import ParityError, export_onnx
+
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ParityError):
+        export_onnx(trained["runs"] / "model2", out, tolerance=-1.0, n_parity=4)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_corrupted_or_foreign_run_gives_clear_error(trained, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["runs"] / "model1", run)
+    (run / "best.keras").write_bytes(b"definitely not a keras zip")
+    result = CliRunner().invoke(cxr, ["export", "--run", str(run), "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2 and "cannot load" in result.output and not (tmp_path / "x.onnx").exists()
+    result = CliRunner().invoke(cxr, ["export", "--run", str(tmp_path), "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2 and "missing" in result.output
+
+
+def test_lite2_backbone_builds_with_the_same_contract() -> None:
+    from cxr.train.config import load_config, resolve_variant
+    from cxr.train.model import build_classifier
+
+    for variant, frozen in (("model1", 10), ("model2", None)):
+        cfg = resolve_variant(load_config(), variant, {"backbone": "efficientnet_lite2", "weights": "none",
+                                                       "input_size": 64})
+        model, facts = build_classifier(cfg)
+        assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 1)
+        assert facts["frozen_base_layers"] == (frozen or int(facts["base_layers"] * 0.7))
