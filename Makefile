@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast bench clean-venv
+.PHONY: setup data weights train export infer report test test-fast bench demo clean-venv
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -60,3 +60,7 @@ bench: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Score the shipped example images with the shipped default model.
+demo: setup
+	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples
