@@ -21,7 +21,8 @@ from cxr.imaging import RESIZE_RULE, decode_image
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
-INPUT_NAME, OUTPUT_NAME = "pixels", "probability"
+INPUT_NAME, OUTPUT_NAME, CAM_NAME = "pixels", "probability", "cam"
+CAM_TOLERANCE = 1e-3
 
 
 class ExportError(RuntimeError):
@@ -98,9 +99,17 @@ def convert(model, input_size: int, opset: int, out_path: Path, metadata: dict[s
     tf.get_logger().setLevel("ERROR")
     spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.uint8, name=INPUT_NAME),)
 
+    from cxr.export.gradcam import has_gradcam_head, probability_and_cam
+
+    with_cam = has_gradcam_head(model)
+    compute = probability_and_cam(model) if with_cam else None
+
     @tf.function(input_signature=spec)
     def serve(pixels):
-        return tf.reshape(model(tf.cast(pixels, tf.float32), training=False), (-1,))
+        x = tf.cast(pixels, tf.float32)
+        if with_cam:
+            return compute(x)
+        return tf.reshape(model(x, training=False), (-1,))
 
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     proto, _ = tf2onnx.convert.from_graph_def(
@@ -108,12 +117,15 @@ def convert(model, input_size: int, opset: int, out_path: Path, metadata: dict[s
         output_names=[t.name for t in frozen.outputs], opset=opset)
     _rename_value(proto, proto.graph.input[0].name, INPUT_NAME)
     _rename_value(proto, proto.graph.output[0].name, OUTPUT_NAME)
-    for value in (proto.graph.input[0], proto.graph.output[0]):
+    if with_cam:
+        _rename_value(proto, proto.graph.output[1].name, CAM_NAME)
+    for value in [proto.graph.input[0], *proto.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     del proto.metadata_props[:]
     for key, value in sorted(metadata.items()):
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = "cxr pneumonia classifier: uint8 NHWC pixels 0-255 in, P(positive class) out"
+    proto.doc_string = ("cxr pneumonia classifier: uint8 NHWC pixels 0-255 in; outputs 'probability' = P(positive "
+                        "class) and, where the head allows, 'cam' = Grad-CAM of the positive logit (N, h, w) in 0..1")
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out_path))
 
@@ -143,13 +155,22 @@ def check_parity(keras_model, onnx_path: Path, images: np.ndarray, threshold: fl
                  tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
     from cxr.infer.model import OnnxClassifier
 
+    from cxr.export.gradcam import gradcam_keras, has_gradcam_head
+
     p_keras = keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0).reshape(-1).astype(np.float64)
-    p_onnx = OnnxClassifier(onnx_path, device="cpu").predict(images)
+    onnx_model = OnnxClassifier(onnx_path, device="cpu")
+    p_onnx = onnx_model.predict(images)
     diff = np.abs(p_keras - p_onnx)
     labels_differ = int(np.sum((p_keras >= threshold) != (p_onnx >= threshold)))
-    return {"n_images": int(len(images)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "labels_differ": labels_differ, "tolerance": tolerance, "threshold": threshold,
-            "passed": bool(diff.max() <= tolerance and labels_differ == 0)}
+    result = {"n_images": int(len(images)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+              "labels_differ": labels_differ, "tolerance": tolerance, "threshold": threshold,
+              "passed": bool(diff.max() <= tolerance and labels_differ == 0)}
+    if onnx_model.has_cam and has_gradcam_head(keras_model):
+        _, cam_reference = gradcam_keras(keras_model, images[:8].astype(np.float32))
+        cam_diff = float(np.abs(onnx_model.explain(images[:8])[1] - cam_reference).max())
+        result.update({"cam_max_abs_diff": cam_diff, "cam_tolerance": CAM_TOLERANCE,
+                       "passed": result["passed"] and cam_diff <= CAM_TOLERANCE})
+    return result
 
 
 def default_parity_paths(run: dict, n: int, seed: int) -> list[str]:

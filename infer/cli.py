@@ -51,14 +51,16 @@ def score_or_exit(folder, model, out_dir: Path, **kwargs):
         bar.close()
 
 
-def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 1000) -> dict | None:
+def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 1000, model=None) -> dict | None:
     """The reports stage on these predictions, when they carry ground truth."""
     from cxr.reports.summary import ReportInputError, summarize
 
     if not (result.predictions["true_label"] != "").any():
         return None
     try:
-        return summarize([result.csv_path], out_dir, images_root=folder, with_figures=full, n_boot=n_boot)
+        cam_model = model if model is not None and model.has_cam else None
+        return summarize([result.csv_path], out_dir, images_root=folder, with_figures=full, n_boot=n_boot,
+                         cam_model=cam_model)
     except ReportInputError as exc:
         click.echo(f"no report: {exc}", err=True)
         return None
@@ -78,13 +80,14 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
               help="Score only the files of a split manifest (paths relative to FOLDER); labels come from it.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
               help="With --manifest: which split to score.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation: average over flips and small shifts (6x cost).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run; files already scored are kept.")
 @click.option("--no-report", is_flag=True, help="With ground truth, write only metrics.json (no figures/HTML).")
 @n_boot_option
 @quiet_option
 def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int, device: str,
-          workers: int | None, manifest: Path | None, split: str, resume: bool, no_report: bool, n_boot: int,
-          quiet: bool) -> None:
+          workers: int | None, manifest: Path | None, split: str, tta: bool, resume: bool, no_report: bool,
+          n_boot: int, quiet: bool) -> None:
     """Score every image under FOLDER (recursively) with an exported ONNX model."""
     from cxr.infer.score import ScoreInputError, manifest_split, read_labels_csv
 
@@ -102,8 +105,8 @@ def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None,
     except ScoreInputError as exc:
         fail_usage(str(exc))
     result = score_or_exit(folder, model, out_dir, batch_size=batch_size, workers=workers, labels=labels,
-                           resume=resume, quiet=quiet, only=only)
-    report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot)
+                           resume=resume, quiet=quiet, only=only, tta=tta)
+    report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot, model=model)
     click.echo(f"scored {result.n_files - result.n_errors}/{result.n_files} files "
                f"({result.images_per_second:.1f} img/s) -> {result.csv_path}")
     if report is not None:
@@ -115,6 +118,29 @@ def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None,
         click.echo(f"{result.n_errors} file(s) could not be scored; see the 'error' column", err=True)
         sys.exit(EXIT_PARTIAL)
     sys.exit(EXIT_OK)
+
+
+@click.command("explain")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
+              help="Exported .onnx (uses its 'cam' output, no TensorFlow), a .keras file or a training run folder.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("explanations"),
+              show_default=True)
+def explain(images: tuple[Path, ...], model_path: Path, out_dir: Path) -> None:
+    """Grad-CAM heatmap overlays (PNG) for each IMAGE: the image, the overlay and the probability."""
+    from cxr.infer.explain import explain_files
+    from cxr.infer.model import ModelLoadError
+
+    if not model_path.exists():
+        fail_usage(f"model not found: {model_path}")
+    try:
+        results = explain_files(list(images), model_path, out_dir)
+    except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:
+        fail_usage(str(exc).splitlines()[0])
+    for item in results:
+        click.echo(f"{item.path}: " + (f"p={item.probability:.4f} -> {item.figure}" if item.figure else
+                                       f"error: {item.error}"))
+    sys.exit(EXIT_PARTIAL if any(item.error for item in results) else EXIT_OK)
 
 
 def main() -> None:

@@ -106,7 +106,9 @@ class OnnxClassifier:
                               int(meta["input_size"]), str(meta["input_dtype"]), str(meta["resize_rule"]), meta)
         self._check_input()
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = "probability" if "probability" in outputs else outputs[0]
+        self.has_cam = "cam" in outputs
 
     def _check_input(self) -> None:
         inputs = self.session.get_inputs()
@@ -126,3 +128,28 @@ class OnnxClassifier:
         """P(positive class) for a (N, size, size, 3) uint8 batch of 0-255 pixels."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32)
         return self.session.run([self.output_name], {self.input_name: batch})[0].reshape(-1).astype(np.float64)
+
+    def explain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P(positive), Grad-CAM maps (N, h, w) in 0..1) from a model exported with its 'cam' output."""
+        if not self.has_cam:
+            raise ModelLoadError(f"{self.path} has no 'cam' output (re-export it with this version of cxr)")
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        p, cam = self.session.run([self.output_name, "cam"], {self.input_name: batch})
+        return p.reshape(-1).astype(np.float64), cam
+
+
+def tta_views(batch: np.ndarray, shift: int) -> list[np.ndarray]:
+    """Test-time augmentation views of a uint8 NHWC batch: identity, horizontal flip, and
+    shifts of ``shift`` pixels left/right/up/down (edges replicated)."""
+    views = [batch, batch[:, :, ::-1]]
+    padded = np.pad(batch, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+    h, w = batch.shape[1:3]
+    for dy, dx in ((0, -shift), (0, shift), (-shift, 0), (shift, 0)):
+        views.append(padded[:, shift + dy:shift + dy + h, shift + dx:shift + dx + w])
+    return views
+
+
+def predict_tta(model: "OnnxClassifier", batch: np.ndarray) -> np.ndarray:
+    """Mean P(positive) over the TTA views (6 model calls per batch)."""
+    shift = max(1, model.info.input_size // 32)
+    return np.mean([model.predict(view) for view in tta_views(batch, shift)], axis=0)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from cxr.files import atomic_path
 from cxr.imaging import decode_or_error, decode_pool, list_images
-from cxr.infer.model import OnnxClassifier
+from cxr.infer.model import OnnxClassifier, predict_tta
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
 
@@ -139,7 +139,7 @@ def _rewrite_partial(partial: Path, done: pd.DataFrame) -> None:
 
 def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int = 32,
                  workers: int | None = None, labels: dict[str, str] | None = None, resume: bool = False,
-                 progress: ProgressFn | None = None, only: list[str] | None = None) -> ScoreResult:
+                 progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False) -> ScoreResult:
     """Score all images under ``folder`` (or just the relative paths in ``only``); write ``out_csv``.
     Returns counts and the predictions. A listed file that is missing gets an error row."""
     folder, out_csv = Path(folder), Path(out_csv)
@@ -168,7 +168,7 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             decoded = [next(stream) for _ in chunk]
-            writer.writerows(_score_batch(model, [rel_paths[i] for i in chunk], decoded, labels))
+            writer.writerows(_score_batch(model, [rel_paths[i] for i in chunk], decoded, labels, tta))
             handle.flush()
             if progress:
                 progress(len(chunk), len(rel_paths))
@@ -178,14 +178,15 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
     return ScoreResult(out_csv, len(rel_paths), n_errors, len(todo), model.provider, seconds, predictions)
 
 
-def _score_batch(model: OnnxClassifier, rels: list[str], decoded: list, labels) -> list[list]:
+def _score_batch(model: OnnxClassifier, rels: list[str], decoded: list, labels, tta: bool = False) -> list[list]:
     info = model.info
     ok = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
     probs = np.full(len(rels), np.nan)
     error = ""
     if ok:
         try:
-            probs[ok] = model.predict(np.stack([decoded[i][0] for i in ok]))
+            batch = np.stack([decoded[i][0] for i in ok])
+            probs[ok] = predict_tta(model, batch) if tta else model.predict(batch)
         except Exception as exc:  # noqa: BLE001 - a failing batch becomes error rows, the run goes on
             error = f"inference failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     rows = []
@@ -194,7 +195,7 @@ def _score_batch(model: OnnxClassifier, rels: list[str], decoded: list, labels) 
         p = "" if message else f"{probs[i]:.6f}"
         pred = "" if message else info.classes[int(probs[i] >= info.threshold)]
         rows.append([rel, p, pred, info.threshold, true_label_for(rel, info.classes, labels), message,
-                     info.path.name, info.sha256])
+                     info.path.name + ("+tta" if tta else ""), info.sha256])
     return rows
 
 

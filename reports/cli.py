@@ -29,15 +29,21 @@ EXIT_DATA_CHANGED = 3
 @target_recall_option
 @click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder the prediction paths are relative to (for the sample-image grids).")
+@click.option("--cam-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Exported .onnx with a 'cam' output: overlay its Grad-CAM on the image grids.")
 @n_boot_option
 @click.option("--seed", type=int, default=0, show_default=True)
-def report(prediction_files, out_dir, history, val_preds, target_recall, images_root, n_boot, seed) -> None:
+def report(prediction_files, out_dir, history, val_preds, target_recall, images_root, cam_model, n_boot,
+           seed) -> None:
     """Metrics with CIs, figures, report.md and a self-contained report.html."""
+    from cxr.infer.cli import load_model_or_exit
     from cxr.reports.summary import ReportInputError, summarize
 
+    explainer = load_model_or_exit(str(cam_model), "cpu") if cam_model else None
     try:
         result = summarize(list(prediction_files), out_dir, history=history, val_predictions=val_preds,
-                           target_recall=target_recall, images_root=images_root, n_boot=n_boot, seed=seed)
+                           target_recall=target_recall, images_root=images_root, n_boot=n_boot, seed=seed,
+                           cam_model=explainer)
     except (ReportInputError, OSError, ValueError) as exc:
         fail_usage(str(exc))
     for name, model in result["models"].items():
@@ -86,7 +92,7 @@ def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_pat
         fail_usage(str(exc))
     result = score_or_exit(folder, model, out_dir, batch_size=batch_size, workers=workers, labels=labels,
                            resume=False, quiet=quiet)
-    report = write_report(result, folder, out_dir, full=True, n_boot=n_boot)
+    report = write_report(result, folder, out_dir, full=True, n_boot=n_boot, model=model)
     if report is None:
         fail_usage(f"no labelled images of both classes under {folder}; nothing to evaluate")
     try:

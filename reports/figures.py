@@ -106,3 +106,29 @@ def plot_reliability(mean_predicted: np.ndarray, fraction_positive: np.ndarray, 
     hist.set_xlabel("predicted probability")
     hist.set_ylabel("images")
     return _save(fig, out)
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a Grad-CAM map (h, w in 0..1, any resolution) over a uint8 RGB image (jet colormap)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    cam_img = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize((width, height), Image.Resampling.BILINEAR)
+    heat = colormaps["jet"](np.asarray(cam_img) / 255.0)[..., :3] * 255
+    return np.uint8(np.clip((1 - alpha) * image.astype(np.float32) + alpha * heat, 0, 255))
+
+
+def save_explanation(image: np.ndarray, cam: np.ndarray, probability: float, positive: str, out: str | Path,
+                     title: str = "") -> Path:
+    """Image | Grad-CAM overlay, with P(positive) in the title."""
+    fig, axes = _subplots(1, 2, figsize=(7, 3.8))
+    axes[0].imshow(image)
+    axes[0].set_title("image")
+    axes[1].imshow(cam_overlay(image, cam))
+    axes[1].set_title(f"Grad-CAM, P({positive}) = {probability:.3f}")
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, out)

@@ -99,7 +99,7 @@ def choose_val_threshold(val_predictions: str | Path, target_recall: float) -> d
 
 
 def _figures(name: str, frame: pd.DataFrame, prob_col: str, result: dict, out: Path,
-             images_root: Path | None, seed: int) -> dict[str, str]:
+             images_root: Path | None, seed: int, cam_model=None) -> dict[str, str]:
     from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
     data = _labelled(frame, prob_col, result["classes"])
@@ -120,12 +120,24 @@ def _figures(name: str, frame: pd.DataFrame, prob_col: str, result: dict, out: P
     made["reliability"] = figures.plot_reliability(*reliability_curve(y, p), out / f"{name}reliability.png",
                                                    title=f"reliability, ECE {result['at_0.5']['metrics']['ece']:.3f}")
     if images_root is not None:
-        made.update(_image_grids(name, data, t, result["classes"], out, images_root, seed))
+        made.update(_image_grids(name, data, t, result["classes"], out, images_root, seed, cam_model))
     return {k: Path(v).name for k, v in made.items()}
 
 
-def _image_grids(name, data, threshold, classes, out, root, seed) -> dict[str, Path]:
+def _with_cam(image: np.ndarray, path: Path, cam_model) -> np.ndarray:
+    """The image with the model's Grad-CAM overlaid (computed at the model's input size)."""
     from cxr.imaging import decode_or_error
+
+    model_input, _ = decode_or_error(path, cam_model.info.input_size)
+    if model_input is None:
+        return image
+    return figures.cam_overlay(image, cam_model.explain(model_input[None])[1][0])
+
+
+def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None) -> dict[str, Path]:
+    from cxr.imaging import decode_or_error
+
+    suffix = " (Grad-CAM overlays)" if cam_model is not None else ""
 
     def grid(rows: pd.DataFrame, filename: str, title: str) -> Path | None:
         images, titles, colors = [], [], []
@@ -133,6 +145,8 @@ def _image_grids(name, data, threshold, classes, out, root, seed) -> dict[str, P
             arr, err = decode_or_error(Path(root) / row.path, 224)
             if arr is None:
                 continue
+            if cam_model is not None:
+                arr = _with_cam(arr, Path(root) / row.path, cam_model)
             pred = classes[int(row.p >= threshold)]
             images.append(arr)
             titles.append(f"true {row.true_label}\npred {pred} (p={row.p:.2f})")
@@ -141,17 +155,18 @@ def _image_grids(name, data, threshold, classes, out, root, seed) -> dict[str, P
 
     made = {}
     sample = data.sample(n=min(16, len(data)), random_state=seed)
-    made["samples"] = grid(sample, f"{name}samples.png", f"random test images (seed {seed})")
+    made["samples"] = grid(sample, f"{name}samples.png", f"random test images (seed {seed}){suffix}")
     wrong = data[(data["p"] >= threshold).astype(int) != data["y"]]
     confident = wrong.assign(c=(wrong["p"] - wrong["y"]).abs()).sort_values("c", ascending=False).head(8)
-    made["confident_errors"] = grid(confident, f"{name}confident_errors.png", "most confident errors")
+    made["confident_errors"] = grid(confident, f"{name}confident_errors.png", f"most confident errors{suffix}")
     return {k: v for k, v in made.items() if v is not None}
 
 
 def summarize(prediction_files: list[str | Path], out_dir: str | Path, *, history: str | Path | None = None,
               val_predictions: str | Path | None = None, target_recall: float = 0.95,
               images_root: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
-              with_figures: bool = True) -> dict[str, Any]:
+              with_figures: bool = True, cam_model=None) -> dict[str, Any]:
+    """``cam_model``: an OnnxClassifier with a 'cam' output; its Grad-CAM is overlaid on the image grids."""
     """Metrics, CIs, threshold analysis, figures and HTML/Markdown report for prediction CSVs."""
     from cxr.reports.render import write_reports
 
@@ -169,7 +184,7 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *, histor
         if with_figures:
             prefix = f"{name}_" if len(prediction_files) > 1 else ""
             root = Path(images_root) if images_root else None
-            result["figures"] = _figures(prefix, frame, prob_col, result, out, root, seed)
+            result["figures"] = _figures(prefix, frame, prob_col, result, out, root, seed, cam_model)
         report["models"][name] = result
     if with_figures and history:
         report["figures"]["curves"] = figures.plot_history(pd.read_csv(history), out / "curves.png").name

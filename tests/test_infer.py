@@ -183,3 +183,23 @@ def test_manifest_split_scores_only_that_split_with_its_labels(tmp_path: Path, t
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert sorted(rows["path"]) == sorted(test_rows["path"])
     assert dict(zip(rows["path"], rows["true_label"])) == dict(zip(test_rows["path"], test_rows["label"]))
+
+
+def test_tta_averages_flip_and_shift_views(tmp_path: Path, tiny_model: Path) -> None:
+    from cxr.infer.model import predict_tta, tta_views
+
+    batch = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    views = tta_views(batch, 2)
+    assert len(views) == 6 and all(v.shape == batch.shape for v in views)
+    assert np.array_equal(views[1][:, :, 0], batch[:, :, -1])
+    assert np.array_equal(views[2][:, :, 2:], batch[:, :, :-2])  # content moved right by 2
+    model = OnnxClassifier(tiny_model, device="cpu")
+    expected = np.mean([model.predict(v) for v in tta_views(batch, 1)], axis=0)
+    assert np.allclose(predict_tta(model, batch), expected)
+    folder, _, _ = _mixed_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--tta",
+                                        "--no-report", "--n-boot", "20"])
+    assert result.exit_code == 1
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert (rows["model"] == "tiny.onnx+tta").all()

@@ -158,3 +158,61 @@ def test_lite2_backbone_builds_with_the_same_contract() -> None:
         model, facts = build_classifier(cfg)
         assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 1)
         assert facts["frozen_base_layers"] == (frozen or int(facts["base_layers"] * 0.7))
+
+
+def _toy_lesion_model(size: int = 64):
+    """A model whose last feature map is local brightness above background, with the seed's head
+    (positive weights), so the positive logit rises with a bright 'lesion'."""
+    import keras
+
+    from cxr.train.model import add_head
+
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.AveragePooling2D(8, name="pool")(inputs)
+    x = keras.layers.Conv2D(4, 1, activation="relu", name="top_activation")(x)
+    model = add_head(keras.Model(inputs, x), "toy")
+    model.get_layer("top_activation").set_weights([np.full((1, 1, 3, 4), 1 / 3, "float32"),
+                                                   np.full(4, -90.0, "float32")])
+    for name, shape in (("head_dense128", (4, 128)), ("head_dense64", (128, 64)), ("p_positive", (64, 1))):
+        model.get_layer(name).set_weights([np.full(shape, 0.05, "float32"), np.full(shape[1], 0.1, "float32")])
+    return model
+
+
+def _lesion_images(size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    images = np.clip(rng.normal(60, 5, (2, size, size, 3)), 0, 255)
+    images[0, 4:20, 4:20] = 250  # top-left lesion
+    images[1, 44:60, 40:56] = 250  # bottom-right lesion
+    return images.astype(np.uint8)
+
+
+def test_gradcam_follows_a_planted_lesion_in_keras_and_onnx(tmp_path: Path) -> None:
+    from cxr.export.gradcam import gradcam_keras
+    from cxr.export.onnx_export import convert
+    from cxr.infer.model import OnnxClassifier
+
+    model, images = _toy_lesion_model(), _lesion_images()
+    meta = {"cxr.classes": '["NORMAL", "PNEUMONIA"]', "cxr.threshold": "0.5", "cxr.input_size": "64",
+            "cxr.input_layout": "NHWC", "cxr.input_dtype": "uint8", "cxr.resize_rule": "squash-bilinear-antialias"}
+    convert(model, 64, 17, tmp_path / "toy.onnx", meta)
+    onnx_p, onnx_cam = OnnxClassifier(tmp_path / "toy.onnx").explain(images)
+    keras_p, keras_cam = gradcam_keras(model, images.astype("float32"))
+    assert onnx_cam.shape == keras_cam.shape == (2, 8, 8)
+    assert np.allclose(onnx_cam, keras_cam, atol=1e-4) and np.allclose(onnx_p, keras_p, atol=1e-5)
+    assert onnx_cam.min() >= 0 and onnx_cam.max() == pytest.approx(1.0)
+    peaks = [np.unravel_index(np.argmax(c), c.shape) for c in onnx_cam]
+    assert peaks[0][0] < 3 and peaks[0][1] < 3  # top-left cells
+    assert peaks[1][0] > 4 and peaks[1][1] > 4  # bottom-right cells
+
+
+def test_explain_command_writes_overlays(trained, tmp_path: Path) -> None:
+    from PIL import Image
+
+    run = trained["runs"] / "model2"
+    image = next(iter(sorted((trained["data"] / "test" / "PNEUMONIA").iterdir())))
+    for model_arg in (str(run), str(run / "best.keras")):
+        result = CliRunner().invoke(cxr, ["explain", str(image), "--model", model_arg, "--out", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        figure = tmp_path / f"{image.stem}_gradcam.png"
+        assert figure.is_file() and Image.open(figure).size[0] > 200
+        figure.unlink()
