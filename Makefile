@@ -3,7 +3,7 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= train,test,lite2
+EXTRAS  ?= train,test,lite2,dicom
 SOURCE  ?= ../shared/data/chest_xray
 SPLITS  ?= data/splits
 RUNS    ?= runs

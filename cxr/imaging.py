@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 RESIZE_RULE = "squash-bilinear-antialias"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")  # plus DICOM: see cxr.dicom
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_PIXELS = 100_000_000
 DRAFT_OVERSAMPLE = 2
@@ -39,7 +39,12 @@ class DecodeOptions:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """A supported image by extension, or a DICOM file (.dcm, or no extension with a DICM preamble)."""
+    from cxr.dicom import is_dicom_file
+
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path)
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -82,6 +87,22 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     return img
 
 
+def _open_8bit(path: Path, size: int, use_draft: bool, max_pixels: int) -> Image.Image:
+    """Open any supported file as an 8-bit 'L' or 'RGB' Pillow image (before resizing)."""
+    from cxr.dicom import is_dicom_file, read_dicom_8bit
+
+    if is_dicom_file(path):
+        try:
+            return Image.fromarray(read_dicom_8bit(path, max_pixels))
+        except ValueError as exc:
+            raise ImageDecodeError(str(exc)) from None
+    img = _open_checked(path, max_pixels)
+    if use_draft and img.format == "JPEG":
+        want = size * DRAFT_OVERSAMPLE
+        img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (want, want))
+    return _to_8bit(ImageOps.exif_transpose(img))
+
+
 def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode one file to the model input: uint8 array of shape (size, size, 3).
@@ -89,22 +110,14 @@ def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
     Raises ImageDecodeError with a one-line message for anything that is not a
     decodable image.
     """
-    path = Path(path)
-    img = _open_checked(path, max_pixels)
     try:
-        if use_draft and img.format == "JPEG":
-            want = size * DRAFT_OVERSAMPLE
-            img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (want, want))
-        img = ImageOps.exif_transpose(img)
-        img = _to_8bit(img)
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
+        with _open_8bit(Path(path), size, use_draft, max_pixels) as img:
+            arr = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     except ImageDecodeError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"cannot decode image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    finally:
-        img.close()
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageDecodeError(f"cannot decode image: {message}") from None
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     return np.ascontiguousarray(arr)

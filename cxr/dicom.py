@@ -1,0 +1,98 @@
+"""DICOM input: the standard display pipeline down to an 8-bit grayscale image.
+
+1. Modality LUT / Rescale Slope and Intercept (pydicom ``apply_modality_lut``).
+2. VOI: a VOI LUT Sequence if present (pydicom ``apply_voi_lut``, output scaled from the
+   LUT's bit depth), else the first Window Center / Width (the linear function of DICOM
+   PS3.3 C.11.2.1.2, straight to 0-255), else the image's own min-max.
+3. MONOCHROME1 is inverted, so that bone is bright as in MONOCHROME2 and the training data.
+
+Multi-frame images and DICOM without pixel data (SR, encapsulated PDF, ...) are refused.
+Compressed transfer syntaxes decode through pylibjpeg / pylibjpeg-libjpeg / openjpeg
+(extra ``[dicom]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_file(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix in DICOM_EXTENSIONS or (suffix == "" and has_dicom_preamble(path))
+
+
+def _first(value) -> float:
+    return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else float(value)
+
+
+def _window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM linear VOI function to 0..255."""
+    if width <= 1:
+        return np.where(arr <= center - 0.5, 0.0, 255.0)
+    scaled = ((arr - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.clip(scaled, 0.0, 255.0)
+
+
+def _min_max(arr: np.ndarray) -> np.ndarray:
+    low, high = float(arr.min()), float(arr.max())
+    return np.zeros_like(arr, dtype=np.float64) if high <= low else (arr - low) / (high - low) * 255.0
+
+
+def display_array(ds) -> np.ndarray:
+    """The 8-bit display image (H, W) of a single-frame grayscale DICOM dataset."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    modality = apply_modality_lut(ds.pixel_array, ds)
+    arr = modality.astype(np.float64)
+    if "VOILUTSequence" in ds:
+        out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2]) or 16
+        if np.issubdtype(modality.dtype, np.floating):  # LUT entries are indexed by integer values
+            modality = np.rint(modality).astype(np.int64)
+        arr = np.clip(apply_voi_lut(modality, ds, index=0).astype(np.float64) / (2 ** out_bits - 1) * 255.0, 0, 255)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        arr = _window(arr, _first(ds.WindowCenter), _first(ds.WindowWidth))
+    else:
+        arr = _min_max(arr)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = 255.0 - arr
+    return np.rint(arr).astype(np.uint8)
+
+
+def read_dicom_8bit(path: str | Path, max_pixels: int) -> np.ndarray:
+    """Read a DICOM file to 8-bit grayscale (H, W) or RGB (H, W, 3). Raises ValueError with one line."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ValueError("DICOM input needs pydicom: pip install 'cxr[dicom]'") from None
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise ValueError(f"cannot read DICOM: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if "PixelData" not in ds:
+        raise ValueError(f"DICOM has no image (SOP class {ds.get('SOPClassUID', 'unknown')}, "
+                         f"modality {ds.get('Modality', 'unknown')})")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError(f"multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows * cols > max_pixels:
+        raise ValueError(f"image too large ({cols}x{rows}); refusing a possible decompression bomb")
+    try:
+        if int(ds.get("SamplesPerPixel", 1)) == 3:
+            return np.asarray(ds.pixel_array, dtype=np.uint8)
+        return display_array(ds)
+    except Exception as exc:  # noqa: BLE001 - missing decoders, corrupt pixel data
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot decode DICOM pixel data: {first[:200]}") from None
