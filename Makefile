@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast bench demo clean-venv
+.PHONY: setup data weights train export infer report test test-fast bench demo results clean-venv
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -64,3 +64,28 @@ clean-venv:
 # Score the shipped example images with the shipped default model.
 demo: setup
 	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples
+
+# The committed results: export the trained runs, score the held-out test split, build the
+# comparison report and the model cards, and refresh the example predictions.
+LITE2_RUNS ?= runs/lite2
+B2_RUNS    ?= runs/b2
+RESULTS    ?= results
+SCORE      := $(BIN)/cxr-infer $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet --no-report
+results: setup
+	$(BIN)/cxr export --run $(LITE2_RUNS)/model1 --out $(MODELS)/model1.onnx --threshold val
+	$(BIN)/cxr export --run $(LITE2_RUNS)/model2 --out $(MODELS)/model2.onnx --threshold val
+	$(BIN)/cxr export --run $(B2_RUNS)/model2 --out $(MODELS)/b2_model2.onnx
+	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1
+	$(SCORE) --model $(MODELS)/model2.onnx --out $(RESULTS)/model2
+	$(SCORE) --model $(MODELS)/b2_model2.onnx --out $(RESULTS)/b2_model2
+	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1_tta --tta
+	$(BIN)/cxr report --out $(RESULTS) --images-root $(SOURCE) --cam-model $(MODELS)/model1.onnx \
+		--preds $(RESULTS)/model1/predictions.csv --preds $(RESULTS)/model2/predictions.csv \
+		--preds $(RESULTS)/b2_model2/predictions.csv --preds $(RESULTS)/model1_tta/predictions.csv \
+		--history $(LITE2_RUNS)/model1/history.csv --history $(LITE2_RUNS)/model2/history.csv \
+		--history $(B2_RUNS)/model2/history.csv
+	$(BIN)/cxr card --model $(MODELS)/model1.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
+	$(BIN)/cxr card --model $(MODELS)/model2.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
+	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples --quiet
+	cp cxr_out/examples/predictions.csv examples/expected_predictions.csv
+CARD_DATA := Kermany pediatric chest X-rays (224x224 copy, 5,181 images after dedup), patient-grouped 60/20/20 split from cxr data prepare (seed 42); metrics on its test split

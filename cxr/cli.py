@@ -56,10 +56,10 @@ def data_prepare(source: Path | None, out_dir: Path, split_by: str, classes: str
 def _register_stages() -> None:
     from cxr.export.cli import export
     from cxr.infer.cli import explain, infer
-    from cxr.reports.cli import evaluate, report
+    from cxr.reports.cli import card, evaluate, report
     from cxr.train.cli import train, weights
 
-    for command in (train, export, infer, report, evaluate, explain, weights):
+    for command in (train, export, infer, report, evaluate, explain, card, weights):
         cxr.add_command(command)
 
 

@@ -22,8 +22,8 @@ EXIT_DATA_CHANGED = 3
               required=True, help="cxr-infer predictions CSV; repeat to compare models.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),
               show_default=True)
-@click.option("--history", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A run's history.csv for the training curves.")
+@click.option("--history", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="A run's history.csv for the training curves; repeat for several runs.")
 @click.option("--val-preds", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A run's val_predictions.csv: choose a threshold there for --target-recall.")
 @target_recall_option
@@ -41,7 +41,7 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, images_
 
     explainer = load_model_or_exit(str(cam_model), "cpu") if cam_model else None
     try:
-        result = summarize(list(prediction_files), out_dir, history=history, val_predictions=val_preds,
+        result = summarize(list(prediction_files), out_dir, history=list(history), val_predictions=val_preds,
                            target_recall=target_recall, images_root=images_root, n_boot=n_boot, seed=seed,
                            cam_model=explainer)
     except (ReportInputError, OSError, ValueError) as exc:
@@ -113,3 +113,24 @@ def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_pat
         click.echo(f"{result.n_errors} file(s) could not be scored", err=True)
         sys.exit(EXIT_PARTIAL)
     click.echo("PASSED")
+
+
+@click.command()
+@model_option
+@click.option("--metrics", "metrics_json", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="metrics.json holding this model's test-split results.")
+@click.option("--key", default=None, help="The model's name in metrics.json [default: the model file's stem].")
+@click.option("--data-note", default="", help="One line on the data and split the metrics come from.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="[default: <model>.md beside the model]")
+def card(model_path, metrics_json, key, data_note, out_path) -> None:
+    """Write a model card (Markdown) from a model's metadata, parity JSON and test metrics."""
+    from cxr.infer.model import ModelLoadError
+    from cxr.reports.card import write_model_card
+
+    out_path = out_path or Path(model_path).with_suffix(".md")
+    try:
+        written = write_model_card(model_path, metrics_json, out_path, key, data_note)
+    except (ModelLoadError, OSError, KeyError, ValueError) as exc:
+        fail_usage(f"cannot write the card: {exc}")
+    click.echo(f"wrote {written}")

@@ -62,14 +62,14 @@ def save_image_grid(images, out: str | Path, titles: Sequence[str] | None = None
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: str | Path, title: str = "") -> Path:
     """Confusion matrix as counts and row-normalised rates, side by side."""
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, axes = _subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = _subplots(1, 2, figsize=(10.5, 3.8))
     for ax, data, fmt, name in ((axes[0], matrix, "{:d}", "counts"), (axes[1], rates, "{:.1%}", "rates (per true class)")):
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         for (r, c), value in np.ndenumerate(data):
             ax.text(c, r, fmt.format(value), ha="center", va="center",
                     color="white" if rates[r, c] > 0.5 else "black", fontsize=12)
         ax.set_xticks(range(len(classes)), [f"pred {c}" for c in classes])
-        ax.set_yticks(range(len(classes)), [f"true {c}" for c in classes])
+        ax.set_yticks(range(len(classes)), [f"true {c}" for c in classes] if ax is axes[0] else [])
         ax.set_title(name)
     fig.suptitle(title or "confusion matrix")
     return _save(fig, out)
@@ -115,8 +115,10 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
 
     height, width = image.shape[:2]
     cam_img = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize((width, height), Image.Resampling.BILINEAR)
-    heat = colormaps["jet"](np.asarray(cam_img) / 255.0)[..., :3] * 255
-    return np.uint8(np.clip((1 - alpha) * image.astype(np.float32) + alpha * heat, 0, 255))
+    weight = np.asarray(cam_img, dtype=np.float32)[..., None] / 255.0
+    heat = colormaps["jet"](weight[..., 0])[..., :3] * 255
+    blend = alpha * weight  # where the map is 0 the image shows through unchanged
+    return np.uint8(np.clip((1 - blend) * image.astype(np.float32) + blend * heat, 0, 255))
 
 
 def save_explanation(image: np.ndarray, cam: np.ndarray, probability: float, positive: str, out: str | Path,

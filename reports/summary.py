@@ -58,7 +58,7 @@ def _block(y, p, threshold, groups, n_boot, seed) -> dict[str, Any]:
 
 def _model_name(frame: pd.DataFrame, path: Path) -> str:
     names = sorted(set(frame.get("model", pd.Series([], dtype=str))) - {""})
-    return Path(names[0]).stem if len(names) == 1 else path.stem
+    return names[0].replace(".onnx", "") if len(names) == 1 else path.stem  # "model1", "model1+tta"
 
 
 def evaluate_predictions(frame: pd.DataFrame, prob_col: str, *, val_threshold: float | None = None,
@@ -162,7 +162,8 @@ def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None
     return {k: v for k, v in made.items() if v is not None}
 
 
-def summarize(prediction_files: list[str | Path], out_dir: str | Path, *, history: str | Path | None = None,
+def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
+              history: str | Path | list[str | Path] | None = None,
               val_predictions: str | Path | None = None, target_recall: float = 0.95,
               images_root: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
               with_figures: bool = True, cam_model=None) -> dict[str, Any]:
@@ -186,8 +187,11 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *, histor
             root = Path(images_root) if images_root else None
             result["figures"] = _figures(prefix, frame, prob_col, result, out, root, seed, cam_model)
         report["models"][name] = result
-    if with_figures and history:
-        report["figures"]["curves"] = figures.plot_history(pd.read_csv(history), out / "curves.png").name
+    histories = [history] if isinstance(history, (str, Path)) else list(history or [])
+    for path in map(Path, histories) if with_figures else []:
+        name = "curves" if len(histories) == 1 else f"{path.parent.name}_curves"
+        report["figures"][name] = figures.plot_history(pd.read_csv(path), out / f"{name}.png",
+                                                       title=f"training curves: {path.parent}").name
     write_json_atomic(out / "metrics.json", report)
     if with_figures:
         write_reports(report, out)

@@ -91,6 +91,23 @@ def test_interrupted_run_resumes_from_last_finished_epoch(trained, monkeypatch) 
     assert list(history["epoch"]) == [0, 1] and result.run_info["epochs_run"] == 2
 
 
+def test_time_budget_stops_cleanly_and_resume_continues(trained) -> None:
+    from cxr.train import fit
+    from cxr.train.config import load_config, resolve_variant
+
+    cfg = resolve_variant(load_config(), "model2", {"weights": "none", "epochs": 3, "input_size": 64,
+                                                    "batch_size": 8})
+    run = trained["root"] / "budget"
+    first = fit.fit_variant(cfg, trained["manifest"], run, cache_dir=trained["root"] / "cache", verbose=0,
+                            max_minutes=0.1)
+    assert first.run_info["epochs_run"] == 1 and not first.run_info["finished"]
+    assert "time budget" in first.run_info["stopped_reason"] and (run / "val_predictions.csv").is_file()
+    assert (run / "backup").is_dir()
+    second = fit.fit_variant(cfg, trained["manifest"], run, resume=True, cache_dir=trained["root"] / "cache",
+                             verbose=0)
+    assert second.run_info["epochs_run"] == 3 and second.run_info["finished"] and not (run / "backup").exists()
+
+
 def test_export_metadata_parity_and_round_trip(trained, tmp_path: Path) -> None:
     import onnx
 

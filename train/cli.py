@@ -25,11 +25,13 @@ from cxr.options import EXIT_USAGE, fail_usage, seed_option
 @click.option("--input-size", type=click.IntRange(32), default=None)
 @click.option("--freeze-bn/--no-freeze-bn", default=None, help="Keep BatchNorm in inference mode while fine-tuning.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
+@click.option("--max-minutes", type=click.FloatRange(min=0.1), default=None,
+              help="Stop cleanly after the last epoch that fits in this time (per variant); --resume continues.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Decoded-image cache [default: data/cache].")
 @seed_option
 def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None, resume: bool,
-          cache_dir: Path | None, **overrides) -> None:
+          max_minutes: float | None, cache_dir: Path | None, **overrides) -> None:
     """Train model1 and/or model2 (EfficientNet + the seed's head) on a split manifest."""
     from cxr.train.config import ConfigError, load_config, resolve_variant
     from cxr.train.fit import RunFolderError, fit_variant
@@ -47,14 +49,14 @@ def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None,
         run_dir = out_dir / cfg["variant"] if variant == "all" else out_dir
         click.echo(f"== training {cfg['variant']} ({cfg['backbone']}, weights={cfg['weights']}) -> {run_dir}")
         try:
-            result = fit_variant(cfg, manifest, run_dir, resume=resume, cache_dir=cache_dir,
+            result = fit_variant(cfg, manifest, run_dir, resume=resume, cache_dir=cache_dir, max_minutes=max_minutes,
                                  log=lambda m: click.echo(m, err=m.startswith("WARNING")))
         except (WeightsUnavailableError, RunFolderError) as exc:
             click.echo(f"Error: {exc}", err=True)
             raise SystemExit(EXIT_USAGE) from None
         info = result.run_info
-        click.echo(f"{cfg['variant']}: {info['epochs_run']} epochs, best val_loss {info['best_val_loss']:.4f} "
-                   f"(epoch {info['best_epoch']}); wrote {run_dir}")
+        click.echo(f"{cfg['variant']}: {info['epochs_run']} epochs ({info['stopped_reason']}), best val_loss "
+                   f"{info['best_val_loss']:.4f} (epoch {info['best_epoch']}); wrote {run_dir}")
 
 
 @click.group()

@@ -77,6 +77,24 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _time_budget_callback(max_minutes: float):
+    """Stop after the epoch that would otherwise run past ``max_minutes`` (a clean finish:
+    checkpoint, history, curves and validation predictions are written; --resume continues)."""
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started, self.stopped_epoch = time.time(), None
+
+        def on_epoch_end(self, epoch, logs=None):
+            elapsed = time.time() - self.started
+            per_epoch = elapsed / max(1, epoch + 1 - (self.params.get("initial_epoch") or 0))
+            if elapsed + per_epoch > max_minutes * 60:
+                self.model.stop_training, self.stopped_epoch = True, epoch + 1
+
+    return TimeBudget()
+
+
 def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
     import keras
 
@@ -88,7 +106,7 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
         if "val_loss" in previous and len(previous):
             best_so_far = float(previous["val_loss"].min())
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),  # removed when finished
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True,
                                         initial_value_threshold=best_so_far),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cb["reduce_lr_factor"],
@@ -118,8 +136,12 @@ def _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, n_tr
 
 
 def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: str | Path, *, resume: bool = False,
-                cache_dir: str | Path | None = None, verbose: int = 2, log=print) -> FitResult:
-    """Train one resolved variant config on the manifest's train split (val for callbacks)."""
+                cache_dir: str | Path | None = None, verbose: int = 2, log=print,
+                max_minutes: float | None = None) -> FitResult:
+    """Train one resolved variant config on the manifest's train split (val for callbacks).
+
+    ``max_minutes``: stop cleanly after the last epoch that fits in this many minutes
+    (the run can be continued later with ``resume=True``)."""
     import keras
 
     from cxr.reports.figures import plot_history, save_image_grid
@@ -158,21 +180,26 @@ def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: st
                     title="training augmentation samples")
     _compile(model, float(resolved["learning_rate"]))
     started = time.time()
+    budget = [_time_budget_callback(max_minutes)] if max_minutes else []
     model.fit(dataset.train_dataset(x_train, y_train, int(resolved["batch_size"]), augmenter, seed),
               validation_data=dataset.eval_dataset(x_val, y_val, int(resolved["batch_size"])),
               epochs=int(resolved["epochs"]), class_weight=class_weight,
-              callbacks=_callbacks(resolved, run_dir, resume), verbose=verbose, shuffle=False)
+              callbacks=_callbacks(resolved, run_dir, resume) + budget, verbose=verbose, shuffle=False)
     history = pd.read_csv(run_dir / "history.csv")
     plot_history(history, run_dir / "curves.png", title=f"{resolved['variant']} ({resolved['backbone']})")
     best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").is_file() else model
     probs = best.predict(x_val.astype("float32"), batch_size=64, verbose=0).reshape(-1)
     val_rows.assign(p=probs)[["path", "label", "patient_id", "p"]].rename(
         columns={"p": f"p_{classes[1]}"}).to_csv(run_dir / "val_predictions.csv", index=False)
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    stopped_by_budget = bool(budget and budget[0].stopped_epoch)
+    if not stopped_by_budget:
+        shutil.rmtree(run_dir / "backup", ignore_errors=True)
     info.update({"epochs_run": int(len(history)), "fit_seconds_this_session": round(time.time() - started, 1),
                  "best_val_loss": float(history["val_loss"].min()),
                  "best_epoch": int(history.loc[history["val_loss"].idxmin(), "epoch"]) + 1,
-                 "finished": True})
+                 "finished": not stopped_by_budget,
+                 "stopped_reason": f"time budget of {max_minutes} min (resume to continue)" if stopped_by_budget
+                 else ("early stopping" if len(history) < int(resolved["epochs"]) else "all epochs")})
     write_json_atomic(run_dir / "run.json", info)
     return FitResult(run_dir, info, history)
 
