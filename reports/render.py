@@ -95,3 +95,28 @@ def to_html(report: dict[str, Any], folder: Path) -> str:
 def write_reports(report: dict[str, Any], folder: Path) -> None:
     write_text_atomic(folder / "report.md", to_markdown(report))
     write_text_atomic(folder / "report.html", to_html(report, folder))
+
+
+def readme_table(report: dict[str, Any], split_note: str) -> str:
+    """The README results table: published rows, then each model in metrics.json (at threshold 0.5,
+    with 95% patient-bootstrap CIs). Regenerate with ``python -m cxr.reports.render results/metrics.json``."""
+    header = "| model | data / split | " + " | ".join(COMPARE) + " |"
+    lines = [header, "|" + "---|" * (len(COMPARE) + 2)]
+    for pub in report["published"]:
+        lines.append(f"| {pub['name']} (published) | {pub['split']} | "
+                     + " | ".join(_fmt(pub[k]) for k in COMPARE) + " |")
+    for name, result in report["models"].items():
+        m, ci = result["at_0.5"]["metrics"], result["at_0.5"]["ci95"]
+        cells = [f"{_fmt(m[k])} ({_fmt(ci[k][0])}–{_fmt(ci[k][1])})" for k in COMPARE]
+        lines.append(f"| {name} | {split_note} ({result['n_labelled']} images) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+README_SPLIT_NOTE = "this repo's patient-grouped test split"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(readme_table(json.loads(Path(sys.argv[1]).read_text()), README_SPLIT_NOTE), end="")
