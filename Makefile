@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast bench demo results clean-venv
+.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo clean-venv
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -88,4 +88,16 @@ results: setup
 	$(BIN)/cxr card --model $(MODELS)/model2.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples --quiet
 	cp cxr_out/examples/predictions.csv examples/expected_predictions.csv
+	$(MAKE) gate-demo
+
+# The regression gate on real data: a baseline evaluation of model1 on the test split, the same
+# model again (must pass), then the weights=None B2 model as a planted regression (must fail).
+EVAL := $(BIN)/cxr evaluate --data $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet \
+	--history $(RESULTS)/gate_demo/history.csv --n-boot 200
+gate-demo: setup
+	rm -rf $(RESULTS)/gate_demo
+	$(EVAL) --model $(MODELS)/model1.onnx --out $(RESULTS)/gate_demo/baseline
+	$(EVAL) --model $(MODELS)/model1.onnx --out $(RESULTS)/gate_demo/same --baseline $(RESULTS)/gate_demo/baseline/metrics.json
+	$(EVAL) --model $(MODELS)/b2_model2.onnx --out $(RESULTS)/gate_demo/regressed --baseline $(RESULTS)/gate_demo/baseline/metrics.json; \
+		status=$$?; echo "planted regression: cxr evaluate exit code $$status"; test $$status -eq 1
 CARD_DATA := Kermany pediatric chest X-rays (224x224 copy, 5,181 images after dedup), patient-grouped 60/20/20 split from cxr data prepare (seed 42); metrics on its test split

@@ -105,6 +105,17 @@ def infer_cxr(folder: Path, model_path: Path):
         return result.n_files, time.perf_counter() - start
 
 
+def infer_cxr_tta(folder: Path, model_path: Path):
+    from cxr.infer.model import OnnxClassifier
+    from cxr.infer.score import score_folder
+
+    model = OnnxClassifier(model_path, device="auto")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = score_folder(folder, model, Path(tmp) / "p.csv", batch_size=BATCH, tta=True)
+        return result.n_files, time.perf_counter() - start
+
+
 def infer_bound(folder: Path, model_path: Path):
     from cxr.imaging import decode_many, list_images
     from cxr.infer.model import OnnxClassifier
@@ -177,6 +188,7 @@ def train_bound(folder: Path, steps: int):
 
 
 MEASURES = {"infer_seed": infer_seed, "infer_naive": infer_naive, "infer_cxr": infer_cxr, "infer_bound": infer_bound,
+            "infer_tta": infer_cxr_tta,
             "train_seed": train_seed, "train_ours": train_ours, "train_bound": train_bound}
 
 
@@ -199,14 +211,16 @@ def bench_inference(model: Path, n_files: int) -> None:
         folder = replicate_folder(FULLRES, Path(tmp) / "fullres", n_files)
         print(f"\nInference: {n_files} full-size X-rays (from {FULLRES}), model {model}, batch {BATCH}")
         r = {name: measure_in_subprocess(f"infer_{name}", str(folder), str(model))
-             for name in ("seed", "naive", "cxr", "bound")}
+             for name in ("seed", "naive", "cxr", "bound", "tta")}
     print(_row("(a) seed: Keras + flow_from_directory + predict", r["seed"]))
     print(_row("(b) naive onnxruntime loop, full decode, batch 1", r["naive"]))
     print(_row("(c) cxr-infer (score_folder)", r["cxr"]))
     print(_row("bound: onnxruntime on pre-decoded batches", r["bound"]))
+    print(_row("cxr-infer --tta (6 views per image)", r["tta"]))
     print(f"  ratios: c/a = {r['cxr']['ips'] / r['seed']['ips']:.2f} (goal >= 3)   "
           f"c/b = {r['cxr']['ips'] / r['naive']['ips']:.2f}   "
-          f"c/bound = {r['cxr']['ips'] / r['bound']['ips']:.2f} (goal >= 0.75)")
+          f"c/bound = {r['cxr']['ips'] / r['bound']['ips']:.2f} (goal >= 0.75)   "
+          f"TTA cost: {r['cxr']['ips'] / r['tta']['ips']:.2f}x the time of plain cxr-infer")
 
 
 def bench_training(steps: int) -> None:

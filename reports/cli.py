@@ -67,16 +67,19 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, images_
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluations/latest"),
               show_default=True)
 @click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Evaluate only the files of a split manifest (paths relative to --data); labels come from it.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @batch_size_option
 @device_option
 @workers_option
 @n_boot_option
 @quiet_option
-def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_path, out_dir, labels_csv, batch_size,
-             device, workers, n_boot, quiet) -> None:
+def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_path, out_dir, labels_csv, manifest,
+             split, batch_size, device, workers, n_boot, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
     from cxr.infer.cli import load_model_or_exit, score_or_exit, write_report
-    from cxr.infer.score import ScoreInputError, read_labels_csv
+    from cxr.infer.score import ScoreInputError, manifest_split, read_labels_csv
     from cxr.reports.evaluate import GateSpecError, finish_evaluation, folder_data_sha256, parse_max_drop
 
     if not folder.is_dir():
@@ -86,18 +89,21 @@ def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_pat
     except GateSpecError as exc:
         fail_usage(str(exc))
     model = load_model_or_exit(model_path, device)
+    only = None
     try:
         labels = read_labels_csv(labels_csv, model.info.classes) if labels_csv else None
+        if manifest is not None:
+            only, labels = manifest_split(manifest, split, model.info.classes)
     except ScoreInputError as exc:
         fail_usage(str(exc))
     result = score_or_exit(folder, model, out_dir, batch_size=batch_size, workers=workers, labels=labels,
-                           resume=False, quiet=quiet)
+                           resume=False, quiet=quiet, only=only)
     report = write_report(result, folder, out_dir, full=True, n_boot=n_boot, model=model)
     if report is None:
         fail_usage(f"no labelled images of both classes under {folder}; nothing to evaluate")
     try:
-        gate = finish_evaluation(report, out_dir, model.info.sha256, folder_data_sha256(folder), baseline, limits,
-                                 allow_new_data, history_path)
+        gate = finish_evaluation(report, out_dir, model.info.sha256, folder_data_sha256(folder, only), baseline,
+                                 limits, allow_new_data, history_path)
     except GateSpecError as exc:
         fail_usage(str(exc))
     for line in gate.messages:

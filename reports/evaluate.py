@@ -50,12 +50,15 @@ def parse_max_drop(spec: str) -> dict[str, float]:
     return limits
 
 
-def folder_data_sha256(folder: str | Path) -> str:
-    """Hash of the evaluation data: every image's relative path and content hash, sorted."""
+def folder_data_sha256(folder: str | Path, only: list[str] | None = None) -> str:
+    """Hash of the evaluation data: every image's relative path and content hash, sorted
+    (``only``: just these relative paths; a missing one hashes as 'missing')."""
     digest = hashlib.sha256()
     root = Path(folder)
-    for path in list_images(root):
-        digest.update(f"{path.relative_to(root).as_posix()}\t{sha256_file(path)}\n".encode())
+    rels = sorted(only) if only is not None else [p.relative_to(root).as_posix() for p in list_images(root)]
+    for rel in rels:
+        content = sha256_file(root / rel) if (root / rel).is_file() else "missing"
+        digest.update(f"{rel}\t{content}\n".encode())
     return digest.hexdigest()
 
 

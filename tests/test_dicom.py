@@ -94,3 +94,26 @@ def test_dicom_and_png_from_the_same_pipeline_predict_alike(tmp_path: Path, tiny
     p_png = model.predict(decode_image(png, model.info.input_size)[None])[0]
     assert abs(p_dcm - p_png) <= 1e-4
     assert np.array_equal(read_dicom_8bit(dcm, 10**8), gray)
+
+
+def test_real_images_as_dicom_predict_like_their_png(shared_data: Path, tmp_path: Path) -> None:
+    """Real test-split X-rays converted to 12-bit MONOCHROME1 DICOM with a window: the shipped
+    model scores each DICOM like the PNG the same display pipeline makes from it."""
+    model_path = Path(__file__).resolve().parents[1] / "models" / "model1.onnx"
+    if not model_path.is_file():
+        pytest.skip("no shipped model")
+    from cxr.dicom import read_dicom_8bit
+
+    model = OnnxClassifier(model_path)
+    sources = sorted((shared_data / "chest_xray" / "test" / "PNEUMONIA").iterdir())[:3] + \
+        sorted((shared_data / "chest_xray" / "test" / "NORMAL").iterdir())[:3]
+    for source in sources:
+        gray = np.asarray(Image.open(source).convert("L"))
+        dcm = dicom_from_8bit(gray, tmp_path / f"{source.stem}.dcm")
+        png = tmp_path / f"{source.stem}.png"
+        Image.fromarray(read_dicom_8bit(dcm, 10**8)).save(png)
+        p_dcm = model.predict(decode_image(dcm, model.info.input_size)[None])[0]
+        p_png = model.predict(decode_image(png, model.info.input_size)[None])[0]
+        p_jpeg = model.predict(decode_image(source, model.info.input_size)[None])[0]
+        assert abs(p_dcm - p_png) <= 1e-4
+        assert abs(p_dcm - p_jpeg) <= 1e-4  # the window over 0..4080 gives back the original grey levels
