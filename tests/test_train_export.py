@@ -233,3 +233,29 @@ def test_explain_command_writes_overlays(trained, tmp_path: Path) -> None:
         figure = tmp_path / f"{image.stem}_gradcam.png"
         assert figure.is_file() and Image.open(figure).size[0] > 200
         figure.unlink()
+
+
+def test_imagenet_weights_unavailable_is_one_clear_line(monkeypatch) -> None:
+    import keras
+
+    from cxr.train.model import WeightsUnavailableError, build_backbone
+
+    def offline(**kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.applications, "EfficientNetB2", offline)
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_backbone("efficientnet_b2", "imagenet", 128)
+    message = str(info.value)
+    assert "\n" not in message and "--weights none" in message and "--weights PATH" in message
+
+
+def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
+    from cxr.train.model import build_backbone
+
+    source = build_backbone("efficientnet_b2", None, 64)
+    path = tmp_path / "b2_notop.weights.h5"
+    source.save_weights(path)
+    loaded = build_backbone("efficientnet_b2", str(path), 64)
+    for a, b in zip(source.weights[:5] + source.weights[-5:], loaded.weights[:5] + loaded.weights[-5:]):
+        assert np.array_equal(a.numpy(), b.numpy())
