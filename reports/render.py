@@ -79,7 +79,8 @@ def to_html(report: dict[str, Any], folder: Path) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cxr evaluation report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right}th{background:#f0f0f0}img{max-width:100%;margin:0.5em 0;display:block}</style>",
+             "text-align:right}td:first-child{text-align:left}th{background:#f0f0f0}"
+             "img{max-width:100%;margin:0.5em 0.5em 0.5em 0;display:inline-block;vertical-align:top}</style>",
              "</head><body><h1>cxr evaluation report</h1>", f"<p>Generated {html.escape(report['generated'])}.</p>"]
     for title, header, rows, figs in _sections(report):
         parts.append(f"<h2>{html.escape(title)}</h2>")
