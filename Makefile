@@ -70,7 +70,7 @@ demo: setup
 LITE2_RUNS ?= runs/lite2
 B2_RUNS    ?= runs/b2
 RESULTS    ?= results
-SCORE      := $(BIN)/cxr-infer $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet --no-report
+SCORE      := $(BIN)/cxr-infer $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet --no-report --n-boot 200
 results: setup
 	$(BIN)/cxr export --run $(LITE2_RUNS)/model1 --out $(MODELS)/model1.onnx --threshold val
 	$(BIN)/cxr export --run $(LITE2_RUNS)/model2 --out $(MODELS)/model2.onnx --threshold val

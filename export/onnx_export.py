@@ -52,8 +52,13 @@ def _read_run(run_dir: Path) -> tuple[dict, dict]:
     except json.JSONDecodeError as exc:
         raise ExportError(f"{run_dir}: unreadable run files ({exc})") from None
     history = run_dir / "history.csv"
-    if "epochs_run" not in run and history.is_file():
-        run["epochs_run"] = max(0, len(history.read_text().strip().splitlines()) - 1)
+    if ("epochs_run" not in run or "best_epoch" not in run) and history.is_file():
+        import pandas as pd
+
+        frame = pd.read_csv(history)
+        run.setdefault("epochs_run", int(len(frame)))
+        if len(frame) and "val_loss" in frame:
+            run.setdefault("best_epoch", int(frame["val_loss"].idxmin()) + 1)
     run.setdefault("finished", False)
     return config, run
 

@@ -189,7 +189,7 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
         report["models"][name] = result
     histories = [history] if isinstance(history, (str, Path)) else list(history or [])
     for path in map(Path, histories) if with_figures else []:
-        name = "curves" if len(histories) == 1 else f"{path.parent.name}_curves"
+        name = "curves" if len(histories) == 1 else "_".join(path.parent.parts[-2:]) + "_curves"
         report["figures"][name] = figures.plot_history(pd.read_csv(path), out / f"{name}.png",
                                                        title=f"training curves: {path.parent}").name
     write_json_atomic(out / "metrics.json", report)
