@@ -46,6 +46,10 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         sections.append((f"{name}: metrics at threshold 0.5 ({counts}; 95% CI: patient bootstrap, "
                          f"n={result['bootstrap']['n']})", ["metric", "value", "95% CI"],
                          _metric_rows(result["at_0.5"]), []))
+        model_t = result["at_model_threshold"]["threshold"]
+        if model_t != 0.5:
+            sections.append((f"{name}: metrics at the model's own threshold {model_t:.4f} (from its metadata)",
+                             ["metric", "value", "95% CI"], _metric_rows(result["at_model_threshold"]), []))
         if "at_val_threshold" in result:
             sections.append((f"{name}: metrics at the validation threshold {val['threshold']:.4f} "
                              f"(target recall {val['target_recall']})", ["metric", "value", "95% CI"],
