@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cxr.options import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, batch_size_option, device_option, fail_usage,
+from cxr.options import (EXIT_OK, EXIT_PARTIAL, batch_size_option, device_option, fail_usage,
                          model_option, n_boot_option, quiet_option, workers_option)
 
 
@@ -36,6 +36,19 @@ def load_model_or_exit(model_path: str, device: str):
     try:
         return OnnxClassifier(model_path, device=device)
     except (ModelLoadError, ProviderError) as exc:
+        fail_usage(str(exc))
+
+
+def ground_truth_or_exit(model, labels_csv: Path | None, manifest: Path | None,
+                         split: str) -> tuple[list[str] | None, dict[str, str] | None]:
+    """(files to score or None for all, labels or None) from --labels or --manifest/--split."""
+    from cxr.infer.score import ScoreInputError, manifest_split, read_labels_csv
+
+    try:
+        if manifest is not None:
+            return manifest_split(manifest, split, model.info.classes)
+        return None, (read_labels_csv(labels_csv, model.info.classes) if labels_csv else None)
+    except ScoreInputError as exc:
         fail_usage(str(exc))
 
 
@@ -89,21 +102,13 @@ def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None,
           workers: int | None, manifest: Path | None, split: str, tta: bool, resume: bool, no_report: bool,
           n_boot: int, quiet: bool) -> None:
     """Score every image under FOLDER (recursively) with an exported ONNX model."""
-    from cxr.infer.score import ScoreInputError, manifest_split, read_labels_csv
-
     if not folder.is_dir():
         fail_usage(f"folder not found: {folder}")
     model = load_model_or_exit(model_path, device)
     if not quiet:
         click.echo(f"provider: {model.provider} | model {model.path.name} ({model.info.sha256[:12]}), "
                    f"threshold {model.info.threshold:g}, classes {model.info.classes}", err=True)
-    only = None
-    try:
-        labels = read_labels_csv(labels_csv, model.info.classes) if labels_csv else None
-        if manifest is not None:
-            only, labels = manifest_split(manifest, split, model.info.classes)
-    except ScoreInputError as exc:
-        fail_usage(str(exc))
+    only, labels = ground_truth_or_exit(model, labels_csv, manifest, split)
     result = score_or_exit(folder, model, out_dir, batch_size=batch_size, workers=workers, labels=labels,
                            resume=resume, quiet=quiet, only=only, tta=tta)
     report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot, model=model)
@@ -148,4 +153,4 @@ def main() -> None:
     infer(prog_name="cxr-infer")
 
 
-__all__ = ["infer", "main", "EXIT_USAGE"]
+__all__ = ["explain", "infer", "main"]

@@ -78,8 +78,7 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, images_
 def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_path, out_dir, labels_csv, manifest,
              split, batch_size, device, workers, n_boot, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
-    from cxr.infer.cli import load_model_or_exit, score_or_exit, write_report
-    from cxr.infer.score import ScoreInputError, manifest_split, read_labels_csv
+    from cxr.infer.cli import ground_truth_or_exit, load_model_or_exit, score_or_exit, write_report
     from cxr.reports.evaluate import GateSpecError, finish_evaluation, folder_data_sha256, parse_max_drop
 
     if not folder.is_dir():
@@ -89,13 +88,7 @@ def evaluate(model_path, folder, baseline, max_drop, allow_new_data, history_pat
     except GateSpecError as exc:
         fail_usage(str(exc))
     model = load_model_or_exit(model_path, device)
-    only = None
-    try:
-        labels = read_labels_csv(labels_csv, model.info.classes) if labels_csv else None
-        if manifest is not None:
-            only, labels = manifest_split(manifest, split, model.info.classes)
-    except ScoreInputError as exc:
-        fail_usage(str(exc))
+    only, labels = ground_truth_or_exit(model, labels_csv, manifest, split)
     result = score_or_exit(folder, model, out_dir, batch_size=batch_size, workers=workers, labels=labels,
                            resume=False, quiet=quiet, only=only)
     report = write_report(result, folder, out_dir, full=True, n_boot=n_boot, model=model)
