@@ -92,12 +92,14 @@ results: setup
 
 # The regression gate on real data: a baseline evaluation of model1 on the test split, the same
 # model again (must pass), then the weights=None B2 model as a planted regression (must fail).
+# The reports go to cxr_out/gate_demo (not committed); the evaluation history to results/.
+GATE := cxr_out/gate_demo
 EVAL := $(BIN)/cxr evaluate --data $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet \
-	--history $(RESULTS)/gate_demo/history.csv --n-boot 200
+	--history $(RESULTS)/gate_demo_history.csv --n-boot 200
 gate-demo: setup
-	rm -rf $(RESULTS)/gate_demo
-	$(EVAL) --model $(MODELS)/model1.onnx --out $(RESULTS)/gate_demo/baseline
-	$(EVAL) --model $(MODELS)/model1.onnx --out $(RESULTS)/gate_demo/same --baseline $(RESULTS)/gate_demo/baseline/metrics.json
-	$(EVAL) --model $(MODELS)/b2_model2.onnx --out $(RESULTS)/gate_demo/regressed --baseline $(RESULTS)/gate_demo/baseline/metrics.json; \
+	rm -rf $(GATE) $(RESULTS)/gate_demo_history.csv
+	$(EVAL) --model $(MODELS)/model1.onnx --out $(GATE)/baseline
+	$(EVAL) --model $(MODELS)/model1.onnx --out $(GATE)/same --baseline $(GATE)/baseline/metrics.json
+	$(EVAL) --model $(MODELS)/b2_model2.onnx --out $(GATE)/regressed --baseline $(GATE)/baseline/metrics.json; \
 		status=$$?; echo "planted regression: cxr evaluate exit code $$status"; test $$status -eq 1
 CARD_DATA := Kermany pediatric chest X-rays (224x224 copy, 5,181 images after dedup), patient-grouped 60/20/20 split from cxr data prepare (seed 42); metrics on its test split
