@@ -206,6 +206,22 @@ def _row(label: str, r: dict) -> str:
     return f"  {label:52s} {r['images']:5d} img {r['seconds']:7.2f} s {r['ips']:8.1f} img/s  peak RSS {r['peak_rss_mb']:7.1f} MB"
 
 
+def bench_decode(size: int = 128) -> None:
+    """Draft (reduced-scale) JPEG decoding vs a full decode on the full-size originals: time and error."""
+    from cxr.imaging import decode_image, list_images
+
+    paths = list_images(FULLRES)
+    timings, arrays = {}, {}
+    for use_draft in (False, True):
+        start = time.perf_counter()
+        arrays[use_draft] = [decode_image(p, size, use_draft=use_draft).astype(int) for p in paths]
+        timings[use_draft] = 1000 * (time.perf_counter() - start) / len(paths)
+    diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(arrays[True], arrays[False])])
+    print(f"\nDecoding {len(paths)} full-size originals to {size}x{size}, one process: full decode "
+          f"{timings[False]:.1f} ms/img, draft {timings[True]:.1f} ms/img; draft vs full |diff|: mean "
+          f"{diff.mean():.2f}, p99 {np.percentile(diff, 99):.1f}, max {diff.max()} grey levels")
+
+
 def bench_inference(model: Path, n_files: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = replicate_folder(FULLRES, Path(tmp) / "fullres", n_files)
@@ -242,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-steps", type=int, default=8)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--decode-only", action="store_true", help="only the draft-vs-full decoding line")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -255,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"cxr bench on {os.cpu_count()} CPUs (python {sys.version.split()[0]})")
     if not FULLRES.is_dir():
         sys.exit(f"bench needs {FULLRES} (the shared full-resolution sample)")
+    bench_decode()
+    if opts.decode_only:
+        return
     if not opts.skip_inference:
         if not opts.model.is_file():
             sys.exit(f"no model at {opts.model}: run `make export` first or pass --model")
