@@ -107,3 +107,9 @@ def test_real_data_split_meets_the_spec(shared_data: Path, tmp_path: Path) -> No
     assert result.manifest_path.read_bytes() == again.manifest_path.read_bytes()
     assert s["duplicates_dropped"] == 25
     assert pd.read_csv(result.manifest_path)["sha256"].is_unique
+
+
+def test_patient_ids_agree_with_the_shared_manifest(shared_data: Path) -> None:
+    reference = pd.read_csv(shared_data / "chest_xray" / "MANIFEST.csv")
+    ours = reference["relpath"].map(lambda p: patient_id_from_name(Path(p).name))
+    assert (ours == reference["patient_id"]).all() and len(reference) == 5206
