@@ -61,18 +61,7 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augme
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_input_threads())
-
-
-def _input_threads():
-    """Keep the input pipeline on one private thread, so it does not compete with the training
-    step's own threads for the few cores of a CPU machine."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = 1
-    options.threading.max_intra_op_parallelism = 1
-    return options
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int):
