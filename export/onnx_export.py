@@ -18,10 +18,11 @@ import numpy as np
 
 from cxr.files import atomic_path, sha256_file, write_json_atomic
 from cxr.imaging import RESIZE_RULE, decode_image
+from cxr.infer.model import CAM_NAME, OUTPUT_NAME
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
-INPUT_NAME, OUTPUT_NAME, CAM_NAME = "pixels", "probability", "cam"
+INPUT_NAME = "pixels"
 CAM_TOLERANCE = 1e-3
 
 
@@ -158,9 +159,8 @@ def parity_batch(paths: list[str], input_size: int, n_synthetic: int, seed: int)
 
 def check_parity(keras_model, onnx_path: Path, images: np.ndarray, threshold: float,
                  tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
-    from cxr.infer.model import OnnxClassifier
-
     from cxr.export.gradcam import gradcam_keras, has_gradcam_head
+    from cxr.infer.model import OnnxClassifier
 
     p_keras = keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0).reshape(-1).astype(np.float64)
     onnx_model = OnnxClassifier(onnx_path, device="cpu")

@@ -17,6 +17,7 @@ import numpy as np
 from cxr.files import sha256_file
 
 METADATA_PREFIX = "cxr."
+OUTPUT_NAME, CAM_NAME = "probability", "cam"  # the exported graph's outputs (cxr.export writes them)
 REQUIRED_METADATA = ("classes", "threshold", "input_size", "input_layout", "input_dtype", "resize_rule")
 
 
@@ -107,8 +108,8 @@ class OnnxClassifier:
         self._check_input()
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = "probability" if "probability" in outputs else outputs[0]
-        self.has_cam = "cam" in outputs
+        self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+        self.has_cam = CAM_NAME in outputs
 
     def _check_input(self) -> None:
         inputs = self.session.get_inputs()
@@ -134,7 +135,7 @@ class OnnxClassifier:
         if not self.has_cam:
             raise ModelLoadError(f"{self.path} has no 'cam' output (re-export it with this version of cxr)")
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        p, cam = self.session.run([self.output_name, "cam"], {self.input_name: batch})
+        p, cam = self.session.run([self.output_name, CAM_NAME], {self.input_name: batch})
         return p.reshape(-1).astype(np.float64), cam
 
 

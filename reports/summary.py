@@ -167,8 +167,9 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
               val_predictions: str | Path | None = None, target_recall: float = 0.95,
               images_root: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
               with_figures: bool = True, cam_model=None) -> dict[str, Any]:
-    """``cam_model``: an OnnxClassifier with a 'cam' output; its Grad-CAM is overlaid on the image grids."""
-    """Metrics, CIs, threshold analysis, figures and HTML/Markdown report for prediction CSVs."""
+    """Metrics, CIs, threshold analysis, figures and HTML/Markdown report for prediction CSVs.
+
+    ``cam_model``: an OnnxClassifier with a 'cam' output; its Grad-CAM is overlaid on the image grids."""
     from cxr.reports.render import write_reports
 
     out = Path(out_dir)

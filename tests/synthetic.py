@@ -32,3 +32,16 @@ def make_dataset(root: Path, n_patients: int = 10, images_per_patient: int = 2, 
                         else f"person{patient}_bacteria_{patient * 10 + image}.jpeg")
                 Image.fromarray(synthetic_xray(rng, label == "PNEUMONIA", size)).convert("RGB").save(folder / name)
     return root
+
+
+def make_gray_class_folders(root: Path, levels: dict[str, int], *, sigma: float, count: int,
+                            shape: tuple[int, int], name: str) -> Path:
+    """Class folders of noisy flat-grey images (mean ``levels[label]``); ``name`` is a format
+    string with ``{i}``. Seeded, so the same arguments give the same files."""
+    rng = np.random.default_rng(0)
+    for label, level in levels.items():
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            arr = np.clip(rng.normal(level, sigma, shape), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / name.format(i=i))
+    return root

@@ -16,16 +16,13 @@ from cxr.infer.cli import infer
 from cxr.infer.model import ModelLoadError, OnnxClassifier, ProviderError, choose_providers
 from cxr.infer.score import score_folder
 from tests.onnx_fixtures import make_tiny_model
+from tests.synthetic import make_gray_class_folders
 
 
 def _mixed_folder(root: Path) -> tuple[Path, int, int]:
     """Good images under class folders plus broken and odd files. Returns (root, files, bad)."""
-    rng = np.random.default_rng(0)
-    for label, level in (("NORMAL", 40), ("PNEUMONIA", 140)):
-        (root / label).mkdir(parents=True)
-        for i in range(5):
-            arr = np.clip(rng.normal(level, 10, (48, 40)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"img{i}.jpeg")
+    make_gray_class_folders(root, {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=5, shape=(48, 40),
+                            name="img{i}.jpeg")
     odd = root / "odd"
     odd.mkdir()
     Image.fromarray(np.full((30, 30, 4), 90, np.uint8), "RGBA").save(odd / "rgba.png")

@@ -16,6 +16,7 @@ from cxr.reports.cli import evaluate, report
 from cxr.reports.evaluate import GateSpecError, parse_max_drop
 from cxr.reports.summary import summarize
 from tests.onnx_fixtures import make_tiny_model
+from tests.synthetic import make_gray_class_folders
 
 
 def _predictions(path: Path, images_root: Path | None = None, n: int = 120, seed: int = 0) -> Path:
@@ -105,13 +106,8 @@ def test_parse_max_drop() -> None:
 
 
 def _labelled_folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for label, level in (("NORMAL", 60), ("PNEUMONIA", 110)):
-        (root / label).mkdir(parents=True)
-        for i in range(8):
-            arr = np.clip(rng.normal(level, 25, (40, 40)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"person{i}_x_{i}.png")
-    return root
+    return make_gray_class_folders(root, {"NORMAL": 60, "PNEUMONIA": 110}, sigma=25, count=8, shape=(40, 40),
+                                   name="person{i}_x_{i}.png")
 
 
 def test_evaluate_gate_exit_codes(tmp_path: Path) -> None:
