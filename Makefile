@@ -74,16 +74,19 @@ SCORE      := $(BIN)/cxr-infer $(SOURCE) --manifest $(SPLITS)/manifest.csv --spl
 results: setup
 	$(BIN)/cxr export --run $(LITE2_RUNS)/model1 --out $(MODELS)/model1.onnx --threshold val
 	$(BIN)/cxr export --run $(LITE2_RUNS)/model2 --out $(MODELS)/model2.onnx --threshold val
+	$(BIN)/cxr export --run $(B2_RUNS)/model1 --out $(MODELS)/b2_model1.onnx
 	$(BIN)/cxr export --run $(B2_RUNS)/model2 --out $(MODELS)/b2_model2.onnx
 	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1
 	$(SCORE) --model $(MODELS)/model2.onnx --out $(RESULTS)/model2
+	$(SCORE) --model $(MODELS)/b2_model1.onnx --out $(RESULTS)/b2_model1
 	$(SCORE) --model $(MODELS)/b2_model2.onnx --out $(RESULTS)/b2_model2
 	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1_tta --tta
 	$(BIN)/cxr report --out $(RESULTS) --images-root $(SOURCE) --cam-model $(MODELS)/model1.onnx \
 		--preds $(RESULTS)/model1/predictions.csv --preds $(RESULTS)/model2/predictions.csv \
-		--preds $(RESULTS)/b2_model2/predictions.csv --preds $(RESULTS)/model1_tta/predictions.csv \
+		--preds $(RESULTS)/b2_model1/predictions.csv --preds $(RESULTS)/b2_model2/predictions.csv \
+		--preds $(RESULTS)/model1_tta/predictions.csv \
 		--history $(LITE2_RUNS)/model1/history.csv --history $(LITE2_RUNS)/model2/history.csv \
-		--history $(B2_RUNS)/model2/history.csv
+		--history $(B2_RUNS)/model1/history.csv --history $(B2_RUNS)/model2/history.csv
 	$(BIN)/cxr card --model $(MODELS)/model1.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr card --model $(MODELS)/model2.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples --quiet

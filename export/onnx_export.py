@@ -19,6 +19,7 @@ import numpy as np
 from cxr.files import atomic_path, sha256_file, write_json_atomic
 from cxr.imaging import RESIZE_RULE, decode_image
 from cxr.infer.model import CAM_NAME, OUTPUT_NAME
+from cxr.train.history import history_facts, read_history
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -52,14 +53,10 @@ def _read_run(run_dir: Path) -> tuple[dict, dict]:
         config, run = (json.loads((run_dir / n).read_text()) for n in ("config.json", "run.json"))
     except json.JSONDecodeError as exc:
         raise ExportError(f"{run_dir}: unreadable run files ({exc})") from None
-    history = run_dir / "history.csv"
-    if ("epochs_run" not in run or "best_epoch" not in run) and history.is_file():
-        import pandas as pd
-
-        frame = pd.read_csv(history)
-        run.setdefault("epochs_run", int(len(frame)))
-        if len(frame) and "val_loss" in frame:
-            run.setdefault("best_epoch", int(frame["val_loss"].idxmin()) + 1)
+    history = read_history(run_dir)
+    if history is not None:
+        for key, value in history_facts(history).items():
+            run.setdefault(key, value)
     run.setdefault("finished", False)
     return config, run
 

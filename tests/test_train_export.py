@@ -259,3 +259,15 @@ def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
     loaded = build_backbone("efficientnet_b2", str(path), 64)
     for a, b in zip(source.weights[:5] + source.weights[-5:], loaded.weights[:5] + loaded.weights[-5:]):
         assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_batchnorm_mode_gap_scores_validation_both_ways(trained) -> None:
+    from cxr.train.diagnose import batchnorm_mode_gap
+
+    gap = batchnorm_mode_gap(trained["runs"] / "model1", batch_size=4, cache_dir=trained["root"] / "cache")
+    val = pd.read_csv(trained["runs"] / "model1" / "val_predictions.csv")
+    assert gap["n_val"] == len(val)
+    inference = gap["moving_averages"]
+    # inference mode is what val_predictions.csv holds (written with the best checkpoint)
+    assert inference["p_min"] == pytest.approx(val.iloc[:, -1].min(), abs=1e-5)
+    assert 0 <= gap["batch_statistics"]["roc_auc"] <= 1 and inference["p_std"] >= 0

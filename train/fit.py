@@ -21,6 +21,7 @@ import pandas as pd
 from cxr.data import load_manifest
 from cxr.files import sha256_file, write_json_atomic
 from cxr.train.config import config_sha256
+from cxr.train.history import MonitorState, history_facts, monitor_state, read_history
 
 FROZEN_RANDOM_WARNING = ("WARNING: {n} base layers are frozen but the base is randomly initialised "
                          "(weights=none); frozen random features cannot learn. Use pretrained weights "
@@ -99,22 +100,35 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
     import keras
 
     cb = resolved["callbacks"]
-    history_csv = run_dir / "history.csv"
-    best_so_far = None
-    if resume and history_csv.is_file():
-        previous = pd.read_csv(history_csv)
-        if "val_loss" in previous and len(previous):
-            best_so_far = float(previous["val_loss"].min())
-    return [
+    history = read_history(run_dir) if resume else None
+    state = monitor_state(history, reduce_lr_patience=cb["reduce_lr_patience"],
+                          min_lr=cb["min_lr"]) if history is not None else None
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cb["reduce_lr_factor"],
+                                                  patience=cb["reduce_lr_patience"], min_lr=cb["min_lr"], verbose=1)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cb["early_stopping_patience"],
+                                                   restore_best_weights=True, verbose=1)
+    callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),  # removed when finished
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True,
-                                        initial_value_threshold=best_so_far),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cb["reduce_lr_factor"],
-                                          patience=cb["reduce_lr_patience"], min_lr=cb["min_lr"], verbose=1),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cb["early_stopping_patience"],
-                                      restore_best_weights=True, verbose=1),
-        keras.callbacks.CSVLogger(str(history_csv), append=resume),
+                                        initial_value_threshold=state.early_stopping_best if state else None),
+        reduce_lr, early_stopping,
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
     ]
+    if state is not None:  # after the two callbacks it sets: they reset themselves in on_train_begin
+        callbacks.append(_restore_monitor_state(state, early_stopping, reduce_lr))
+    return callbacks
+
+
+def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr):
+    """A resumed fit continues the val_loss patience counters of the run so far."""
+    import keras
+
+    class RestoreMonitorState(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            early_stopping.best, early_stopping.wait = state.early_stopping_best, state.early_stopping_wait
+            reduce_lr.best, reduce_lr.wait = state.reduce_lr_best, state.reduce_lr_wait
+
+    return RestoreMonitorState()
 
 
 def _compile(model, learning_rate: float) -> None:
@@ -194,9 +208,7 @@ def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: st
     stopped_by_budget = bool(budget and budget[0].stopped_epoch)
     if not stopped_by_budget:
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    info.update({"epochs_run": int(len(history)), "fit_seconds_this_session": round(time.time() - started, 1),
-                 "best_val_loss": float(history["val_loss"].min()),
-                 "best_epoch": int(history.loc[history["val_loss"].idxmin(), "epoch"]) + 1,
+    info.update({**history_facts(history), "fit_seconds_this_session": round(time.time() - started, 1),
                  "finished": not stopped_by_budget,
                  "stopped_reason": f"time budget of {max_minutes} min (resume to continue)" if stopped_by_budget
                  else ("early stopping" if len(history) < int(resolved["epochs"]) else "all epochs")})
