@@ -65,8 +65,9 @@ clean-venv:
 demo: setup
 	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples
 
-# The committed results: export the trained runs, score the held-out test split, build the
-# comparison report and the model cards, and refresh the example predictions.
+# The committed results: export the trained runs (and the B2 runs after BatchNorm recalibration),
+# score the held-out test split, build the comparison report and the model cards, and refresh
+# the example predictions.
 LITE2_RUNS ?= runs/lite2
 B2_RUNS    ?= runs/b2
 RESULTS    ?= results
@@ -76,14 +77,22 @@ results: setup
 	$(BIN)/cxr export --run $(LITE2_RUNS)/model2 --out $(MODELS)/model2.onnx --threshold val
 	$(BIN)/cxr export --run $(B2_RUNS)/model1 --out $(MODELS)/b2_model1.onnx
 	$(BIN)/cxr export --run $(B2_RUNS)/model2 --out $(MODELS)/b2_model2.onnx
+	rm -rf $(B2_RUNS)/model1_bn $(B2_RUNS)/model2_bn
+	$(BIN)/cxr recalibrate-bn --run $(B2_RUNS)/model1 --out $(B2_RUNS)/model1_bn
+	$(BIN)/cxr recalibrate-bn --run $(B2_RUNS)/model2 --out $(B2_RUNS)/model2_bn
+	$(BIN)/cxr export --run $(B2_RUNS)/model1_bn --out $(MODELS)/b2_model1_bn.onnx
+	$(BIN)/cxr export --run $(B2_RUNS)/model2_bn --out $(MODELS)/b2_model2_bn.onnx
 	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1
 	$(SCORE) --model $(MODELS)/model2.onnx --out $(RESULTS)/model2
 	$(SCORE) --model $(MODELS)/b2_model1.onnx --out $(RESULTS)/b2_model1
 	$(SCORE) --model $(MODELS)/b2_model2.onnx --out $(RESULTS)/b2_model2
+	$(SCORE) --model $(MODELS)/b2_model1_bn.onnx --out $(RESULTS)/b2_model1_bn
+	$(SCORE) --model $(MODELS)/b2_model2_bn.onnx --out $(RESULTS)/b2_model2_bn
 	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1_tta --tta
 	$(BIN)/cxr report --out $(RESULTS) --images-root $(SOURCE) --cam-model $(MODELS)/model1.onnx \
 		--preds $(RESULTS)/model1/predictions.csv --preds $(RESULTS)/model2/predictions.csv \
 		--preds $(RESULTS)/b2_model1/predictions.csv --preds $(RESULTS)/b2_model2/predictions.csv \
+		--preds $(RESULTS)/b2_model1_bn/predictions.csv --preds $(RESULTS)/b2_model2_bn/predictions.csv \
 		--preds $(RESULTS)/model1_tta/predictions.csv \
 		--history $(LITE2_RUNS)/model1/history.csv --history $(LITE2_RUNS)/model2/history.csv \
 		--history $(B2_RUNS)/model1/history.csv --history $(B2_RUNS)/model2/history.csv

@@ -57,9 +57,9 @@ def _register_stages() -> None:
     from cxr.export.cli import export
     from cxr.infer.cli import explain, infer
     from cxr.reports.cli import card, evaluate, report
-    from cxr.train.cli import train, weights
+    from cxr.train.cli import recalibrate_bn, train, weights
 
-    for command in (train, export, infer, report, evaluate, explain, card, weights):
+    for command in (train, recalibrate_bn, export, infer, report, evaluate, explain, card, weights):
         cxr.add_command(command)
 
 

@@ -81,6 +81,8 @@ def build_metadata(config: dict, run: dict, threshold: float) -> dict[str, str]:
         "variant": config["variant"], "backbone": config["backbone"], "weights": str(config["weights"]),
         "freeze_bn": bool(config.get("freeze_bn", False)), "epochs_run": run.get("epochs_run"),
         "training_finished": bool(run.get("finished")), "best_epoch": run.get("best_epoch"),
+        "bn_recalibration": {k: v for k, v in run["bn_recalibration"].items() if not k.startswith("val_")}
+        if run.get("bn_recalibration") else None,
         "config_sha256": run["config_sha256"], "manifest_sha256": run["manifest_sha256"],
         "training_config": config, "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -205,8 +207,10 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, *, parity_paths: list
         parity = check_parity(model, tmp, images, threshold, tolerance)
         parity.update({"source": source, "opset": opset})
         if not parity["passed"]:
+            cam = (f", Grad-CAM max |d| {parity['cam_max_abs_diff']:.3g} (tolerance {parity['cam_tolerance']:g})"
+                   if "cam_max_abs_diff" in parity else "")
             raise ParityError(f"parity gate failed: max |dp| {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
-                              f"{parity['labels_differ']} labels differ; no model written")
+                              f"{parity['labels_differ']} labels differ{cam}; no model written")
         parity["model_sha256"] = sha256_file(tmp)
     parity_path = out_path.with_suffix(".parity.json")
     write_json_atomic(parity_path, {"model": out_path.name, "run": str(run_dir), **parity})

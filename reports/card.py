@@ -44,6 +44,9 @@ def model_card(model_path: str | Path, metrics_json: str | Path, model_key: str 
         f"augmentation as the seed, input {model.info.input_size}x{model.info.input_size}, "
         f"{meta.get('epochs_run')} epochs run of {cfg.get('epochs')} (best val_loss at epoch {meta.get('best_epoch')}; "
         f"training {'finished' if meta.get('training_finished') else 'stopped before the configured epochs'}).",
+        *([f"- **BatchNorm recalibrated** after training (`cxr recalibrate-bn`): moving averages recomputed on "
+            f"{meta['bn_recalibration']['images']} training images; no weight trained."]
+          if meta.get("bn_recalibration") else []),
         f"- **Data**: {data_note or 'Kermany pediatric chest X-rays'}; split manifest sha256 "
         f"`{meta.get('manifest_sha256', '')[:16]}…`, config sha256 `{meta.get('config_sha256', '')[:16]}…`.",
         f"- **Input**: uint8 NHWC 0–255 pixels, resize rule `{model.info.resize_rule}` (cxr's shared preprocessing).",

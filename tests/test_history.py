@@ -37,7 +37,7 @@ def _keras_trace(losses: list[float]) -> tuple[pd.DataFrame, list[tuple]]:
         reduce.on_epoch_end(epoch, logs)  # adds the rate the epoch ran with, then may lower it
         early.on_epoch_end(epoch, logs)
         rows.append({"epoch": epoch, "learning_rate": logs["learning_rate"], "val_loss": loss})
-        states.append((early.best, early.wait, reduce.best, reduce.wait))
+        states.append((early.best, early.wait, early.best_epoch, reduce.best, reduce.wait))
     return pd.DataFrame(rows), states
 
 
@@ -46,7 +46,8 @@ def test_replayed_state_matches_keras_after_every_epoch() -> None:
     assert history["learning_rate"].nunique() > 2  # the trace does lower the rate, down to the floor
     for n, expected in enumerate(states, start=1):
         state = monitor_state(history.iloc[:n], reduce_lr_patience=PATIENCE, min_lr=MIN_LR)
-        got = (state.early_stopping_best, state.early_stopping_wait, state.reduce_lr_best, state.reduce_lr_wait)
+        got = (state.early_stopping_best, state.early_stopping_wait, state.early_stopping_best_epoch,
+               state.reduce_lr_best, state.reduce_lr_wait)
         assert got == pytest.approx(expected), f"after epoch {n}"
 
 
@@ -68,6 +69,6 @@ def test_resumed_callbacks_start_from_the_logged_state(tmp_path: Path) -> None:
     assert names.index("EarlyStopping") < len(names) - 1 and names.index("ReduceLROnPlateau") < len(names) - 1
     for callback in (reduce, early, restorer):
         callback.on_train_begin()
-    assert (early.best, early.wait) == (0.5, 3) and (reduce.best, reduce.wait) == (0.5, 3)
+    assert (early.best, early.wait, early.best_epoch) == (0.5, 3, 1) and (reduce.best, reduce.wait) == (0.5, 3)
     checkpoint = next(c for c in callbacks if type(c).__name__ == "ModelCheckpoint")
     assert checkpoint.best == 0.5

@@ -65,6 +65,15 @@ def test_existing_run_needs_resume(trained) -> None:
     assert result.exit_code == 2 and "--resume" in result.output
 
 
+def test_resuming_finished_runs_changes_nothing(trained) -> None:
+    histories = {v: (trained["runs"] / v / "history.csv").read_text() for v in ("model1", "model2")}
+    result = CliRunner().invoke(cxr, ["train", "--variant", "all", "--data", str(trained["manifest"]),
+                                      "--out", str(trained["runs"]), "--resume", *TINY])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("already finished") == 2
+    assert histories == {v: (trained["runs"] / v / "history.csv").read_text() for v in histories}
+
+
 def test_interrupted_run_resumes_from_last_finished_epoch(trained, monkeypatch) -> None:
     import keras
 
@@ -262,12 +271,34 @@ def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
 
 
 def test_batchnorm_mode_gap_scores_validation_both_ways(trained) -> None:
-    from cxr.train.diagnose import batchnorm_mode_gap
+    from cxr.train.batchnorm import batchnorm_mode_gap
 
     gap = batchnorm_mode_gap(trained["runs"] / "model1", batch_size=4, cache_dir=trained["root"] / "cache")
     val = pd.read_csv(trained["runs"] / "model1" / "val_predictions.csv")
-    assert gap["n_val"] == len(val)
+    assert gap["n"] == len(val)
     inference = gap["moving_averages"]
     # inference mode is what val_predictions.csv holds (written with the best checkpoint)
     assert inference["p_min"] == pytest.approx(val.iloc[:, -1].min(), abs=1e-5)
     assert 0 <= gap["batch_statistics"]["roc_auc"] <= 1 and inference["p_std"] >= 0
+
+
+def test_recalibrate_bn_writes_an_exportable_run(trained, tmp_path: Path) -> None:
+    import onnx
+
+    out = tmp_path / "recalibrated"
+    args = ["recalibrate-bn", "--run", str(trained["runs"] / "model1"), "--out", str(out), "--batch-size", "4",
+            "--cache-dir", str(trained["root"] / "cache")]
+    result = CliRunner().invoke(cxr, args)
+    assert result.exit_code == 0, result.output
+    assert "validation ROC AUC" in result.output
+    record = json.loads((out / "run.json").read_text())["bn_recalibration"]
+    assert record["layers"] > 0 and record["source_run"] == str(trained["runs"] / "model1")
+    assert {"best.keras", "config.json", "history.csv", "val_predictions.csv"} <= {p.name for p in out.iterdir()}
+    again = CliRunner().invoke(cxr, args)
+    assert again.exit_code == 2 and "not empty" in again.output
+
+    from cxr.export.onnx_export import _read_run, build_metadata
+
+    meta = build_metadata(*_read_run(out), threshold=0.5)  # what `cxr export` writes into the ONNX file
+    assert json.loads(meta["cxr.bn_recalibration"])["layers"] == record["layers"]
+    assert json.loads(build_metadata(*_read_run(trained["runs"] / "model1"), 0.5)["cxr.bn_recalibration"]) is None

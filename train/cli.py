@@ -1,4 +1,4 @@
-"""Thin CLI of the training stage: ``cxr train`` and ``cxr weights import-lite2``."""
+"""Thin CLI of the training stage: ``cxr train``, ``cxr recalibrate-bn`` and ``cxr weights import-lite2``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None,
           max_minutes: float | None, cache_dir: Path | None, **overrides) -> None:
     """Train model1 and/or model2 (EfficientNet + the seed's head) on a split manifest."""
     from cxr.train.config import ConfigError, load_config, resolve_variant
-    from cxr.train.fit import RunFolderError, fit_variant
+    from cxr.train.fit import RunAlreadyFinished, RunFolderError, fit_variant
     from cxr.train.model import WeightsUnavailableError
 
     if not manifest.is_file():
@@ -51,12 +51,43 @@ def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None,
         try:
             result = fit_variant(cfg, manifest, run_dir, resume=resume, cache_dir=cache_dir, max_minutes=max_minutes,
                                  log=lambda m: click.echo(m, err=m.startswith("WARNING")))
+        except RunAlreadyFinished as exc:  # --variant all --resume goes on with the other variant
+            click.echo(f"{cfg['variant']}: {exc}")
+            continue
         except (WeightsUnavailableError, RunFolderError) as exc:
             click.echo(f"Error: {exc}", err=True)
             raise SystemExit(EXIT_USAGE) from None
         info = result.run_info
         click.echo(f"{cfg['variant']}: {info['epochs_run']} epochs ({info['stopped_reason']}), best val_loss "
                    f"{info['best_val_loss']:.4f} (epoch {info['best_epoch']}); wrote {run_dir}")
+
+
+@click.command("recalibrate-bn")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+              help="A training run folder (with best.keras).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="New run folder for the recalibrated model (must be empty or absent).")
+@click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Decoded-image cache [default: data/cache].")
+@seed_option
+def recalibrate_bn(run_dir: Path, out_dir: Path, batch_size: int, cache_dir: Path | None, seed: int | None) -> None:
+    """Recompute a run's BatchNorm moving averages on its training split ("precise BN").
+
+    No weight is trained. Use it when validation predictions collapse to one value while the
+    training metrics improve (`python -m cxr.train.batchnorm RUN` measures that gap)."""
+    from cxr.train.batchnorm import recalibrate_run
+
+    if not (run_dir / "best.keras").is_file():
+        fail_usage(f"{run_dir} has no best.keras")
+    try:
+        record = recalibrate_run(run_dir, out_dir, batch_size, 0 if seed is None else seed, cache_dir)
+    except FileExistsError as exc:
+        fail_usage(str(exc))
+    before, after = record["val_before"]["moving_averages"], record["val_after"]["moving_averages"]
+    click.echo(f"recalibrated {record['layers']} BatchNorm layers on {record['images']} training images; "
+               f"validation ROC AUC {before['roc_auc']:.3f} -> {after['roc_auc']:.3f}, probability std "
+               f"{before['p_std']:.2g} -> {after['p_std']:.2g}; wrote {out_dir}")
 
 
 @click.group()

@@ -32,6 +32,11 @@ class RunFolderError(RuntimeError):
     """The run folder is in a state that needs a decision (e.g. --resume). One-line message."""
 
 
+class RunAlreadyFinished(RunFolderError):
+    """--resume on a run that finished: there is nothing to continue (retraining would append
+    a second run to its history)."""
+
+
 @dataclass
 class FitResult:
     run_dir: Path
@@ -72,6 +77,10 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / "config.json").is_file():
             raise RunFolderError(f"nothing to resume in {run_dir} (no config.json)")
+        info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        if info.get("finished"):
+            raise RunAlreadyFinished(f"{run_dir} already finished ({info.get('epochs_run')} epochs, "
+                                     f"{info.get('stopped_reason')}); nothing to resume")
         return
     if (run_dir / "config.json").is_file() or backup.exists():
         raise RunFolderError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -115,17 +124,21 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
     ]
     if state is not None:  # after the two callbacks it sets: they reset themselves in on_train_begin
-        callbacks.append(_restore_monitor_state(state, early_stopping, reduce_lr))
+        callbacks.append(_restore_monitor_state(state, early_stopping, reduce_lr, run_dir / "best.keras"))
     return callbacks
 
 
-def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr):
-    """A resumed fit continues the val_loss patience counters of the run so far."""
+def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr, best_checkpoint: Path):
+    """A resumed fit continues the val_loss patience counters of the run so far, and early
+    stopping restores the best checkpoint's weights, as the uninterrupted run would."""
     import keras
 
     class RestoreMonitorState(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             early_stopping.best, early_stopping.wait = state.early_stopping_best, state.early_stopping_wait
+            early_stopping.best_epoch = state.early_stopping_best_epoch
+            if best_checkpoint.is_file():
+                early_stopping.best_weights = keras.models.load_model(best_checkpoint, compile=False).get_weights()
             reduce_lr.best, reduce_lr.wait = state.reduce_lr_best, state.reduce_lr_wait
 
     return RestoreMonitorState()

@@ -1,0 +1,166 @@
+"""BatchNorm statistics of a trained run: measure the train/inference gap, and recalibrate.
+
+Keras' BatchNormalization normalises with the batch's statistics while training and with
+its moving averages at inference (and in the exported model). When those averages are far
+from what the layers see, as in a briefly trained randomly initialised base, inference
+outputs collapse to nearly one value although the training metrics improve.
+
+- ``batchnorm_mode_gap``: validation ROC AUC and spread with moving averages vs batch
+  statistics (dropout off in both), so the gap is measured, not guessed.
+- ``recalibrate_run``: "precise BatchNorm": the trainable BatchNorm layers' moving averages
+  are replaced by the mean of the batch statistics over the (un-augmented) training split.
+  No weight is trained; the result is a new run folder that ``cxr export`` takes as is.
+
+    python -m cxr.train.batchnorm runs/b2/model2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr.files import write_json_atomic
+
+COPIED_RUN_FILES = ("config.json", "history.csv", "curves.png", "augment_grid.png")
+
+
+def _all_layers(model) -> Iterator:
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+@contextlib.contextmanager
+def _dropout_off(model) -> Iterator[None]:
+    """training=True for BatchNorm only: Keras' Dropout passes inputs through at rate 0."""
+    import keras
+
+    dropouts = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in dropouts]
+    for layer in dropouts:
+        layer.rate = 0.0
+    try:
+        yield
+    finally:
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+
+
+def _predict(model, images: np.ndarray, batch_size: int, batch_statistics: bool) -> np.ndarray:
+    chunks = [np.asarray(model(images[i:i + batch_size].astype("float32"), training=batch_statistics))
+              for i in range(0, len(images), batch_size)]
+    return np.concatenate(chunks).reshape(-1)
+
+
+def _spread(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    return {"roc_auc": float(roc_auc_score(labels, probs)), "p_min": float(probs.min()),
+            "p_max": float(probs.max()), "p_std": float(probs.std())}
+
+
+def _run_split(run_dir: Path, split: str, cache_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The run's images and labels of one split, from its manifest and the decoded-image cache."""
+    from cxr.data import load_manifest
+    from cxr.files import sha256_file
+    from cxr.train import dataset
+    from cxr.train.fit import _split_arrays
+
+    config = json.loads((run_dir / "config.json").read_text())
+    manifest_path = json.loads((run_dir / "run.json").read_text())["manifest"]
+    manifest = load_manifest(manifest_path)
+    images = dataset.cached_images(manifest["abspath"].tolist(), int(config["input_size"]),
+                                   sha256_file(manifest_path), cache_dir or dataset.DEFAULT_CACHE_DIR)
+    return _split_arrays(manifest, images, list(config["classes"]), split)
+
+
+def _shuffled(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(len(labels))  # mixed batches, as in training
+    return images[order], labels[order]
+
+
+def mode_gap(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
+    images, labels = _shuffled(images, labels, seed)
+    with _dropout_off(model):
+        return {"n": int(len(labels)), "batch_size": batch_size,
+                "moving_averages": _spread(_predict(model, images, batch_size, False), labels),
+                "batch_statistics": _spread(_predict(model, images, batch_size, True), labels)}
+
+
+def batchnorm_mode_gap(run_dir: str | Path, batch_size: int = 64, seed: int = 0,
+                       cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Validation ROC AUC and probability spread of the run's best.keras with BatchNormalization
+    using moving averages (inference, as exported) and batch statistics (as in training)."""
+    import keras
+
+    run_dir = Path(run_dir)
+    x_val, y_val, _ = _run_split(run_dir, "val", cache_dir)
+    model = keras.models.load_model(run_dir / "best.keras", compile=False)
+    return {"run": str(run_dir), **mode_gap(model, x_val, y_val, batch_size, seed)}
+
+
+def recalibrate_batchnorm(model, images: np.ndarray, batch_size: int = 64, seed: int = 0) -> int:
+    """Set each trainable BatchNorm layer's moving mean/variance to the average of its batch
+    statistics over ``images`` (full shuffled batches, dropout off). Returns the layer count."""
+    import keras
+
+    layers = [layer for layer in _all_layers(model)
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    momenta = [layer.momentum for layer in layers]
+    order = np.random.default_rng(seed).permutation(len(images))
+    batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    try:
+        with _dropout_off(model):
+            for k, batch in enumerate(batches):
+                for layer in layers:  # running mean over batches: new = old * k/(k+1) + batch/(k+1)
+                    layer.momentum = k / (k + 1)
+                model(images[np.sort(batch)].astype("float32"), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return len(layers)
+
+
+def recalibrate_run(run_dir: str | Path, out_dir: str | Path, batch_size: int = 64, seed: int = 0,
+                    cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """A copy of the run in ``out_dir`` whose best.keras has recalibrated BatchNorm averages;
+    run.json records it, with the validation gap before and after."""
+    import keras
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty")
+    x_train, _, _ = _run_split(run_dir, "train", cache_dir)
+    x_val, y_val, val_rows = _run_split(run_dir, "val", cache_dir)
+    model = keras.models.load_model(run_dir / "best.keras")
+    before = mode_gap(model, x_val, y_val, batch_size, seed)
+    n_layers = recalibrate_batchnorm(model, x_train, batch_size, seed)
+    after = mode_gap(model, x_val, y_val, batch_size, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in COPIED_RUN_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out_dir / name)
+    model.save(out_dir / "best.keras")
+    config = json.loads((run_dir / "config.json").read_text())
+    probs = _predict(model, x_val, batch_size, False)
+    val_rows.assign(p=probs)[["path", "label", "patient_id", "p"]].rename(
+        columns={"p": f"p_{config['classes'][1]}"}).to_csv(out_dir / "val_predictions.csv", index=False)
+    record = {"source_run": str(run_dir), "images": int(len(x_train)), "batch_size": batch_size, "seed": seed,
+              "layers": n_layers, "val_before": before, "val_after": after}
+    run = json.loads((run_dir / "run.json").read_text())
+    write_json_atomic(out_dir / "run.json", {**run, "bn_recalibration": record})
+    return record
+
+
+if __name__ == "__main__":
+    import sys
+
+    for run in sys.argv[1:]:
+        print(json.dumps(batchnorm_mode_gap(run), indent=2))
