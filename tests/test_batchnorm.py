@@ -36,3 +36,16 @@ def test_moving_averages_become_the_mean_batch_statistics() -> None:
     assert bn.momentum == pytest.approx(0.99) and model.layers[3].rate == 0.5  # settings restored
     for before, after in zip(frozen_before, frozen.get_weights()):
         assert np.array_equal(before, after)  # frozen layers keep their statistics
+
+
+def test_measuring_the_gap_leaves_the_model_unchanged() -> None:
+    from cxr.train.batchnorm import _mode_gap
+
+    model = _toy_model()
+    images = np.random.default_rng(3).normal(3.0, 2.0, (40, 3)).astype("float32")
+    labels = np.arange(40) % 2
+    before = [np.array(w) for w in model.get_weights()]
+    summary, inference = _mode_gap(model, images, labels, batch_size=8, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert np.allclose(inference, np.asarray(model(images, training=False)).reshape(-1), atol=1e-6)
+    assert summary["n"] == 40 and set(summary) >= {"moving_averages", "batch_statistics"}

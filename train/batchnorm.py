@@ -53,6 +53,22 @@ def _dropout_off(model) -> Iterator[None]:
             layer.rate = rate
 
 
+@contextlib.contextmanager
+def _averages_kept(model) -> Iterator[None]:
+    """Scoring with training=True makes Keras update every trainable BatchNorm layer's moving
+    averages; put them back, so measuring the gap never changes the model."""
+    import keras
+
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(np.array(layer.moving_mean), np.array(layer.moving_variance)) for layer in layers]
+    try:
+        yield
+    finally:
+        for layer, (mean, variance) in zip(layers, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+
+
 def _predict(model, images: np.ndarray, batch_size: int, batch_statistics: bool) -> np.ndarray:
     chunks = [np.asarray(model(images[i:i + batch_size].astype("float32"), training=batch_statistics))
               for i in range(0, len(images), batch_size)]
@@ -66,32 +82,27 @@ def _spread(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "p_max": float(probs.max()), "p_std": float(probs.std())}
 
 
-def _run_split(run_dir: Path, split: str, cache_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray, Any]:
-    """The run's images and labels of one split, from its manifest and the decoded-image cache."""
-    from cxr.data import load_manifest
-    from cxr.files import sha256_file
-    from cxr.train import dataset
-    from cxr.train.fit import _split_arrays
+def _run_arrays(run_dir: Path, splits: tuple[str, ...], cache_dir: str | Path | None) -> tuple[dict, dict]:
+    """The run's config and its (images, labels, rows) per split, from its manifest and the image cache."""
+    from cxr.train.fit import split_arrays
 
     config = json.loads((run_dir / "config.json").read_text())
     manifest_path = json.loads((run_dir / "run.json").read_text())["manifest"]
-    manifest = load_manifest(manifest_path)
-    images = dataset.cached_images(manifest["abspath"].tolist(), int(config["input_size"]),
-                                   sha256_file(manifest_path), cache_dir or dataset.DEFAULT_CACHE_DIR)
-    return _split_arrays(manifest, images, list(config["classes"]), split)
+    return config, split_arrays(manifest_path, list(config["classes"]), int(config["input_size"]), cache_dir, splits)
 
 
-def _shuffled(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _mode_gap(model, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+              ) -> tuple[dict[str, Any], np.ndarray]:
+    """The gap summary, and the inference-mode probabilities in the images' order (they do not
+    depend on how images are batched; batch statistics do, so those batches are shuffled)."""
     order = np.random.default_rng(seed).permutation(len(labels))  # mixed batches, as in training
-    return images[order], labels[order]
-
-
-def mode_gap(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
-    images, labels = _shuffled(images, labels, seed)
     with _dropout_off(model):
-        return {"n": int(len(labels)), "batch_size": batch_size,
-                "moving_averages": _spread(_predict(model, images, batch_size, False), labels),
-                "batch_statistics": _spread(_predict(model, images, batch_size, True), labels)}
+        inference = _predict(model, images, batch_size, False)
+        with _averages_kept(model):
+            batch_stats = _predict(model, images[order], batch_size, True)
+    summary = {"n": int(len(labels)), "batch_size": batch_size, "moving_averages": _spread(inference, labels),
+               "batch_statistics": _spread(batch_stats, labels[order])}
+    return summary, inference
 
 
 def batchnorm_mode_gap(run_dir: str | Path, batch_size: int = 64, seed: int = 0,
@@ -101,9 +112,10 @@ def batchnorm_mode_gap(run_dir: str | Path, batch_size: int = 64, seed: int = 0,
     import keras
 
     run_dir = Path(run_dir)
-    x_val, y_val, _ = _run_split(run_dir, "val", cache_dir)
+    _, arrays = _run_arrays(run_dir, ("val",), cache_dir)
+    x_val, y_val, _ = arrays["val"]
     model = keras.models.load_model(run_dir / "best.keras", compile=False)
-    return {"run": str(run_dir), **mode_gap(model, x_val, y_val, batch_size, seed)}
+    return {"run": str(run_dir), **_mode_gap(model, x_val, y_val, batch_size, seed)[0]}
 
 
 def recalibrate_batchnorm(model, images: np.ndarray, batch_size: int = 64, seed: int = 0) -> int:
@@ -134,24 +146,23 @@ def recalibrate_run(run_dir: str | Path, out_dir: str | Path, batch_size: int = 
     run.json records it, with the validation gap before and after."""
     import keras
 
+    from cxr.train.fit import write_val_predictions
+
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty")
-    x_train, _, _ = _run_split(run_dir, "train", cache_dir)
-    x_val, y_val, val_rows = _run_split(run_dir, "val", cache_dir)
+    config, arrays = _run_arrays(run_dir, ("train", "val"), cache_dir)
+    x_train, (x_val, y_val, val_rows) = arrays["train"][0], arrays["val"]
     model = keras.models.load_model(run_dir / "best.keras")
-    before = mode_gap(model, x_val, y_val, batch_size, seed)
+    before, _ = _mode_gap(model, x_val, y_val, batch_size, seed)
     n_layers = recalibrate_batchnorm(model, x_train, batch_size, seed)
-    after = mode_gap(model, x_val, y_val, batch_size, seed)
+    after, val_probs = _mode_gap(model, x_val, y_val, batch_size, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in COPIED_RUN_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
     model.save(out_dir / "best.keras")
-    config = json.loads((run_dir / "config.json").read_text())
-    probs = _predict(model, x_val, batch_size, False)
-    val_rows.assign(p=probs)[["path", "label", "patient_id", "p"]].rename(
-        columns={"p": f"p_{config['classes'][1]}"}).to_csv(out_dir / "val_predictions.csv", index=False)
+    write_val_predictions(val_rows, val_probs, config["classes"][1], out_dir / "val_predictions.csv")
     record = {"source_run": str(run_dir), "images": int(len(x_train)), "batch_size": batch_size, "seed": seed,
               "layers": n_layers, "val_before": before, "val_after": after}
     run = json.loads((run_dir / "run.json").read_text())

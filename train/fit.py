@@ -72,6 +72,22 @@ def _split_arrays(manifest: pd.DataFrame, images: np.ndarray, classes: list[str]
     return images[mask], labels.astype(np.int64), manifest.loc[mask].reset_index(drop=True)
 
 
+def split_arrays(manifest_path: str | Path, classes: list[str], size: int, cache_dir: str | Path | None,
+                 splits: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray, pd.DataFrame]]:
+    """(images, label indices, manifest rows) of each split, decoded once into the image cache."""
+    from cxr.train import dataset
+
+    manifest = load_manifest(manifest_path)
+    images = dataset.cached_images(manifest["abspath"].tolist(), size, sha256_file(manifest_path),
+                                   cache_dir or dataset.DEFAULT_CACHE_DIR)
+    return {split: _split_arrays(manifest, images, classes, split) for split in splits}
+
+
+def write_val_predictions(val_rows: pd.DataFrame, probs: np.ndarray, positive_class: str, path: Path) -> None:
+    val_rows.assign(p=probs)[["path", "label", "patient_id", "p"]].rename(
+        columns={"p": f"p_{positive_class}"}).to_csv(path, index=False)
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     backup = run_dir / "backup"
     if resume:
@@ -181,11 +197,8 @@ def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: st
     keras.utils.set_random_seed(seed)
     classes, size = list(resolved["classes"]), int(resolved["input_size"])
 
-    manifest = load_manifest(manifest_path)
-    images = dataset.cached_images(manifest["abspath"].tolist(), size, sha256_file(manifest_path),
-                                   cache_dir or dataset.DEFAULT_CACHE_DIR)
-    x_train, y_train, _ = _split_arrays(manifest, images, classes, "train")
-    x_val, y_val, val_rows = _split_arrays(manifest, images, classes, "val")
+    arrays = split_arrays(manifest_path, classes, size, cache_dir, ("train", "val"))
+    (x_train, y_train, _), (x_val, y_val, val_rows) = arrays["train"], arrays["val"]
 
     model, facts = build_classifier(resolved)
     warnings = []
@@ -216,8 +229,7 @@ def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: st
     plot_history(history, run_dir / "curves.png", title=f"{resolved['variant']} ({resolved['backbone']})")
     best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").is_file() else model
     probs = best.predict(x_val.astype("float32"), batch_size=64, verbose=0).reshape(-1)
-    val_rows.assign(p=probs)[["path", "label", "patient_id", "p"]].rename(
-        columns={"p": f"p_{classes[1]}"}).to_csv(run_dir / "val_predictions.csv", index=False)
+    write_val_predictions(val_rows, probs, classes[1], run_dir / "val_predictions.csv")
     stopped_by_budget = bool(budget and budget[0].stopped_epoch)
     if not stopped_by_budget:
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
