@@ -56,7 +56,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: setup
-	$(BIN)/python -m cxr.bench
+	$(BIN)/python benchmark.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from cxr import CLASS_NAMES_DEFAULT
+from cxr.artifacts.predictions import escape_path, unescape_path
 from cxr.files import atomic_path, sha256_file, write_json_atomic
 from cxr.imaging import decode_or_error, is_image_file
 
@@ -67,7 +68,7 @@ def _scan(root: Path, classes: tuple[str, ...], check_decode: bool) -> tuple[lis
     for path in sorted(root.rglob("*"), key=lambda p: p.as_posix()):
         if not path.is_file():
             continue
-        rel = path.relative_to(root).as_posix()
+        rel = escape_path(path.relative_to(root).as_posix())
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             hidden += 1
             continue
@@ -84,7 +85,7 @@ def _scan(root: Path, classes: tuple[str, ...], check_decode: bool) -> tuple[lis
             if error:
                 skipped.append({"path": rel, "reason": f"unreadable: {error}"})
                 continue
-        records.append({"path": rel, "label": label, "patient_id": patient_id_from_name(path.name),
+        records.append({"path": rel, "label": label, "patient_id": patient_id_from_name(escape_path(path.name)),
                         "sha256": sha256_file(path)})
     return records, skipped, hidden
 
@@ -115,12 +116,17 @@ def _split_by_patient(frame: pd.DataFrame, fractions: tuple[float, float, float]
     counts = [round(f * n_splits) for f in fractions]
     if n_splits > 20 or sum(counts) != n_splits or any(abs(c / n_splits - f) > 1e-9 for c, f in zip(counts, fractions)):
         raise DataPrepError(f"fractions {fractions} must be multiples of one common 1/n (n <= 20)")
+    patients = frame.groupby("label")["patient_id"].nunique()
+    if patients.min() < n_splits:
+        raise DataPrepError(f"a patient-grouped {n_splits}-fold split needs at least {n_splits} patients per class; "
+                            f"found {', '.join(f'{c} {n}' for c, n in patients.items())} "
+                            "(add data, or use --split-by image)")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold_of = np.empty(len(frame), dtype=int)
     for fold, (_, idx) in enumerate(splitter.split(frame, frame["label"], groups=frame["patient_id"])):
         fold_of[idx] = fold
     # folds [0, n_test) -> test, next n_val -> val, rest -> train
-    n_train, n_val, n_test = counts
+    _, n_val, n_test = counts
     split = np.where(fold_of < n_test, "test", np.where(fold_of < n_test + n_val, "val", "train"))
     return split
 
@@ -167,7 +173,8 @@ def _summarise(manifest: pd.DataFrame, found: int, dropped: list[dict], skipped:
 
 def prepare_splits(source: str | Path, out_dir: str | Path, *, classes: tuple[str, ...] = CLASS_NAMES_DEFAULT,
                    split_by: str = "patient", fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                   seed: int = 42, check_decode: bool = True) -> PrepareResult:
+                   seed: int = 42, check_decode: bool = True, shortcut: bool = True,
+                   workers: int | None = None) -> PrepareResult:
     """Scan ``source`` (Kaggle layout or class folders), dedupe, split and write the manifest."""
     root = Path(source)
     if not root.is_dir():
@@ -194,6 +201,13 @@ def prepare_splits(source: str | Path, out_dir: str | Path, *, classes: tuple[st
                 "split_by": split_by, "fractions": list(fractions), "seed": seed,
                 "manifest_sha256": sha256_file(manifest_path)}
     summary = _summarise(manifest, len(records) + len(skipped), dropped, skipped, hidden, settings)
+    if shortcut:
+        from cxr.shortcut import shortcut_check
+
+        summary["shortcut_check"] = shortcut_check(
+            [str(root / unescape_path(p)) for p in manifest["path"]], manifest["label"].tolist(),
+            manifest["patient_id"].tolist(), classes, seed=seed, workers=(os.cpu_count() or 1) if workers is None
+            else workers)
     write_json_atomic(summary_path, summary)
     warnings = []
     if summary["patients_on_several_splits"]:
@@ -208,7 +222,10 @@ def load_manifest(manifest_path: str | Path, root: str | Path | None = None) -> 
     manifest_path = Path(manifest_path)
     if not manifest_path.is_file():
         raise DataPrepError(f"manifest not found: {manifest_path}")
-    frame = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(manifest_path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataPrepError(f"cannot read manifest {manifest_path}: {str(exc).splitlines()[0]}") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DataPrepError(f"{manifest_path} is not a split manifest (missing columns {missing})")
@@ -217,5 +234,19 @@ def load_manifest(manifest_path: str | Path, root: str | Path | None = None) -> 
         root = manifest_path.parent
         if summary_path.is_file():
             root = manifest_path.parent / json.loads(summary_path.read_text())["root"]
-    frame["abspath"] = [str((Path(root) / p).resolve()) for p in frame["path"]]
+    frame["abspath"] = [str((Path(root) / unescape_path(p)).resolve()) for p in frame["path"]]
     return frame
+
+
+def manifest_split(manifest_path: str | Path, split: str, classes: list[str] | tuple[str, ...]
+                   ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """(relative escaped paths, labels by path, patient ids by path) of one split of a manifest."""
+    frame = load_manifest(manifest_path, root=Path(manifest_path).parent)
+    rows = frame[frame["split"] == split]
+    if rows.empty:
+        raise DataPrepError(f"{manifest_path} has no '{split}' rows")
+    unknown = sorted(set(rows["label"]) - set(classes))
+    if unknown:
+        raise DataPrepError(f"{manifest_path} has labels {unknown} outside the model's classes {list(classes)}")
+    paths = rows["path"].tolist()
+    return paths, dict(zip(paths, rows["label"])), dict(zip(paths, rows["patient_id"]))

@@ -14,7 +14,7 @@ scaling) to at least twice the target size before the final resize.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +29,6 @@ DRAFT_OVERSAMPLE = 2
 
 class ImageDecodeError(ValueError):
     """An input file that cannot be turned into a model input. The message is one line."""
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    size: int = 128
-    use_draft: bool = True
-    max_pixels: int = MAX_PIXELS
 
 
 def is_image_file(path: Path) -> bool:
@@ -84,6 +77,11 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
         )
     if width < 1 or height < 1:
         raise ImageDecodeError("image has no pixels")
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        img.close()
+        raise ImageDecodeError(f"multi-page {img.format} ({frames} pages): one image per file is expected; "
+                               "split the pages into files")
     return img
 
 
@@ -123,10 +121,32 @@ def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
     return np.ascontiguousarray(arr)
 
 
+def file_problem(path: str | Path) -> str:
+    """Why ``path`` cannot be opened as a file ("" when it can): missing, a broken or looping
+    symbolic link, or not a regular file."""
+    import errno
+    import os
+
+    try:
+        if os.path.isfile(os.fspath(path)) and os.stat(path):
+            return ""
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"cannot open: {exc.strerror or exc}"
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            return "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+    return "file not found" if not os.path.lexists(path) else "not a regular file"
+
+
 def decode_or_error(path: str | Path, size: int, use_draft: bool = True) -> tuple[np.ndarray | None, str]:
     """Like decode_image, but returns (array, "") or (None, message). Safe for worker pools."""
-    if not Path(path).is_file():
-        return None, "file not found"
+    problem = file_problem(path)
+    if problem:
+        return None, problem
     try:
         return decode_image(path, size, use_draft=use_draft), ""
     except ImageDecodeError as exc:
@@ -135,45 +155,113 @@ def decode_or_error(path: str | Path, size: int, use_draft: bool = True) -> tupl
         return None, f"unexpected decode failure: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """All image files under folder, recursively, case-insensitive extensions, sorted,
-    hidden files and folders ignored."""
+def list_images(folder: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """Every image file under ``folder``, recursively: supported extensions (any case) and DICOM,
+    hidden files and folders ignored, ``exclude`` (an output folder inside it) skipped, sorted by
+    relative path bytes. Broken or looping symbolic links with an image name are listed too, so
+    that they get an error row. Directory links are not followed (no cycles); linear in files."""
+    import os
+
     root = Path(folder)
+    skip = Path(exclude).resolve() if exclude is not None else None
     found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.is_file() and is_image_file(path):
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    for directory, subdirs, files in os.walk(root, followlinks=False):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")
+                      and (skip is None or Path(directory, d).resolve() != skip)]
+        for name in files:
+            path = Path(directory, name)
+            if not name.startswith(".") and (path.suffix.lower() in IMAGE_EXTENSIONS or _is_dicom_quietly(path)):
+                found.append(path)
+    return sorted(found, key=lambda p: os.fsencode(p.relative_to(root)))
+
+
+def _is_dicom_quietly(path: Path) -> bool:
+    from cxr.dicom import is_dicom_file
+
+    try:
+        return is_dicom_file(path)
+    except OSError:
+        return False
+
+
+def _exit_with(owner_pid: int) -> None:
+    """Worker initializer: a watcher thread ends this worker when the process that owns the pool
+    ends, however it ends (``kill -9`` included). Its parent is the forkserver, which in turn
+    waits for its workers, so the parent's death cannot be the signal."""
+    import os
+    import select
+    import threading
+    import time
+
+    def watch() -> None:
+        try:
+            handle = os.pidfd_open(owner_pid)  # Linux >= 5.3: readable once the owner has ended
+            select.select([handle], [], [])
+        except (AttributeError, OSError):
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(owner_pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    continue
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
 
 
 def decode_pool(workers: int):
     """A process pool for decoding that is safe to start from a process already running
-    threaded libraries (onnxruntime, TensorFlow): forkserver on Linux, spawn elsewhere."""
+    threaded libraries (onnxruntime, TensorFlow): forkserver on Linux, spawn elsewhere.
+    Its workers end when the process that started the pool does."""
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor
 
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_exit_with,
+                               initargs=(os.getpid(),))
 
 
-def _decode_strict_chunk(args: tuple[list[str], int]) -> np.ndarray:
+def _decode_chunk(args: tuple[list[str], int]) -> list[tuple[np.ndarray | None, str]]:
     paths, size = args
-    return np.stack([decode_image(p, size) for p in paths]) if paths else np.zeros((0, size, size, 3), np.uint8)
+    return [decode_or_error(p, size) for p in paths]
+
+
+def decoded_stream(paths: list[str] | list[Path], size: int, workers: int, chunk: int = 8,
+                   max_chunks_in_flight: int | None = None) -> Iterator[tuple[np.ndarray | None, str]]:
+    """(image or None, error message) for each path, in input order, decoded by a pool of
+    ``workers`` processes (0: in-process). At most ``max_chunks_in_flight`` chunks are queued or
+    held at once, so memory stays bounded on folders of any size."""
+    from collections import deque
+
+    chunks = [([str(p) for p in paths[i:i + chunk]], size) for i in range(0, len(paths), chunk)]
+    if workers <= 0 or len(chunks) < 2:
+        for job in chunks:
+            yield from _decode_chunk(job)
+        return
+    limit = max_chunks_in_flight or workers * 4
+    with decode_pool(workers) as pool:
+        pending: deque = deque()
+        for job in chunks:
+            pending.append(pool.submit(_decode_chunk, job))
+            if len(pending) >= limit:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
 
 
 def decode_many(paths: list[str], size: int, workers: int | None = None) -> np.ndarray:
-    """Decode paths into one (N, size, size, 3) uint8 array with a process pool; any bad
-    file raises ImageDecodeError (for curated inputs such as a prepared split)."""
-    import math
+    """Decode paths into one (N, size, size, 3) uint8 array; any bad file raises
+    ImageDecodeError naming it (for curated inputs such as a prepared split)."""
     import os
 
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(paths) < 64:
-        return _decode_strict_chunk((list(paths), size))
-    step = math.ceil(len(paths) / (workers * 4))
-    chunks = [(list(paths[i:i + step]), size) for i in range(0, len(paths), step)]
-    with decode_pool(workers) as pool:
-        return np.concatenate(list(pool.map(_decode_strict_chunk, chunks)))
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    images = np.zeros((len(paths), size, size, 3), np.uint8)
+    for index, (image, error) in enumerate(decoded_stream(paths, size, workers if len(paths) >= 64 else 0,
+                                                          chunk=32)):
+        if image is None:
+            raise ImageDecodeError(f"{paths[index]}: {error}")
+        images[index] = image
+    return images

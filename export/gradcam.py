@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FEATURE_LAYER = "top_activation"
-HEAD_DENSE = ("head_dense128", "head_dense64", "p_positive")
+from cxr.artifacts.model_contract import FEATURE_LAYER, HEAD_LAYERS as HEAD_DENSE
 
 
 def _normalise(cam):

@@ -9,21 +9,21 @@ failure nothing is left at the output path.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxr.artifacts import ModelContract, RunFolder, RunFolderError
+from cxr.artifacts.model_contract import CAM_NAME, INPUT_NAME, OUTPUT_NAME
+from cxr.environment import package_versions
 from cxr.files import atomic_path, sha256_file, write_json_atomic
 from cxr.imaging import RESIZE_RULE, decode_image
-from cxr.infer.model import CAM_NAME, OUTPUT_NAME
-from cxr.train.history import history_facts, read_history
+from cxr.messages import first_line
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
-INPUT_NAME = "pixels"
 CAM_TOLERANCE = 1e-3
 
 
@@ -43,83 +43,68 @@ class ExportResult:
     metadata: dict[str, str]
 
 
-def _read_run(run_dir: Path) -> tuple[dict, dict]:
-    """The run's config and facts. A run stopped early (no 'finished') still exports its best
-    checkpoint; its epoch count then comes from history.csv."""
-    for name in ("best.keras", "config.json", "run.json"):
-        if not (run_dir / name).is_file():
-            raise ExportError(f"{run_dir} is not a training run with a checkpoint: {name} is missing")
-    try:
-        config, run = (json.loads((run_dir / n).read_text()) for n in ("config.json", "run.json"))
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{run_dir}: unreadable run files ({exc})") from None
-    history = read_history(run_dir)
-    if history is not None:
-        for key, value in history_facts(history).items():
-            run.setdefault(key, value)
-    run.setdefault("finished", False)
-    return config, run
-
-
-def load_keras_model(path: Path):
+def load_keras_model(path: str | Path):
+    """A .keras file as a Keras model; a one-line ExportError when it is not one."""
     import keras
 
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - zip, h5 and deserialisation errors all mean "not a model"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"cannot load {path} as a Keras model: {first[:300]}") from None
+        raise ExportError(f"cannot load {path} as a Keras model: {first_line(exc)[:300]}") from None
 
 
-def build_metadata(config: dict, run: dict, threshold: float) -> dict[str, str]:
-    from cxr.train.fit import package_versions
-
-    values = {
-        "classes": config["classes"], "positive_class": config["classes"][1], "threshold": threshold,
-        "input_size": int(config["input_size"]), "input_layout": "NHWC", "input_dtype": "uint8",
-        "pixel_range": [0, 255], "resize_rule": RESIZE_RULE, "output": f"P({config['classes'][1]})",
+def build_contract(config: dict, run: dict, threshold: float, threshold_rule: dict) -> ModelContract:
+    """The model's contract: what inference needs, plus the facts of its training."""
+    recalibration = run.get("bn_recalibration")
+    facts = {
         "variant": config["variant"], "backbone": config["backbone"], "weights": str(config["weights"]),
+        "augment_policy": config.get("augment_policy", "seed"), "backend": run.get("backend", "tensorflow"),
         "freeze_bn": bool(config.get("freeze_bn", False)), "epochs_run": run.get("epochs_run"),
         "training_finished": bool(run.get("finished")), "best_epoch": run.get("best_epoch"),
-        "bn_recalibration": {k: v for k, v in run["bn_recalibration"].items() if not k.startswith("val_")}
-        if run.get("bn_recalibration") else None,
+        "bn_recalibration": {k: v for k, v in recalibration.items() if not k.startswith("val_")}
+        if recalibration else None,
         "config_sha256": run["config_sha256"], "manifest_sha256": run["manifest_sha256"],
         "training_config": config, "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return {f"cxr.{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in values.items()}
+    return ModelContract(tuple(config["classes"]), float(threshold), int(config["input_size"]), "uint8", RESIZE_RULE,
+                         threshold_rule, facts)
 
 
-def convert(model, input_size: int, opset: int, out_path: Path, metadata: dict[str, str]) -> None:
-    """tf2onnx conversion of ``model`` wrapped with a uint8 input and an in-graph cast.
-
-    The serving function is frozen first: tf2onnx's ``from_function`` leaves some Keras 3
-    captured tensors (the Normalization layer's mean and variance) as extra graph inputs.
-    """
-    import onnx
+def _serving_function(model, input_size: int):
+    """A tf.function taking uint8 NHWC pixels: P(positive), and the Grad-CAM map where the head allows."""
     import tensorflow as tf
-    import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    tf.get_logger().setLevel("ERROR")
-    spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.uint8, name=INPUT_NAME),)
 
     from cxr.export.gradcam import has_gradcam_head, probability_and_cam
 
-    with_cam = has_gradcam_head(model)
-    compute = probability_and_cam(model) if with_cam else None
+    spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.uint8, name=INPUT_NAME),)
+    compute = probability_and_cam(model) if has_gradcam_head(model) else None
 
     @tf.function(input_signature=spec)
     def serve(pixels):
         x = tf.cast(pixels, tf.float32)
-        if with_cam:
+        if compute is not None:
             return compute(x)
         return tf.reshape(model(x, training=False), (-1,))
+
+    return serve, compute is not None
+
+
+def _frozen_onnx(serve, opset: int):
+    """tf2onnx on the frozen graph: ``from_function`` would leave some Keras 3 captured tensors
+    (the Normalization layer's mean and variance) as extra graph inputs."""
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     proto, _ = tf2onnx.convert.from_graph_def(
         frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
         output_names=[t.name for t in frozen.outputs], opset=opset)
+    return proto
+
+
+def _apply_contract(proto, with_cam: bool, metadata: dict[str, str]) -> None:
+    """The contract's input/output names, a dynamic batch dimension and the cxr.* metadata."""
     _rename_value(proto, proto.graph.input[0].name, INPUT_NAME)
     _rename_value(proto, proto.graph.output[0].name, OUTPUT_NAME)
     if with_cam:
@@ -131,6 +116,17 @@ def convert(model, input_size: int, opset: int, out_path: Path, metadata: dict[s
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = ("cxr pneumonia classifier: uint8 NHWC pixels 0-255 in; outputs 'probability' = P(positive "
                         "class) and, where the head allows, 'cam' = Grad-CAM of the positive logit (N, h, w) in 0..1")
+
+
+def convert(model, input_size: int, opset: int, out_path: Path, metadata: dict[str, str]) -> None:
+    """Keras model -> checked ONNX file with a uint8 input, an in-graph cast and the metadata."""
+    import onnx
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    serve, with_cam = _serving_function(model, input_size)
+    proto = _frozen_onnx(serve, opset)
+    _apply_contract(proto, with_cam, metadata)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out_path))
 
@@ -156,22 +152,30 @@ def parity_batch(paths: list[str], input_size: int, n_synthetic: int, seed: int)
         f"{n_synthetic} synthetic images"
 
 
+def _onnx_outputs(onnx_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of the exported graph on a uint8 batch (onnxruntime, CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})))
+
+
 def check_parity(keras_model, onnx_path: Path, images: np.ndarray, threshold: float,
                  tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
     from cxr.export.gradcam import gradcam_keras, has_gradcam_head
-    from cxr.infer.model import OnnxClassifier
 
     p_keras = keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0).reshape(-1).astype(np.float64)
-    onnx_model = OnnxClassifier(onnx_path, device="cpu")
-    p_onnx = onnx_model.predict(images)
+    outputs = _onnx_outputs(onnx_path, images)
+    p_onnx = outputs[OUTPUT_NAME].reshape(-1).astype(np.float64)
     diff = np.abs(p_keras - p_onnx)
     labels_differ = int(np.sum((p_keras >= threshold) != (p_onnx >= threshold)))
     result = {"n_images": int(len(images)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
               "labels_differ": labels_differ, "tolerance": tolerance, "threshold": threshold,
               "passed": bool(diff.max() <= tolerance and labels_differ == 0)}
-    if onnx_model.has_cam and has_gradcam_head(keras_model):
+    if CAM_NAME in outputs and has_gradcam_head(keras_model):
         _, cam_reference = gradcam_keras(keras_model, images[:8].astype(np.float32))
-        cam_diff = float(np.abs(onnx_model.explain(images[:8])[1] - cam_reference).max())
+        cam_diff = float(np.abs(outputs[CAM_NAME][:8] - cam_reference).max())
         result.update({"cam_max_abs_diff": cam_diff, "cam_tolerance": CAM_TOLERANCE,
                        "passed": result["passed"] and cam_diff <= CAM_TOLERANCE})
     return result
@@ -191,14 +195,20 @@ def default_parity_paths(run: dict, n: int, seed: int) -> list[str]:
 
 
 def export_onnx(run_dir: str | Path, out_path: str | Path, *, parity_paths: list[str] | None = None,
-                n_parity: int = 32, threshold: float = 0.5, opset: int = DEFAULT_OPSET,
+                n_parity: int = 32, threshold: float = 0.5, threshold_rule: dict | None = None,
+                opset: int = DEFAULT_OPSET,
                 tolerance: float = PARITY_TOLERANCE, seed: int = 0) -> ExportResult:
     """Convert ``run_dir/best.keras`` to ``out_path`` (+ ``<stem>.parity.json``) behind the parity gate."""
     run_dir, out_path = Path(run_dir), Path(out_path)
-    config, run = _read_run(run_dir)
-    model = load_keras_model(run_dir / "best.keras")
+    folder = RunFolder(run_dir)
+    try:
+        config, run = folder.export_facts()
+    except RunFolderError as exc:
+        raise ExportError(str(exc)) from None
+    model = load_keras_model(folder.best)
     size = int(config["input_size"])
-    metadata = build_metadata(config, run, threshold)
+    contract = build_contract(config, run, threshold, threshold_rule or {"threshold": threshold, "rule": "fixed"})
+    metadata = contract.to_metadata()
     if parity_paths is None:
         parity_paths = default_parity_paths(run, n_parity, seed)
     images, source = parity_batch(parity_paths, size, n_parity, seed)

@@ -6,19 +6,20 @@ training config) is read from the model's metadata, never from constants.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxr.artifacts import ModelContract, ModelContractError
+from cxr.artifacts.model_contract import CAM_NAME, OUTPUT_NAME
 from cxr.files import sha256_file
+from cxr.messages import first_line
 
-METADATA_PREFIX = "cxr."
-OUTPUT_NAME, CAM_NAME = "probability", "cam"  # the exported graph's outputs (cxr.export writes them)
-REQUIRED_METADATA = ("classes", "threshold", "input_size", "input_layout", "input_dtype", "resize_rule")
+PRECISIONS = ("fp32", "tf32")
+OUTPUT_TOLERANCE = 1e-6  # a probability may exceed [0, 1] by float rounding, no more
 
 
 class ModelLoadError(ValueError):
@@ -29,34 +30,44 @@ class ProviderError(RuntimeError):
     """The requested execution provider cannot be had. One-line message."""
 
 
-@dataclass
+class ModelOutputError(ValueError):
+    """The model produced something that is not a probability. One-line message."""
+
+
+@dataclass(frozen=True)
 class ModelInfo:
+    """A loaded model file: its path, content hash and contract (the validated metadata)."""
     path: Path
     sha256: str
-    classes: list[str]
-    threshold: float
-    input_size: int
-    input_dtype: str
-    resize_rule: str
-    metadata: dict[str, Any] = field(default_factory=dict)
+    contract: ModelContract
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.contract.classes)
 
     @property
     def positive_class(self) -> str:
-        return self.classes[1]
+        return self.contract.positive_class
 
+    @property
+    def threshold(self) -> float:
+        return self.contract.threshold
 
-def _parse_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
-    meta = {k[len(METADATA_PREFIX):]: v for k, v in raw.items() if k.startswith(METADATA_PREFIX)}
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        raise ModelLoadError(f"{path} is not a cxr model: metadata lacks {', '.join(missing)} (export it with `cxr export`)")
-    parsed = {}
-    for key, value in meta.items():
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
+    @property
+    def input_size(self) -> int:
+        return self.contract.input_size
+
+    @property
+    def input_dtype(self) -> str:
+        return self.contract.input_dtype
+
+    @property
+    def resize_rule(self) -> str:
+        return self.contract.resize_rule
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.contract.metadata()
 
 
 def default_thread_count() -> int:
@@ -67,7 +78,17 @@ def default_thread_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def choose_providers(device: str) -> list[str]:
+def cuda_provider_options(precision: str = "fp32") -> dict[str, str]:
+    """CUDA execution provider options: TF32 off unless asked for (TF32 convolutions differ from
+    CPU results by up to about 1e-2), and exhaustive cuDNN algorithm search (the default search
+    was 20 times slower on an H200)."""
+    if precision not in PRECISIONS:
+        raise ProviderError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    return {"use_tf32": "1" if precision == "tf32" else "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}
+
+
+def choose_providers(device: str, precision: str = "fp32") -> list:
+    """onnxruntime providers for ``device`` (auto, cpu, cuda), CUDA with its options."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -77,13 +98,20 @@ def choose_providers(device: str) -> list[str]:
     if device == "cuda" and not has_cuda:
         raise ProviderError("--device cuda: this onnxruntime has no CUDAExecutionProvider "
                             f"(available: {', '.join(available)}); install onnxruntime-gpu (extra [gpu])")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
+    if not has_cuda:
+        return ["CPUExecutionProvider"]
+    if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from the nvidia-* wheels
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - a failed preload leaves the system libraries to try
+            pass
+    return [("CUDAExecutionProvider", cuda_provider_options(precision)), "CPUExecutionProvider"]
 
 
 class OnnxClassifier:
     """An onnxruntime session over a cxr model: ``predict(uint8 NHWC batch) -> P(positive)``."""
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -93,23 +121,33 @@ class OnnxClassifier:
         options.intra_op_num_threads = threads or default_thread_count()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        providers = choose_providers(device)
+        providers = choose_providers(device, precision)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own assorted types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot load {self.path} as an ONNX model: {first[:300]}") from None
+            raise ModelLoadError(f"cannot load {self.path} as an ONNX model: {first_line(exc)[:300]}") from None
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise ProviderError(f"--device cuda: onnxruntime fell back to {self.provider} (no usable GPU/CUDA libraries)")
-        meta = _parse_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
-        self.info = ModelInfo(self.path, sha256_file(self.path), list(meta["classes"]), float(meta["threshold"]),
-                              int(meta["input_size"]), str(meta["input_dtype"]), str(meta["resize_rule"]), meta)
+        self.provider_options = self.session.get_provider_options().get(self.provider, {})
+        self.precision = precision if self.provider == "CUDAExecutionProvider" else "fp32"
+        try:
+            contract = ModelContract.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        except ModelContractError as exc:
+            raise ModelLoadError(str(exc)) from None
+        self.info = ModelInfo(self.path, sha256_file(self.path), contract)
         self._check_input()
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
         self.has_cam = CAM_NAME in outputs
+
+    @property
+    def execution(self) -> dict[str, Any]:
+        """The provider facts a run records (metrics.json, evaluation history, predictions.meta.json)."""
+        keep = ("use_tf32", "cudnn_conv_algo_search", "device_id")
+        return {"provider": self.provider, "precision": self.precision,
+                "provider_options": {k: v for k, v in self.provider_options.items() if k in keep}}
 
     def _check_input(self) -> None:
         inputs = self.session.get_inputs()
@@ -128,7 +166,8 @@ class OnnxClassifier:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """P(positive class) for a (N, size, size, 3) uint8 batch of 0-255 pixels."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32)
-        return self.session.run([self.output_name], {self.input_name: batch})[0].reshape(-1).astype(np.float64)
+        out = self.session.run([self.output_name], {self.input_name: batch})[0].reshape(-1).astype(np.float64)
+        return checked_probabilities(out, len(batch), self.path)
 
     def explain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(positive), Grad-CAM maps (N, h, w) in 0..1) from a model exported with its 'cam' output."""
@@ -136,7 +175,18 @@ class OnnxClassifier:
             raise ModelLoadError(f"{self.path} has no 'cam' output (re-export it with this version of cxr)")
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
         p, cam = self.session.run([self.output_name, CAM_NAME], {self.input_name: batch})
-        return p.reshape(-1).astype(np.float64), cam
+        return checked_probabilities(p.reshape(-1).astype(np.float64), len(batch), self.path), cam
+
+
+def checked_probabilities(p: np.ndarray, n: int, source: Path) -> np.ndarray:
+    """``p`` clipped to [0, 1] when it is a probability per image; ModelOutputError otherwise."""
+    if p.shape != (n,):
+        raise ModelOutputError(f"{source} returned {p.size} values for {n} images; not a cxr model output")
+    bad = ~np.isfinite(p) | (p < -OUTPUT_TOLERANCE) | (p > 1 + OUTPUT_TOLERANCE)
+    if bad.any():
+        raise ModelOutputError(f"{source} returned {p[bad][0]:.6g}, which is not a probability in [0, 1]; "
+                               "its graph does not match its cxr metadata")
+    return np.clip(p, 0.0, 1.0)
 
 
 def tta_views(batch: np.ndarray, shift: int) -> list[np.ndarray]:

@@ -1,34 +1,73 @@
 """Inference stage core: ``score_folder`` scores every image under a folder with an ONNX model.
 
-A process pool decodes (the shared preprocessing) while the main process runs
-onnxruntime on batches. Every file found gets exactly one CSV row: a prediction or
-an error message. Rows are appended to ``<out>.partial`` as batches finish, so
-``resume=True`` can continue an interrupted run; the final CSV is sorted and
-renamed into place atomically.
+Three things run at once, with bounded queues between them: a process pool decodes (the
+shared preprocessing) and a thread gathers its output into batches; a second thread runs
+onnxruntime (which releases the GIL); the calling thread writes rows. Memory stays bounded
+on any folder size. Every file found gets exactly one row in ``predictions.csv`` (the
+``cxr.artifacts.Predictions`` schema): a prediction or an error message.
+
+Rows go to ``predictions.partial.jsonl`` as batches finish, so ``resume=True`` continues an
+interrupted run; it refuses when the interrupted run used other settings (model, TTA,
+labels, threshold, preprocessing, precision). The final CSV and its ``predictions.meta.json``
+are renamed into place atomically. Listing, resume and finishing are linear in the files.
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import json
 import os
+import queue
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cxr.files import atomic_path
-from cxr.imaging import decode_or_error, decode_pool, list_images
+from cxr import __version__
+from cxr.artifacts import Predictions, PredictionsError, escape_path, unescape_path
+from cxr.artifacts.predictions import settings_differences
+from cxr.data import patient_id_from_name
+from cxr.imaging import decoded_stream, list_images
 from cxr.infer.model import OnnxClassifier, predict_tta
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
+RESUME_KEYS = ("model_sha256", "tta", "threshold", "classes", "input_size", "resize_rule", "precision",
+               "labels_sha256", "selection_sha256")
+UNIFORM_SD = 2.0          # pixel sd (grey levels) under which an image is flagged as uniform
+DEFAULT_BATCH = {"CPUExecutionProvider": 32, "CUDAExecutionProvider": 256}
+QUEUE_BATCHES = 4
 
 
 class ScoreInputError(ValueError):
-    """Bad arguments to scoring (missing folder, bad labels file). One-line message."""
+    """Bad arguments to scoring (missing folder, bad labels file, a resume that would mix
+    settings). One-line message."""
+
+
+@dataclass
+class GroundTruth:
+    """Labels and patient ids by escaped relative path (or bare file name), and where they came from."""
+    labels: dict[str, str] | None = None
+    patient_ids: dict[str, str] = field(default_factory=dict)
+    source: str = "folder names"
+
+    def label_for(self, rel: str, classes: list[str]) -> str:
+        if self.labels is not None:
+            return self.labels.get(rel, self.labels.get(rel.rsplit("/", 1)[-1], ""))
+        for part in reversed(rel.split("/")[:-1]):
+            if part in classes:
+                return part
+        return ""
+
+    def patient_for(self, rel: str) -> str:
+        return self.patient_ids.get(rel) or patient_id_from_name(rel.rsplit("/", 1)[-1])  # escaped: CSV-safe
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps([self.source, sorted((self.labels or {}).items())]).encode()).hexdigest()
 
 
 @dataclass
@@ -40,172 +79,194 @@ class ScoreResult:
     provider: str
     seconds: float
     predictions: pd.DataFrame
+    settings: dict[str, Any] = field(default_factory=dict)
+    already_complete: bool = False
 
     @property
     def images_per_second(self) -> float:
         return self.n_scored_now / self.seconds if self.seconds > 0 else float("nan")
 
 
-def columns_for(positive_class: str) -> list[str]:
-    return ["path", f"p_{positive_class}", "pred_label", "threshold", "true_label", "error", "model",
-            "model_sha256"]
-
-
-def read_labels_csv(path: str | Path, classes: list[str]) -> dict[str, str]:
+def read_labels_csv(path: str | Path, classes: list[str]) -> GroundTruth:
     """``path,label`` CSV (path relative to the scored folder, or a bare file name)."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ScoreInputError(f"cannot read labels file {path}: {exc}") from None
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ScoreInputError(f"cannot read labels file {path}: {str(exc).splitlines()[0]}") from None
     if not {"path", "label"} <= set(frame.columns):
         raise ScoreInputError(f"labels file {path} needs columns 'path' and 'label'")
     unknown = sorted(set(frame["label"]) - set(classes))
     if unknown:
         raise ScoreInputError(f"labels file {path} has labels {unknown} outside the model's classes {classes}")
-    return dict(zip(frame["path"], frame["label"]))
+    return GroundTruth(dict(zip(frame["path"], frame["label"])), {}, f"labels file {Path(path).name}")
 
 
-def manifest_split(manifest_path: str | Path, split: str, classes: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(relative paths, labels) of one split of a `cxr data prepare` manifest."""
-    try:
-        frame = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ScoreInputError(f"cannot read manifest {manifest_path}: {exc}") from None
-    if not {"path", "label", "split"} <= set(frame.columns):
-        raise ScoreInputError(f"{manifest_path} is not a split manifest (needs path, label, split)")
-    rows = frame[frame["split"] == split]
-    if rows.empty:
-        raise ScoreInputError(f"{manifest_path} has no '{split}' rows")
-    unknown = sorted(set(rows["label"]) - set(classes))
-    if unknown:
-        raise ScoreInputError(f"{manifest_path} has labels {unknown} outside the model's classes {classes}")
-    return rows["path"].tolist(), dict(zip(rows["path"], rows["label"]))
-
-
-def true_label_for(rel_path: str, classes: list[str], labels: dict[str, str] | None) -> str:
-    if labels is not None:
-        return labels.get(rel_path, labels.get(Path(rel_path).name, ""))
-    for part in reversed(Path(rel_path).parts[:-1]):
-        if part in classes:
-            return part
-    return ""
-
-
-def _decode_chunk(args: tuple[list[str], int]) -> list[tuple[np.ndarray | None, str]]:
-    paths, size = args
-    return [decode_or_error(p, size) for p in paths]
-
-
-def decoded_stream(paths: list[Path], size: int, workers: int, chunk: int = 8,
-                   max_chunks_in_flight: int | None = None) -> Iterator[tuple[np.ndarray | None, str]]:
-    """Decoded images in input order from a pool of ``workers`` processes (0: in-process).
-
-    At most ``max_chunks_in_flight`` chunks are queued or held at once, so memory stays
-    bounded on folders of any size.
-    """
-    chunks = [([str(p) for p in paths[i:i + chunk]], size) for i in range(0, len(paths), chunk)]
-    if workers <= 0 or len(chunks) < 2:
-        for job in chunks:
-            yield from _decode_chunk(job)
-        return
-    limit = max_chunks_in_flight or workers * 4
-    with decode_pool(workers) as pool:
-        pending: deque = deque()
-        for job in chunks:
-            pending.append(pool.submit(_decode_chunk, job))
-            if len(pending) >= limit:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
-
-
-def _done_rows(partial: Path, columns: list[str]) -> pd.DataFrame:
-    if not partial.is_file():
-        return pd.DataFrame(columns=columns)
-    try:
-        frame = pd.read_csv(partial, dtype=str, keep_default_na=False, on_bad_lines="skip")
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame(columns=columns)
-    if list(frame.columns) != columns:
-        return pd.DataFrame(columns=columns)
-    # a row cut off by a kill has too few fields or no sha; drop it so that file is scored again
-    return frame[frame["model_sha256"].str.len() == 64].drop_duplicates("path", keep="last")
-
-
-def _rewrite_partial(partial: Path, done: pd.DataFrame) -> None:
-    with atomic_path(partial) as tmp:
-        done.to_csv(tmp, index=False, lineterminator="\n")
-
-
-def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int = 32,
-                 workers: int | None = None, labels: dict[str, str] | None = None, resume: bool = False,
-                 progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False) -> ScoreResult:
-    """Score all images under ``folder`` (or just the relative paths in ``only``); write ``out_csv``.
-    Returns counts and the predictions. A listed file that is missing gets an error row."""
-    folder, out_csv = Path(folder), Path(out_csv)
-    if not folder.is_dir():
-        raise ScoreInputError(f"folder not found: {folder}")
+def _settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selection: list[str] | None) -> dict[str, Any]:
     info = model.info
-    columns = columns_for(info.positive_class)
+    chosen = hashlib.sha256("\n".join(selection).encode("utf-8", "surrogateescape")).hexdigest() if selection \
+        is not None else "whole folder"
+    return {"format": 2, "cxr_version": __version__, "model": info.path.name, "model_sha256": info.sha256,
+            "tta": bool(tta), "threshold": info.threshold, "threshold_rule": info.contract.threshold_rule,
+            "classes": info.classes, "input_size": info.input_size, "resize_rule": info.resize_rule,
+            "precision": model.precision, "labels_source": truth.source, "labels_sha256": truth.sha256(),
+            "selection_sha256": chosen, **{k: v for k, v in model.execution.items() if k != "precision"}}
+
+
+def _targets(folder: Path, only: list[str] | None, exclude: Path | None) -> tuple[list[str], list[Path]]:
+    """(escaped relative paths, file system paths) to score, in order."""
     if only is None:
-        paths = list_images(folder)
-        rel_paths = [p.relative_to(folder).as_posix() for p in paths]
-    else:
-        rel_paths = sorted(dict.fromkeys(only))
-        paths = [folder / rel for rel in rel_paths]
-    partial = out_csv.with_name(out_csv.name + ".partial")
-    done = _done_rows(partial, columns) if resume else pd.DataFrame(columns=columns)
-    done = done[done["path"].isin(set(rel_paths)) & (done["model_sha256"] == info.sha256)]
-    _rewrite_partial(partial, done)
-    todo = [i for i, rel in enumerate(rel_paths) if rel not in set(done["path"])]
-    if progress:
-        progress(len(done), len(rel_paths))
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    started = time.perf_counter()
-    with open(partial, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        stream = decoded_stream([paths[i] for i in todo], info.input_size, workers)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            decoded = [next(stream) for _ in chunk]
-            writer.writerows(_score_batch(model, [rel_paths[i] for i in chunk], decoded, labels, tta))
-            handle.flush()
-            if progress:
-                progress(len(chunk), len(rel_paths))
-    seconds = time.perf_counter() - started
-    predictions = _finalise(partial, out_csv, rel_paths, columns)
-    n_errors = int((predictions["error"] != "").sum())
-    return ScoreResult(out_csv, len(rel_paths), n_errors, len(todo), model.provider, seconds, predictions)
+        paths = list_images(folder, exclude=exclude)
+        return [escape_path(p.relative_to(folder).as_posix()) for p in paths], paths
+    rels = sorted(dict.fromkeys(only), key=lambda r: os.fsencode(unescape_path(r)))
+    return rels, [folder / unescape_path(rel) for rel in rels]
 
 
-def _score_batch(model: OnnxClassifier, rels: list[str], decoded: list, labels, tta: bool = False) -> list[list]:
-    info = model.info
-    ok = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
-    probs = np.full(len(rels), np.nan)
-    error = ""
-    if ok:
+def _resume_rows(partial: Path, settings: dict[str, Any], rel_set: set[str], resume: bool) -> dict[str, dict]:
+    if not resume:
+        return {}
+    before, rows = Predictions.read_partial(partial)
+    if before is None:
+        return {}
+    differences = settings_differences(before, settings, RESUME_KEYS)
+    if differences:
+        raise ScoreInputError(f"--resume: the interrupted run used other settings ({'; '.join(differences)}); "
+                              "rerun without --resume, or with the same settings")
+    return {rel: row for rel, row in rows.items() if rel in rel_set}
+
+
+def _already_complete(out_csv: Path, settings: dict[str, Any], n_files: int) -> pd.DataFrame | None:
+    """The finished CSV when a resumed run has nothing left to do (same settings, all rows)."""
+    before = Predictions.read_settings(out_csv)
+    if before is None or not out_csv.is_file() or settings_differences(before, settings, RESUME_KEYS):
+        return None
+    try:
+        frame, _ = Predictions.read(out_csv)
+    except PredictionsError:
+        return None
+    return frame if len(frame) == n_files else None
+
+
+def _threaded(items: Iterable, maxsize: int) -> Iterator:
+    """Iterate ``items`` in a background thread, through a queue of at most ``maxsize``
+    (exceptions re-raised here)."""
+    box: queue.Queue = queue.Queue(maxsize)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
         try:
-            batch = np.stack([decoded[i][0] for i in ok])
-            probs[ok] = predict_tta(model, batch) if tta else model.predict(batch)
-        except Exception as exc:  # noqa: BLE001 - a failing batch becomes error rows, the run goes on
-            error = f"inference failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            box.put(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        while (item := box.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _batches(indices: list[int], paths: list[Path], size: int, workers: int, batch_size: int):
+    stream = decoded_stream([paths[i] for i in indices], size, workers)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        yield chunk, [next(stream) for _ in chunk]
+
+
+def _qc_flag(image: np.ndarray) -> str:
+    sd = float(image.std())
+    return f"uniform image (pixel sd {sd:.2f})" if sd < UNIFORM_SD else ""
+
+
+def _predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> np.ndarray:
+    ok = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
+    probs = np.full(len(decoded), np.nan)
+    if ok:
+        batch = np.stack([decoded[i][0] for i in ok])
+        probs[ok] = predict_tta(model, batch) if tta else model.predict(batch)
+    return probs
+
+
+def _rows(model: OnnxClassifier, rels: list[str], decoded: list, probs: np.ndarray, truth: GroundTruth,
+          tta: bool) -> list[dict[str, str]]:
+    info, classes = model.info, model.info.classes
+    name = info.path.name + ("+tta" if tta else "")
     rows = []
-    for i, rel in enumerate(rels):
-        message = decoded[i][1] or (error if i in ok else "")
-        p = "" if message else f"{probs[i]:.6f}"
-        pred = "" if message else info.classes[int(probs[i] >= info.threshold)]
-        rows.append([rel, p, pred, info.threshold, true_label_for(rel, info.classes, labels), message,
-                     info.path.name + ("+tta" if tta else ""), info.sha256])
+    for rel, (image, error), p in zip(rels, decoded, probs):
+        rows.append(Predictions.row(rel, None if error else float(p), classes, info.threshold,
+                                    true_label=truth.label_for(rel, classes), patient_id=truth.patient_for(rel),
+                                    error=error, qc=_qc_flag(image) if image is not None else "", model=name,
+                                    model_sha256=info.sha256))
     return rows
 
 
-def _finalise(partial: Path, out_csv: Path, rel_paths: list[str], columns: list[str]) -> pd.DataFrame:
-    frame = pd.read_csv(partial, dtype=str, keep_default_na=False).drop_duplicates("path", keep="last")
-    order = {rel: i for i, rel in enumerate(rel_paths)}
-    frame = frame[frame["path"].isin(order)].sort_values("path", key=lambda s: s.map(order))
-    if len(frame) != len(rel_paths):
-        raise RuntimeError(f"internal error: {len(frame)} rows for {len(rel_paths)} files")
-    with atomic_path(out_csv) as tmp:
-        frame[columns].to_csv(tmp, index=False, lineterminator="\n")
+def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int | None = None,
+                 workers: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
+                 progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
+                 exclude: str | Path | None = None) -> ScoreResult:
+    """Score all images under ``folder`` (or just the escaped relative paths in ``only``); write
+    ``out_csv`` and its settings sidecar. ``exclude``: a folder inside ``folder`` not to score
+    (the output folder). A listed file that is missing gets an error row."""
+    folder, out_csv = Path(folder), Path(out_csv)
+    if not folder.is_dir():
+        raise ScoreInputError(f"folder not found: {folder}")
+    truth = truth or GroundTruth()
+    rels, paths = _targets(folder, only, Path(exclude) if exclude else None)
+    settings = _settings(model, tta, truth, only)
+    if resume and (complete := _already_complete(out_csv, settings, len(rels))) is not None:
+        n_errors = int((complete["error"] != "").sum())
+        return ScoreResult(out_csv, len(rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
+    partial = Predictions.partial_path(out_csv)
+    done = _resume_rows(partial, settings, set(rels), resume)
+    Predictions.start_partial(partial, settings, done.values())
+    todo = [i for i, rel in enumerate(rels) if rel not in done]
+    if progress:
+        progress(len(done), len(rels))
+    workers = effective_workers(workers)
+    batch_size = batch_size or DEFAULT_BATCH.get(model.provider, 32)
+    started = time.perf_counter()
+    batches = _threaded(_batches(todo, paths, model.info.input_size, workers, batch_size), QUEUE_BATCHES)
+    scored = _threaded(((chunk, decoded, _predict_batch(model, decoded, tta)) for chunk, decoded in batches),
+                       QUEUE_BATCHES)
+    with open(partial, "a", encoding="utf-8", newline="\n") as handle:
+        for chunk, decoded, probs in scored:
+            Predictions.append_rows(handle, _rows(model, [rels[i] for i in chunk], decoded, probs, truth, tta))
+            if progress:
+                progress(len(chunk), len(rels))
+    seconds = time.perf_counter() - started
+    predictions = _finalise(partial, out_csv, rels, model.info.positive_class, settings)
+    n_errors = int((predictions["error"] != "").sum())
+    return ScoreResult(out_csv, len(rels), n_errors, len(todo), model.provider, seconds, predictions, settings)
+
+
+def effective_workers(requested: int | None) -> int:
+    """Decode processes: the CPU count by default, and never more (more only fight for the cores)."""
+    cpus = os.cpu_count() or 1
+    return cpus if requested is None else min(cpus, max(0, requested))
+
+
+def _finalise(partial: Path, out_csv: Path, rels: list[str], positive: str, settings: dict[str, Any]) -> pd.DataFrame:
+    _, rows = Predictions.read_partial(partial)
+    missing = [rel for rel in rels if rel not in rows]
+    if missing:  # a bug, never a user's mistake: the partial file stays for --resume
+        raise RuntimeError(f"{len(missing)} of {len(rels)} files have no row (first: {missing[0]})")
+    frame = pd.DataFrame([rows[rel] for rel in rels], columns=Predictions.columns(positive))
+    Predictions.write_csv(frame, out_csv)
+    counts = {"n_files": len(rels), "n_errors": int((frame["error"] != "").sum()),
+              "n_qc_flagged": int((frame["qc"] != "").sum())}
+    Predictions.write_settings(out_csv, {**settings, **counts})
     partial.unlink()
-    return frame.reset_index(drop=True)
+    return frame

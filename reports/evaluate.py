@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cxr.files import atomic_path, sha256_file, write_json_atomic
+from cxr.artifacts import METRIC_NAMES, MetricsReport, MetricsReportError, escape_path, unescape_path
+from cxr.artifacts.metrics_report import LOWER_IS_BETTER
+from cxr.files import atomic_path, sha256_file
 from cxr.imaging import list_images
 
 ALIASES = {"auc": "roc_auc", "ap": "pr_auc", "sensitivity": "recall", "acc": "accuracy"}
-LOWER_IS_BETTER = {"loss", "brier", "ece"}
 
 
 class GateSpecError(ValueError):
@@ -32,11 +33,14 @@ class GateResult:
     def passed(self) -> bool:
         return not self.regressions and not self.data_changed
 
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else ("data_changed" if self.data_changed else "regression")
+
 
 def parse_max_drop(spec: str) -> dict[str, float]:
-    """``auc=0.01,recall=0.02`` -> {'roc_auc': 0.01, 'recall': 0.02}."""
-    from cxr.reports.metrics import METRIC_NAMES
-
+    """``auc=0.01,recall=0.02`` -> {'roc_auc': 0.01, 'recall': 0.02}. An empty spec, a NaN or a
+    negative allowance is refused: a gate must never be switched off silently."""
     limits = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, sep, value = item.partition("=")
@@ -47,6 +51,10 @@ def parse_max_drop(spec: str) -> dict[str, float]:
             limits[name] = float(value)
         except ValueError:
             raise GateSpecError(f"bad --max-drop value in {item!r}") from None
+        if not math.isfinite(limits[name]) or limits[name] < 0:
+            raise GateSpecError(f"--max-drop {name}: {value.strip()!r} is not a finite allowance >= 0")
+    if not limits:
+        raise GateSpecError(f"--max-drop {spec!r} gates nothing; give at least one NAME=VALUE (e.g. auc=0.01)")
     return limits
 
 
@@ -55,38 +63,50 @@ def folder_data_sha256(folder: str | Path, only: list[str] | None = None) -> str
     (``only``: just these relative paths; a missing one hashes as 'missing')."""
     digest = hashlib.sha256()
     root = Path(folder)
-    rels = sorted(only) if only is not None else [p.relative_to(root).as_posix() for p in list_images(root)]
+    rels = sorted(only) if only is not None else [escape_path(p.relative_to(root).as_posix()) for p in list_images(root)]
     for rel in rels:
-        content = sha256_file(root / rel) if (root / rel).is_file() else "missing"
+        path = root / unescape_path(rel)
+        content = sha256_file(path) if path.is_file() else "missing"
         digest.update(f"{rel}\t{content}\n".encode())
     return digest.hexdigest()
 
 
-def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The gated metrics of a report: its first model, at the model's own threshold."""
-    result = next(iter(report["models"].values()))
-    return dict(result["at_model_threshold"]["metrics"])
-
-
-def load_baseline(path: str | Path) -> dict[str, Any]:
+def load_baseline(path: str | Path, limits: dict[str, float]) -> dict[str, float]:
+    """The baseline's gated metrics as finite numbers; a one-line GateSpecError otherwise
+    (checked before anything is scored)."""
     try:
-        baseline = json.loads(Path(path).read_text())
-        headline_metrics(baseline)
-    except (OSError, json.JSONDecodeError, KeyError, StopIteration, TypeError) as exc:
-        raise GateSpecError(f"baseline {path} is not a cxr metrics.json ({type(exc).__name__})") from None
-    return baseline
+        report = MetricsReport.read(path)
+        values = {name: MetricsReport.metric_value(report, name) for name in limits}
+    except MetricsReportError as exc:
+        raise GateSpecError(f"baseline {path}: {exc}") from None
+    return {**values, "data_sha256": report.get("data_sha256")}
 
 
-def check_gate(current: dict[str, float], baseline: dict[str, float], limits: dict[str, float],
-               data_sha: str, baseline_data_sha: str | None, allow_new_data: bool) -> GateResult:
+def check_history_file(history_path: str | Path) -> None:
+    """Refuse, before scoring, a history file that cannot be appended to."""
+    path = Path(history_path)
+    if not path.exists():
+        return
+    try:
+        pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise GateSpecError(f"history file {path} is not a readable CSV ({str(exc).splitlines()[0]}); "
+                            "move it aside or pass another --history") from None
+    except pd.errors.EmptyDataError:
+        return
+
+
+def check_gate(current: dict[str, float], baseline: dict[str, Any], limits: dict[str, float],
+               data_sha: str, allow_new_data: bool) -> GateResult:
     gate = GateResult()
     for name, allowed in limits.items():
-        before, now = baseline[name], current[name]
+        before, now = baseline[name], current.get(name, float("nan"))
         drop = (now - before) if name in LOWER_IS_BETTER else (before - now)
         line = f"{name}: baseline {before:.4f}, now {now:.4f}, drop {drop:+.4f} (allowed {allowed})"
         gate.messages.append(line)
-        if drop > allowed:
+        if not drop <= allowed:  # a NaN metric now fails the gate
             gate.regressions.append(line)
+    baseline_data_sha = baseline.get("data_sha256")
     if baseline_data_sha and baseline_data_sha != data_sha and not allow_new_data:
         gate.data_changed = True
         gate.messages.append(f"data changed: baseline data {baseline_data_sha[:12]}, now {data_sha[:12]} "
@@ -94,33 +114,50 @@ def check_gate(current: dict[str, float], baseline: dict[str, float], limits: di
     return gate
 
 
+def add_robustness_failures(gate: GateResult, messages: list[str], failures: list[str]) -> None:
+    gate.messages += messages
+    gate.regressions += failures
+
+
 def append_history(history_path: str | Path, row: dict[str, Any]) -> None:
     """Append one row to the evaluation history CSV (rewritten atomically)."""
     history_path = Path(history_path)
-    frame = pd.read_csv(history_path, dtype=str, keep_default_na=False) if history_path.is_file() else pd.DataFrame()
+    frame = pd.DataFrame()
+    if history_path.is_file():
+        try:
+            frame = pd.read_csv(history_path, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            pass
     frame = pd.concat([frame, pd.DataFrame([{k: str(v) for k, v in row.items()}])], ignore_index=True)
     with atomic_path(history_path) as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
-def history_row(report: dict[str, Any], model_sha: str, data_sha: str, gate: GateResult) -> dict[str, Any]:
-    metrics = headline_metrics(report)
-    verdict = "pass" if gate.passed else ("data_changed" if gate.data_changed else "regression")
+def history_row(report: dict[str, Any], model_sha: str, data_sha: str, gate: GateResult,
+                execution: dict[str, Any] | None = None, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    metrics = MetricsReport.headline(report)
+    execution = execution or {}
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model_sha256": model_sha,
-            "data_sha256": data_sha, **{k: round(v, 6) for k, v in metrics.items()}, "verdict": verdict}
+            "data_sha256": data_sha, **{k: round(v, 6) for k, v in metrics.items()},
+            **(counts or {}), "provider": execution.get("provider", ""), "precision": execution.get("precision", ""),
+            "verdict": gate.verdict}
 
 
 def finish_evaluation(report: dict[str, Any], out_dir: Path, model_sha: str, data_sha: str,
-                      baseline_path: str | Path | None, limits: dict[str, float], allow_new_data: bool,
-                      history_path: str | Path) -> GateResult:
-    """Gate the report against the baseline, record data hash and gate in metrics.json, append history."""
-    gate = GateResult()
-    if baseline_path:
-        baseline = load_baseline(baseline_path)
-        gate = check_gate(headline_metrics(report), headline_metrics(baseline), limits, data_sha,
-                          baseline.get("data_sha256"), allow_new_data)
-    report.update({"data_sha256": data_sha, "gate": {"passed": gate.passed, "messages": gate.messages,
-                                                     "baseline": str(baseline_path) if baseline_path else None}})
-    write_json_atomic(out_dir / "metrics.json", report)
-    append_history(history_path, history_row(report, model_sha, data_sha, gate))
+                      baseline: dict[str, Any] | None, baseline_path: str | Path | None, limits: dict[str, float],
+                      allow_new_data: bool, history_path: str | Path, gate: GateResult | None = None,
+                      execution: dict[str, Any] | None = None, counts: dict[str, int] | None = None) -> GateResult:
+    """Gate the report against the baseline, record data hash, gate and execution in metrics.json,
+    append history."""
+    gate = gate or GateResult()
+    if baseline is not None:
+        metrics_gate = check_gate(MetricsReport.headline(report), baseline, limits, data_sha, allow_new_data)
+        gate.messages = metrics_gate.messages + gate.messages
+        gate.regressions = metrics_gate.regressions + gate.regressions
+        gate.data_changed = metrics_gate.data_changed
+    report.update({"data_sha256": data_sha, "execution": execution or {},
+                   "gate": {"passed": gate.passed, "verdict": gate.verdict, "messages": gate.messages,
+                            "baseline": str(baseline_path) if baseline_path else None}})
+    MetricsReport.write(out_dir / MetricsReport.FILE, report)
+    append_history(history_path, history_row(report, model_sha, data_sha, gate, execution, counts))
     return gate

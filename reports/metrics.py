@@ -70,16 +70,6 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, groups: Sequenc
             if v else [float("nan"), float("nan")] for name, v in samples.items()}
 
 
-def threshold_for_recall(y: np.ndarray, p: np.ndarray, target_recall: float) -> float:
-    """The highest threshold whose recall (sensitivity) reaches ``target_recall``."""
-    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=np.float64)
-    if not (y == 1).any():
-        raise ValueError("no positive examples to choose a threshold on")
-    positives = np.sort(p[y == 1])[::-1]
-    needed = int(np.ceil(target_recall * len(positives)))
-    return float(positives[max(needed, 1) - 1])
-
-
 def threshold_table(y: np.ndarray, p: np.ndarray, thresholds: Sequence[float]) -> list[dict[str, Any]]:
     rows = []
     for t in thresholds:

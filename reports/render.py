@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cxr.files import write_text_atomic
+from cxr.reports.robustness import robustness_rows
+from cxr.thresholds import describe_rule
 
 HEADLINE = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "balanced_accuracy",
             "mcc", "loss", "brier", "ece")
@@ -47,9 +49,12 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
                          f"n={result['bootstrap']['n']})", ["metric", "value", "95% CI"],
                          _metric_rows(result["at_0.5"]), []))
         model_t = result["at_model_threshold"]["threshold"]
+        rule = (result.get("settings") or {}).get("threshold_rule")
+        rule_note = f"; rule: {describe_rule({'threshold': model_t, **rule})}" if rule and "rule" in rule else ""
         if model_t != 0.5:
-            sections.append((f"{name}: metrics at the model's own threshold {model_t:.4f} (from its metadata)",
-                             ["metric", "value", "95% CI"], _metric_rows(result["at_model_threshold"]), []))
+            sections.append((f"{name}: metrics at the model's own threshold {model_t:.4f} (from its metadata"
+                             f"{rule_note})", ["metric", "value", "95% CI"], _metric_rows(result["at_model_threshold"]),
+                             []))
         if "at_val_threshold" in result:
             sections.append((f"{name}: metrics at the validation threshold {val['threshold']:.4f} "
                              f"(target recall {val['target_recall']})", ["metric", "value", "95% CI"],
@@ -58,9 +63,36 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         sections.append((f"{name}: threshold trade-off", list(table[0].keys()),
                          [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
                          list(result.get("figures", {}).values())))
+    for name, section in (report.get("robustness") or {}).items():
+        header, rows = robustness_rows(section)
+        sections.append((f"{name}: robustness suite ({section['n_images']} images, threshold "
+                         f"{section['threshold']:.4g}; flips: share of labels that change against the clean image; "
+                         "seeded, see cxr.perturb)", header, rows, [section["figure"]] if section.get("figure") else []))
+    for check in report.get("shortcut") or []:
+        sections.append(_shortcut_section(check))
     if report["figures"]:
         sections.append(("Training curves", [], [], list(report["figures"].values())))
     return sections
+
+
+def _shortcut_section(check: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
+    """The shortcut check of the data: can trivial image statistics alone separate the classes?"""
+    negative, positive = check["classes"]
+    rows = []
+    for name, group in check["groups"].items():
+        if group.get("cv_auc") is None:
+            rows.append([name, "-", group.get("note", "")])
+            continue
+        medians = "; ".join(f"{c}: {group['median_negative'][c]:.3g} vs {group['median_positive'][c]:.3g}"
+                            for c in group["features"])
+        rows.append([name, _fmt(group["cv_auc"]), f"medians {negative} vs {positive}: {medians}"])
+    rows.append(["verdict", "", check["verdict"]])
+    rows += [["finding", "", line] for line in check.get("findings", [])]
+    if check.get("cause"):
+        rows.append(["cause", "", check["cause"]])
+    title = (f"Shortcut check of {check.get('source', 'the data')} ({check['n_images']} images; "
+             f"cross-validated ROC AUC of trivial statistics, {check['method']})")
+    return title, ["statistics", "CV ROC AUC", "detail"], rows, []
 
 
 def to_markdown(report: dict[str, Any]) -> str:

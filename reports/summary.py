@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr.artifacts import MetricsReport, Predictions, PredictionsError, unescape_path
 from cxr.data import patient_id_from_name
-from cxr.files import write_json_atomic
 from cxr.reports import figures
-from cxr.reports.metrics import (binary_metrics, bootstrap_ci, reliability_curve, threshold_for_recall,
-                                 threshold_table)
+from cxr.reports.robustness import plot_robustness
+from cxr.reports.metrics import binary_metrics, bootstrap_ci, reliability_curve, threshold_table
+from cxr.thresholds import choose_val_threshold
 
 # Published figures from other data splits, for context only (not comparable one to one).
 PUBLISHED = [
@@ -32,22 +33,19 @@ class ReportInputError(ValueError):
 
 
 def read_predictions(path: str | Path) -> tuple[pd.DataFrame, str]:
-    """A cxr-infer CSV and its positive-class probability column name."""
+    """A predictions CSV and its positive-class probability column name."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ReportInputError(f"cannot read predictions {path}: {exc}") from None
-    prob_cols = [c for c in frame.columns if c.startswith("p_")]
-    if len(prob_cols) != 1 or not {"path", "true_label", "error"} <= set(frame.columns):
-        raise ReportInputError(f"{path} is not a cxr prediction CSV (need path, p_<class>, true_label, error)")
-    return frame, prob_cols[0]
+        return Predictions.read(path)
+    except PredictionsError as exc:
+        raise ReportInputError(str(exc)) from None
 
 
 def _labelled(frame: pd.DataFrame, prob_col: str, classes: list[str]) -> pd.DataFrame:
     usable = frame[(frame["error"] == "") & frame["true_label"].isin(classes) & (frame[prob_col] != "")].copy()
     usable["y"] = (usable["true_label"] == classes[1]).astype(int)
     usable["p"] = usable[prob_col].astype(float)
-    usable["patient_id"] = [patient_id_from_name(Path(p).name) for p in usable["path"]]
+    known = usable["patient_id"] != ""
+    usable.loc[~known, "patient_id"] = [patient_id_from_name(Path(p).name) for p in usable.loc[~known, "path"]]
     return usable
 
 
@@ -86,16 +84,6 @@ def evaluate_predictions(frame: pd.DataFrame, prob_col: str, *, val_threshold: f
                   | ({val_threshold} if val_threshold is not None else set()))
     result["threshold_table"] = threshold_table(y, p, grid)
     return result
-
-
-def choose_val_threshold(val_predictions: str | Path, target_recall: float) -> dict[str, Any]:
-    """Threshold reaching ``target_recall`` on a run's val_predictions.csv."""
-    frame = pd.read_csv(val_predictions, dtype=str, keep_default_na=False)
-    prob_col = next(c for c in frame.columns if c.startswith("p_"))
-    y = (frame["label"] == prob_col[2:]).astype(int).to_numpy()
-    threshold = threshold_for_recall(y, frame[prob_col].astype(float).to_numpy(), target_recall)
-    return {"threshold": threshold, "target_recall": target_recall, "source": str(val_predictions),
-            "n_val": int(len(frame))}
 
 
 def _figures(name: str, frame: pd.DataFrame, prob_col: str, result: dict, out: Path,
@@ -142,11 +130,12 @@ def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None
     def grid(rows: pd.DataFrame, filename: str, title: str) -> Path | None:
         images, titles, colors = [], [], []
         for row in rows.itertuples():
-            arr, err = decode_or_error(Path(root) / row.path, 224)
+            path = Path(root) / unescape_path(row.path)
+            arr, err = decode_or_error(path, 224)
             if arr is None:
                 continue
             if cam_model is not None:
-                arr = _with_cam(arr, Path(root) / row.path, cam_model)
+                arr = _with_cam(arr, path, cam_model)
             pred = classes[int(row.p >= threshold)]
             images.append(arr)
             titles.append(f"true {row.true_label}\npred {pred} (p={row.p:.2f})")
@@ -164,17 +153,20 @@ def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None
 
 def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
               history: str | Path | list[str | Path] | None = None,
-              val_predictions: str | Path | None = None, target_recall: float = 0.95,
+              val_predictions: str | Path | None = None, target_recall: float = 0.95, threshold_rule: str = "wilson",
               images_root: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
-              with_figures: bool = True, cam_model=None) -> dict[str, Any]:
+              with_figures: bool = True, cam_model=None, robustness: dict[str, dict] | None = None,
+              shortcut: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Metrics, CIs, threshold analysis, figures and HTML/Markdown report for prediction CSVs.
 
-    ``cam_model``: an OnnxClassifier with a 'cam' output; its Grad-CAM is overlaid on the image grids."""
+    ``cam_model``: an OnnxClassifier with a 'cam' output; its Grad-CAM is overlaid on the image grids.
+    ``robustness``: per model name, the robustness suite's results (``cxr robustness``).
+    ``shortcut``: shortcut checks of the data (``cxr data prepare``'s summary.json), each with a 'source'."""
     from cxr.reports.render import write_reports
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    val = choose_val_threshold(val_predictions, target_recall) if val_predictions else None
+    val = choose_val_threshold(val_predictions, target_recall, threshold_rule) if val_predictions else None
     report: dict[str, Any] = {"generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "val_threshold": val, "models": {}, "published": PUBLISHED, "figures": {}}
     for path in map(Path, prediction_files):
@@ -183,6 +175,7 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
         result = evaluate_predictions(frame, prob_col, val_threshold=val["threshold"] if val else None,
                                       n_boot=n_boot, seed=seed)
         result["predictions"] = str(path)
+        result["settings"] = Predictions.read_settings(path) or {}
         if with_figures:
             prefix = f"{name}_" if len(prediction_files) > 1 else ""
             root = Path(images_root) if images_root else None
@@ -193,7 +186,16 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
         name = "curves" if len(histories) == 1 else "_".join(path.parent.parts[-2:]) + "_curves"
         report["figures"][name] = figures.plot_history(pd.read_csv(path), out / f"{name}.png",
                                                        title=f"training curves: {path.parent}").name
-    write_json_atomic(out / "metrics.json", report)
+    if robustness:
+        report["robustness"] = {name: dict(section) for name, section in robustness.items()}
+        for name, section in report["robustness"].items():
+            if with_figures:
+                section["figure"] = plot_robustness(
+                    section, out / f"{name}_robustness.png", title=f"{name}: robustness at threshold "
+                    f"{section['threshold']:.3g} ({section['n_images']} images)").name
+    if shortcut:
+        report["shortcut"] = list(shortcut)
+    MetricsReport.write(out / MetricsReport.FILE, report)
     if with_figures:
         write_reports(report, out)
     return report

@@ -45,3 +45,20 @@ def make_gray_class_folders(root: Path, levels: dict[str, int], *, sigma: float,
             arr = np.clip(rng.normal(level, sigma, shape), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(root / label / name.format(i=i))
     return root
+
+
+def make_texture_classes(root: Path, count: int = 12, size: int = 32, noise_sd: tuple[float, float] = (0.5, 4.0),
+                         seed: int = 0) -> Path:
+    """Class folders whose images differ ONLY in noise: random smooth gradients of random
+    brightness and contrast, NORMAL with noise sd ``noise_sd[0]``, PNEUMONIA with ``noise_sd[1]``.
+    PNG, so the noise is kept exactly. One image per Kermany-named patient."""
+    rng = np.random.default_rng(seed)
+    xx = np.linspace(-1, 1, size)[None, :]
+    for label, sd in zip(("NORMAL", "PNEUMONIA"), noise_sd):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = rng.uniform(90, 110) + rng.uniform(15, 25) * (xx + 0 * xx.T)
+            image = np.clip(np.rint(base + rng.normal(0, sd, (size, size))), 0, 255).astype(np.uint8)
+            name = f"IM-{i:04d}-0001.png" if label == "NORMAL" else f"person{i}_bacteria_{i}.png"
+            Image.fromarray(image).save(root / label / name)
+    return root

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cxr.cli import cxr
+from cxr.app.cli import cxr
 from cxr.data import DataPrepError, load_manifest, patient_id_from_name, prepare_splits
 
 

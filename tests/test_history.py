@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.train.history import history_facts, monitor_state
+from cxr.artifacts import RunFolder
+from cxr.train.history import monitor_state
 
 PATIENCE, MIN_LR = 3, 1e-5
 
@@ -51,9 +52,10 @@ def test_replayed_state_matches_keras_after_every_epoch() -> None:
         assert got == pytest.approx(expected), f"after epoch {n}"
 
 
-def test_history_facts_name_the_best_epoch() -> None:
-    history = pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [0.5, 0.3, 0.4, 0.35]})
-    assert history_facts(history) == {"epochs_run": 4, "best_epoch": 2, "best_val_loss": 0.3}
+def test_history_facts_name_the_best_epoch(tmp_path: Path) -> None:
+    pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [0.5, 0.3, 0.4, 0.35]}).to_csv(tmp_path / "history.csv",
+                                                                                   index=False)
+    assert RunFolder(tmp_path).history_facts() == {"epochs_run": 4, "best_epoch": 2, "best_val_loss": 0.3}
 
 
 def test_resumed_callbacks_start_from_the_logged_state(tmp_path: Path) -> None:

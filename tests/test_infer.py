@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cxr.imaging import decode_image
-from cxr.infer.cli import infer
+from cxr.app.infer import infer
 from cxr.infer.model import ModelLoadError, OnnxClassifier, ProviderError, choose_providers
 from cxr.infer.score import score_folder
 from tests.onnx_fixtures import make_tiny_model
@@ -87,7 +87,7 @@ def test_labels_csv_overrides_folders(tmp_path: Path, tiny_model: Path) -> None:
     model = OnnxClassifier(tiny_model, device="cpu")
     from cxr.infer.score import read_labels_csv
 
-    result = score_folder(folder, model, tmp_path / "p.csv", labels=read_labels_csv(labels, model.info.classes),
+    result = score_folder(folder, model, tmp_path / "p.csv", truth=read_labels_csv(labels, model.info.classes),
                           workers=0)
     truth = dict(zip(result.predictions["path"], result.predictions["true_label"]))
     assert truth["NORMAL/img0.jpeg"] == "PNEUMONIA" and truth["NORMAL/img1.jpeg"] == "NORMAL"
@@ -100,9 +100,14 @@ def test_resume_scores_each_file_once_and_loses_no_row(tmp_path: Path, tiny_mode
     out = tmp_path / "p.csv"
     full = score_folder(folder, model, out, workers=0).predictions
     # simulate a run killed after 7 rows, the last one cut mid-line
-    lines = out.read_text().splitlines()
-    partial = out.with_name("p.csv.partial")
-    partial.write_text("\n".join(lines[:8]) + "\n" + lines[8][:20])
+    import json
+
+    from cxr.artifacts import Predictions
+
+    settings = Predictions.read_settings(out)
+    rows = [json.dumps(row) for row in full.to_dict("records")]
+    partial = Predictions.partial_path(out)
+    partial.write_text("\n".join([json.dumps({"settings": settings}), *rows[:7]]) + "\n" + rows[7][:20])
     out.unlink()
     resumed = score_folder(folder, model, out, workers=0, resume=True)
     assert resumed.n_scored_now == n_files - 7
@@ -155,8 +160,8 @@ def test_predictions_use_the_shared_preprocessing(tmp_path: Path, tiny_model: Pa
 
 def test_inference_path_never_imports_tensorflow(tmp_path: Path, tiny_model: Path) -> None:
     folder, _, _ = _mixed_folder(tmp_path / "in")
-    code = ("import sys\nfrom cxr.infer.cli import main\nsys.argv=['cxr-infer', sys.argv[1], '--model', sys.argv[2],"
-            " '--out', sys.argv[3], '-q', '--n-boot', '20']\n"
+    code = ("import sys\nfrom cxr.app.cli import infer_main as main\n"
+            "sys.argv=['cxr-infer', sys.argv[1], '--model', sys.argv[2], '--out', sys.argv[3], '-q', '--n-boot', '20']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]\n"
             "print('IMPORTED', bad)\nsys.exit(1 if bad else 0)\n")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr.reports.metrics import (binary_metrics, bootstrap_ci, expected_calibration_error, threshold_for_recall,
+from cxr.reports.metrics import (binary_metrics, bootstrap_ci, expected_calibration_error,
                                  threshold_table)
 
 
@@ -61,13 +61,44 @@ def test_bootstrap_is_seeded(scored) -> None:
     assert bootstrap_ci(y, p, 0.5, n_boot=50, seed=4) == bootstrap_ci(y, p, 0.5, n_boot=50, seed=4)
 
 
-def test_threshold_for_recall_reaches_the_target(scored) -> None:
+def test_point_threshold_reaches_the_target(scored) -> None:
+    from cxr.thresholds import choose_threshold
+
     y, p = scored
     for target in (0.8, 0.95, 1.0):
-        t = threshold_for_recall(y, p, target)
+        t = choose_threshold(y, p, target, rule="point")["threshold"]
         assert binary_metrics(y, p, t)["recall"] >= target
         # and it is the highest such threshold: a hair above loses recall below target
         assert binary_metrics(y, p, t + 1e-9)["recall"] < target
+
+
+def test_wilson_threshold_puts_the_lower_bound_of_recall_on_the_target(scored) -> None:
+    from cxr.thresholds import choose_threshold, wilson_interval
+
+    y, p = scored
+    facts = choose_threshold(y, p, 0.9, rule="wilson")
+    t = facts["threshold"]
+    positives = int((y == 1).sum())
+    reached = int(((p >= t) & (y == 1)).sum())
+    assert wilson_interval(reached, positives)[0] >= 0.9 and facts["val_recall_wilson95"][0] >= 0.9
+    # the highest such threshold: one positive fewer and the lower bound falls below the target
+    assert wilson_interval(reached - 1, positives)[0] < 0.9
+    assert t <= choose_threshold(y, p, 0.9, rule="point")["threshold"]
+
+
+def test_wilson_interval_matches_the_textbook_formula() -> None:
+    from cxr.thresholds import wilson_interval
+
+    k, n, z = 95, 100, 1.959963984540054
+    centre, half = (k + z * z / 2) / (n + z * z), z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    assert wilson_interval(k, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
+
+
+def test_too_few_positives_for_the_margin_is_a_clear_error() -> None:
+    from cxr.thresholds import ThresholdError, choose_threshold
+
+    with pytest.raises(ThresholdError, match="too few"):
+        choose_threshold(np.array([1, 1, 0]), np.array([0.9, 0.8, 0.1]), 0.95)
 
 
 def test_threshold_table_rows(scored) -> None:

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr.reports.cli import evaluate, report
+from cxr.app.evaluate import evaluate
+from cxr.app.report import report
 from cxr.reports.evaluate import GateSpecError, parse_max_drop
 from cxr.reports.summary import summarize
 from tests.onnx_fixtures import make_tiny_model
@@ -48,7 +49,7 @@ def test_report_writes_metrics_figures_and_self_contained_html(tmp_path: Path) -
                   "p_PNEUMONIA": [0.2, 0.9, 0.4, 0.5]}).to_csv(val, index=False)
     out = tmp_path / "report"
     result = CliRunner().invoke(report, ["--preds", str(preds), "--out", str(out), "--history", str(history),
-                                         "--val-preds", str(val), "--images-root", str(tmp_path / "images"),
+                                         "--val-preds", str(val), "--threshold-rule", "point", "--images-root", str(tmp_path / "images"),
                                          "--n-boot", "50"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cxr.cli import cxr
+from cxr.app.cli import cxr
 from tests.synthetic import make_dataset
 
 pytestmark = pytest.mark.slow
@@ -122,7 +122,7 @@ def test_export_metadata_parity_and_round_trip(trained, tmp_path: Path) -> None:
 
     from cxr.export.onnx_export import load_keras_model
     from cxr.imaging import decode_image, list_images
-    from cxr.infer.cli import infer
+    from cxr.app.infer import infer
 
     run = trained["runs"] / "model1"
     out = tmp_path / "models" / "model1.onnx"
@@ -278,7 +278,7 @@ def test_batchnorm_mode_gap_scores_validation_both_ways(trained) -> None:
     assert gap["n"] == len(val)
     inference = gap["moving_averages"]
     # inference mode is what val_predictions.csv holds (written with the best checkpoint)
-    assert inference["p_min"] == pytest.approx(val.iloc[:, -1].min(), abs=1e-5)
+    assert inference["p_min"] == pytest.approx(val["p_PNEUMONIA"].min(), abs=1e-5)
     assert 0 <= gap["batch_statistics"]["roc_auc"] <= 1 and inference["p_std"] >= 0
 
 
@@ -297,8 +297,11 @@ def test_recalibrate_bn_writes_an_exportable_run(trained, tmp_path: Path) -> Non
     again = CliRunner().invoke(cxr, args)
     assert again.exit_code == 2 and "not empty" in again.output
 
-    from cxr.export.onnx_export import _read_run, build_metadata
+    from cxr.artifacts import RunFolder
+    from cxr.export.onnx_export import build_contract
 
-    meta = build_metadata(*_read_run(out), threshold=0.5)  # what `cxr export` writes into the ONNX file
+    fixed = {"rule": "fixed"}
+    meta = build_contract(*RunFolder(out).export_facts(), 0.5, fixed).to_metadata()  # what `cxr export` writes
     assert json.loads(meta["cxr.bn_recalibration"])["layers"] == record["layers"]
-    assert json.loads(build_metadata(*_read_run(trained["runs"] / "model1"), 0.5)["cxr.bn_recalibration"]) is None
+    original = build_contract(*RunFolder(trained["runs"] / "model1").export_facts(), 0.5, fixed).to_metadata()
+    assert json.loads(original["cxr.bn_recalibration"]) is None

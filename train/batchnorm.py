@@ -25,9 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.files import write_json_atomic
-
-COPIED_RUN_FILES = ("config.json", "history.csv", "curves.png", "augment_grid.png")
+from cxr.artifacts import RunFolder
 
 
 def _all_layers(model) -> Iterator:
@@ -86,8 +84,8 @@ def _run_arrays(run_dir: Path, splits: tuple[str, ...], cache_dir: str | Path | 
     """The run's config and its (images, labels, rows) per split, from its manifest and the image cache."""
     from cxr.train.fit import split_arrays
 
-    config = json.loads((run_dir / "config.json").read_text())
-    manifest_path = json.loads((run_dir / "run.json").read_text())["manifest"]
+    run = RunFolder(run_dir)
+    config, manifest_path = run.read_config(), run.read_info()["manifest"]
     return config, split_arrays(manifest_path, list(config["classes"]), int(config["input_size"]), cache_dir, splits)
 
 
@@ -109,12 +107,12 @@ def batchnorm_mode_gap(run_dir: str | Path, batch_size: int = 64, seed: int = 0,
                        cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Validation ROC AUC and probability spread of the run's best.keras with BatchNormalization
     using moving averages (inference, as exported) and batch statistics (as in training)."""
-    import keras
-
     run_dir = Path(run_dir)
     _, arrays = _run_arrays(run_dir, ("val",), cache_dir)
     x_val, y_val, _ = arrays["val"]
-    model = keras.models.load_model(run_dir / "best.keras", compile=False)
+    import keras
+
+    model = keras.models.load_model(RunFolder(run_dir).best, compile=False)
     return {"run": str(run_dir), **_mode_gap(model, x_val, y_val, batch_size, seed)[0]}
 
 
@@ -146,27 +144,26 @@ def recalibrate_run(run_dir: str | Path, out_dir: str | Path, batch_size: int = 
     run.json records it, with the validation gap before and after."""
     import keras
 
-    from cxr.train.fit import write_val_predictions
-
+    source = RunFolder(run_dir)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty")
     config, arrays = _run_arrays(run_dir, ("train", "val"), cache_dir)
     x_train, (x_val, y_val, val_rows) = arrays["train"][0], arrays["val"]
-    model = keras.models.load_model(run_dir / "best.keras")
+    model = keras.models.load_model(source.best)
     before, _ = _mode_gap(model, x_val, y_val, batch_size, seed)
     n_layers = recalibrate_batchnorm(model, x_train, batch_size, seed)
     after, val_probs = _mode_gap(model, x_val, y_val, batch_size, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in COPIED_RUN_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, out_dir / name)
-    model.save(out_dir / "best.keras")
-    write_val_predictions(val_rows, val_probs, config["classes"][1], out_dir / "val_predictions.csv")
+    target = RunFolder(out_dir)
+    for name in RunFolder.COPIED_ON_RECALIBRATION:
+        if source.file(name).is_file():
+            shutil.copy2(source.file(name), target.file(name))
+    model.save(target.best)
+    target.write_val_predictions(val_rows, val_probs, list(config["classes"]))
     record = {"source_run": str(run_dir), "images": int(len(x_train)), "batch_size": batch_size, "seed": seed,
               "layers": n_layers, "val_before": before, "val_after": after}
-    run = json.loads((run_dir / "run.json").read_text())
-    write_json_atomic(out_dir / "run.json", {**run, "bn_recalibration": record})
+    target.write_info({**source.read_info(), "bn_recalibration": record})
     return record
 
 

@@ -6,9 +6,7 @@ rule, so epochs (and reruns) never decode a JPEG again.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -32,23 +30,6 @@ def cached_images(paths: list[str], size: int, manifest_sha256: str, cache_dir: 
         with open(tmp, "wb") as handle:
             np.save(handle, images)
     return images
-
-
-def make_augmenter(augment: dict[str, Any], seed: int) -> keras.Sequential:
-    """The seed's ImageDataGenerator table as Keras 3 preprocessing layers."""
-    fill = augment.get("fill_mode", "nearest")
-    zoom = float(augment["zoom"])
-    layers = [
-        keras.layers.RandomRotation(float(augment["rotation_degrees"]) / 360.0, fill_mode=fill, seed=seed),
-        keras.layers.RandomTranslation(float(augment["height_shift"]), float(augment["width_shift"]),
-                                       fill_mode=fill, seed=seed + 1),
-        keras.layers.RandomShear(x_factor=math.tan(math.radians(float(augment["shear_degrees"]))),
-                                 fill_mode=fill, seed=seed + 2),
-        keras.layers.RandomZoom((-zoom, zoom), (-zoom, zoom), fill_mode=fill, seed=seed + 3),
-    ]
-    if augment.get("horizontal_flip", False):
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
-    return keras.Sequential(layers, name="augment")
 
 
 def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augmenter: keras.Sequential | None,

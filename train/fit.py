@@ -1,14 +1,10 @@
-"""Training stage core: ``fit_variant`` trains one variant and writes its run folder.
-
-Run folder: best.keras, history.csv, config.json (resolved), run.json (seed, versions,
-manifest sha256, parameter counts, weights, warnings, epochs), augment_grid.png,
-curves.png, val_predictions.csv, and backup/ while a run is unfinished.
+"""Training stage core: ``fit_variant`` trains one variant and writes its run folder
+(``cxr.artifacts.RunFolder``: best.keras, history.csv, config.json, run.json,
+val_predictions.csv, curves.png, augment_grid.png, and backup/ while a run is unfinished).
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,23 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr.artifacts import RunFolder
 from cxr.data import load_manifest
-from cxr.files import sha256_file, write_json_atomic
+from cxr.environment import package_versions
+from cxr.files import sha256_file
 from cxr.train.config import config_sha256
-from cxr.train.history import MonitorState, history_facts, monitor_state, read_history
+from cxr.train.errors import RunAlreadyFinished, RunStateError
+from cxr.train.history import MonitorState, monitor_state
 
 FROZEN_RANDOM_WARNING = ("WARNING: {n} base layers are frozen but the base is randomly initialised "
                          "(weights=none); frozen random features cannot learn. Use pretrained weights "
                          "(--weights imagenet|PATH, or --backbone efficientnet_lite2) or expect poor results.")
-
-
-class RunFolderError(RuntimeError):
-    """The run folder is in a state that needs a decision (e.g. --resume). One-line message."""
-
-
-class RunAlreadyFinished(RunFolderError):
-    """--resume on a run that finished: there is nothing to continue (retraining would append
-    a second run to its history)."""
 
 
 @dataclass
@@ -42,18 +32,6 @@ class FitResult:
     run_dir: Path
     run_info: dict[str, Any]
     history: pd.DataFrame
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for name in ("cxr", "keras", "tensorflow", "tensorflow-cpu", "numpy", "scikit-learn", "jax", "onnx", "tf2onnx"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return versions
 
 
 def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
@@ -83,39 +61,35 @@ def split_arrays(manifest_path: str | Path, classes: list[str], size: int, cache
     return {split: _split_arrays(manifest, images, classes, split) for split in splits}
 
 
-def write_val_predictions(val_rows: pd.DataFrame, probs: np.ndarray, positive_class: str, path: Path) -> None:
-    val_rows.assign(p=probs)[["path", "label", "patient_id", "p"]].rename(
-        columns={"p": f"p_{positive_class}"}).to_csv(path, index=False)
-
-
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    backup = run_dir / "backup"
+def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
     if resume:
-        if not (run_dir / "config.json").is_file():
-            raise RunFolderError(f"nothing to resume in {run_dir} (no config.json)")
-        info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        if not run.has_config():
+            raise RunStateError(f"nothing to resume in {run.path} (no config.json)")
+        info = run.read_info()
         if info.get("finished"):
-            raise RunAlreadyFinished(f"{run_dir} already finished ({info.get('epochs_run')} epochs, "
+            raise RunAlreadyFinished(f"{run.path} already finished ({info.get('epochs_run')} epochs, "
                                      f"{info.get('stopped_reason')}); nothing to resume")
         return
-    if (run_dir / "config.json").is_file() or backup.exists():
-        raise RunFolderError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run.has_config() or run.backup.exists():
+        raise RunStateError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+    run.path.mkdir(parents=True, exist_ok=True)
 
 
-def _time_budget_callback(max_minutes: float):
+def _time_budget_callback(budget_minutes: float):
     """Stop after the epoch that would otherwise run past ``max_minutes`` (a clean finish:
     checkpoint, history, curves and validation predictions are written; --resume continues)."""
     import keras
 
     class TimeBudget(keras.callbacks.Callback):
+        max_minutes = budget_minutes
+
         def on_train_begin(self, logs=None):
             self.started, self.stopped_epoch = time.time(), None
 
         def on_epoch_end(self, epoch, logs=None):
             elapsed = time.time() - self.started
             per_epoch = elapsed / max(1, epoch + 1 - (self.params.get("initial_epoch") or 0))
-            if elapsed + per_epoch > max_minutes * 60:
+            if elapsed + per_epoch > budget_minutes * 60:
                 self.model.stop_training, self.stopped_epoch = True, epoch + 1
 
     return TimeBudget()
@@ -125,7 +99,8 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
     import keras
 
     cb = resolved["callbacks"]
-    history = read_history(run_dir) if resume else None
+    run = RunFolder(run_dir)
+    history = run.read_history() if resume else None
     state = monitor_state(history, reduce_lr_patience=cb["reduce_lr_patience"],
                           min_lr=cb["min_lr"]) if history is not None else None
     reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cb["reduce_lr_factor"],
@@ -133,14 +108,14 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cb["early_stopping_patience"],
                                                    restore_best_weights=True, verbose=1)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),  # removed when finished
-        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True,
+        keras.callbacks.BackupAndRestore(str(run.backup), delete_checkpoint=False),  # removed when finished
+        keras.callbacks.ModelCheckpoint(str(run.best), monitor="val_loss", save_best_only=True,
                                         initial_value_threshold=state.early_stopping_best if state else None),
         reduce_lr, early_stopping,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        keras.callbacks.CSVLogger(str(run.history_path), append=resume),
     ]
     if state is not None:  # after the two callbacks it sets: they reset themselves in on_train_begin
-        callbacks.append(_restore_monitor_state(state, early_stopping, reduce_lr, run_dir / "best.keras"))
+        callbacks.append(_restore_monitor_state(state, early_stopping, reduce_lr, run.best))
     return callbacks
 
 
@@ -160,7 +135,8 @@ def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr, best_
     return RestoreMonitorState()
 
 
-def _compile(model, learning_rate: float) -> None:
+def compile_classifier(model, learning_rate: float) -> None:
+    """Adam, binary cross-entropy and the logged metrics (the seed's compile)."""
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
@@ -170,12 +146,77 @@ def _compile(model, learning_rate: float) -> None:
 
 
 def _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, n_train, n_val) -> dict[str, Any]:
+    import keras
+
     return {"variant": resolved["variant"], "backbone": resolved["backbone"], "weights": str(resolved["weights"]),
             "freeze_bn": bool(resolved.get("freeze_bn", False)), "seed": seed,
+            "augment_policy": resolved.get("augment_policy", "seed"), "backend": keras.backend.backend(),
             "config_sha256": config_sha256(resolved), "manifest": str(manifest_path),
             "manifest_sha256": sha256_file(manifest_path), "classes": resolved["classes"],
             "input_size": int(resolved["input_size"]), "class_weight": class_weight,
             "n_train": n_train, "n_val": n_val, **facts, "warnings": warnings, "versions": package_versions()}
+
+
+def _build_and_describe(resolved: dict[str, Any], log) -> tuple[Any, dict[str, Any], list[str]]:
+    """The classifier, its facts, and the warnings about its setup (logged)."""
+    from cxr.train.model import build_classifier
+
+    model, facts = build_classifier(resolved)
+    warnings = []
+    if resolved["weights"] in (None, "none") and facts["frozen_base_layers"] > 0:
+        warnings.append(FROZEN_RANDOM_WARNING.format(n=facts["frozen_base_layers"]))
+    for warning in warnings:
+        log(warning)
+    log(f"{resolved['variant']}: {facts['params']['trainable']:,} trainable / "
+        f"{facts['params']['non_trainable']:,} non-trainable params; "
+        f"{facts['frozen_base_layers']}/{facts['base_layers']} base layers frozen")
+    return model, facts, warnings
+
+
+def _run_fit(model, resolved, run: RunFolder, arrays, class_weight, resume: bool, max_minutes: float | None,
+             verbose: int):
+    """model.fit with the seed's callbacks; returns the time-budget callback (or None)."""
+    from cxr.plots import save_image_grid
+    from cxr.train import dataset
+    from cxr.train.augment import make_augmenter
+
+    (x_train, y_train, _), (x_val, y_val, _) = arrays["train"], arrays["val"]
+    seed, batch_size = int(resolved["seed"]), int(resolved["batch_size"])
+    augmenter = make_augmenter(resolved, seed)
+    save_image_grid(augmenter(x_train[:16].astype("float32"), training=True), run.file(run.AUGMENT_GRID),
+                    title=f"training augmentation samples ({resolved.get('augment_policy', 'seed')} policy)")
+    compile_classifier(model, float(resolved["learning_rate"]))
+    budget = _time_budget_callback(max_minutes) if max_minutes else None
+    model.fit(dataset.train_dataset(x_train, y_train, batch_size, augmenter, seed),
+              validation_data=dataset.eval_dataset(x_val, y_val, batch_size),
+              epochs=int(resolved["epochs"]), class_weight=class_weight,
+              callbacks=_callbacks(resolved, run.path, resume) + ([budget] if budget else []), verbose=verbose,
+              shuffle=False)
+    return budget
+
+
+def _finish_run(model, resolved, run: RunFolder, val_split, info: dict[str, Any], budget, started: float) -> dict:
+    """Curves, the best checkpoint's validation predictions, and the final run.json."""
+    import keras
+
+    from cxr.plots import plot_history
+
+    history = run.read_history()
+    plot_history(history, run.file(run.CURVES), title=f"{resolved['variant']} ({resolved['backbone']})")
+    best = keras.models.load_model(run.best) if run.best.is_file() else model
+    x_val, _, val_rows = val_split
+    probs = best.predict(x_val.astype("float32"), batch_size=64, verbose=0).reshape(-1)
+    run.write_val_predictions(val_rows, probs, list(resolved["classes"]))
+    stopped_by_budget = bool(budget and budget.stopped_epoch)
+    if not stopped_by_budget:
+        shutil.rmtree(run.backup, ignore_errors=True)
+    info.update({**run.history_facts(), "fit_seconds_this_session": round(time.time() - started, 1),
+                 "finished": not stopped_by_budget,
+                 "stopped_reason": f"time budget of {budget.max_minutes} min (resume to continue)"
+                 if stopped_by_budget else ("early stopping" if len(history) < int(resolved["epochs"])
+                                            else "all epochs")})
+    run.write_info(info)
+    return info
 
 
 def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: str | Path, *, resume: bool = False,
@@ -187,59 +228,20 @@ def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: st
     (the run can be continued later with ``resume=True``)."""
     import keras
 
-    from cxr.reports.figures import plot_history, save_image_grid
-    from cxr.train import dataset
-    from cxr.train.model import build_classifier
-
-    run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume)
+    run = RunFolder(run_dir)
+    _prepare_run_dir(run, resume)
     seed = int(resolved["seed"])
     keras.utils.set_random_seed(seed)
-    classes, size = list(resolved["classes"]), int(resolved["input_size"])
-
-    arrays = split_arrays(manifest_path, classes, size, cache_dir, ("train", "val"))
-    (x_train, y_train, _), (x_val, y_val, val_rows) = arrays["train"], arrays["val"]
-
-    model, facts = build_classifier(resolved)
-    warnings = []
-    if resolved["weights"] in (None, "none") and facts["frozen_base_layers"] > 0:
-        warnings.append(FROZEN_RANDOM_WARNING.format(n=facts["frozen_base_layers"]))
-    for warning in warnings:
-        log(warning)
-    log(f"{resolved['variant']}: {facts['params']['trainable']:,} trainable / "
-        f"{facts['params']['non_trainable']:,} non-trainable params; "
-        f"{facts['frozen_base_layers']}/{facts['base_layers']} base layers frozen")
-    class_weight = balanced_class_weight(y_train)
-    info = _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, len(y_train), len(y_val))
+    arrays = split_arrays(manifest_path, list(resolved["classes"]), int(resolved["input_size"]), cache_dir,
+                          ("train", "val"))
+    model, facts, warnings = _build_and_describe(resolved, log)
+    class_weight = balanced_class_weight(arrays["train"][1])
+    info = _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, len(arrays["train"][1]),
+                     len(arrays["val"][1]))
     if not resume:
-        write_json_atomic(run_dir / "config.json", resolved)
-    write_json_atomic(run_dir / "run.json", info)
-
-    augmenter = dataset.make_augmenter(resolved["augment"], seed)
-    save_image_grid(augmenter(x_train[:16].astype("float32"), training=True), run_dir / "augment_grid.png",
-                    title="training augmentation samples")
-    _compile(model, float(resolved["learning_rate"]))
+        run.write_config(resolved)
+    run.write_info(info)
     started = time.time()
-    budget = [_time_budget_callback(max_minutes)] if max_minutes else []
-    model.fit(dataset.train_dataset(x_train, y_train, int(resolved["batch_size"]), augmenter, seed),
-              validation_data=dataset.eval_dataset(x_val, y_val, int(resolved["batch_size"])),
-              epochs=int(resolved["epochs"]), class_weight=class_weight,
-              callbacks=_callbacks(resolved, run_dir, resume) + budget, verbose=verbose, shuffle=False)
-    history = pd.read_csv(run_dir / "history.csv")
-    plot_history(history, run_dir / "curves.png", title=f"{resolved['variant']} ({resolved['backbone']})")
-    best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").is_file() else model
-    probs = best.predict(x_val.astype("float32"), batch_size=64, verbose=0).reshape(-1)
-    write_val_predictions(val_rows, probs, classes[1], run_dir / "val_predictions.csv")
-    stopped_by_budget = bool(budget and budget[0].stopped_epoch)
-    if not stopped_by_budget:
-        shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    info.update({**history_facts(history), "fit_seconds_this_session": round(time.time() - started, 1),
-                 "finished": not stopped_by_budget,
-                 "stopped_reason": f"time budget of {max_minutes} min (resume to continue)" if stopped_by_budget
-                 else ("early stopping" if len(history) < int(resolved["epochs"]) else "all epochs")})
-    write_json_atomic(run_dir / "run.json", info)
-    return FitResult(run_dir, info, history)
-
-
-def load_run_info(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "run.json").read_text())
+    budget = _run_fit(model, resolved, run, arrays, class_weight, resume, max_minutes, verbose)
+    info = _finish_run(model, resolved, run, arrays["val"], info, budget, started)
+    return FitResult(run.path, info, run.read_history())

@@ -1,12 +1,10 @@
-"""What a run's history.csv says: its epoch count and best epoch, and the state the
-val_loss callbacks had reached, so a resumed run stops and lowers the learning rate exactly
+"""The state the val_loss callbacks had reached after a run's history.csv (read by
+``RunFolder.read_history``), so a resumed run stops and lowers the learning rate exactly
 when the uninterrupted run would have."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -22,21 +20,6 @@ class MonitorState:
     early_stopping_best_epoch: int
     reduce_lr_best: float | None
     reduce_lr_wait: int
-
-
-def read_history(run_dir: str | Path) -> pd.DataFrame | None:
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path)
-    return frame if len(frame) and "val_loss" in frame else None
-
-
-def history_facts(history: pd.DataFrame) -> dict:
-    """Epochs run, the 1-based epoch with the lowest val_loss, and that loss."""
-    best_row = history["val_loss"].idxmin()
-    return {"epochs_run": int(len(history)), "best_epoch": int(history.loc[best_row, "epoch"]) + 1,
-            "best_val_loss": float(history.loc[best_row, "val_loss"])}
 
 
 def monitor_state(history: pd.DataFrame, *, reduce_lr_patience: int, min_lr: float) -> MonitorState:

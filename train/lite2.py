@@ -16,6 +16,9 @@ from typing import Iterator
 import keras
 import numpy as np
 
+from cxr.artifacts.model_contract import FEATURE_LAYER
+from cxr.train.errors import WeightsUnavailableError
+
 # (repeats, kernel, stride, expand ratio, output channels) per stage, as found in the weights file
 LITE2_STAGES = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120),
                 (5, 5, 2, 6, 208), (1, 3, 1, 6, 352))
@@ -139,8 +142,6 @@ def efficientnet_lite2(weights: str | None, input_size: int) -> keras.Model:
     if weights == "imagenet" and not path.is_file():
         import_lite2_weights(path)
     if not path.is_file():
-        from cxr.train.model import WeightsUnavailableError
-
         raise WeightsUnavailableError(f"weights file not found: {path}")
     model.load_weights(path)
     return model
@@ -158,7 +159,7 @@ def imagenet_check(weights_file: Path | None = None) -> list[tuple[str, str, lis
     if weights_file is not None:
         base = build_lite2(260, include_top=False)
         base.load_weights(weights_file)
-        reference = keras.Model(model.input, model.get_layer("top_activation").output)
+        reference = keras.Model(model.input, model.get_layer(FEATURE_LAYER).output)
         probe = np.random.default_rng(0).uniform(0, 255, (1, 260, 260, 3)).astype("float32")
         if not np.allclose(base.predict(probe, verbose=0), reference.predict(probe, verbose=0), atol=1e-4):
             raise Lite2ImportError(f"{weights_file} does not reproduce the converted weights")

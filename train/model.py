@@ -12,13 +12,12 @@ from typing import Any
 
 import keras
 
+from cxr.artifacts.model_contract import HEAD_LAYERS
+from cxr.messages import first_line
 from cxr.train.config import frozen_layer_count
+from cxr.train.errors import WeightsUnavailableError
 
 KERAS_B2_CACHE = Path("~/.keras/models/efficientnetb2_notop.h5").expanduser()
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights cannot be had. The message is one line."""
 
 
 def _efficientnet_b2(weights: str | None, input_size: int) -> keras.Model:
@@ -32,7 +31,7 @@ def _efficientnet_b2(weights: str | None, input_size: int) -> keras.Model:
     try:
         return keras.applications.EfficientNetB2(weights="imagenet", **kwargs)
     except Exception as exc:  # noqa: BLE001 - urllib/HTTP/OS errors all mean the same to the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise WeightsUnavailableError(
             f"EfficientNetB2 ImageNet weights are not in the Keras cache ({KERAS_B2_CACHE}) and could not be "
             f"downloaded ({reason}); use --weights none, or --weights PATH to a local efficientnetb2_notop.h5"
@@ -55,11 +54,12 @@ def build_backbone(backbone: str, weights: str | None, input_size: int) -> keras
 def add_head(base: keras.Model, name: str) -> keras.Model:
     """GAP -> Dense128 ReLU -> Dropout .3 -> Dense64 ReLU -> Dropout .2 -> Dense1 sigmoid."""
     x = keras.layers.GlobalAveragePooling2D(name="head_gap")(base.output)
-    x = keras.layers.Dense(128, activation="relu", name="head_dense128")(x)
+    dense128, dense64, output_name = HEAD_LAYERS  # the names Grad-CAM export reads (ModelContract)
+    x = keras.layers.Dense(128, activation="relu", name=dense128)(x)
     x = keras.layers.Dropout(0.3, name="head_dropout1")(x)
-    x = keras.layers.Dense(64, activation="relu", name="head_dense64")(x)
+    x = keras.layers.Dense(64, activation="relu", name=dense64)(x)
     x = keras.layers.Dropout(0.2, name="head_dropout2")(x)
-    output = keras.layers.Dense(1, activation="sigmoid", name="p_positive")(x)
+    output = keras.layers.Dense(1, activation="sigmoid", name=output_name)(x)
     return keras.Model(base.input, output, name=name)
 
 

@@ -1,4 +1,4 @@
-"""``make bench``: speed and memory, measured side by side in one run (the machines are noisy).
+"""``make bench`` (``python benchmark.py``): speed and memory, measured side by side in one run (the machines are noisy).
 
 Each measurement runs in its own subprocess (fresh memory, same threads) and reports
 images/s and its peak RSS. Printed ratios, with the goals from the issues:
@@ -11,7 +11,7 @@ images/s and its peak RSS. Printed ratios, with the goals from the issues:
   ImageDataGenerator + flow_from_directory, (b) this repo's cached-array tf.data pipeline,
   (c) pre-decoded in-memory arrays (the bound). Goals: b >= 1.5 x a, b >= 0.9 x c.
 
-Usage: python -m cxr.bench [--model models/model1.onnx] [--n-files 600] [--train-steps 8]
+Usage: python benchmark.py [--model models/model1.onnx] [--n-files 600] [--train-steps 8]
 """
 
 from __future__ import annotations
@@ -131,12 +131,12 @@ def infer_bound(folder: Path, model_path: Path):
 # ---------------------------------------------------------------- training measurements
 def _train_model(size: int):
     from cxr.train.config import load_config, resolve_variant
-    from cxr.train.fit import _compile
+    from cxr.train.fit import compile_classifier
     from cxr.train.model import build_classifier
 
     cfg = resolve_variant(load_config(), "model2", {"weights": "none", "input_size": size})
     model = build_classifier(cfg)[0]
-    _compile(model, 1e-4)
+    compile_classifier(model, 1e-4)
     return model, cfg
 
 
@@ -170,10 +170,11 @@ def _training_arrays(folder: Path, n: int):
 
 def train_ours(folder: Path, steps: int):
     from cxr.train import dataset
+    from cxr.train.augment import make_augmenter
 
     model, cfg = _train_model(128)
     images, labels = _training_arrays(folder, steps * BATCH)  # the decode-once cache, made before training
-    data = dataset.train_dataset(images, labels, BATCH, dataset.make_augmenter(cfg["augment"], 0), 0).repeat()
+    data = dataset.train_dataset(images, labels, BATCH, make_augmenter(cfg, 0), 0).repeat()
     return steps * BATCH, _timed_fit(model, data, steps)
 
 
@@ -194,7 +195,7 @@ MEASURES = {"infer_seed": infer_seed, "infer_naive": infer_naive, "infer_cxr": i
 
 def measure_in_subprocess(name: str, *args: str) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "cxr.bench", "--measure", name, *args], capture_output=True,
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure", name, *args], capture_output=True,
                           text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

@@ -1,4 +1,4 @@
-"""Thin CLI of the training stage: ``cxr train``, ``cxr recalibrate-bn`` and ``cxr weights import-lite2``."""
+"""Thin commands of the training stage: ``cxr train``, ``cxr recalibrate-bn`` and ``cxr weights import-lite2``."""
 
 from __future__ import annotations
 
@@ -6,23 +6,28 @@ from pathlib import Path
 
 import click
 
-from cxr.options import EXIT_USAGE, fail_usage, seed_option
+from cxr.app.errors import UsageError
+from cxr.app.options import seed_option
+from cxr.train.config import BACKBONES, VARIANTS
 
 
 @click.command()
-@click.option("--variant", type=click.Choice(["model1", "model2", "all"]), default="all", show_default=True)
+@click.option("--variant", type=click.Choice([*VARIANTS, "all"]), default="all", show_default=True)
 @click.option("--data", "manifest", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("data/splits/manifest.csv"), show_default=True, help="Split manifest from `cxr data prepare`.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Run folder (with --variant all: a folder per variant below it).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML config [default: the shipped train/config.toml].")
-@click.option("--backbone", type=click.Choice(["efficientnet_b2", "efficientnet_lite2"]), default=None)
+@click.option("--backbone", type=click.Choice(BACKBONES), default=None)
 @click.option("--weights", default=None, help="imagenet | none | PATH to a weights file [config: imagenet].")
 @click.option("--epochs", type=click.IntRange(1), default=None)
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--learning-rate", type=float, default=None)
 @click.option("--input-size", type=click.IntRange(32), default=None)
+@click.option("--augment", "augment_policy", type=click.Choice(["seed", "robust"]), default=None,
+              help="seed: the seed's augmentation table, exactly; robust: plus photometric and acquisition "
+                   "augmentation against texture shortcuts [config: robust].")
 @click.option("--freeze-bn/--no-freeze-bn", default=None, help="Keep BatchNorm in inference mode while fine-tuning.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--max-minutes", type=click.FloatRange(min=0.1), default=None,
@@ -33,18 +38,19 @@ from cxr.options import EXIT_USAGE, fail_usage, seed_option
 def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None, resume: bool,
           max_minutes: float | None, cache_dir: Path | None, **overrides) -> None:
     """Train model1 and/or model2 (EfficientNet + the seed's head) on a split manifest."""
+    from cxr.artifacts import RunFolderError
     from cxr.train.config import ConfigError, load_config, resolve_variant
-    from cxr.train.fit import RunAlreadyFinished, RunFolderError, fit_variant
-    from cxr.train.model import WeightsUnavailableError
+    from cxr.train.errors import RunAlreadyFinished, RunStateError, WeightsUnavailableError
+    from cxr.train.fit import fit_variant
 
     if not manifest.is_file():
-        fail_usage(f"manifest not found: {manifest} (run `cxr data prepare` first)")
-    variants = ["model1", "model2"] if variant == "all" else [variant]
+        raise UsageError(f"manifest not found: {manifest} (run `cxr data prepare` first)")
+    variants = list(VARIANTS) if variant == "all" else [variant]
     try:
         config = load_config(config_path)
         resolved = [resolve_variant(config, v, overrides) for v in variants]
     except (ConfigError, OSError) as exc:
-        fail_usage(str(exc))
+        raise UsageError(str(exc)) from None
     for cfg in resolved:
         run_dir = out_dir / cfg["variant"] if variant == "all" else out_dir
         click.echo(f"== training {cfg['variant']} ({cfg['backbone']}, weights={cfg['weights']}) -> {run_dir}")
@@ -54,9 +60,8 @@ def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None,
         except RunAlreadyFinished as exc:  # --variant all --resume goes on with the other variant
             click.echo(f"{cfg['variant']}: {exc}")
             continue
-        except (WeightsUnavailableError, RunFolderError) as exc:
-            click.echo(f"Error: {exc}", err=True)
-            raise SystemExit(EXIT_USAGE) from None
+        except (WeightsUnavailableError, RunStateError, RunFolderError) as exc:
+            raise UsageError(str(exc)) from None
         info = result.run_info
         click.echo(f"{cfg['variant']}: {info['epochs_run']} epochs ({info['stopped_reason']}), best val_loss "
                    f"{info['best_val_loss']:.4f} (epoch {info['best_epoch']}); wrote {run_dir}")
@@ -78,12 +83,14 @@ def recalibrate_bn(run_dir: Path, out_dir: Path, batch_size: int, cache_dir: Pat
     training metrics improve (`python -m cxr.train.batchnorm RUN` measures that gap)."""
     from cxr.train.batchnorm import recalibrate_run
 
-    if not (run_dir / "best.keras").is_file():
-        fail_usage(f"{run_dir} has no best.keras")
+    from cxr.artifacts import RunFolder, RunFolderError
+
+    if not RunFolder(run_dir).best.is_file():
+        raise UsageError(f"{run_dir} has no {RunFolder.BEST}")
     try:
         record = recalibrate_run(run_dir, out_dir, batch_size, 0 if seed is None else seed, cache_dir)
-    except FileExistsError as exc:
-        fail_usage(str(exc))
+    except (FileExistsError, RunFolderError) as exc:
+        raise UsageError(str(exc)) from None
     before, after = record["val_before"]["moving_averages"], record["val_after"]["moving_averages"]
     click.echo(f"recalibrated {record['layers']} BatchNorm layers on {record['images']} training images; "
                f"validation ROC AUC {before['roc_auc']:.3f} -> {after['roc_auc']:.3f}, probability std "
@@ -107,8 +114,7 @@ def import_lite2(out_path: Path | None, check: bool) -> None:
     try:
         written = import_lite2_weights(out_path)
     except Lite2ImportError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise SystemExit(EXIT_USAGE) from None
+        raise UsageError(str(exc)) from None
     click.echo(f"wrote {written}")
     if check:
         ok = True

@@ -1,0 +1,126 @@
+"""The ``cxr`` command group and the ``cxr-infer`` entry point.
+
+Every command is a thin click layer over a stage's core function (pip-tools style: the
+shared options live in ``cxr.app.options``, the exit codes and usage error in
+``cxr.app.errors``). A user's mistake is one line and exit 2; a bug is one line and exit
+70 (``CXR_DEBUG=1`` shows its traceback), so no cron job mistakes a crash for a verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from cxr import __version__
+from cxr.app.errors import EXIT_INTERNAL, EXIT_USAGE, UsageError
+from cxr.app.options import seed_option
+from cxr.messages import first_line
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cxr")
+def cxr() -> None:
+    """Pneumonia on pediatric chest X-rays: data -> train -> export -> infer -> report/evaluate."""
+
+
+@cxr.group()
+def data() -> None:
+    """Data preparation: merge, dedupe, split by patient, and check for shortcuts."""
+
+
+@data.command("prepare")
+@click.option("--source", type=click.Path(path_type=Path), default=None,
+              help="Kaggle-layout folder or folder of class subfolders [default: ../shared/data/chest_xray].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/splits"), show_default=True)
+@click.option("--split-by", type=click.Choice(["patient", "image"]), default="patient", show_default=True,
+              help="'image' reproduces the seed's leaky image-level split.")
+@click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="Class folder names, negative first.")
+@click.option("--shortcut-check/--no-shortcut-check", default=True, show_default=True,
+              help="Cross-validated AUC of trivial image statistics (noise, intensity, size) per class.")
+@seed_option
+def data_prepare(source: Path | None, out_dir: Path, split_by: str, classes: str, shortcut_check: bool,
+                 seed: int | None) -> None:
+    """Write data/splits/manifest.csv and summary.json (images are not copied)."""
+    from cxr.data import DEFAULT_SOURCE, DataPrepError, prepare_splits
+    from cxr.shortcut import describe
+
+    names = tuple(c.strip() for c in classes.split(",") if c.strip())
+    if len(names) != 2 or len(set(names)) != 2:
+        raise UsageError(f"--classes needs two different names, negative first, not {classes!r}")
+    try:
+        result = prepare_splits(source or DEFAULT_SOURCE, out_dir, classes=names, split_by=split_by,
+                                seed=42 if seed is None else seed, shortcut=shortcut_check)
+    except DataPrepError as exc:
+        raise UsageError(str(exc)) from None
+    s = result.summary
+    for warning in result.warnings:
+        click.echo(warning, err=True)
+    click.echo(f"found {s['files_found']} files: kept {s['images_kept']} images, dropped {s['duplicates_dropped']} "
+               f"duplicates, skipped {s['skipped']}, hidden {s['hidden_files_ignored']}")
+    for split in ("train", "val", "test"):
+        counts = ", ".join(f"{c} {n}" for c, n in s["counts"][split].items())
+        click.echo(f"  {split:5s}: {counts}; {s['patients'][split]} patients")
+    for item in s["skipped_files"]:
+        click.echo(f"  skipped {item['path']}: {item['reason']}")
+    click.echo(f"patients on several splits: {s['patients_on_several_splits']}")
+    if "shortcut_check" in s:
+        for line in describe(s["shortcut_check"]):
+            click.echo(line)
+    click.echo(f"wrote {result.manifest_path} and {result.summary_path}")
+
+
+def _register_commands() -> None:
+    from cxr.app.evaluate import evaluate
+    from cxr.app.explain import explain
+    from cxr.app.export import export
+    from cxr.app.infer import infer
+    from cxr.app.report import card, report
+    from cxr.app.robustness import robustness
+    from cxr.app.train import recalibrate_bn, train, weights
+
+    for command in (train, recalibrate_bn, export, infer, report, evaluate, robustness, explain, card, weights):
+        cxr.add_command(command)
+
+
+_register_commands()
+
+
+def run_guarded(command: click.Command, prog_name: str) -> None:
+    """Run a click command; an environment failure (disk full, read-only folder) is a one-line
+    error with exit 2, and a bug a one-line error with exit 70."""
+    try:
+        command.main(prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        click.echo(f"Error: {exc.strerror or first_line(exc)}{where}", err=True)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, never with a verdict's exit code
+        if os.environ.get("CXR_DEBUG"):
+            raise
+        click.echo(f"internal error (a bug in cxr, not in your input): {type(exc).__name__}: {first_line(exc)}; "
+                   "rerun with CXR_DEBUG=1 for the traceback", err=True)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(0)
+
+
+def main() -> None:
+    """Entry point of ``cxr``."""
+    run_guarded(cxr, "cxr")
+
+
+def infer_main() -> None:
+    """Entry point of ``cxr-infer``."""
+    from cxr.app.infer import infer
+
+    run_guarded(infer, "cxr-infer")

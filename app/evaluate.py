@@ -1,0 +1,181 @@
+"""``cxr evaluate``: the scheduled evaluation. Scores a labelled folder (inference stage), writes
+the report (report stage), optionally runs the robustness suite, gates on a baseline, appends
+to the evaluation history and writes Prometheus metrics for a node_exporter textfile collector.
+
+Everything a run needs is checked before anything is scored: the gate spec, the baseline
+(every gated metric a finite number), the history file, the model and the output folder.
+
+Exit codes: 0 passed; 1 a gated metric or robustness limit regressed; 2 usage error;
+3 the data differs from the baseline's (without --allow-new-data); 4 the gate passed but
+some files could not be scored; 70 a bug.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cxr.app.errors import EXIT_DATA_CHANGED, EXIT_EVAL_PARTIAL, EXIT_OK, EXIT_REGRESSED, UsageError
+from cxr.app.events import Events, log_format_option
+from cxr.app.options import (batch_size_option, device_option, model_option, n_boot_option, precision_option,
+                             quiet_option, workers_option)
+from cxr.app.robustness import max_flip_option, seed_option as robustness_seed_option
+
+VERDICT_EXIT = {"pass": EXIT_OK, "regression": EXIT_REGRESSED, "data_changed": EXIT_DATA_CHANGED,
+                "partial": EXIT_EVAL_PARTIAL}
+
+
+def write_prometheus(path: Path, *, verdict: str, report: dict[str, Any], limits: dict[str, float],
+                     baseline: dict[str, Any] | None, scored: int, failed: int, seconds: float,
+                     model_sha256: str, execution: dict[str, Any], robustness: dict[str, Any] | None) -> None:
+    """Prometheus text format, written atomically (``write_to_textfile``). The last-success
+    timestamp is set on success and carried over from the previous file otherwise."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    from cxr.artifacts import MetricsReport
+
+    registry = CollectorRegistry()
+    prefix = "cxr_evaluate"
+    verdicts = Gauge(f"{prefix}_verdict", "1 for this run's verdict, 0 for the others", ["verdict"],
+                     registry=registry)
+    for name in VERDICT_EXIT:
+        verdicts.labels(name).set(int(name == verdict))
+    Gauge(f"{prefix}_passed", "1 if the evaluation passed its gate", registry=registry).set(int(verdict == "pass"))
+    metric = Gauge(f"{prefix}_metric", "headline metric at the model's threshold", ["metric"], registry=registry)
+    for name, value in MetricsReport.headline(report).items():
+        metric.labels(name).set(value)
+    if baseline is not None:
+        allowed = Gauge(f"{prefix}_metric_allowed_drop", "allowed drop per gated metric", ["metric"], registry=registry)
+        base = Gauge(f"{prefix}_metric_baseline", "baseline value per gated metric", ["metric"], registry=registry)
+        for name, limit in limits.items():
+            allowed.labels(name).set(limit)
+            base.labels(name).set(baseline[name])
+    if robustness is not None:
+        flips = Gauge(f"{prefix}_robustness_max_flip_rate", "worst class flip rate per perturbation",
+                      ["perturbation"], registry=registry)
+        for name, row in robustness["perturbations"].items():
+            flips.labels(name).set(row["max_flip_rate"])
+    Gauge(f"{prefix}_images_scored", "images scored", registry=registry).set(scored)
+    Gauge(f"{prefix}_images_failed", "files that could not be scored", registry=registry).set(failed)
+    Gauge(f"{prefix}_duration_seconds", "wall time of the evaluation", registry=registry).set(seconds)
+    Gauge(f"{prefix}_info", "model and execution", ["model_sha256", "provider", "precision"],
+          registry=registry).labels(model_sha256, execution.get("provider", ""), execution.get("precision", "")).set(1)
+    last = time.time() if verdict == "pass" else _previous_success(path)
+    if last is not None:
+        Gauge(f"{prefix}_last_success_timestamp_seconds", "Unix time of the last passing evaluation",
+              registry=registry).set(last)
+    write_to_textfile(str(path), registry)
+
+
+def _previous_success(path: Path) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        for family in text_string_to_metric_families(path.read_text(encoding="utf-8")):
+            if family.name == "cxr_evaluate_last_success_timestamp_seconds":
+                return float(family.samples[0].value)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _preflight(folder: Path, max_drop: str, max_flip: str, baseline_path: Path | None, history_path: Path,
+               metrics_file: Path | None) -> tuple[dict, dict, dict | None]:
+    from cxr.perturb import SUITE_NAMES
+    from cxr.reports.evaluate import GateSpecError, check_history_file, load_baseline, parse_max_drop
+    from cxr.reports.robustness import RobustnessSpecError, parse_max_flip
+
+    if not folder.is_dir():
+        raise UsageError(f"folder not found: {folder}")
+    try:
+        limits = parse_max_drop(max_drop)
+        flip_limits = parse_max_flip(max_flip, SUITE_NAMES)
+        baseline = load_baseline(baseline_path, limits) if baseline_path else None
+        check_history_file(history_path)
+    except (GateSpecError, RobustnessSpecError) as exc:
+        raise UsageError(str(exc)) from None
+    if metrics_file is not None and metrics_file.is_dir():
+        raise UsageError(f"--metrics-file {metrics_file} is a folder")
+    return limits, flip_limits, baseline
+
+
+@click.command()
+@model_option
+@click.option("--data", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of images with class subfolders (or --labels).")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="metrics.json of an earlier evaluation to gate against.")
+@click.option("--max-drop", default="auc=0.01,recall=0.02", show_default=True,
+              help="Allowed drop per metric (loss, brier, ece: allowed rise). Must gate at least one metric.")
+@click.option("--robustness", "with_robustness", is_flag=True,
+              help="Also run the robustness suite (in the report and metrics.json); implied by --max-flip.")
+@max_flip_option
+@robustness_seed_option
+@click.option("--allow-new-data", is_flag=True, help="Do not fail when the data differs from the baseline's.")
+@click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("evaluations/history.csv"), show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluations/latest"),
+              show_default=True)
+@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write Prometheus text-format metrics here (e.g. node_exporter's textfile directory).")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Evaluate only the files of a split manifest (paths relative to --data); labels come from it.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@batch_size_option
+@device_option
+@precision_option
+@workers_option
+@n_boot_option
+@log_format_option
+@quiet_option
+def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, robustness_seed, allow_new_data,
+             history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
+             n_boot, log_format, quiet) -> None:
+    """Score a labelled folder, write the report, append to the history and gate on regressions."""
+    from cxr.app.infer import ground_truth, load_model, out_dir_lock, score, write_report
+    from cxr.app.robustness import run_robustness
+    from cxr.reports.evaluate import GateResult, add_robustness_failures, finish_evaluation, folder_data_sha256
+    from cxr.reports.robustness import check_flips
+
+    started = time.time()
+    events = Events(log_format, quiet, "cxr evaluate")
+    limits, flip_limits, baseline_values = _preflight(folder, max_drop, max_flip, baseline, history_path, metrics_file)
+    model = load_model(model_path, device, precision)
+    only, truth = ground_truth(model, labels_csv, manifest, split)
+    with out_dir_lock(out_dir):
+        result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
+                       only=only)
+        section, gate = None, GateResult()
+        if with_robustness or flip_limits:
+            section = run_robustness(model, folder, only, truth, seed=robustness_seed, batch_size=batch_size,
+                                     workers=workers, events=events)
+            add_robustness_failures(gate, *check_flips(section, flip_limits))
+        report = write_report(result, folder, out_dir, full=True, n_boot=n_boot, model=model, events=events,
+                              robustness={model.path.stem: section} if section else None)
+        if report is None:
+            raise UsageError(f"no labelled images of both classes under {folder}; nothing to evaluate")
+        gate = finish_evaluation(report, out_dir, model.info.sha256, folder_data_sha256(folder, only), baseline_values,
+                                 baseline, limits, allow_new_data, history_path, gate, model.execution,
+                                 {"n_files": result.n_files, "n_errors": result.n_errors})
+    verdict = gate.verdict if not gate.passed or not result.n_errors else "partial"
+    if metrics_file is not None:
+        write_prometheus(metrics_file, verdict=verdict, report=report, limits=limits, baseline=baseline_values,
+                         scored=result.n_files - result.n_errors, failed=result.n_errors,
+                         seconds=time.time() - started, model_sha256=model.info.sha256, execution=model.execution,
+                         robustness=section)
+    for line in gate.messages:
+        events.emit("gate", line, always=True)
+    events.emit("written", f"report: {out_dir / 'report.html'}; history: {history_path}", always=True)
+    messages = {"data_changed": "FAILED: the evaluation data changed",
+                "regression": f"FAILED: {len(gate.regressions)} gated value(s) regressed",
+                "partial": f"PASSED the gate, but {result.n_errors} file(s) could not be scored (exit 4)"}
+    if verdict in messages:
+        events.emit("verdict", messages[verdict], err=True, verdict=verdict)
+    else:
+        events.emit("verdict", "PASSED", always=True, verdict=verdict)
+    sys.exit(VERDICT_EXIT[verdict])

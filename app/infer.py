@@ -1,0 +1,176 @@
+"""``cxr-infer FOLDER --model M`` (also ``cxr infer``), and the steps that ``cxr evaluate`` and
+``cxr robustness`` share with it: load a model, find the ground truth, take the output
+folder, score, and report when labels exist.
+
+Exit codes: 0 every file scored; 1 finished, but some files got error rows; 2 usage error;
+70 a bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cxr.app.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from cxr.app.events import Events, log_format_option
+from cxr.app.options import (batch_size_option, device_option, model_option, n_boot_option, precision_option,
+                             quiet_option, workers_option)
+
+LOCK_NAME = ".cxr.lock"
+
+
+def load_model(model_path: str, device: str, precision: str = "fp32"):
+    from cxr.infer.model import ModelLoadError, OnnxClassifier, ProviderError
+
+    try:
+        return OnnxClassifier(model_path, device=device, precision=precision)
+    except (ModelLoadError, ProviderError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def ground_truth(model, labels_csv: Path | None, manifest: Path | None, split: str):
+    """(escaped relative paths to score, or None for the whole folder; GroundTruth)."""
+    from cxr.data import DataPrepError, manifest_split
+    from cxr.infer.score import GroundTruth, ScoreInputError, read_labels_csv
+
+    if labels_csv is not None and manifest is not None:
+        raise UsageError("give --labels or --manifest, not both")
+    try:
+        if manifest is not None:
+            only, labels, patients = manifest_split(manifest, split, model.info.classes)
+            return only, GroundTruth(labels, patients, f"manifest {manifest.name} split {split}")
+        return None, (read_labels_csv(labels_csv, model.info.classes) if labels_csv else GroundTruth())
+    except (ScoreInputError, DataPrepError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove it is writable, before any work is done."""
+    import tempfile
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir} is not writable: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``OUT/.cxr.lock`` (filelock: an OS lock, released if the process dies) for the run."""
+    from filelock import FileLock, Timeout
+
+    prepare_out_dir(out_dir)
+    lock = FileLock(str(out_dir / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(f"another cxr run is writing to {out_dir} (it holds {out_dir / LOCK_NAME}); "
+                         "wait for it to finish or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def score(folder: Path, model, out_dir: Path, events: Events, **kwargs):
+    from cxr.infer.model import ModelOutputError
+    from cxr.infer.score import ScoreInputError, score_folder
+
+    exclude = out_dir if inside(out_dir, folder) else None
+    try:
+        return score_folder(folder, model, out_dir / "predictions.csv", progress=events.progress, exclude=exclude,
+                            **kwargs)
+    except (ScoreInputError, ModelOutputError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        events.close()
+
+
+def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 1000, model=None,
+                 events: Events | None = None, **extra: Any) -> dict | None:
+    """The reports stage on these predictions, when they carry ground truth."""
+    from cxr.reports.summary import ReportInputError, summarize
+
+    if not (result.predictions["true_label"] != "").any():
+        return None
+    try:
+        cam_model = model if model is not None and model.has_cam else None
+        return summarize([result.csv_path], out_dir, images_root=folder, with_figures=full, n_boot=n_boot,
+                         cam_model=cam_model, **extra)
+    except ReportInputError as exc:
+        if events is not None:
+            events.emit("no_report", f"no report: {exc}", err=True)
+        return None
+
+
+@click.command("infer")
+@click.argument("folder", type=click.Path(path_type=Path))
+@model_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("cxr_out"),
+              show_default=True, help="Folder for predictions.csv and the report.")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Ground truth CSV (path,label); default: parent folders named after the model's classes.")
+@batch_size_option
+@device_option
+@precision_option
+@workers_option
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Score only the files of a split manifest (paths relative to FOLDER); labels come from it.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="With --manifest: which split to score.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation: average over flips and small shifts (6x cost).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings; files already "
+                                             "scored are kept. A finished run is left as it is.")
+@click.option("--no-report", is_flag=True, help="With ground truth, write only metrics.json (no figures/HTML).")
+@n_boot_option
+@log_format_option
+@quiet_option
+def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int | None, device: str,
+          precision: str, workers: int | None, manifest: Path | None, split: str, tta: bool, resume: bool,
+          no_report: bool, n_boot: int, log_format: str, quiet: bool) -> None:
+    """Score every image under FOLDER (recursively) with an exported ONNX model."""
+    events = Events(log_format, quiet, "cxr-infer")
+    if not folder.is_dir():
+        raise UsageError(f"folder not found: {folder}")
+    model = load_model(model_path, device, precision)
+    events.emit("model", f"provider: {model.provider} ({model.precision}) | model {model.path.name} "
+                         f"({model.info.sha256[:12]}), threshold {model.info.threshold:g}, classes {model.info.classes}",
+                model=model.path.name, model_sha256=model.info.sha256, **model.execution)
+    only, truth = ground_truth(model, labels_csv, manifest, split)
+    with out_dir_lock(out_dir):
+        result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
+                       resume=resume, only=only, tta=tta)
+        report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot, model=model, events=events)
+    if result.already_complete:
+        events.emit("complete", f"{result.csv_path} is already complete with these settings ({result.n_files} "
+                                "files); nothing scored", always=True)
+    events.emit("scored", f"scored {result.n_files - result.n_errors}/{result.n_files} files "
+                          f"({result.images_per_second:.1f} img/s) -> {result.csv_path}", always=True,
+                files=result.n_files, errors=result.n_errors, images_per_second=result.images_per_second)
+    if report is not None:
+        from cxr.artifacts import MetricsReport
+
+        m = MetricsReport.headline(report)
+        events.emit("metrics", f"metrics (threshold {model.info.threshold:g}): accuracy {m['accuracy']:.3f}, "
+                               f"recall {m['recall']:.3f}, specificity {m['specificity']:.3f}, ROC AUC "
+                               f"{m['roc_auc']:.3f} -> {out_dir / ('metrics.json' if no_report else 'report.html')}",
+                    always=True, metrics=m)
+    if result.n_errors:
+        events.emit("errors", f"{result.n_errors} file(s) could not be scored; see the 'error' column", err=True,
+                    errors=result.n_errors)
+        sys.exit(EXIT_PARTIAL)
+    sys.exit(EXIT_OK)

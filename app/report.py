@@ -1,0 +1,96 @@
+"""Thin commands of the report stage: ``cxr report`` and ``cxr card``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cxr.app.errors import UsageError
+from cxr.app.options import model_option, n_boot_option, target_recall_option, threshold_rule_option
+
+
+@click.command()
+@click.option("--preds", "prediction_files", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              required=True, help="cxr-infer predictions CSV; repeat to compare models.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),
+              show_default=True)
+@click.option("--history", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="A run's history.csv for the training curves; repeat for several runs.")
+@click.option("--val-preds", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A run's val_predictions.csv: choose a threshold there for --target-recall.")
+@target_recall_option
+@threshold_rule_option
+@click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder the prediction paths are relative to (for the sample-image grids).")
+@click.option("--cam-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Exported .onnx with a 'cam' output: overlay its Grad-CAM on the image grids.")
+@click.option("--robustness", "robustness_files", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="robustness.json from `cxr robustness`; repeat for several models.")
+@click.option("--data-summary", "data_summaries", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="summary.json from `cxr data prepare`: show its shortcut check; repeat for several data sets.")
+@n_boot_option
+@click.option("--seed", type=int, default=0, show_default=True)
+def report(prediction_files, out_dir, history, val_preds, target_recall, threshold_rule, images_root, cam_model, robustness_files,
+           data_summaries, n_boot, seed) -> None:
+    """Metrics with CIs, figures, report.md and a self-contained report.html."""
+    from cxr.app.infer import load_model
+    from cxr.reports.summary import ReportInputError, summarize
+    from cxr.thresholds import ThresholdError
+
+    explainer = load_model(str(cam_model), "cpu") if cam_model else None
+    robustness = {item.get("model", path.parent.name): item
+                  for path, item in ((p, _robustness_of(p)) for p in robustness_files)}
+    shortcut = [_shortcut_of(path) for path in data_summaries]
+    try:
+        result = summarize(list(prediction_files), out_dir, history=list(history), val_predictions=val_preds,
+                           target_recall=target_recall, threshold_rule=threshold_rule, images_root=images_root, n_boot=n_boot, seed=seed,
+                           cam_model=explainer, robustness=robustness, shortcut=shortcut)
+    except (ReportInputError, ThresholdError, ValueError, KeyError) as exc:
+        raise UsageError(str(exc)) from None
+    for name, model in result["models"].items():
+        m, ci = model["at_0.5"]["metrics"], model["at_0.5"]["ci95"]
+        click.echo(f"{name}: ROC AUC {m['roc_auc']:.3f} ({ci['roc_auc'][0]:.3f}-{ci['roc_auc'][1]:.3f}), "
+                   f"accuracy {m['accuracy']:.3f}, recall {m['recall']:.3f}, specificity {m['specificity']:.3f}")
+    click.echo(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'report.md'}, {out_dir / 'report.html'}")
+
+
+@click.command()
+@model_option
+@click.option("--metrics", "metrics_json", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="metrics.json holding this model's test-split results.")
+@click.option("--key", default=None, help="The model's name in metrics.json [default: the model file's stem].")
+@click.option("--data-note", default="", help="One line on the data and split the metrics come from.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="[default: <model>.md beside the model]")
+def card(model_path, metrics_json, key, data_note, out_path) -> None:
+    """Write a model card (Markdown) from a model's metadata, parity JSON and test metrics."""
+    from cxr.reports.card import write_model_card
+
+    out_path = out_path or Path(model_path).with_suffix(".md")
+    try:
+        written = write_model_card(model_path, metrics_json, out_path, key, data_note)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"cannot write the card: {exc}") from None
+    click.echo(f"wrote {written}")
+
+
+def _read_json_file(path: Path, key: str, what: str) -> dict:
+    """A JSON object file that has ``key``; a one-line usage error otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or key not in data:
+        raise UsageError(f"{path} is not {what} (no '{key}')")
+    return data
+
+
+def _robustness_of(path: Path) -> dict:
+    return _read_json_file(path, "perturbations", "a robustness.json from `cxr robustness`")
+
+
+def _shortcut_of(path: Path) -> dict:
+    summary = _read_json_file(path, "shortcut_check", "a summary.json with a shortcut check from `cxr data prepare`")
+    return {"source": str(path.parent), **summary["shortcut_check"]}
