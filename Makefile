@@ -3,7 +3,7 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= train,test,lite2,dicom
+EXTRAS  ?= train,train-jax,test,lite2,dicom
 SOURCE  ?= ../shared/data/chest_xray
 SPLITS  ?= data/splits
 RUNS    ?= runs
@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo clean-venv
+.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo previous-models clean-venv
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -40,8 +40,8 @@ $(SPLITS)/manifest.csv:
 	$(MAKE) data
 
 export: setup
-	$(BIN)/cxr export --run $(RUNS)/model1 --out $(MODELS)/model1.onnx
-	$(BIN)/cxr export --run $(RUNS)/model2 --out $(MODELS)/model2.onnx
+	$(BIN)/cxr export --run $(RUNS)/model1 --out $(MODELS)/model1.onnx --threshold val
+	$(BIN)/cxr export --run $(RUNS)/model2 --out $(MODELS)/model2.onnx --threshold val
 
 infer: setup
 	$(BIN)/cxr-infer $(FOLDER) --model $(MODEL) --out $(OUT)
@@ -65,53 +65,68 @@ clean-venv:
 demo: setup
 	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples
 
-# The committed results: export the trained runs (and the B2 runs after BatchNorm recalibration),
-# score the held-out test split, build the comparison report and the model cards, and refresh
-# the example predictions.
-LITE2_RUNS ?= runs/lite2
-B2_RUNS    ?= runs/b2
-RESULTS    ?= results
-SCORE      := $(BIN)/cxr-infer $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet --no-report --n-boot 200
-results: setup
-	$(BIN)/cxr export --run $(LITE2_RUNS)/model1 --out $(MODELS)/model1.onnx --threshold val
-	$(BIN)/cxr export --run $(LITE2_RUNS)/model2 --out $(MODELS)/model2.onnx --threshold val
-	$(BIN)/cxr export --run $(B2_RUNS)/model1 --out $(MODELS)/b2_model1.onnx
-	$(BIN)/cxr export --run $(B2_RUNS)/model2 --out $(MODELS)/b2_model2.onnx
-	rm -rf $(B2_RUNS)/model1_bn $(B2_RUNS)/model2_bn
-	$(BIN)/cxr recalibrate-bn --run $(B2_RUNS)/model1 --out $(B2_RUNS)/model1_bn
-	$(BIN)/cxr recalibrate-bn --run $(B2_RUNS)/model2 --out $(B2_RUNS)/model2_bn
-	$(BIN)/cxr export --run $(B2_RUNS)/model1_bn --out $(MODELS)/b2_model1_bn.onnx
-	$(BIN)/cxr export --run $(B2_RUNS)/model2_bn --out $(MODELS)/b2_model2_bn.onnx
-	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1
-	$(SCORE) --model $(MODELS)/model2.onnx --out $(RESULTS)/model2
-	$(SCORE) --model $(MODELS)/b2_model1.onnx --out $(RESULTS)/b2_model1
-	$(SCORE) --model $(MODELS)/b2_model2.onnx --out $(RESULTS)/b2_model2
-	$(SCORE) --model $(MODELS)/b2_model1_bn.onnx --out $(RESULTS)/b2_model1_bn
-	$(SCORE) --model $(MODELS)/b2_model2_bn.onnx --out $(RESULTS)/b2_model2_bn
+# The committed results (`make results`), from the runs that `cxr train` wrote under ROBUST_RUNS:
+# export the shipped models (validation threshold, Wilson margin), score the held-out test split
+# with them and with the previous shipped models (seed augmentation, kept for comparison), run the
+# robustness suite on each, run the shortcut check on the full-size sample, build the report, the
+# model cards, the example predictions and the regression-gate demo. The B2 rows come from their
+# committed prediction CSVs (results/b2_*/predictions.csv; those runs are not re-made here).
+ROBUST_RUNS ?= runs/robust
+RESULTS     ?= results
+FULLRES     ?= ../shared/data/fullres_sample
+COMPARED    := model1 model2 model1_seed_aug model2_seed_aug
+B2_PREDS    := $(foreach m,b2_model1 b2_model2 b2_model1_bn b2_model2_bn,--preds $(RESULTS)/$(m)/predictions.csv)
+SCORE       := $(BIN)/cxr-infer $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet --no-report --n-boot 200
+ROBUST      := $(BIN)/cxr robustness --data $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet
+model_path = $(if $(findstring _seed_aug,$(1)),$(PREVIOUS)/$(1).onnx,$(MODELS)/$(1).onnx)
+# Per-model outputs are files: the previous models' (committed) are not scored again; delete them to redo.
+$(RESULTS)/%/predictions.csv:
+	$(SCORE) --model $(call model_path,$*) --out $(RESULTS)/$*
+$(RESULTS)/robustness/%/robustness.json:
+	$(ROBUST) --model $(call model_path,$*) --out $(RESULTS)/robustness/$*
+$(RESULTS)/model1_tta/predictions.csv:
 	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1_tta --tta
-	$(BIN)/cxr report --out $(RESULTS) --images-root $(SOURCE) --cam-model $(MODELS)/model1.onnx \
-		--preds $(RESULTS)/model1/predictions.csv --preds $(RESULTS)/model2/predictions.csv \
-		--preds $(RESULTS)/b2_model1/predictions.csv --preds $(RESULTS)/b2_model2/predictions.csv \
-		--preds $(RESULTS)/b2_model1_bn/predictions.csv --preds $(RESULTS)/b2_model2_bn/predictions.csv \
-		--preds $(RESULTS)/model1_tta/predictions.csv \
-		--history $(LITE2_RUNS)/model1/history.csv --history $(LITE2_RUNS)/model2/history.csv \
-		--history $(B2_RUNS)/model1/history.csv --history $(B2_RUNS)/model2/history.csv
+results: setup $(SPLITS)/manifest.csv previous-models
+	$(BIN)/cxr export --run $(ROBUST_RUNS)/model1 --out $(MODELS)/model1.onnx --threshold val
+	$(BIN)/cxr export --run $(ROBUST_RUNS)/model2 --out $(MODELS)/model2.onnx --threshold val
+	rm -rf $(RESULTS)/model1 $(RESULTS)/model2 $(RESULTS)/model1_tta $(RESULTS)/robustness/model1 $(RESULTS)/robustness/model2
+	$(MAKE) $(foreach m,$(COMPARED),$(RESULTS)/$(m)/predictions.csv $(RESULTS)/robustness/$(m)/robustness.json) \
+		$(RESULTS)/model1_tta/predictions.csv
+	$(BIN)/cxr data prepare --source $(FULLRES) --out data/fullres_splits
+	rm -f $(RESULTS)/*.png $(RESULTS)/report.html $(RESULTS)/report.md
+	$(BIN)/cxr report --out $(RESULTS) --images-root $(SOURCE) --cam-model $(MODELS)/model1.onnx --n-boot 1000 \
+		--link-images --image-grids-for model1 --image-grids-for model2 \
+		$(foreach m,$(COMPARED),--preds $(RESULTS)/$(m)/predictions.csv --robustness $(RESULTS)/robustness/$(m)/robustness.json) \
+		--preds $(RESULTS)/model1_tta/predictions.csv $(B2_PREDS) \
+		--data-summary $(SPLITS)/summary.json --data-summary data/fullres_splits/summary.json \
+		--history $(ROBUST_RUNS)/model1/history.csv --history $(ROBUST_RUNS)/model2/history.csv
+	$(BIN)/python -m cxr.reports.render $(RESULTS)/metrics.json --update-readme README.md
 	$(BIN)/cxr card --model $(MODELS)/model1.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr card --model $(MODELS)/model2.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples --quiet
 	cp cxr_out/examples/predictions.csv examples/expected_predictions.csv
 	$(MAKE) gate-demo
 
-# The regression gate on real data: a baseline evaluation of model1 on the test split, the same
-# model again (must pass), then the weights=None B2 model as a planted regression (must fail).
+# The previous shipped models (seed augmentation; they read image noise), kept for comparison and
+# as the gate demo's planted regression: taken from git history, not from the working tree.
+PREVIOUS        ?= $(MODELS)/previous
+PREVIOUS_COMMIT := 52490a1
+previous-models: $(PREVIOUS)/model1_seed_aug.onnx $(PREVIOUS)/model2_seed_aug.onnx
+$(PREVIOUS)/%_seed_aug.onnx:
+	mkdir -p $(PREVIOUS)
+	git show $(PREVIOUS_COMMIT):models/$*.onnx > $@.tmp && mv $@.tmp $@
+
+# The regression gate on real data: a baseline evaluation of model1 on the test split with the
+# robustness suite, the same model again (must pass), then the previous shipped model, which reads
+# image noise, as a planted regression under --max-flip noise2=0.02 (must fail with exit 1).
 # The reports go to cxr_out/gate_demo (not committed); the evaluation history to results/.
 GATE := cxr_out/gate_demo
 EVAL := $(BIN)/cxr evaluate --data $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet \
-	--history $(RESULTS)/gate_demo_history.csv --n-boot 200
-gate-demo: setup
+	--history $(RESULTS)/gate_demo_history.csv --n-boot 200 --max-drop auc=0.01,recall=0.02 --max-flip noise2=0.02
+gate-demo: setup previous-models
 	rm -rf $(GATE) $(RESULTS)/gate_demo_history.csv
-	$(EVAL) --model $(MODELS)/model1.onnx --out $(GATE)/baseline
+	$(EVAL) --model $(MODELS)/model1.onnx --out $(GATE)/baseline --metrics-file $(GATE)/baseline.prom
 	$(EVAL) --model $(MODELS)/model1.onnx --out $(GATE)/same --baseline $(GATE)/baseline/metrics.json
-	$(EVAL) --model $(MODELS)/b2_model2.onnx --out $(GATE)/regressed --baseline $(GATE)/baseline/metrics.json; \
+	$(EVAL) --model $(PREVIOUS)/model1_seed_aug.onnx --out $(GATE)/regressed --baseline $(GATE)/baseline/metrics.json; \
 		status=$$?; echo "planted regression: cxr evaluate exit code $$status"; test $$status -eq 1
 CARD_DATA := Kermany pediatric chest X-rays (224x224 copy, 5,181 images after dedup), patient-grouped 60/20/20 split from cxr data prepare (seed 42); metrics on its test split

@@ -1,8 +1,17 @@
-"""``make bench`` (``python benchmark.py``): speed and memory, measured side by side in one run (the machines are noisy).
+"""``make bench`` (``python benchmark.py``): speed and memory, measured side by side in one run.
 
 Each measurement runs in its own subprocess (fresh memory, same threads) and reports
 images/s and its peak RSS. Printed ratios, with the goals from the issues:
 
+- JPEG decoding of the full-size sample in one process: full decode, Pillow's DCT-scaled
+  draft (what cxr uses) and simplejpeg (DCT-scaled, fast IDCT), time and error against full.
+- the pipeline, on the full-size sample (replicated) and on the 224 px copies: decode and model
+  cost in core-ms per image (one process, one intra-op thread), decode only with every worker,
+  model only, end to end, and end to end / pipeline bound, where the bound on a CPU-only machine
+  is cores / (decode + model core-ms). Goal >= 0.9.
+- CUDA, when onnxruntime has the provider: fp32 and tf32 against the CPU (max |dp|, labels
+  flipped), model only at batch 32/256/1024, decode only, end to end / min(decode, model).
+- the first scored batch of a --resume on 100,000 files, half of them done.
 - inference on full-size X-rays (../shared/data/fullres_sample, replicated to >= 600 files):
   (a) the seed's Keras + ImageDataGenerator.flow_from_directory + predict, (b) a naive
   onnxruntime loop (one image at a time, full decode), (c) cxr-infer, and the model-only
@@ -10,6 +19,9 @@ images/s and its peak RSS. Printed ratios, with the goals from the issues:
 - training throughput over a fixed number of steps, same model and batch: (a) the seed's
   ImageDataGenerator + flow_from_directory, (b) this repo's cached-array tf.data pipeline,
   (c) pre-decoded in-memory arrays (the bound). Goals: b >= 1.5 x a, b >= 0.9 x c.
+- training per Keras backend (Lite2, each variant's batch): TensorFlow with tf.data (shipped)
+  and with the backend-neutral PyDataset + in-step augmentation, JAX with the latter, and each
+  backend's pre-decoded bound.
 
 Usage: python benchmark.py [--model models/model1.onnx] [--n-files 600] [--train-steps 8]
 """
@@ -17,6 +29,8 @@ Usage: python benchmark.py [--model models/model1.onnx] [--n-files 600] [--train
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
 import resource
@@ -30,6 +44,7 @@ import numpy as np
 
 FULLRES = Path("../shared/data/fullres_sample")
 TRAIN_SOURCE = Path("../shared/data/chest_xray/train")
+COPIES = Path("../shared/data/chest_xray/test")
 BATCH = 32
 
 
@@ -188,13 +203,124 @@ def train_bound(folder: Path, steps: int):
     return steps * BATCH, _timed_fit(model, data, steps)
 
 
-MEASURES = {"infer_seed": infer_seed, "infer_naive": infer_naive, "infer_cxr": infer_cxr, "infer_bound": infer_bound,
-            "infer_tta": infer_cxr_tta,
-            "train_seed": train_seed, "train_ours": train_ours, "train_bound": train_bound}
+def _lite2_variant(variant: str):
+    from cxr.train.config import load_config, resolve_variant
+    from cxr.train.model import build_classifier
+
+    cfg = resolve_variant(load_config(), variant, {"backbone": "efficientnet_lite2", "weights": "none",
+                                                   "input_size": 128})
+    return build_classifier(cfg)[0], cfg
 
 
-def measure_in_subprocess(name: str, *args: str) -> dict:
+def train_backend_pipeline(folder: Path, steps: int, variant: str, pipeline: str):
+    """The shipped training input on the running backend (KERAS_BACKEND): 'tf.data' or 'in-model'."""
+    from cxr.train.augment import make_augmenter
+    from cxr.train.fit import compile_classifier, fit_inputs
+
+    model, cfg = _lite2_variant(variant)
+    batch = int(cfg["batch_size"])
+    images, labels = _training_arrays(folder, steps * batch)
+    arrays = {"train": (images, labels, None), "val": (images[:batch], labels[:batch], None)}
+    fitted, data, _, _ = fit_inputs(model, make_augmenter(cfg, 0), arrays, batch, 0, pipeline)
+    compile_classifier(fitted, 1e-4)
+    if pipeline == "tf.data":
+        data = data.repeat()
+    return steps * batch, _timed_fit(fitted, data, steps)
+
+
+def train_backend_bound(folder: Path, steps: int, variant: str):
+    """The same model on pre-decoded float32 arrays, no augmentation, on the running backend."""
+    from cxr.train.fit import compile_classifier
+
+    model, cfg = _lite2_variant(variant)
+    batch = int(cfg["batch_size"])
+    images, labels = _training_arrays(folder, steps * batch)
+    x, y = images.astype("float32"), labels.astype("float32")
+    compile_classifier(model, 1e-4)
+    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # compile outside the clock
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    return len(x), time.perf_counter() - start
+
+
+def pipe_decode_core(folder: Path, model_path: Path):
+    """Decode cost in core-ms: one process, no pool."""
+    from cxr.imaging import decode_or_error, list_images
+    from cxr.infer.model import OnnxClassifier
+
+    size = OnnxClassifier(model_path, device="cpu").info.input_size
+    paths = list_images(folder)
+    start = time.perf_counter()
+    for path in paths:
+        decode_or_error(path, size)
+    return len(paths), time.perf_counter() - start
+
+
+def pipe_model_core(folder: Path, model_path: Path):
+    """Model cost in core-ms: onnxruntime with one intra-op thread on pre-decoded batches."""
+    return _model_only(folder, model_path, threads=1)
+
+
+def pipe_decode_all(folder: Path, model_path: Path):
+    """Decode only, with the scorer's default pool (every CPU)."""
+    from cxr.imaging import decoded_stream, list_images
+    from cxr.infer.model import OnnxClassifier
+    from cxr.infer.score import effective_workers
+
+    size = OnnxClassifier(model_path, device="cpu").info.input_size
+    paths = list_images(folder)
+    start = time.perf_counter()
+    n = sum(1 for _ in decoded_stream(paths, size, effective_workers(None)))
+    return n, time.perf_counter() - start
+
+
+def _model_only(folder: Path, model_path: Path, threads: int | None = None, device: str = "cpu",
+                batch: int = BATCH, precision: str = "fp32"):
+    from cxr.imaging import decode_many, list_images
+    from cxr.infer.model import OnnxClassifier
+
+    model = OnnxClassifier(model_path, device=device, threads=threads, precision=precision)
+    images = decode_many([str(p) for p in list_images(folder)], model.info.input_size)
+    model.predict(images[:batch])  # warm-up (CUDA: cuDNN algorithm search) outside the clock
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        model.predict(images[i:i + batch])
+    return len(images), time.perf_counter() - start
+
+
+def resume_first_batch(model_path: Path, n: int):
+    """Seconds from calling score_folder(resume=True) on n empty files, half of them already done,
+    to its first scored batch (listing, reading the partial file and choosing the rest)."""
+    from cxr.artifacts import Predictions
+    from cxr.infer.model import OnnxClassifier
+    from cxr.infer.score import GroundTruth, score_folder, scoring_settings
+
+    model = OnnxClassifier(model_path, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "many"
+        for i in range(n):
+            sub = root / f"d{i // 1000:03d}"
+            if i % 1000 == 0:
+                sub.mkdir(parents=True)
+            (sub / f"f{i:06d}.png").touch()
+        out = Path(tmp) / "out" / "predictions.csv"
+        out.parent.mkdir()
+        rels = sorted(f"d{i // 1000:03d}/f{i:06d}.png" for i in range(n))
+        settings = scoring_settings(model, False, GroundTruth(), None)
+        rows = (Predictions.row(rel, None, model.info.classes, model.info.threshold, error="empty file",
+                                model=model.path.name, model_sha256=model.info.sha256) for rel in rels[: n // 2])
+        Predictions.start_partial(Predictions.partial_path(out), settings, rows)
+        marks: list[float] = []
+        start = time.perf_counter()
+        score_folder(root, model, out, resume=True, workers=0,
+                     progress=lambda done, total: marks.append(time.perf_counter() - start))
+        return n, marks[1] if len(marks) > 1 else float("nan")
+
+
+def measure_in_subprocess(name: str, *args: str, backend: str | None = None) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+    if backend:
+        env["KERAS_BACKEND"] = backend
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure", name, *args], capture_output=True,
                           text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -207,20 +333,42 @@ def _row(label: str, r: dict) -> str:
     return f"  {label:52s} {r['images']:5d} img {r['seconds']:7.2f} s {r['ips']:8.1f} img/s  peak RSS {r['peak_rss_mb']:7.1f} MB"
 
 
+def _simplejpeg_decode(path: Path, size: int) -> np.ndarray:
+    """libjpeg-turbo through simplejpeg: DCT-scaled to at least twice the size, fast IDCT, then the
+    same squash resize as cxr.imaging (grey JPEGs; the X-rays here are all grey)."""
+    import simplejpeg
+    from PIL import Image
+
+    gray = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", fastdct=True, min_height=2 * size,
+                                  min_width=2 * size)[..., 0]
+    resized = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR))
+    return np.repeat(resized[..., None], 3, axis=2)
+
+
 def bench_decode(size: int = 128) -> None:
-    """Draft (reduced-scale) JPEG decoding vs a full decode on the full-size originals: time and error."""
+    """Pillow draft (DCT-scaled) and simplejpeg (DCT-scaled, fast IDCT) against a full decode on the
+    full-size originals: time per image in one process, and error."""
     from cxr.imaging import decode_image, list_images
 
-    paths = list_images(FULLRES)
+    paths = [p for p in list_images(FULLRES) if p.suffix.lower() in (".jpg", ".jpeg")]
+    decoders = {"full decode": lambda p: decode_image(p, size, use_draft=False),
+                "Pillow draft": lambda p: decode_image(p, size, use_draft=True)}
+    if importlib.util.find_spec("simplejpeg") is not None:  # optional, measured when installed
+        decoders["simplejpeg"] = lambda p: _simplejpeg_decode(p, size)
     timings, arrays = {}, {}
-    for use_draft in (False, True):
-        start = time.perf_counter()
-        arrays[use_draft] = [decode_image(p, size, use_draft=use_draft).astype(int) for p in paths]
-        timings[use_draft] = 1000 * (time.perf_counter() - start) / len(paths)
-    diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(arrays[True], arrays[False])])
-    print(f"\nDecoding {len(paths)} full-size originals to {size}x{size}, one process: full decode "
-          f"{timings[False]:.1f} ms/img, draft {timings[True]:.1f} ms/img; draft vs full |diff|: mean "
-          f"{diff.mean():.2f}, p99 {np.percentile(diff, 99):.1f}, max {diff.max()} grey levels")
+    for _ in range(2):  # the second round is the one reported (files cached, code warm)
+        for name, decode in decoders.items():
+            start = time.perf_counter()
+            arrays[name] = [decode(p).astype(int) for p in paths]
+            timings[name] = 1000 * (time.perf_counter() - start) / len(paths)
+    print(f"\nDecoding {len(paths)} full-size JPEG originals to {size}x{size}, one process:")
+    for name in decoders:
+        diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(arrays[name], arrays["full decode"])])
+        print(f"  {name:13s} {timings[name]:6.2f} ms/img ({timings['full decode'] / timings[name]:.2f}x full, "
+              f"{timings['Pillow draft'] / timings[name]:.2f}x draft); vs full |diff| mean {diff.mean():.2f}, "
+              f"p99 {np.percentile(diff, 99):.1f}, max {diff.max()} grey levels")
+    if "simplejpeg" not in decoders:
+        print("  simplejpeg: not installed (pip install simplejpeg) - not measured")
 
 
 def bench_inference(model: Path, n_files: int) -> None:
@@ -240,6 +388,132 @@ def bench_inference(model: Path, n_files: int) -> None:
           f"TTA cost: {r['cxr']['ips'] / r['tta']['ips']:.2f}x the time of plain cxr-infer")
 
 
+def bench_pipeline(model: Path, label: str, folder: Path) -> None:
+    """cxr-infer against the pipeline bound on a CPU-only machine: cores / (decode + model core-ms)."""
+    cores = os.cpu_count() or 1
+    r = {name: measure_in_subprocess(name, str(folder), str(model))
+         for name in ("pipe_decode_core", "pipe_model_core", "pipe_decode_all", "infer_bound", "infer_cxr")}
+    decode_ms, model_ms = 1000 / r["pipe_decode_core"]["ips"], 1000 / r["pipe_model_core"]["ips"]
+    bound = cores * 1000 / (decode_ms + model_ms)
+    print(f"\nPipeline on {label}: {r['infer_cxr']['images']} files, {cores} cores, model {model}")
+    print(f"  decode {decode_ms:.2f} core-ms/img, model {model_ms:.2f} core-ms/img (1 intra-op thread)")
+    print(_row("decode only, every worker", r["pipe_decode_all"]))
+    print(_row("model only, every thread, pre-decoded batches", r["infer_bound"]))
+    print(_row("end to end: cxr-infer (score_folder)", r["infer_cxr"]))
+    print(f"  pipeline bound = cores / (decode + model core-ms) = {bound:.1f} img/s; "
+          f"end to end / bound = {r['infer_cxr']['ips'] / bound:.2f} (goal >= 0.9)")
+
+
+def bench_resume(model: Path, n: int) -> None:
+    r = measure_in_subprocess("resume_first_batch", str(model), str(n))
+    print(f"\nResume on {n:,} files (half done): first scored batch after {r['seconds']:.2f} s "
+          f"(listing, partial file, choosing the rest); peak RSS {r['peak_rss_mb']:.0f} MB")
+
+
+def cuda_parity(folder: Path, model_path: Path):
+    """max |dp| of CUDA fp32 and CUDA tf32 against the CPU provider, printed as JSON lines."""
+    from cxr.imaging import decode_many, list_images
+    from cxr.infer.model import OnnxClassifier
+
+    cpu = OnnxClassifier(model_path, device="cpu")
+    images = decode_many([str(p) for p in list_images(folder)], cpu.info.input_size)
+    reference = np.concatenate([cpu.predict(images[i:i + 256]) for i in range(0, len(images), 256)])
+    for precision in ("fp32", "tf32"):
+        gpu = OnnxClassifier(model_path, device="cuda", precision=precision)
+        p = np.concatenate([gpu.predict(images[i:i + 256]) for i in range(0, len(images), 256)])
+        flips = int(((p >= cpu.info.threshold) != (reference >= cpu.info.threshold)).sum())
+        print(json.dumps({"precision": precision, "max_abs_dp": float(np.abs(p - reference).max()),
+                          "labels_flipped": flips}))
+    return len(images), 1.0
+
+
+def cuda_model_32(folder: Path, model_path: Path):
+    return _model_only(folder, model_path, device="cuda", batch=32)
+
+
+def cuda_model_256(folder: Path, model_path: Path):
+    return _model_only(folder, model_path, device="cuda", batch=256)
+
+
+def cuda_model_1024(folder: Path, model_path: Path):
+    return _model_only(folder, model_path, device="cuda", batch=1024)
+
+
+def cuda_decode_all(folder: Path, model_path: Path):
+    return pipe_decode_all(folder, model_path)
+
+
+def cuda_end_to_end(folder: Path, model_path: Path):
+    from cxr.infer.model import OnnxClassifier
+    from cxr.infer.score import score_folder
+
+    model = OnnxClassifier(model_path, device="cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = score_folder(folder, model, Path(tmp) / "p.csv")
+        return result.n_files, time.perf_counter() - start
+
+
+def bench_cuda(model: Path, folder: Path) -> None:
+    """Only where onnxruntime has a CUDA provider: TF32 parity and the GPU pipeline."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        print("\nCUDA: no CUDAExecutionProvider in this onnxruntime; CUDA section skipped")
+        return
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure", "cuda_parity", str(folder),
+                           str(model)], capture_output=True, text=True, env=env)
+    print(f"\nCUDA on {folder}:")
+    for line in proc.stdout.splitlines():
+        if line.startswith("{") and "precision" in line:
+            item = json.loads(line)
+            print(f"  CUDA {item['precision']} vs CPU: max |dp| {item['max_abs_dp']:.2e}, "
+                  f"{item['labels_flipped']} labels flipped")
+    r = {name: measure_in_subprocess(name, str(folder), str(model))
+         for name in ("cuda_model_32", "cuda_model_256", "cuda_model_1024", "cuda_decode_all", "cuda_end_to_end")}
+    for name in ("cuda_model_32", "cuda_model_256", "cuda_model_1024"):
+        print(_row(f"model only, CUDA fp32, batch {name.rsplit('_', 1)[1]}", r[name]))
+    print(_row("decode only, every worker", r["cuda_decode_all"]))
+    print(_row("end to end: cxr-infer --device cuda", r["cuda_end_to_end"]))
+    bound = min(r["cuda_decode_all"]["ips"], max(r[n]["ips"] for n in ("cuda_model_32", "cuda_model_256",
+                                                                          "cuda_model_1024")))
+    print(f"  bound = min(decode only, model only) = {bound:.0f} img/s; end to end / bound = "
+          f"{r['cuda_end_to_end']['ips'] / bound:.2f} (goal >= 0.9)")
+
+
+def bench_backends(steps: int) -> None:
+    """Training throughput per Keras backend on this machine (Lite2, 128 px, each variant's batch)."""
+    jax = importlib.util.find_spec("jax") is not None
+    print(f"\nTraining per backend: Lite2 (weights=None), 128 px, {steps} timed steps after a warm-up step, "
+          f"images from {TRAIN_SOURCE}")
+    for variant in ("model1", "model2"):
+        r = {"tf.data": measure_in_subprocess(f"trainb_{variant}_tf.data", str(TRAIN_SOURCE), str(steps),
+                                              backend="tensorflow"),
+             "tf in-model": measure_in_subprocess(f"trainb_{variant}_in-model", str(TRAIN_SOURCE), str(steps),
+                                                  backend="tensorflow"),
+             "tf bound": measure_in_subprocess(f"trainbound_{variant}", str(TRAIN_SOURCE), str(steps),
+                                               backend="tensorflow")}
+        if jax:
+            r["jax in-model"] = measure_in_subprocess(f"trainb_{variant}_in-model", str(TRAIN_SOURCE), str(steps),
+                                                      backend="jax")
+            r["jax bound"] = measure_in_subprocess(f"trainbound_{variant}", str(TRAIN_SOURCE), str(steps),
+                                                   backend="jax")
+        print(_row(f"{variant} TensorFlow: tf.data + augmentation (shipped)", r["tf.data"]))
+        print(_row(f"{variant} TensorFlow: PyDataset, augmentation in the step", r["tf in-model"]))
+        print(_row(f"{variant} TensorFlow: bound, pre-decoded, no augmentation", r["tf bound"]))
+        line = (f"  {variant} ratios: tf.data / bound = {r['tf.data']['ips'] / r['tf bound']['ips']:.2f}, "
+                f"in-model / tf.data = {r['tf in-model']['ips'] / r['tf.data']['ips']:.2f}")
+        if jax:
+            print(_row(f"{variant} JAX: PyDataset, augmentation in the step", r["jax in-model"]))
+            print(_row(f"{variant} JAX: bound, pre-decoded, no augmentation", r["jax bound"]))
+            line += (f", JAX / bound = {r['jax in-model']['ips'] / r['jax bound']['ips']:.2f}, "
+                     f"JAX / TensorFlow = {r['jax in-model']['ips'] / r['tf.data']['ips']:.2f}")
+        else:
+            line += "; JAX not installed (pip install -e '.[train-jax]')"
+        print(line)
+
+
 def bench_training(steps: int) -> None:
     print(f"\nTraining: model2 (EfficientNetB2, weights=None), 128 px, batch {BATCH}, {steps} timed steps "
           f"after one warm-up step, images from {TRAIN_SOURCE}")
@@ -252,20 +526,38 @@ def bench_training(steps: int) -> None:
           f"b/c = {r['ours']['ips'] / r['bound']['ips']:.2f} (goal >= 0.9)")
 
 
+MEASURES = {"infer_seed": infer_seed, "infer_naive": infer_naive, "infer_cxr": infer_cxr, "infer_bound": infer_bound,
+            "infer_tta": infer_cxr_tta, "pipe_decode_core": pipe_decode_core, "pipe_model_core": pipe_model_core,
+            "pipe_decode_all": pipe_decode_all, "resume_first_batch": resume_first_batch,
+            "cuda_parity": cuda_parity, "cuda_model_32": cuda_model_32, "cuda_model_256": cuda_model_256,
+            "cuda_model_1024": cuda_model_1024, "cuda_decode_all": cuda_decode_all, "cuda_end_to_end": cuda_end_to_end,
+            "train_seed": train_seed, "train_ours": train_ours, "train_bound": train_bound}
+
+
+for _variant in ("model1", "model2"):
+    for _pipeline in ("tf.data", "in-model"):
+        MEASURES[f"trainb_{_variant}_{_pipeline}"] = functools.partial(train_backend_pipeline, variant=_variant,
+                                                                       pipeline=_pipeline)
+    MEASURES[f"trainbound_{_variant}"] = functools.partial(train_backend_bound, variant=_variant)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/model1.onnx"))
     parser.add_argument("--n-files", type=int, default=600)
     parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--resume-files", type=int, default=100_000)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--decode-only", action="store_true", help="only the draft-vs-full decoding line")
+    parser.add_argument("--only", default="decode,pipeline,cuda,resume,seed,training,backends",
+                        help="comma-separated sections to run [default: all]")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.measure:
         first = Path(opts.args[0])
-        second = Path(opts.args[1]) if opts.measure.startswith("infer") else int(opts.args[1])
+        second = Path(opts.args[1]) if opts.measure.startswith(("infer", "pipe", "cuda")) else int(opts.args[1])
         images, seconds = MEASURES[opts.measure](first, second)
         print(json.dumps({"images": images, "seconds": seconds, "ips": images / seconds,
                           "peak_rss_mb": _peak_rss_mb()}))
@@ -273,15 +565,31 @@ def main(argv: list[str] | None = None) -> None:
     print(f"cxr bench on {os.cpu_count()} CPUs (python {sys.version.split()[0]})")
     if not FULLRES.is_dir():
         sys.exit(f"bench needs {FULLRES} (the shared full-resolution sample)")
-    bench_decode()
+    only = set(opts.only.split(","))
+    if "decode" in only or opts.decode_only:
+        bench_decode()
     if opts.decode_only:
         return
     if not opts.skip_inference:
         if not opts.model.is_file():
             sys.exit(f"no model at {opts.model}: run `make export` first or pass --model")
-        bench_inference(opts.model, opts.n_files)
+        with tempfile.TemporaryDirectory() as tmp:
+            fullres = replicate_folder(FULLRES, Path(tmp) / "fullres", opts.n_files)
+            copies = replicate_folder(COPIES, Path(tmp) / "copies", opts.n_files)
+            if "pipeline" in only:
+                bench_pipeline(opts.model, f"full-size originals ({FULLRES}, replicated)", fullres)
+                bench_pipeline(opts.model, f"224 px copies ({COPIES})", copies)
+            if "cuda" in only:
+                bench_cuda(opts.model, copies)
+        if "resume" in only:
+            bench_resume(opts.model, opts.resume_files)
+        if "seed" in only:
+            bench_inference(opts.model, opts.n_files)
     if not opts.skip_training:
-        bench_training(opts.train_steps)
+        if "training" in only:
+            bench_training(opts.train_steps)
+        if "backends" in only:
+            bench_backends(opts.train_steps)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, 
         gate = finish_evaluation(report, out_dir, model.info.sha256, folder_data_sha256(folder, only), baseline_values,
                                  baseline, limits, allow_new_data, history_path, gate, model.execution,
                                  {"n_files": result.n_files, "n_errors": result.n_errors})
-    verdict = gate.verdict if not gate.passed or not result.n_errors else "partial"
+    verdict = gate.verdict
     if metrics_file is not None:
         write_prometheus(metrics_file, verdict=verdict, report=report, limits=limits, baseline=baseline_values,
                          scored=result.n_files - result.n_errors, failed=result.n_errors,

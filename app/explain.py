@@ -14,6 +14,7 @@ import numpy as np
 
 from cxr.app.errors import EXIT_OK, EXIT_PARTIAL, UsageError
 from cxr.imaging import decode_or_error
+from cxr.messages import first_line
 
 
 @dataclass
@@ -92,7 +93,7 @@ def explain(images: tuple[Path, ...], model_path: Path, out_dir: Path) -> None:
     try:
         results = explain_files(list(images), model_path, out_dir)
     except (ModelLoadError, RunFolderError, ExportError, ValueError, RuntimeError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+        raise UsageError(first_line(exc)) from None
     for item in results:
         click.echo(f"{item.path}: " + (f"p={item.probability:.4f} -> {item.figure}" if item.figure else
                                        f"error: {item.error}"))

@@ -9,6 +9,7 @@ import click
 
 from cxr.app.errors import UsageError
 from cxr.app.options import model_option, n_boot_option, target_recall_option, threshold_rule_option
+from cxr.messages import first_line
 
 
 @click.command()
@@ -30,10 +31,16 @@ from cxr.app.options import model_option, n_boot_option, target_recall_option, t
               help="robustness.json from `cxr robustness`; repeat for several models.")
 @click.option("--data-summary", "data_summaries", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
               help="summary.json from `cxr data prepare`: show its shortcut check; repeat for several data sets.")
+@click.option("--groups", "groups_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV path,group...: report metrics for each group of each column (subgroups).")
+@click.option("--image-grids-for", "image_grids_for", multiple=True,
+              help="Draw the sample and error image grids for this model only; repeat [default: every model].")
+@click.option("--embed-images/--link-images", default=True, show_default=True,
+              help="report.html holds its figures (one file that opens anywhere) or links the PNGs beside it.")
 @n_boot_option
 @click.option("--seed", type=int, default=0, show_default=True)
-def report(prediction_files, out_dir, history, val_preds, target_recall, threshold_rule, images_root, cam_model, robustness_files,
-           data_summaries, n_boot, seed) -> None:
+def report(prediction_files, out_dir, history, val_preds, target_recall, threshold_rule, images_root, cam_model,
+           robustness_files, data_summaries, groups_csv, image_grids_for, embed_images, n_boot, seed) -> None:
     """Metrics with CIs, figures, report.md and a self-contained report.html."""
     from cxr.app.infer import load_model
     from cxr.reports.summary import ReportInputError, summarize
@@ -46,7 +53,9 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, thresho
     try:
         result = summarize(list(prediction_files), out_dir, history=list(history), val_predictions=val_preds,
                            target_recall=target_recall, threshold_rule=threshold_rule, images_root=images_root, n_boot=n_boot, seed=seed,
-                           cam_model=explainer, robustness=robustness, shortcut=shortcut)
+                           cam_model=explainer, robustness=robustness, shortcut=shortcut,
+                           image_grids_for=list(image_grids_for) or None, embed_images=embed_images,
+                           groups=_groups_of(groups_csv))
     except (ReportInputError, ThresholdError, ValueError, KeyError) as exc:
         raise UsageError(str(exc)) from None
     for name, model in result["models"].items():
@@ -81,7 +90,7 @@ def _read_json_file(path: Path, key: str, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(data, dict) or key not in data:
         raise UsageError(f"{path} is not {what} (no '{key}')")
     return data
@@ -93,4 +102,15 @@ def _robustness_of(path: Path) -> dict:
 
 def _shortcut_of(path: Path) -> dict:
     summary = _read_json_file(path, "shortcut_check", "a summary.json with a shortcut check from `cxr data prepare`")
-    return {"source": str(path.parent), **summary["shortcut_check"]}
+    return {"source": str(path.parent), "split_by": summary.get("split_by", ""), **summary["shortcut_check"]}
+
+
+def _groups_of(path: Path | None):
+    from cxr.reports.standards import read_groups_csv
+
+    if path is None:
+        return None
+    try:
+        return read_groups_csv(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read groups file {path}: {first_line(exc)}") from None

@@ -8,6 +8,7 @@ import click
 
 from cxr.app.errors import UsageError
 from cxr.app.options import seed_option
+from cxr.train.backend import BACKENDS, PRECISIONS
 from cxr.train.config import BACKBONES, VARIANTS
 
 
@@ -29,15 +30,27 @@ from cxr.train.config import BACKBONES, VARIANTS
               help="seed: the seed's augmentation table, exactly; robust: plus photometric and acquisition "
                    "augmentation against texture shortcuts [config: robust].")
 @click.option("--freeze-bn/--no-freeze-bn", default=None, help="Keep BatchNorm in inference mode while fine-tuning.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Keras backend [default: $KERAS_BACKEND, else tensorflow]. Recorded in run.json and the model.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="float32 (default) or mixed_bfloat16 (the head's output and the loss stay float32; the "
+                   "checkpoint is saved in float32).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch "
+                                             "(with the backend it started with).")
 @click.option("--max-minutes", type=click.FloatRange(min=0.1), default=None,
               help="Stop cleanly after the last epoch that fits in this time (per variant); --resume continues.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Decoded-image cache [default: data/cache].")
 @seed_option
-def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None, resume: bool,
+def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None, backend: str | None, resume: bool,
           max_minutes: float | None, cache_dir: Path | None, **overrides) -> None:
     """Train model1 and/or model2 (EfficientNet + the seed's head) on a split manifest."""
+    from cxr.train.backend import BackendError, select_backend
+
+    try:
+        chosen = select_backend(backend)  # before Keras is imported
+    except BackendError as exc:
+        raise UsageError(str(exc)) from None
     from cxr.artifacts import RunFolderError
     from cxr.train.config import ConfigError, load_config, resolve_variant
     from cxr.train.errors import RunAlreadyFinished, RunStateError, WeightsUnavailableError
@@ -53,7 +66,8 @@ def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None,
         raise UsageError(str(exc)) from None
     for cfg in resolved:
         run_dir = out_dir / cfg["variant"] if variant == "all" else out_dir
-        click.echo(f"== training {cfg['variant']} ({cfg['backbone']}, weights={cfg['weights']}) -> {run_dir}")
+        click.echo(f"== training {cfg['variant']} ({cfg['backbone']}, weights={cfg['weights']}, backend {chosen}) "
+                   f"-> {run_dir}")
         try:
             result = fit_variant(cfg, manifest, run_dir, resume=resume, cache_dir=cache_dir, max_minutes=max_minutes,
                                  log=lambda m: click.echo(m, err=m.startswith("WARNING")))

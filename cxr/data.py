@@ -22,6 +22,7 @@ from cxr import CLASS_NAMES_DEFAULT
 from cxr.artifacts.predictions import escape_path, unescape_path
 from cxr.files import atomic_path, sha256_file, write_json_atomic
 from cxr.imaging import decode_or_error, is_image_file
+from cxr.messages import first_line
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "split", "patient_id", "sha256"]
@@ -225,7 +226,7 @@ def load_manifest(manifest_path: str | Path, root: str | Path | None = None) -> 
     try:
         frame = pd.read_csv(manifest_path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataPrepError(f"cannot read manifest {manifest_path}: {str(exc).splitlines()[0]}") from None
+        raise DataPrepError(f"cannot read manifest {manifest_path}: {first_line(exc)}") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DataPrepError(f"{manifest_path} is not a split manifest (missing columns {missing})")

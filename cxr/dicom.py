@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.messages import first_line
+
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 
@@ -80,7 +82,7 @@ def read_dicom_8bit(path: str | Path, max_pixels: int) -> np.ndarray:
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        raise ValueError(f"cannot read DICOM: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ValueError(f"cannot read DICOM: {first_line(exc)}") from None
     if "PixelData" not in ds:
         raise ValueError(f"DICOM has no image (SOP class {ds.get('SOPClassUID', 'unknown')}, "
                          f"modality {ds.get('Modality', 'unknown')})")
@@ -94,5 +96,5 @@ def read_dicom_8bit(path: str | Path, max_pixels: int) -> np.ndarray:
             return np.asarray(ds.pixel_array, dtype=np.uint8)
         return display_array(ds)
     except Exception as exc:  # noqa: BLE001 - missing decoders, corrupt pixel data
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ValueError(f"cannot decode DICOM pixel data: {first[:200]}") from None

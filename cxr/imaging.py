@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cxr.messages import first_line
+
 RESIZE_RULE = "squash-bilinear-antialias"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")  # plus DICOM: see cxr.dicom
 # Refuse images above this many pixels before decoding them (decompression bombs).
@@ -114,7 +116,7 @@ def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
     except ImageDecodeError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         raise ImageDecodeError(f"cannot decode image: {message}") from None
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)

@@ -34,9 +34,10 @@ def _array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def gaussian_noise(sd: float):
+def gaussian_noise(sd: float, per_channel: bool = False):
+    """One grey noise field on all 3 channels (a grey detector), or independent noise per channel."""
     def apply(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        noise = rng.normal(0.0, sd, image.shape[:2])[..., None]  # one noise field for the grey image's 3 channels
+        noise = rng.normal(0.0, sd, image.shape if per_channel else image.shape[:2] + (1,))
         return np.clip(np.rint(image.astype(np.float64) + noise), 0, 255).astype(np.uint8)
     return apply
 
@@ -78,6 +79,8 @@ def rotation(degrees: float):
 def _suite() -> tuple[Perturbation, ...]:
     items = [Perturbation(f"noise{sd:g}", f"Gaussian noise, sd {sd:g} grey levels", gaussian_noise(sd))
              for sd in (1, 2, 3, 5)]
+    items += [Perturbation("noise2rgb", "Gaussian noise, sd 2 grey levels, independent per channel",
+                           gaussian_noise(2, per_channel=True))]
     items += [Perturbation("blur", "Gaussian blur, radius 1 px", gaussian_blur(1.0)),
               Perturbation("downscale0.5", "downscale x0.5 and back up (bilinear)", down_up(0.5))]
     items += [Perturbation(f"jpeg{q}", f"JPEG re-encode, quality {q}", jpeg(q)) for q in (30, 50, 75)]

@@ -59,6 +59,7 @@ def build_contract(config: dict, run: dict, threshold: float, threshold_rule: di
     facts = {
         "variant": config["variant"], "backbone": config["backbone"], "weights": str(config["weights"]),
         "augment_policy": config.get("augment_policy", "seed"), "backend": run.get("backend", "tensorflow"),
+        "training_precision": run.get("precision", "float32"),
         "freeze_bn": bool(config.get("freeze_bn", False)), "epochs_run": run.get("epochs_run"),
         "training_finished": bool(run.get("finished")), "best_epoch": run.get("best_epoch"),
         "bn_recalibration": {k: v for k, v in recalibration.items() if not k.startswith("val_")}

@@ -121,6 +121,8 @@ class OnnxClassifier:
         options.intra_op_num_threads = threads or default_thread_count()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # The scorer's decode workers share the cores: idle intra-op threads must sleep, not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(device, precision)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)

@@ -34,6 +34,7 @@ from cxr.artifacts.predictions import settings_differences
 from cxr.data import patient_id_from_name
 from cxr.imaging import decoded_stream, list_images
 from cxr.infer.model import OnnxClassifier, predict_tta
+from cxr.messages import first_line
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
 RESUME_KEYS = ("model_sha256", "tta", "threshold", "classes", "input_size", "resize_rule", "precision",
@@ -92,7 +93,7 @@ def read_labels_csv(path: str | Path, classes: list[str]) -> GroundTruth:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ScoreInputError(f"cannot read labels file {path}: {str(exc).splitlines()[0]}") from None
+        raise ScoreInputError(f"cannot read labels file {path}: {first_line(exc)}") from None
     if not {"path", "label"} <= set(frame.columns):
         raise ScoreInputError(f"labels file {path} needs columns 'path' and 'label'")
     unknown = sorted(set(frame["label"]) - set(classes))
@@ -101,7 +102,7 @@ def read_labels_csv(path: str | Path, classes: list[str]) -> GroundTruth:
     return GroundTruth(dict(zip(frame["path"], frame["label"])), {}, f"labels file {Path(path).name}")
 
 
-def _settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selection: list[str] | None) -> dict[str, Any]:
+def scoring_settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selection: list[str] | None) -> dict[str, Any]:
     info = model.info
     chosen = hashlib.sha256("\n".join(selection).encode("utf-8", "surrogateescape")).hexdigest() if selection \
         is not None else "whole folder"
@@ -225,7 +226,7 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
         raise ScoreInputError(f"folder not found: {folder}")
     truth = truth or GroundTruth()
     rels, paths = _targets(folder, only, Path(exclude) if exclude else None)
-    settings = _settings(model, tta, truth, only)
+    settings = scoring_settings(model, tta, truth, only)
     if resume and (complete := _already_complete(out_csv, settings, len(rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(rels), n_errors, 0, model.provider, 0.0, complete, settings, True)

@@ -15,6 +15,7 @@ from cxr.artifacts import METRIC_NAMES, MetricsReport, MetricsReportError, escap
 from cxr.artifacts.metrics_report import LOWER_IS_BETTER
 from cxr.files import atomic_path, sha256_file
 from cxr.imaging import list_images
+from cxr.messages import first_line
 
 ALIASES = {"auc": "roc_auc", "ap": "pr_auc", "sensitivity": "recall", "acc": "accuracy"}
 
@@ -28,6 +29,7 @@ class GateResult:
     regressions: list[str] = field(default_factory=list)
     data_changed: bool = False
     messages: list[str] = field(default_factory=list)
+    files_failed: int = 0
 
     @property
     def passed(self) -> bool:
@@ -35,7 +37,12 @@ class GateResult:
 
     @property
     def verdict(self) -> str:
-        return "pass" if self.passed else ("data_changed" if self.data_changed else "regression")
+        """pass, partial (passed, but some files could not be scored), data_changed or regression."""
+        if self.data_changed:
+            return "data_changed"
+        if self.regressions:
+            return "regression"
+        return "partial" if self.files_failed else "pass"
 
 
 def parse_max_drop(spec: str) -> dict[str, float]:
@@ -90,7 +97,7 @@ def check_history_file(history_path: str | Path) -> None:
     try:
         pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise GateSpecError(f"history file {path} is not a readable CSV ({str(exc).splitlines()[0]}); "
+        raise GateSpecError(f"history file {path} is not a readable CSV ({first_line(exc)}); "
                             "move it aside or pass another --history") from None
     except pd.errors.EmptyDataError:
         return
@@ -150,6 +157,7 @@ def finish_evaluation(report: dict[str, Any], out_dir: Path, model_sha: str, dat
     """Gate the report against the baseline, record data hash, gate and execution in metrics.json,
     append history."""
     gate = gate or GateResult()
+    gate.files_failed = int((counts or {}).get("n_errors", 0))
     if baseline is not None:
         metrics_gate = check_gate(MetricsReport.headline(report), baseline, limits, data_sha, allow_new_data)
         gate.messages = metrics_gate.messages + gate.messages

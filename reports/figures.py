@@ -88,3 +88,17 @@ def save_explanation(image: np.ndarray, cam: np.ndarray, probability: float, pos
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, out)
+
+
+def plot_error_probabilities(analysis: dict, threshold: float, out: str | Path) -> Path:
+    """Histograms of P(positive) for each error direction (failure analysis)."""
+    fig, axes = _subplots(1, 2, figsize=(10, 3.2))
+    for ax, (name, part) in zip(axes, analysis.items()):
+        ax.hist(part["p_values"], bins=np.linspace(0, 1, 21), color="tab:red" if "positive" in name else "tab:blue")
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+        ax.set_title(f"{part['description']} (n={part['n']})")
+        ax.set_xlabel("P(positive)")
+        ax.set_ylabel("images")
+        ax.legend()
+    fig.suptitle("failure analysis: where the errors' probabilities lie")
+    return _save(fig, out)

@@ -1,4 +1,4 @@
-"""Binary classification metrics with patient-level bootstrap CIs, and threshold choice.
+"""Binary classification metrics with patient-level bootstrap CIs and threshold tables.
 
 ROC AUC and PR AUC always come from probabilities, never from hard labels.
 """
@@ -10,8 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
-                "balanced_accuracy", "mcc", "brier", "ece")
+from cxr.artifacts import METRIC_NAMES  # the one list, owned by the metrics.json artifact
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:

@@ -7,12 +7,12 @@ import html
 from pathlib import Path
 from typing import Any
 
+from cxr.artifacts import METRIC_NAMES
 from cxr.files import write_text_atomic
 from cxr.reports.robustness import robustness_rows
 from cxr.thresholds import describe_rule
 
-HEADLINE = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "balanced_accuracy",
-            "mcc", "loss", "brier", "ece")
+HEADLINE = METRIC_NAMES
 COMPARE = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
@@ -60,9 +60,15 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
                              f"(target recall {val['target_recall']})", ["metric", "value", "95% CI"],
                              _metric_rows(result["at_val_threshold"]), []))
         table = result["threshold_table"]
+        figs = dict(result.get("figures", {}))
+        failure_figs = {k: figs.pop(k) for k in ("false_positives", "false_negatives", "error_p") if k in figs}
         sections.append((f"{name}: threshold trade-off", list(table[0].keys()),
                          [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
-                         list(result.get("figures", {}).values())))
+                         list(figs.values())))
+        if result.get("subgroups"):
+            sections.append(_subgroup_section(name, result))
+        if result.get("failure_analysis"):
+            sections.append(_failure_section(name, result, list(failure_figs.values())))
     for name, section in (report.get("robustness") or {}).items():
         header, rows = robustness_rows(section)
         sections.append((f"{name}: robustness suite ({section['n_images']} images, threshold "
@@ -70,9 +76,41 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
                          "seeded, see cxr.perturb)", header, rows, [section["figure"]] if section.get("figure") else []))
     for check in report.get("shortcut") or []:
         sections.append(_shortcut_section(check))
+    if report.get("checklist"):
+        sections.append(("Reporting checklist (TRIPOD+AI 2024, CLAIM 2024): each item answered from this run's facts",
+                         ["item", "guideline", "answer"],
+                         [[row["item"], row["guideline"], row["answer"]] for row in report["checklist"]], []))
     if report["figures"]:
         sections.append(("Training curves", [], [], list(report["figures"].values())))
     return sections
+
+
+def _with_ci(row: dict[str, Any], name: str) -> str:
+    if name not in row["metrics"]:
+        return "-"
+    ci = row["ci95"].get(name)
+    return f"{_fmt(row['metrics'][name])}" + (f" ({_fmt(ci[0])}-{_fmt(ci[1])})" if ci else "")
+
+
+def _subgroup_section(name: str, result: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
+    threshold = result["at_model_threshold"]["threshold"]
+    rows = [[f"{row['factor']}: {row['group']}", str(row["n_images"]), str(row["n_patients"]),
+             _with_ci(row, "recall"), _with_ci(row, "specificity"), _with_ci(row, "accuracy"),
+             _with_ci(row, "roc_auc"), row["flag"]] for row in result["subgroups"]]
+    return (f"{name}: subgroups at threshold {threshold:.4g} (95% CI: patient bootstrap)",
+            ["subgroup", "images", "patients", "recall", "specificity", "accuracy", "ROC AUC", "flag"], rows, [])
+
+
+def _failure_section(name: str, result: dict[str, Any], figs: list[str]) -> tuple:
+    rows = []
+    for part in result["failure_analysis"].values():
+        q = part["p_quantiles"]
+        spread = f"{q['0']:.3f} / {q['0.5']:.3f} / {q['1']:.3f}" if q else "-"
+        groups = "; ".join(f"{factor}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                           for factor, counts in part["subgroups"].items() if counts)
+        rows.append([part["description"], str(part["n"]), spread, groups])
+    return (f"{name}: failure analysis at threshold {result['at_model_threshold']['threshold']:.4g}",
+            ["error", "count", "p min / median / max", "subgroups"], rows, figs)
 
 
 def _shortcut_section(check: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
@@ -111,7 +149,7 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def to_html(report: dict[str, Any], folder: Path) -> str:
+def to_html(report: dict[str, Any], folder: Path, embed_images: bool = True) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cxr evaluation report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
@@ -124,14 +162,15 @@ def to_html(report: dict[str, Any], folder: Path) -> str:
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
             parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
             parts.append("</table>")
-        parts += [f"<img alt='{html.escape(Path(f).stem)}' src='{_data_uri(folder / f)}'>" for f in figs]
+        parts += [f"<img alt='{html.escape(Path(f).stem)}' "
+                  f"src='{_data_uri(folder / f) if embed_images else html.escape(Path(f).name)}'>" for f in figs]
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_reports(report: dict[str, Any], folder: Path) -> None:
+def write_reports(report: dict[str, Any], folder: Path, embed_images: bool = True) -> None:
     write_text_atomic(folder / "report.md", to_markdown(report))
-    write_text_atomic(folder / "report.html", to_html(report, folder))
+    write_text_atomic(folder / "report.html", to_html(report, folder, embed_images))
 
 
 def readme_table(report: dict[str, Any], split_note: str) -> str:
@@ -150,10 +189,54 @@ def readme_table(report: dict[str, Any], split_note: str) -> str:
 
 
 README_SPLIT_NOTE = "this repo's patient-grouped test split"
+REPORTED_NOT_GATED = ("noise5", "jpeg30")  # reported; the acceptance bar is on the rest of the suite
 
 
-if __name__ == "__main__":
+def readme_robustness_table(report: dict[str, Any]) -> str:
+    """The README robustness table: per model with a robustness section, the clean ROC AUC, the
+    lowest ROC AUC over the suite without noise5 and jpeg30 (reported beside it), NORMAL called
+    PNEUMONIA clean vs under noise sd 2, the worst flip rate, and recall at the model's own
+    threshold with its 95% patient-bootstrap CI."""
+    sections = report.get("robustness") or {}
+    header = ("| model | threshold | recall at threshold (95% CI) | clean ROC AUC | lowest ROC AUC in the suite* "
+              "| noise5 / jpeg30 ROC AUC | NORMAL called PNEUMONIA: clean → noise2 | most flips (perturbation) |")
+    lines = [header, "|" + "---|" * 8]
+    for name, section in sections.items():
+        rows = section["perturbations"]
+        negative, positive = section["classes"]
+        gated = {k: v for k, v in rows.items() if k != "clean" and k not in REPORTED_NOT_GATED}
+        lowest = min(gated, key=lambda k: gated[k]["roc_auc"])
+        worst = max((k for k in rows if k != "clean"), key=lambda k: rows[k]["max_flip_rate"])
+        block = report["models"].get(name, {}).get("at_model_threshold")
+        recall = (f"{_fmt(block['metrics']['recall'])} ({_fmt(block['ci95']['recall'][0])}–"
+                  f"{_fmt(block['ci95']['recall'][1])})" if block else "-")
+        fp = [rows[k]["classes"][negative]["called_other"] for k in ("clean", "noise2")]
+        lines.append(f"| {name} | {section['threshold']:.3f} | {recall} | {_fmt(rows['clean']['roc_auc'])} | "
+                     f"{_fmt(rows[lowest]['roc_auc'])} ({lowest}) | {_fmt(rows['noise5']['roc_auc'])} / "
+                     f"{_fmt(rows['jpeg30']['roc_auc'])} | {fp[0]:.1%} → {fp[1]:.1%} | "
+                     f"{rows[worst]['max_flip_rate']:.1%} ({worst}) |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(report: dict[str, Any], readme: Path) -> None:
+    """Rewrite README's generated blocks (``<!-- results:start -->``, ``<!-- robustness:start -->``)."""
+    import re
+
+    text = readme.read_text(encoding="utf-8")
+    for tag, table in (("results", readme_table(report, README_SPLIT_NOTE)),
+                       ("robustness", readme_robustness_table(report))):
+        text = re.sub(rf"<!-- {tag}:start -->\n.*?<!-- {tag}:end -->",
+                      lambda _: f"<!-- {tag}:start -->\n{table}<!-- {tag}:end -->", text, flags=re.S)
+    write_text_atomic(readme, text)
+
+
+if __name__ == "__main__":  # python -m cxr.reports.render results/metrics.json [--robustness | --update-readme README.md]
     import json
     import sys
 
-    print(readme_table(json.loads(Path(sys.argv[1]).read_text()), README_SPLIT_NOTE), end="")
+    loaded = json.loads(Path(sys.argv[1]).read_text())
+    if "--update-readme" in sys.argv:
+        update_readme(loaded, Path(sys.argv[sys.argv.index("--update-readme") + 1]))
+    else:
+        print(readme_robustness_table(loaded) if "--robustness" in sys.argv[2:] else
+              readme_table(loaded, README_SPLIT_NOTE), end="")

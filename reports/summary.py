@@ -14,6 +14,7 @@ from cxr.artifacts import MetricsReport, Predictions, PredictionsError, unescape
 from cxr.data import patient_id_from_name
 from cxr.reports import figures
 from cxr.reports.robustness import plot_robustness
+from cxr.reports.standards import checklist, failure_analysis, subgroup_columns, subgroup_metrics
 from cxr.reports.metrics import binary_metrics, bootstrap_ci, reliability_curve, threshold_table
 from cxr.thresholds import choose_val_threshold
 
@@ -60,7 +61,8 @@ def _model_name(frame: pd.DataFrame, path: Path) -> str:
 
 
 def evaluate_predictions(frame: pd.DataFrame, prob_col: str, *, val_threshold: float | None = None,
-                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                         n_boot: int = 1000, seed: int = 0, images_root: Path | None = None,
+                         group_table: pd.DataFrame | None = None) -> dict[str, Any]:
     """Metrics (with CIs) of one prediction table at 0.5, at the model's threshold and at the
     validation-chosen threshold."""
     positive = prob_col[2:]
@@ -83,6 +85,9 @@ def evaluate_predictions(frame: pd.DataFrame, prob_col: str, *, val_threshold: f
     grid = sorted({0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, model_threshold}
                   | ({val_threshold} if val_threshold is not None else set()))
     result["threshold_table"] = threshold_table(y, p, grid)
+    columns = subgroup_columns(data, classes[0], images_root, group_table)
+    result["subgroups"] = subgroup_metrics(data, model_threshold, columns, n_boot=n_boot, seed=seed)
+    result["failure_analysis"] = failure_analysis(data, model_threshold, classes, columns)
     return result
 
 
@@ -107,6 +112,7 @@ def _figures(name: str, frame: pd.DataFrame, prob_col: str, result: dict, out: P
                                     title=f"precision-recall, AP {result['at_0.5']['metrics']['pr_auc']:.3f}")
     made["reliability"] = figures.plot_reliability(*reliability_curve(y, p), out / f"{name}reliability.png",
                                                    title=f"reliability, ECE {result['at_0.5']['metrics']['ece']:.3f}")
+    made["error_p"] = figures.plot_error_probabilities(result["failure_analysis"], t, out / f"{name}error_p.png")
     if images_root is not None:
         made.update(_image_grids(name, data, t, result["classes"], out, images_root, seed, cam_model))
     return {k: Path(v).name for k, v in made.items()}
@@ -146,8 +152,11 @@ def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None
     sample = data.sample(n=min(16, len(data)), random_state=seed)
     made["samples"] = grid(sample, f"{name}samples.png", f"random test images (seed {seed}){suffix}")
     wrong = data[(data["p"] >= threshold).astype(int) != data["y"]]
-    confident = wrong.assign(c=(wrong["p"] - wrong["y"]).abs()).sort_values("c", ascending=False).head(8)
-    made["confident_errors"] = grid(confident, f"{name}confident_errors.png", f"most confident errors{suffix}")
+    confident = wrong.assign(c=(wrong["p"] - wrong["y"]).abs()).sort_values("c", ascending=False)
+    for direction, y_true in (("false_positives", 0), ("false_negatives", 1)):
+        made[direction] = grid(confident[confident["y"] == y_true].head(8), f"{name}{direction}.png",
+                               f"most confident {direction.replace('_', ' ')}: {classes[y_true]} called "
+                               f"{classes[1 - y_true]}{suffix}")
     return {k: v for k, v in made.items() if v is not None}
 
 
@@ -156,12 +165,15 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
               val_predictions: str | Path | None = None, target_recall: float = 0.95, threshold_rule: str = "wilson",
               images_root: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
               with_figures: bool = True, cam_model=None, robustness: dict[str, dict] | None = None,
-              shortcut: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              shortcut: list[dict[str, Any]] | None = None, image_grids_for: list[str] | None = None,
+              embed_images: bool = True, groups: pd.DataFrame | None = None) -> dict[str, Any]:
     """Metrics, CIs, threshold analysis, figures and HTML/Markdown report for prediction CSVs.
 
     ``cam_model``: an OnnxClassifier with a 'cam' output; its Grad-CAM is overlaid on the image grids.
     ``robustness``: per model name, the robustness suite's results (``cxr robustness``).
-    ``shortcut``: shortcut checks of the data (``cxr data prepare``'s summary.json), each with a 'source'."""
+    ``shortcut``: shortcut checks of the data (``cxr data prepare``'s summary.json), each with a 'source'.
+    ``image_grids_for``: the models that get image grids (default: every model).
+    ``embed_images``: report.html holds its figures (one self-contained file) or links the PNGs beside it."""
     from cxr.reports.render import write_reports
 
     out = Path(out_dir)
@@ -173,12 +185,13 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
         frame, prob_col = read_predictions(path)
         name = _model_name(frame, path)
         result = evaluate_predictions(frame, prob_col, val_threshold=val["threshold"] if val else None,
-                                      n_boot=n_boot, seed=seed)
+                                      n_boot=n_boot, seed=seed, group_table=groups,
+                                      images_root=Path(images_root) if images_root else None)
         result["predictions"] = str(path)
         result["settings"] = Predictions.read_settings(path) or {}
         if with_figures:
             prefix = f"{name}_" if len(prediction_files) > 1 else ""
-            root = Path(images_root) if images_root else None
+            root = Path(images_root) if images_root and (image_grids_for is None or name in image_grids_for) else None
             result["figures"] = _figures(prefix, frame, prob_col, result, out, root, seed, cam_model)
         report["models"][name] = result
     histories = [history] if isinstance(history, (str, Path)) else list(history or [])
@@ -195,7 +208,8 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
                     f"{section['threshold']:.3g} ({section['n_images']} images)").name
     if shortcut:
         report["shortcut"] = list(shortcut)
+    report["checklist"] = checklist(report)
     MetricsReport.write(out / MetricsReport.FILE, report)
     if with_figures:
-        write_reports(report, out)
+        write_reports(report, out, embed_images)
     return report

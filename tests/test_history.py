@@ -64,7 +64,7 @@ def test_resumed_callbacks_start_from_the_logged_state(tmp_path: Path) -> None:
 
     pd.DataFrame({"epoch": range(5), "learning_rate": [1e-4] * 5,
                   "val_loss": [0.6, 0.5, 0.55, 0.56, 0.57]}).to_csv(tmp_path / "history.csv", index=False)
-    callbacks = _callbacks(resolve_variant(load_config(), "model2", {}), tmp_path, True)
+    callbacks = _callbacks(resolve_variant(load_config(), "model2", {}), tmp_path, True, classifier=None)
     names = [type(c).__name__ for c in callbacks]
     early, reduce = callbacks[names.index("EarlyStopping")], callbacks[names.index("ReduceLROnPlateau")]
     restorer = callbacks[-1]  # Keras calls on_train_begin in list order: the two reset, then the restorer
@@ -72,5 +72,5 @@ def test_resumed_callbacks_start_from_the_logged_state(tmp_path: Path) -> None:
     for callback in (reduce, early, restorer):
         callback.on_train_begin()
     assert (early.best, early.wait, early.best_epoch) == (0.5, 3, 1) and (reduce.best, reduce.wait) == (0.5, 3)
-    checkpoint = next(c for c in callbacks if type(c).__name__ == "ModelCheckpoint")
-    assert checkpoint.best == 0.5
+    checkpoint = next(c for c in callbacks if type(c).__name__ == "SaveBestClassifier")
+    assert checkpoint.best == 0.5  # a resumed run saves only an epoch that beats the best so far

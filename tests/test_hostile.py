@@ -467,3 +467,44 @@ def test_json_log_format_is_one_object_per_line(tmp_path: Path, folder: Path, ti
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
     assert {"model", "scored"} <= {e["event"] for e in events}
     assert all({"time", "event", "message"} <= set(e) for e in events)
+
+
+def test_resume_on_100k_files_gives_one_row_per_file(tmp_path: Path, tiny_model: Path) -> None:
+    """Listing, resume and finishing are linear: 100,000 (empty, so quickly failing) files, half of
+    them done before a kill; the resumed run scores the other half and writes exactly one row each."""
+    from cxr.infer.model import OnnxClassifier
+    from cxr.infer.score import GroundTruth, score_folder, scoring_settings
+
+    n = 100_000
+    root = tmp_path / "many"
+    for i in range(n):
+        if i % 1000 == 0:
+            (root / f"d{i // 1000:03d}").mkdir(parents=True)
+        (root / f"d{i // 1000:03d}" / f"f{i:06d}.png").touch()
+    model = OnnxClassifier(tiny_model, device="cpu")
+    out = tmp_path / "out" / "predictions.csv"
+    out.parent.mkdir()
+    rels = [f"d{i // 1000:03d}/f{i:06d}.png" for i in range(n)]
+    done = [Predictions.row(rel, None, model.info.classes, model.info.threshold, error="done before the kill",
+                            model=model.path.name, model_sha256=model.info.sha256) for rel in rels[::2]]
+    Predictions.start_partial(Predictions.partial_path(out), scoring_settings(model, False, GroundTruth(), None), done)
+    result = score_folder(root, model, out, resume=True, workers=0, batch_size=1024)
+    assert result.n_files == n and result.n_scored_now == n // 2
+    rows = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(rows["path"]) == rels
+    assert (rows["error"].iloc[::2] == "done before the kill").all()
+    assert (rows["error"].iloc[1::2] != "done before the kill").all() and (rows["error"] != "").all()
+
+
+def test_attack_full_disk_is_one_line_and_exit_2(tmp_path: Path, folder: Path, tiny_model: Path) -> None:
+    """A disk that fills while writing (ENOSPC from the atomic writer) is the environment, not a bug."""
+    code = ("import errno, sys\nimport cxr.artifacts.predictions as p\n"
+            "def full(*a, **k):\n    raise OSError(errno.ENOSPC, 'No space left on device', 'predictions.csv')\n"
+            "p.Predictions.write_csv = staticmethod(full)\nfrom cxr.app.cli import infer_main\n"
+            "sys.argv = ['cxr-infer', sys.argv[1], '--model', sys.argv[2], '--out', sys.argv[3], '-q', '--workers', '0']\n"
+            "infer_main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder), str(tiny_model), str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "Error: No space left on device (predictions.csv)"
+    assert Predictions.partial_path(tmp_path / "o" / "predictions.csv").is_file()  # nothing lost: --resume goes on

@@ -205,3 +205,30 @@ def test_tta_averages_flip_and_shift_views(tmp_path: Path, tiny_model: Path) -> 
     assert result.exit_code == 1
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert (rows["model"] == "tiny.onnx+tta").all()
+
+
+def test_cuda_sessions_are_exact_by_default_and_tf32_is_opt_in(monkeypatch) -> None:
+    import onnxruntime as ort
+
+    from cxr.infer.model import cuda_provider_options
+
+    calls = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: calls.append("preload"), raising=False)
+    providers = choose_providers("auto")
+    assert providers[0] == ("CUDAExecutionProvider", {"use_tf32": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"})
+    assert providers[1] == "CPUExecutionProvider" and calls == ["preload"]
+    assert choose_providers("cuda", "tf32")[0][1]["use_tf32"] == "1"
+    assert choose_providers("cpu") == ["CPUExecutionProvider"] and calls == ["preload", "preload"]
+    with pytest.raises(ProviderError):
+        cuda_provider_options("fp16")
+
+
+def test_execution_facts_are_recorded_with_the_predictions(tmp_path: Path, tiny_model: Path) -> None:
+    from cxr.artifacts import Predictions
+
+    folder, _, _ = _mixed_folder(tmp_path / "in")
+    score_folder(folder, OnnxClassifier(tiny_model, device="cpu"), tmp_path / "p.csv", workers=0)
+    settings = Predictions.read_settings(tmp_path / "p.csv")
+    assert settings["provider"] == "CPUExecutionProvider" and settings["precision"] == "fp32"
+    assert settings["n_files"] == 18 and settings["n_errors"] == 4 and "provider_options" in settings

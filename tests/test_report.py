@@ -57,11 +57,11 @@ def test_report_writes_metrics_figures_and_self_contained_html(tmp_path: Path) -
     assert model["n_errors"] == 1 and model["n_labelled"] == 120
     assert metrics["val_threshold"]["threshold"] == pytest.approx(0.4)
     assert "at_val_threshold" in model and model["threshold_table"]
-    for name in ("confusion", "roc", "pr", "reliability", "samples", "confident_errors"):
+    for name in ("confusion", "roc", "pr", "reliability", "samples", "false_positives", "false_negatives", "error_p"):
         assert (out / model["figures"][name]).is_file()
     assert (out / "curves.png").is_file() and (out / "report.md").is_file()
     html = (out / "report.html").read_text()
-    assert len(re.findall(r"src='data:image/png;base64,", html)) == 7
+    assert len(re.findall(r"src='data:image/png;base64,", html)) == 9
     assert "published" in html and "0.991" in html
 
 
@@ -150,3 +150,19 @@ def test_evaluate_usage_errors(tmp_path: Path) -> None:
                                            str(bad_baseline), "--out", str(tmp_path / "o"), "--history",
                                            str(tmp_path / "h.csv"), "--n-boot", "20", "-q"])
     assert result.exit_code == 2 and "not a cxr metrics.json" in result.output
+
+
+def test_linked_images_and_grids_for_chosen_models(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    first = _predictions(tmp_path / "a.csv", images_root=root)
+    second = tmp_path / "b.csv"
+    pd.read_csv(first, dtype=str, keep_default_na=False).assign(model="other.onnx").to_csv(second, index=False)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(report, ["--preds", str(first), "--preds", str(second), "--out", str(out),
+                                         "--images-root", str(root), "--image-grids-for", "m", "--link-images",
+                                         "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text()
+    assert "data:image/png" not in html and "src='m_roc.png'" in html
+    assert (out / "m_samples.png").is_file() and not (out / "other_samples.png").exists()
+    assert (out / "other_roc.png").is_file()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.reports.render import README_SPLIT_NOTE, readme_table
+from cxr.reports.render import README_SPLIT_NOTE, readme_robustness_table, readme_table
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ROOT / "results" / "metrics.json"
@@ -24,6 +24,14 @@ def test_readme_results_table_matches_metrics_json() -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0]
     assert block == readme_table(json.loads(METRICS.read_text()), README_SPLIT_NOTE)
+
+
+def test_readme_robustness_table_matches_metrics_json() -> None:
+    if not METRICS.is_file():
+        pytest.skip("no committed results yet")
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- robustness:start -->\n", 1)[1].split("<!-- robustness:end -->", 1)[0]
+    assert block == readme_robustness_table(json.loads(METRICS.read_text()))
 
 
 def test_shipped_model_reproduces_example_predictions(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from cxr.perturb import SUITE, SUITE_NAMES, perturb_batch, perturbation
 from tests.onnx_fixtures import make_tiny_model
 from tests.synthetic import make_texture_classes
 
-REQUIRED = {"noise1", "noise2", "noise3", "noise5", "blur", "downscale0.5", "jpeg30", "jpeg50", "jpeg75",
+REQUIRED = {"noise1", "noise2", "noise3", "noise5", "noise2rgb", "blur", "downscale0.5", "jpeg30", "jpeg50", "jpeg75",
             "brightness-10", "brightness-5", "brightness+5", "brightness+10", "contrast-10", "contrast+10",
             "gamma0.8", "gamma1.2", "rotate-5", "rotate+5"}
 
@@ -62,6 +62,8 @@ def test_noise_has_the_named_strength() -> None:
         diff = perturb_batch(flat, perturbation(f"noise{sd}"), 0).astype(float) - 128
         assert diff.std() == pytest.approx(sd, rel=0.1)
         assert np.array_equal(diff[..., 0], diff[..., 2])  # one grey noise field, as for a grey X-ray
+    rgb = perturb_batch(flat, perturbation("noise2rgb"), 0).astype(float) - 128
+    assert rgb.std() == pytest.approx(2, rel=0.1) and not np.array_equal(rgb[..., 0], rgb[..., 1])
 
 
 def test_robustness_run_is_deterministic(tmp_path: Path, texture_set: Path, brittle_model: Path) -> None:

@@ -1,7 +1,10 @@
-"""Training input: decode every image once into a cached uint8 array, then tf.data.
+"""Training input: decode every image once into a cached uint8 array, then batches.
 
 The cache file is keyed by the manifest's sha256, the input size and the resize
-rule, so epochs (and reruns) never decode a JPEG again.
+rule, so epochs (and reruns) never decode a JPEG again. The TensorFlow backend feeds
+a tf.data pipeline (augmentation mapped in parallel); every other backend feeds
+``ShuffledBatches``, a backend-neutral ``keras.utils.PyDataset``, and augments inside
+the training step.
 """
 
 from __future__ import annotations
@@ -30,6 +33,29 @@ def cached_images(paths: list[str], size: int, manifest_sha256: str, cache_dir: 
         with open(tmp, "wb") as handle:
             np.save(handle, images)
     return images
+
+
+class ShuffledBatches(keras.utils.PyDataset):
+    """uint8 images as float32 batches, reshuffled each epoch by a seeded generator (no augmentation)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = 0,
+                 shuffle: bool = True):
+        super().__init__()
+        self.images, self.labels = images, labels.astype("float32")
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        picked = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        return self.images[picked].astype("float32"), self.labels[picked]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.images))
 
 
 def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augmenter: keras.Sequential | None,

@@ -19,6 +19,7 @@ from cxr.data import load_manifest
 from cxr.environment import package_versions
 from cxr.files import sha256_file
 from cxr.train.config import config_sha256
+from cxr.train.backend import active_backend, float32_copy, seed_everything, set_precision
 from cxr.train.errors import RunAlreadyFinished, RunStateError
 from cxr.train.history import MonitorState, monitor_state
 
@@ -69,6 +70,11 @@ def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
         if info.get("finished"):
             raise RunAlreadyFinished(f"{run.path} already finished ({info.get('epochs_run')} epochs, "
                                      f"{info.get('stopped_reason')}); nothing to resume")
+        started_with, now = info.get("backend", "tensorflow"), active_backend()
+        if started_with != now:
+            raise RunStateError(f"{run.path} was trained with the {started_with} backend and this process runs "
+                                f"{now}; its optimizer state is backend-specific, so resume with "
+                                f"--backend {started_with} (or KERAS_BACKEND={started_with})")
         return
     if run.has_config() or run.backup.exists():
         raise RunStateError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
@@ -95,7 +101,27 @@ def _time_budget_callback(budget_minutes: float):
     return TimeBudget()
 
 
-def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
+def _save_best_classifier(classifier, path: Path, initial_best: float | None, mixed: bool):
+    """ModelCheckpoint(save_best_only) for the classifier alone: the fitted model may wrap it with
+    the augmentation layers (non-TensorFlow backends), which must never reach the checkpoint.
+    After mixed-precision training the checkpoint is a float32 copy."""
+    import keras
+
+    class SaveBestClassifier(keras.callbacks.Callback):
+        best = np.inf if initial_best is None else initial_best
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("val_loss")
+            if loss is not None and np.less(loss, self.best):
+                self.best = loss
+                (float32_copy(classifier) if mixed else classifier).save(path)
+
+    return SaveBestClassifier()
+
+
+def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool, classifier) -> list:
+    """The seed's callbacks (checkpoint of ``classifier``, ReduceLROnPlateau, EarlyStopping) plus
+    backup and CSV log; a resumed run continues their state from history.csv."""
     import keras
 
     cb = resolved["callbacks"]
@@ -109,17 +135,17 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool) -> list:
                                                    restore_best_weights=True, verbose=1)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run.backup), delete_checkpoint=False),  # removed when finished
-        keras.callbacks.ModelCheckpoint(str(run.best), monitor="val_loss", save_best_only=True,
-                                        initial_value_threshold=state.early_stopping_best if state else None),
+        _save_best_classifier(classifier, run.best, state.early_stopping_best if state else None,
+                              resolved.get("precision", "float32") != "float32"),
         reduce_lr, early_stopping,
         keras.callbacks.CSVLogger(str(run.history_path), append=resume),
     ]
     if state is not None:  # after the two callbacks it sets: they reset themselves in on_train_begin
-        callbacks.append(_restore_monitor_state(state, early_stopping, reduce_lr, run.best))
+        callbacks.append(_restore_monitor_state(state, early_stopping, reduce_lr, run.best, classifier))
     return callbacks
 
 
-def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr, best_checkpoint: Path):
+def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr, best_checkpoint: Path, classifier=None):
     """A resumed fit continues the val_loss patience counters of the run so far, and early
     stopping restores the best checkpoint's weights, as the uninterrupted run would."""
     import keras
@@ -129,7 +155,9 @@ def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr, best_
             early_stopping.best, early_stopping.wait = state.early_stopping_best, state.early_stopping_wait
             early_stopping.best_epoch = state.early_stopping_best_epoch
             if best_checkpoint.is_file():
-                early_stopping.best_weights = keras.models.load_model(best_checkpoint, compile=False).get_weights()
+                best = keras.models.load_model(best_checkpoint, compile=False).get_weights()
+                weights = self.model.get_weights()  # a wrapper holds the augmenter's state first
+                early_stopping.best_weights = weights[:len(weights) - len(best)] + best
             reduce_lr.best, reduce_lr.wait = state.reduce_lr_best, state.reduce_lr_wait
 
     return RestoreMonitorState()
@@ -151,6 +179,9 @@ def _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, n_tr
     return {"variant": resolved["variant"], "backbone": resolved["backbone"], "weights": str(resolved["weights"]),
             "freeze_bn": bool(resolved.get("freeze_bn", False)), "seed": seed,
             "augment_policy": resolved.get("augment_policy", "seed"), "backend": keras.backend.backend(),
+            "precision": resolved.get("precision", "float32"),
+            "input_pipeline": "tf.data" if keras.backend.backend() == "tensorflow" else "PyDataset, augmentation in "
+                                                                                        "the training step",
             "config_sha256": config_sha256(resolved), "manifest": str(manifest_path),
             "manifest_sha256": sha256_file(manifest_path), "classes": resolved["classes"],
             "input_size": int(resolved["input_size"]), "class_weight": class_weight,
@@ -173,25 +204,41 @@ def _build_and_describe(resolved: dict[str, Any], log) -> tuple[Any, dict[str, A
     return model, facts, warnings
 
 
+def fit_inputs(model, augmenter, arrays, batch_size: int, seed: int, pipeline: str | None = None):
+    """(model to fit, training data, validation data, the classifier inside). ``pipeline``:
+    'tf.data' (augmentation mapped in tf.data; the TensorFlow default) or 'in-model'
+    (PyDataset batches, augmentation inside the training step; every other backend)."""
+    import keras
+
+    from cxr.train import dataset
+
+    (x_train, y_train, _), (x_val, y_val, _) = arrays["train"], arrays["val"]
+    pipeline = pipeline or ("tf.data" if keras.backend.backend() == "tensorflow" else "in-model")
+    if pipeline == "tf.data":
+        return (model, dataset.train_dataset(x_train, y_train, batch_size, augmenter, seed),
+                dataset.eval_dataset(x_val, y_val, batch_size), model)
+    size = x_train.shape[1]
+    wrapper = keras.Sequential([keras.Input((size, size, 3)), augmenter, model], name=f"{model.name}_training")
+    return (wrapper, dataset.ShuffledBatches(x_train, y_train, batch_size, seed),
+            dataset.ShuffledBatches(x_val, y_val, batch_size, shuffle=False), model)
+
+
 def _run_fit(model, resolved, run: RunFolder, arrays, class_weight, resume: bool, max_minutes: float | None,
              verbose: int):
     """model.fit with the seed's callbacks; returns the time-budget callback (or None)."""
     from cxr.plots import save_image_grid
-    from cxr.train import dataset
     from cxr.train.augment import make_augmenter
 
-    (x_train, y_train, _), (x_val, y_val, _) = arrays["train"], arrays["val"]
     seed, batch_size = int(resolved["seed"]), int(resolved["batch_size"])
     augmenter = make_augmenter(resolved, seed)
-    save_image_grid(augmenter(x_train[:16].astype("float32"), training=True), run.file(run.AUGMENT_GRID),
+    save_image_grid(augmenter(arrays["train"][0][:16].astype("float32"), training=True), run.file(run.AUGMENT_GRID),
                     title=f"training augmentation samples ({resolved.get('augment_policy', 'seed')} policy)")
-    compile_classifier(model, float(resolved["learning_rate"]))
+    fitted, train_data, val_data, classifier = fit_inputs(model, augmenter, arrays, batch_size, seed)
+    compile_classifier(fitted, float(resolved["learning_rate"]))
     budget = _time_budget_callback(max_minutes) if max_minutes else None
-    model.fit(dataset.train_dataset(x_train, y_train, batch_size, augmenter, seed),
-              validation_data=dataset.eval_dataset(x_val, y_val, batch_size),
-              epochs=int(resolved["epochs"]), class_weight=class_weight,
-              callbacks=_callbacks(resolved, run.path, resume) + ([budget] if budget else []), verbose=verbose,
-              shuffle=False)
+    callbacks = _callbacks(resolved, run.path, resume, classifier)
+    fitted.fit(train_data, validation_data=val_data, epochs=int(resolved["epochs"]), class_weight=class_weight,
+               callbacks=callbacks + ([budget] if budget else []), verbose=verbose, shuffle=False)
     return budget
 
 
@@ -226,12 +273,11 @@ def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: st
 
     ``max_minutes``: stop cleanly after the last epoch that fits in this many minutes
     (the run can be continued later with ``resume=True``)."""
-    import keras
-
     run = RunFolder(run_dir)
     _prepare_run_dir(run, resume)
     seed = int(resolved["seed"])
-    keras.utils.set_random_seed(seed)
+    seed_everything(seed)
+    set_precision(resolved.get("precision", "float32"))
     arrays = split_arrays(manifest_path, list(resolved["classes"]), int(resolved["input_size"]), cache_dir,
                           ("train", "val"))
     model, facts, warnings = _build_and_describe(resolved, log)

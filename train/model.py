@@ -59,7 +59,8 @@ def add_head(base: keras.Model, name: str) -> keras.Model:
     x = keras.layers.Dropout(0.3, name="head_dropout1")(x)
     x = keras.layers.Dense(64, activation="relu", name=dense64)(x)
     x = keras.layers.Dropout(0.2, name="head_dropout2")(x)
-    output = keras.layers.Dense(1, activation="sigmoid", name=output_name)(x)
+    # float32 even under a mixed-precision policy: the probability and the loss keep full precision
+    output = keras.layers.Dense(1, activation="sigmoid", name=output_name, dtype="float32")(x)
     return keras.Model(base.input, output, name=name)
 
 

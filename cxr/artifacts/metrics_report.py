@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.files import write_json_atomic
+from cxr.messages import first_line
 
 METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
                 "balanced_accuracy", "mcc", "brier", "ece")
@@ -46,7 +47,7 @@ class MetricsReport:
         except OSError as exc:
             raise MetricsReportError(f"cannot read {path}: {exc.strerror or exc}") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise MetricsReportError(f"{path} is not valid JSON ({str(exc).splitlines()[0]})") from None
+            raise MetricsReportError(f"{path} is not valid JSON ({first_line(exc)})") from None
         if not isinstance(report, dict) or not isinstance(report.get("models"), dict) or not report["models"]:
             raise MetricsReportError(f"{path} is not a cxr metrics.json (no 'models')")
         return report

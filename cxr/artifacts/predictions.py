@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.files import atomic_path, write_json_atomic
+from cxr.messages import first_line
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PROBABILITY_FORMAT = "{:.9g}"
@@ -110,7 +111,7 @@ class Predictions:
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise PredictionsError(f"cannot read predictions {path}: {str(exc).splitlines()[0] if str(exc) else exc}") \
+            raise PredictionsError(f"cannot read predictions {path}: {first_line(exc) if str(exc) else exc}") \
                 from None
         if "true_label" not in frame.columns and "label" in frame.columns:
             frame = frame.rename(columns={"label": "true_label"})

@@ -1,0 +1,191 @@
+"""What the reporting guidelines for clinical prediction models and imaging AI ask of a report
+(TRIPOD+AI, BMJ 2024; CLAIM 2024): performance by subgroup with CIs (TRIPOD+AI 23a), a
+checklist answered from the run's own facts, and a failure analysis of the errors (CLAIM 39).
+
+Subgroups come from the data itself: bacterial vs viral pneumonia (Kermany file names), the
+original image's size band (read from the file header, where the images are at hand), and any
+column of a ``--groups`` CSV (``path,group...``). A subgroup with too few patients for a
+bootstrap CI is shown and flagged, never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr.artifacts import unescape_path
+
+MIN_PATIENTS_FOR_CI = 10
+SIZE_BANDS = ((0, "< 1000 px"), (1000, "1000-1999 px"), (2000, ">= 2000 px"))
+_TYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+
+
+def pneumonia_type(path: str, label: str, negative: str) -> str:
+    """'bacterial', 'viral', the negative class name, or 'unknown' (from Kermany file names)."""
+    match = _TYPE.search(path.rsplit("/", 1)[-1])
+    if match:
+        return "bacterial" if match.group(1).lower() == "bacteria" else "viral"
+    return negative if label == negative else "unknown"
+
+
+def size_band(path: Path) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            longest = max(img.size)
+    except Exception:  # noqa: BLE001 - DICOM or unreadable: unknown
+        return "unknown"
+    return [name for low, name in SIZE_BANDS if longest >= low][-1]
+
+
+def read_groups_csv(path: str | Path) -> pd.DataFrame:
+    """``path,group...``: one or more subgroup columns per file (paths as in the predictions)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "path" not in frame.columns or len(frame.columns) < 2:
+        raise ValueError(f"groups file {path} needs a 'path' column and at least one group column")
+    return frame.drop_duplicates("path").set_index("path")
+
+
+def subgroup_columns(data: pd.DataFrame, negative: str, images_root: Path | None,
+                     groups: pd.DataFrame | None) -> dict[str, pd.Series]:
+    columns = {"pneumonia type (file name)": pd.Series([pneumonia_type(p, t, negative) for p, t in
+                                                        zip(data["path"], data["true_label"])], index=data.index)}
+    if images_root is not None:
+        columns["original size band"] = pd.Series([size_band(Path(images_root) / unescape_path(p))
+                                                   for p in data["path"]], index=data.index)
+    for column in (groups.columns if groups is not None else []):
+        columns[column] = data["path"].map(groups[column]).fillna("(not in groups file)")
+    return columns
+
+
+def _rate_ci(hits: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> list[float]:
+    """Patient-bootstrap 95% CI of a mean of 0/1 outcomes."""
+    _, inverse = np.unique(patients, return_inverse=True)
+    k, n = np.bincount(inverse, weights=hits), np.bincount(inverse)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(n), (n_boot, len(n)))
+    rates = k[picks].sum(axis=1) / n[picks].sum(axis=1)
+    return [float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))]
+
+
+def _auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> tuple[float, list]:
+    from cxr.reports.metrics import bootstrap_ci
+
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)), bootstrap_ci(y, p, 0.5, patients, n_boot=n_boot, seed=seed)["roc_auc"]
+
+
+def subgroup_metrics(data: pd.DataFrame, threshold: float, columns: dict[str, pd.Series], *, n_boot: int = 1000,
+                     seed: int = 0) -> list[dict[str, Any]]:
+    """Per subgroup: counts, recall / specificity / accuracy (and ROC AUC with both classes) with
+    patient-bootstrap CIs; ``flag`` says when there are too few patients for a CI."""
+    rows = []
+    for column, values in columns.items():
+        for value in sorted(values.unique()):
+            part = data[values == value]
+            y, p, patients = part["y"].to_numpy(), part["p"].to_numpy(), part["patient_id"].to_numpy()
+            n_patients = len(set(patients))
+            with_ci = n_patients >= MIN_PATIENTS_FOR_CI
+            row = {"factor": column, "group": value, "n_images": int(len(part)), "n_patients": n_patients,
+                   "n_positive": int(y.sum()), "n_negative": int((1 - y).sum()), "metrics": {}, "ci95": {},
+                   "flag": "" if with_ci else f"too few patients for a CI ({n_patients} < {MIN_PATIENTS_FOR_CI})"}
+            pred = (p >= threshold).astype(int)
+            for name, mask, hit in (("recall", y == 1, pred == 1), ("specificity", y == 0, pred == 0),
+                                    ("accuracy", np.ones_like(y, bool), pred == y)):
+                if mask.any():
+                    row["metrics"][name] = float(hit[mask].mean())
+                    if with_ci:
+                        row["ci95"][name] = _rate_ci(hit[mask].astype(float), patients[mask], n_boot, seed)
+            if len(np.unique(y)) == 2:
+                row["metrics"]["roc_auc"], ci = _auc_ci(y, p, patients, n_boot, seed)
+                if with_ci:
+                    row["ci95"]["roc_auc"] = ci
+            rows.append(row)
+    return rows
+
+
+def failure_analysis(data: pd.DataFrame, threshold: float, classes: list[str],
+                     columns: dict[str, pd.Series]) -> dict[str, Any]:
+    """Per error direction: count, the distribution of p, and the subgroups the errors fall in."""
+    pred = (data["p"] >= threshold).astype(int)
+    directions = {"false_positive": (data["y"] == 0) & (pred == 1), "false_negative": (data["y"] == 1) & (pred == 0)}
+    result = {}
+    for name, mask in directions.items():
+        p = data.loc[mask, "p"].to_numpy()
+        truth, called = (classes[0], classes[1]) if name == "false_positive" else (classes[1], classes[0])
+        result[name] = {
+            "description": f"{truth} called {called}", "n": int(mask.sum()),
+            "p_quantiles": {q: float(np.quantile(p, float(q))) for q in ("0", "0.25", "0.5", "0.75", "1")}
+            if len(p) else {},
+            "p_values": [float(v) for v in np.sort(p)],
+            "subgroups": {factor: {str(k): int(v) for k, v in values[mask].value_counts().items()}
+                          for factor, values in columns.items()},
+        }
+    return result
+
+
+def checklist(report: dict[str, Any]) -> list[dict[str, str]]:
+    """TRIPOD+AI / CLAIM 2024 items, each answered from this report's facts or 'not available' with why."""
+    from cxr.thresholds import describe_rule
+
+    models = report["models"]
+    first_name, first = next(iter(models.items()))
+    settings = first.get("settings") or {}
+    summaries = list(report.get("shortcut") or [])
+    split_levels = sorted({s.get("split_by", "") for s in summaries} - {""})
+    rows = []
+
+    def add(item: str, ref: str, answer: str) -> None:
+        rows.append({"item": item, "guideline": ref, "answer": answer})
+
+    add("Performance with CIs in key subgroups", "TRIPOD+AI 23a",
+        "see the subgroup tables (patient-bootstrap 95% CIs; groups with fewer than "
+        f"{MIN_PATIENTS_FOR_CI} patients are flagged)" if first.get("subgroups") else
+        "not available: no subgroup could be derived from these predictions")
+    rules = []
+    for name, result in models.items():
+        rule = (result.get("settings") or {}).get("threshold_rule")
+        if rule and "rule" in rule:
+            rules.append(f"{name}: {describe_rule({'threshold': result['at_model_threshold']['threshold'], **rule})}")
+    add("How the decision threshold was chosen", "TRIPOD+AI 15",
+        "; ".join(rules) if rules else "not available: the predictions carry no threshold rule (older files)")
+    source = settings.get("labels_source", "")
+    add("Differences between development and evaluation data", "TRIPOD+AI 16",
+        f"evaluation data: {source or 'labels from folder names'}; "
+        + ("a held-out, patient-disjoint split of the development source: same centre, scanner mix and "
+           "preprocessing, so it measures internal, not external, validity" if "manifest" in source else
+           "its relation to the development data is not recorded in these predictions"))
+    errors = sum(r["n_errors"] for r in models.values())
+    flagged = sum((r.get("settings") or {}).get("n_qc_flagged", 0) or 0 for r in models.values())
+    add("Handling of poor-quality or unusable inputs", "TRIPOD+AI 27a",
+        f"every file gets a row; unreadable files get an error row and no prediction ({errors} across "
+        f"{len(models)} prediction sets here); scored images that are uniform or blank are flagged in the 'qc' "
+        f"column ({flagged} here); none is silently dropped")
+    add("Level at which partitions are disjoint", "CLAIM 20",
+        f"split by {', '.join(split_levels)} (cxr data prepare: StratifiedGroupKFold grouped by patient)"
+        if split_levels else ("patient (manifest split from cxr data prepare)" if "manifest" in source else
+                              "not available: no split manifest was given for these predictions"))
+    robustness = report.get("robustness") or {}
+    add("Robustness analysis", "CLAIM 30",
+        f"robustness suite ({len(next(iter(robustness.values()))['perturbations']) - 1} seeded perturbations) "
+        f"for {', '.join(robustness)}; see the robustness tables" if robustness else
+        "not available: run cxr robustness (or cxr evaluate --robustness) and pass --robustness")
+    add("Failure analysis of misclassified cases", "CLAIM 39",
+        "see the failure analysis: per error direction the distribution of p, the subgroups, and Grad-CAM "
+        "overlays of the most confident errors" if first.get("failure_analysis") else "not available")
+    add("Intended use", "CLAIM 41 / TRIPOD+AI 4",
+        "research only: a second reader on pediatric AP/PA chest X-rays; not a medical device, not for triage "
+        "without a clinician")
+    add("External testing", "CLAIM 33 / TRIPOD+AI 12",
+        "none here: every figure in this report comes from data of the development source (one centre); "
+        "published external results for this task are far lower (see the model cards)")
+    if summaries:
+        add("Shortcut (confounding) check", "CLAIM 9 / TRIPOD+AI 26",
+            "; ".join(f"{s.get('source', 'data')}: {s['verdict']}" for s in summaries))
+    return rows
