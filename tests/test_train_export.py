@@ -218,8 +218,9 @@ def test_gradcam_follows_a_planted_lesion_in_keras_and_onnx(tmp_path: Path) -> N
     from cxr.infer.model import OnnxClassifier
 
     model, images = _toy_lesion_model(), _lesion_images()
-    meta = {"cxr.classes": '["NORMAL", "PNEUMONIA"]', "cxr.threshold": "0.5", "cxr.input_size": "64",
-            "cxr.input_layout": "NHWC", "cxr.input_dtype": "uint8", "cxr.resize_rule": "squash-bilinear-antialias"}
+    from cxr.artifacts import ModelContract
+
+    meta = ModelContract(("NORMAL", "PNEUMONIA"), 0.5, 64).to_metadata()
     convert(model, 64, 17, tmp_path / "toy.onnx", meta)
     onnx_p, onnx_cam = OnnxClassifier(tmp_path / "toy.onnx").explain(images)
     keras_p, keras_cam = gradcam_keras(model, images.astype("float32"))
