@@ -67,6 +67,8 @@ def describe_rule(facts: dict[str, Any]) -> str:
     """One line for reports and cards."""
     if facts.get("rule") == "fixed":
         return f"fixed at {facts['threshold']:g} (not chosen on data)"
+    if facts.get("rule") not in THRESHOLD_RULES:
+        return f"{facts['threshold']:g}; how it was chosen is not recorded in the model (exported before cxr recorded it)"
     low, high = facts["val_recall_wilson95"]
     margin = "lower bound of the 95% Wilson interval" if facts["rule"] == "wilson" else "point estimate"
     return (f"highest threshold whose validation recall {margin} reaches {facts['target_recall']:g}: "

@@ -106,3 +106,22 @@ def test_threshold_table_rows(scored) -> None:
     rows = threshold_table(y, p, [0.2, 0.5, 0.8])
     assert [r["threshold"] for r in rows] == [0.2, 0.5, 0.8]
     assert rows[0]["recall"] >= rows[1]["recall"] >= rows[2]["recall"]
+
+
+def test_a_model_without_a_recorded_rule_is_not_called_fixed(tmp_path) -> None:
+    from cxr.artifacts import ModelContract
+    from cxr.thresholds import describe_rule
+    from tests.onnx_fixtures import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "old.onnx")
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key != "cxr.threshold_rule"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(path))
+    contract = ModelContract.from_file(path)
+    assert contract.threshold_rule == {"rule": "unrecorded"}
+    text = describe_rule({"threshold": contract.threshold, **contract.threshold_rule})
+    assert "not recorded" in text and "fixed" not in text

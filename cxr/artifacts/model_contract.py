@@ -100,7 +100,7 @@ class ModelContract:
         known = {"classes", "positive_class", "threshold", "threshold_rule", "input_size", "input_layout",
                  "input_dtype", "pixel_range", "resize_rule", "output"}
         return cls(tuple(meta["classes"]), float(meta["threshold"]), int(meta["input_size"]), meta["input_dtype"],
-                   meta["resize_rule"], meta.get("threshold_rule") or {"rule": "fixed"},
+                   meta["resize_rule"], meta.get("threshold_rule") or {"rule": "unrecorded"},
                    {k: v for k, v in meta.items() if k not in known})
 
     @classmethod
