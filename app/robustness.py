@@ -8,7 +8,6 @@ Exit codes: 0 done (and every --max-flip held); 1 a --max-flip limit was exceede
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ def labelled_images(folder: Path, model, only: list[str] | None, truth, workers:
     labelled images; files that do not decode or carry no label are left out and counted."""
     from cxr.artifacts import escape_path, unescape_path
     from cxr.imaging import decoded_stream, list_images
+    from cxr.infer.score import effective_workers
 
     classes = model.info.classes
     if only is None:
@@ -40,7 +40,7 @@ def labelled_images(folder: Path, model, only: list[str] | None, truth, workers:
         rels = list(only)
     labelled = [(rel, truth.label_for(rel, classes)) for rel in rels]
     labelled = [(rel, label) for rel, label in labelled if label in classes]
-    workers = min(os.cpu_count() or 1, os.cpu_count() or 1 if workers is None else workers)
+    workers = effective_workers(workers)
     images, labels, kept = [], [], []
     stream = decoded_stream([folder / unescape_path(rel) for rel, _ in labelled], model.info.input_size, workers)
     for (rel, label), (image, _) in zip(labelled, stream):
