@@ -3,7 +3,7 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= train,train-jax,test,lite2,dicom
+EXTRAS  ?= train,train-jax,test,lite2,dicom,ray
 SOURCE  ?= ../shared/data/chest_xray
 SPLITS  ?= data/splits
 RUNS    ?= runs
@@ -65,31 +65,41 @@ clean-venv:
 demo: setup
 	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples
 
-# The committed results (`make results`), from the runs that `cxr train` wrote under ROBUST_RUNS:
+# The committed results (`make results`), from the runs that `cxr train` wrote (MODEL1_RUN, MODEL2_RUN):
 # export the shipped models (validation threshold, Wilson margin), score the held-out test split
-# with them and with the previous shipped models (seed augmentation, kept for comparison), run the
+# with them and with the previous shipped models (seed augmentation; model1 with the robust
+# augmentation but no in-model equaliser; kept for comparison), run the
 # robustness suite on each, run the shortcut check on the full-size sample, build the report, the
 # model cards, the example predictions and the regression-gate demo. The B2 rows come from their
 # committed prediction CSVs (results/b2_*/predictions.csv; those runs are not re-made here).
 ROBUST_RUNS ?= runs/robust
+MODEL1_RUN  ?= runs/equalised
+MODEL2_RUN  ?= $(ROBUST_RUNS)/model2
 RESULTS     ?= results
 FULLRES     ?= ../shared/data/fullres_sample
-COMPARED    := model1 model2 model1_seed_aug model2_seed_aug
+COMPARED    := model1 model2 model1_robust_aug model1_seed_aug model2_seed_aug
 B2_PREDS    := $(foreach m,b2_model1 b2_model2 b2_model1_bn b2_model2_bn,--preds $(RESULTS)/$(m)/predictions.csv)
 SCORE       := $(BIN)/cxr-infer $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet --no-report --n-boot 200
 ROBUST      := $(BIN)/cxr robustness --data $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet
-model_path = $(if $(findstring _seed_aug,$(1)),$(PREVIOUS)/$(1).onnx,$(MODELS)/$(1).onnx)
-# Per-model outputs are files: the previous models' (committed) are not scored again; delete them to redo.
-$(RESULTS)/%/predictions.csv:
+model_path = $(if $(findstring _aug,$(1)),$(PREVIOUS)/$(1).onnx,$(MODELS)/$(1).onnx)
+# Each output is remade only when its model file is newer (make's own rule), so an unchanged model
+# is not scored again; delete an output folder to redo it.
+.SECONDEXPANSION:
+$(RESULTS)/%/predictions.csv: $$(call model_path,$$*)
+	rm -rf $(RESULTS)/$*
 	$(SCORE) --model $(call model_path,$*) --out $(RESULTS)/$*
-$(RESULTS)/robustness/%/robustness.json:
+$(RESULTS)/robustness/%/robustness.json: $$(call model_path,$$*)
+	rm -rf $(RESULTS)/robustness/$*
 	$(ROBUST) --model $(call model_path,$*) --out $(RESULTS)/robustness/$*
-$(RESULTS)/model1_tta/predictions.csv:
+$(RESULTS)/model1_tta/predictions.csv: $(MODELS)/model1.onnx
+	rm -rf $(RESULTS)/model1_tta
 	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1_tta --tta
-results: setup $(SPLITS)/manifest.csv previous-models
-	$(BIN)/cxr export --run $(ROBUST_RUNS)/model1 --out $(MODELS)/model1.onnx --threshold val
-	$(BIN)/cxr export --run $(ROBUST_RUNS)/model2 --out $(MODELS)/model2.onnx --threshold val
-	rm -rf $(RESULTS)/model1 $(RESULTS)/model2 $(RESULTS)/model1_tta $(RESULTS)/robustness/model1 $(RESULTS)/robustness/model2
+# The shipped models, exported (validation threshold, Wilson margin) when their run is newer.
+$(MODELS)/model1.onnx: $(MODEL1_RUN)/best.keras
+	$(BIN)/cxr export --run $(MODEL1_RUN) --out $@ --threshold val
+$(MODELS)/model2.onnx: $(MODEL2_RUN)/best.keras
+	$(BIN)/cxr export --run $(MODEL2_RUN) --out $@ --threshold val
+results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MODELS)/model2.onnx
 	$(MAKE) $(foreach m,$(COMPARED),$(RESULTS)/$(m)/predictions.csv $(RESULTS)/robustness/$(m)/robustness.json) \
 		$(RESULTS)/model1_tta/predictions.csv
 	$(BIN)/cxr data prepare --source $(SOURCE) --out $(SPLITS)
@@ -100,7 +110,7 @@ results: setup $(SPLITS)/manifest.csv previous-models
 		$(foreach m,$(COMPARED),--preds $(RESULTS)/$(m)/predictions.csv --robustness $(RESULTS)/robustness/$(m)/robustness.json) \
 		--preds $(RESULTS)/model1_tta/predictions.csv $(B2_PREDS) \
 		--data-summary $(SPLITS)/summary.json --data-summary data/fullres_splits/summary.json \
-		--history $(ROBUST_RUNS)/model1/history.csv --history $(ROBUST_RUNS)/model2/history.csv
+		--history $(MODEL1_RUN)/history.csv --history $(MODEL2_RUN)/history.csv
 	$(BIN)/python -m cxr.reports.render $(RESULTS)/metrics.json --update-readme README.md
 	$(BIN)/cxr card --model $(MODELS)/model1.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr card --model $(MODELS)/model2.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
@@ -112,10 +122,15 @@ results: setup $(SPLITS)/manifest.csv previous-models
 # as the gate demo's planted regression: taken from git history, not from the working tree.
 PREVIOUS        ?= $(MODELS)/previous
 PREVIOUS_COMMIT := 52490a1
-previous-models: $(PREVIOUS)/model1_seed_aug.onnx $(PREVIOUS)/model2_seed_aug.onnx
+# model1 with the robust augmentation but without the in-model equaliser (shipped at 5e36460)
+ROBUST_AUG_COMMIT := 5e36460
+previous-models: $(PREVIOUS)/model1_seed_aug.onnx $(PREVIOUS)/model2_seed_aug.onnx $(PREVIOUS)/model1_robust_aug.onnx
 $(PREVIOUS)/%_seed_aug.onnx:
 	mkdir -p $(PREVIOUS)
 	git show $(PREVIOUS_COMMIT):models/$*.onnx > $@.tmp && mv $@.tmp $@
+$(PREVIOUS)/model1_robust_aug.onnx:
+	mkdir -p $(PREVIOUS)
+	git show $(ROBUST_AUG_COMMIT):models/model1.onnx > $@.tmp && mv $@.tmp $@
 
 # The regression gate on real data: a baseline evaluation of model1 on the test split with the
 # robustness suite, the same model again (must pass), then the previous shipped model, which reads

@@ -120,6 +120,42 @@ def infer_cxr(folder: Path, model_path: Path):
         return result.n_files, time.perf_counter() - start
 
 
+def _ray_started() -> float:
+    import ray
+
+    start = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    return time.perf_counter() - start
+
+
+def ray_startup(folder: Path, model_path: Path):
+    """Ray's start-up: ray.init, then one file through the whole engine (actor start, model load)."""
+    from cxr.imaging import list_images
+    from cxr.infer.model import OnnxClassifier
+    from cxr.infer.ray_engine import score_with_ray
+
+    seconds = _ray_started()
+    model = OnnxClassifier(model_path, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        first = list_images(folder)[0].relative_to(folder).as_posix()
+        score_with_ray(str(folder), model, Path(tmp) / "p.csv", only=[first])
+        return 1, seconds + time.perf_counter() - start
+
+
+def infer_ray(folder: Path, model_path: Path):
+    """The ray engine on a started single-machine Ray (its start-up is measured by ray_startup)."""
+    from cxr.infer.model import OnnxClassifier
+    from cxr.infer.ray_engine import score_with_ray
+
+    _ray_started()
+    model = OnnxClassifier(model_path, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = score_with_ray(str(folder), model, Path(tmp) / "p.csv")
+        return result.n_files, time.perf_counter() - start
+
+
 def infer_cxr_tta(folder: Path, model_path: Path):
     from cxr.infer.model import OnnxClassifier
     from cxr.infer.score import score_folder
@@ -404,6 +440,16 @@ def bench_pipeline(model: Path, label: str, folder: Path) -> None:
           f"end to end / bound = {r['infer_cxr']['ips'] / bound:.2f} (goal >= 0.9)")
 
 
+def bench_ray(model: Path, label: str, folder: Path) -> None:
+    """The ray engine (single-machine Ray, every CPU) against the local engine on the same folder."""
+    r = {name: measure_in_subprocess(name, str(folder), str(model)) for name in ("infer_cxr", "infer_ray", "ray_startup")}
+    print(f"\nRay engine on {label}: {r['infer_ray']['images']} files, {os.cpu_count()} CPUs, model {model}")
+    print(_row("local engine (score_folder)", r["infer_cxr"]))
+    print(_row("ray engine, once started (score_with_ray)", r["infer_ray"]))
+    print(f"  ray start-up (ray.init + one file through the engine): {r['ray_startup']['seconds']:.1f} s; "
+          f"ray / local throughput = {r['infer_ray']['ips'] / r['infer_cxr']['ips']:.2f} (goal >= 0.7)")
+
+
 def bench_resume(model: Path, n: int) -> None:
     r = measure_in_subprocess("resume_first_batch", str(model), str(n))
     print(f"\nResume on {n:,} files (half done): first scored batch after {r['seconds']:.2f} s "
@@ -531,7 +577,8 @@ MEASURES = {"infer_seed": infer_seed, "infer_naive": infer_naive, "infer_cxr": i
             "pipe_decode_all": pipe_decode_all, "resume_first_batch": resume_first_batch,
             "cuda_parity": cuda_parity, "cuda_model_32": cuda_model_32, "cuda_model_256": cuda_model_256,
             "cuda_model_1024": cuda_model_1024, "cuda_decode_all": cuda_decode_all, "cuda_end_to_end": cuda_end_to_end,
-            "train_seed": train_seed, "train_ours": train_ours, "train_bound": train_bound}
+            "train_seed": train_seed, "train_ours": train_ours, "train_bound": train_bound,
+            "ray_startup": ray_startup, "infer_ray": infer_ray}
 
 
 for _variant in ("model1", "model2"):
@@ -550,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--decode-only", action="store_true", help="only the draft-vs-full decoding line")
-    parser.add_argument("--only", default="decode,pipeline,cuda,resume,seed,training,backends",
+    parser.add_argument("--only", default="decode,pipeline,cuda,ray,resume,seed,training,backends",
                         help="comma-separated sections to run [default: all]")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -581,6 +628,8 @@ def main(argv: list[str] | None = None) -> None:
                 bench_pipeline(opts.model, f"224 px copies ({COPIES})", copies)
             if "cuda" in only:
                 bench_cuda(opts.model, copies)
+            if "ray" in only:
+                bench_ray(opts.model, f"224 px copies ({COPIES})", copies)
         if "resume" in only:
             bench_resume(opts.model, opts.resume_files)
         if "seed" in only:

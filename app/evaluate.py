@@ -21,8 +21,8 @@ import click
 
 from cxr.app.errors import EXIT_DATA_CHANGED, EXIT_EVAL_PARTIAL, EXIT_OK, EXIT_REGRESSED, UsageError
 from cxr.app.events import Events, log_format_option
-from cxr.app.options import (batch_size_option, device_option, model_option, n_boot_option, precision_option,
-                             quiet_option, workers_option)
+from cxr.app.options import (batch_size_option, device_option, engine_options, model_option, n_boot_option,
+                             precision_option, quiet_option, workers_option)
 from cxr.app.robustness import max_flip_option, seed_option as robustness_seed_option
 
 VERDICT_EXIT = {"pass": EXIT_OK, "regression": EXIT_REGRESSED, "data_changed": EXIT_DATA_CHANGED,
@@ -131,11 +131,12 @@ def _preflight(folder: Path, max_drop: str, max_flip: str, baseline_path: Path |
 @precision_option
 @workers_option
 @n_boot_option
+@engine_options
 @log_format_option
 @quiet_option
 def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, robustness_seed, allow_new_data,
              history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
-             n_boot, log_format, quiet) -> None:
+             n_boot, engine, ray_address, gpus_per_actor, log_format, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
     from cxr.app.infer import ground_truth, load_model, out_dir_lock, score, write_report
     from cxr.app.robustness import run_robustness
@@ -149,7 +150,8 @@ def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, 
     only, truth = ground_truth(model, labels_csv, manifest, split)
     with out_dir_lock(out_dir):
         result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
-                       only=only)
+                       only=only, engine=engine, ray_address=ray_address, gpus_per_actor=gpus_per_actor,
+                       device=device)
         section, gate = None, GateResult()
         if with_robustness or flip_limits:
             section = run_robustness(model, folder, only, truth, seed=robustness_seed, batch_size=batch_size,

@@ -1,4 +1,4 @@
-"""``cxr-infer FOLDER --model M`` (also ``cxr infer``), and the steps that ``cxr evaluate`` and
+"""``cxr-infer SOURCE --model M`` (also ``cxr infer``), and the steps that ``cxr evaluate`` and
 ``cxr robustness`` share with it: load a model, find the ground truth, take the output
 folder, score, and report when labels exist.
 
@@ -16,10 +16,10 @@ from typing import Any
 
 import click
 
-from cxr.app.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from cxr.app.errors import EXIT_OK, EXIT_PARTIAL, ServiceUnavailable, UsageError
 from cxr.app.events import Events, log_format_option
-from cxr.app.options import (batch_size_option, device_option, model_option, n_boot_option, precision_option,
-                             quiet_option, workers_option)
+from cxr.app.options import (batch_size_option, device_option, engine_options, model_option, n_boot_option,
+                             precision_option, quiet_option, workers_option)
 
 LOCK_NAME = ".cxr.lock"
 
@@ -81,17 +81,42 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
         lock.release()
 
 
+def check_source(source: str, engine: str) -> None:
+    """The local engine scores a folder; the ray engine also a CSV list of paths or a URI."""
+    from cxr.infer.ray_engine import is_uri  # no Ray import: the engine module imports Ray lazily
+
+    path = Path(source)
+    if engine == "ray" and (is_uri(source) or (path.is_file() and path.suffix.lower() == ".csv")):
+        return
+    if not path.is_dir():
+        hint = "" if engine == "ray" else " (a CSV list of paths or a URI needs --engine ray)"
+        raise UsageError(f"folder not found: {source}{hint}")
+
+
 def inside(child: Path, parent: Path) -> bool:
     child, parent = child.resolve(), parent.resolve()
     return child == parent or parent in child.parents
 
 
-def score(folder: Path, model, out_dir: Path, events: Events, **kwargs):
+def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "local", source: str | None = None,
+          ray_address: str | None = None, gpus_per_actor: float | None = None, device: str = "auto", **kwargs):
+    """Score with the chosen engine; the same predictions contract either way. ``source``: the
+    ray engine's SOURCE as given (a folder, a CSV list or a URI), default ``folder``."""
     from cxr.infer.model import ModelOutputError
     from cxr.infer.score import ScoreInputError, score_folder
 
     exclude = out_dir if inside(out_dir, folder) else None
     try:
+        if engine == "ray":
+            from cxr.infer.ray_engine import RayRunFailed, score_with_ray
+
+            kwargs.pop("workers", None)  # Ray sizes its own decode tasks
+            try:
+                return score_with_ray(source or str(folder), model, out_dir / "predictions.csv",
+                                      progress=events.progress, exclude=exclude, address=ray_address,
+                                      gpus_per_actor=gpus_per_actor, device=device, **kwargs)
+            except RayRunFailed as exc:
+                raise ServiceUnavailable(str(exc)) from None
         return score_folder(folder, model, out_dir / "predictions.csv", progress=events.progress, exclude=exclude,
                             **kwargs)
     except (ScoreInputError, ModelOutputError) as exc:
@@ -109,7 +134,8 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
         return None
     try:
         cam_model = model if model is not None and model.has_cam else None
-        return summarize([result.csv_path], out_dir, images_root=folder, with_figures=full, n_boot=n_boot,
+        images_root = folder if folder.is_dir() else None  # a CSV list or a URI has no image folder
+        return summarize([result.csv_path], out_dir, images_root=images_root, with_figures=full, n_boot=n_boot,
                          cam_model=cam_model, **extra)
     except ReportInputError as exc:
         if events is not None:
@@ -118,7 +144,7 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
 
 
 @click.command("infer")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("source", metavar="SOURCE")
 @model_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("cxr_out"),
               show_default=True, help="Folder for predictions.csv and the report.")
@@ -129,7 +155,7 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
 @precision_option
 @workers_option
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Score only the files of a split manifest (paths relative to FOLDER); labels come from it.")
+              help="Score only the files of a split manifest (paths relative to SOURCE); labels come from it.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
               help="With --manifest: which split to score.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average over flips and small shifts (6x cost).")
@@ -137,15 +163,18 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
                                              "scored are kept. A finished run is left as it is.")
 @click.option("--no-report", is_flag=True, help="With ground truth, write only metrics.json (no figures/HTML).")
 @n_boot_option
+@engine_options
 @log_format_option
 @quiet_option
-def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int | None, device: str,
+def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int | None, device: str,
           precision: str, workers: int | None, manifest: Path | None, split: str, tta: bool, resume: bool,
-          no_report: bool, n_boot: int, log_format: str, quiet: bool) -> None:
-    """Score every image under FOLDER (recursively) with an exported ONNX model."""
+          no_report: bool, n_boot: int, engine: str, ray_address: str | None, gpus_per_actor: float | None,
+          log_format: str, quiet: bool) -> None:
+    """Score every image under the folder SOURCE (recursively) with an exported ONNX model. With
+    --engine ray, SOURCE may also be a CSV list of paths (column 'path') or a URI (s3://, gs://, ...)."""
     events = Events(log_format, quiet, "cxr-infer")
-    if not folder.is_dir():
-        raise UsageError(f"folder not found: {folder}")
+    check_source(source, engine)
+    folder = Path(source)
     model = load_model(model_path, device, precision)
     events.emit("model", f"provider: {model.provider} ({model.precision}) | model {model.path.name} "
                          f"({model.info.sha256[:12]}), threshold {model.info.threshold:g}, classes {model.info.classes}",
@@ -153,7 +182,8 @@ def infer(folder: Path, model_path: str, out_dir: Path, labels_csv: Path | None,
     only, truth = ground_truth(model, labels_csv, manifest, split)
     with out_dir_lock(out_dir):
         result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
-                       resume=resume, only=only, tta=tta)
+                       resume=resume, only=only, tta=tta, engine=engine, source=source, ray_address=ray_address,
+                       gpus_per_actor=gpus_per_actor, device=device)
         report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot, model=model, events=events)
     if result.already_complete:
         events.emit("complete", f"{result.csv_path} is already complete with these settings ({result.n_files} "

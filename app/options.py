@@ -29,3 +29,18 @@ threshold_rule_option = click.option(
     "--threshold-rule", type=click.Choice(["wilson", "point"]), default="wilson", show_default=True,
     help="Validation threshold: wilson = the 95% Wilson lower bound of validation recall reaches the target "
          "(a margin for new patients); point = the point estimate reaches it.")
+
+engine_option = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                             help="local: this process and a decode pool; ray: Ray Data on a local or remote "
+                                  "Ray cluster (pip install 'cxr[ray]'), same outputs.")
+ray_address_option = click.option("--ray-address", default=None, metavar="ADDR",
+                                  help="With --engine ray: the cluster to join (e.g. ray://head:10001 or auto); "
+                                       "default: a running instance, else a new local one.")
+gpus_per_actor_option = click.option("--gpus-per-actor", type=click.FloatRange(0.01, 64), default=None,
+                                     help="With --engine ray on GPUs: GPUs per scoring actor [default: 1; 0.5 "
+                                          "puts two actors on each GPU].")
+
+
+def engine_options(command):
+    """--engine, --ray-address and --gpus-per-actor, for the commands that score."""
+    return engine_option(ray_address_option(gpus_per_actor_option(command)))

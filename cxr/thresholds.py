@@ -77,19 +77,15 @@ def describe_rule(facts: dict[str, Any]) -> str:
 
 
 def choose_val_threshold(val_predictions: str | Path, target_recall: float, rule: str = "wilson") -> dict[str, Any]:
-    """``choose_threshold`` on a training run's val_predictions.csv (``path,label,patient_id,p_<class>``)."""
-    import pandas as pd
+    """``choose_threshold`` on a training run's val_predictions.csv, read by its owner
+    (``cxr.artifacts.Predictions``: the Predictions schema, or a legacy ``path,label,p_<class>`` file)."""
+    from cxr.artifacts import Predictions, PredictionsError
 
     try:
-        frame = pd.read_csv(val_predictions, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ThresholdError(f"cannot read validation predictions {val_predictions}: {exc}") from None
-    prob_cols = [c for c in frame.columns if c.startswith("p_")]
-    if len(prob_cols) != 1 or "label" not in frame.columns:
-        raise ThresholdError(f"{val_predictions} is not a run's val_predictions.csv (need label and one p_<class>)")
-    try:
-        p = frame[prob_cols[0]].astype(float).to_numpy()
-    except ValueError:
-        raise ThresholdError(f"{val_predictions}: non-numeric probabilities") from None
-    y = (frame["label"] == prob_cols[0][2:]).astype(int).to_numpy()
+        frame, prob_col = Predictions.read(val_predictions)
+    except PredictionsError as exc:
+        raise ThresholdError(f"not a run's validation predictions: {exc}") from None
+    frame = frame[(frame["error"] == "") & (frame["true_label"] != "")]
+    p = frame[prob_col].astype(float).to_numpy()
+    y = (frame["true_label"] == prob_col[2:]).astype(int).to_numpy()
     return {**choose_threshold(y, p, target_recall, rule), "source": str(val_predictions), "n_val": int(len(frame))}

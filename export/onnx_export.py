@@ -47,6 +47,8 @@ def load_keras_model(path: str | Path):
     """A .keras file as a Keras model; a one-line ExportError when it is not one."""
     import keras
 
+    import cxr.keras_layers  # noqa: F401 - registers the layers a trained model may contain
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - zip, h5 and deserialisation errors all mean "not a model"

@@ -117,13 +117,19 @@ class OnnxClassifier:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
+        providers = choose_providers(device, precision)
+        # On CPUs, by default: single-threaded runs, one per core, at the same time (Run is thread-safe),
+        # instead of one run split over every core. Intra-op threads meet at a barrier after each of
+        # the graph's hundreds of ops, so a core taken by a decode worker stalls them all; whole runs
+        # side by side share the cores with the decoders without waiting on each other.
+        self.parallel_runs = default_thread_count() if threads is None and providers == ["CPUExecutionProvider"] else 1
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_thread_count()
+        options.intra_op_num_threads = 1 if self.parallel_runs > 1 else (threads or default_thread_count())
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # The scorer's decode workers share the cores: idle intra-op threads must sleep, not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = choose_providers(device, precision)
+        self._pool = None
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own assorted types
@@ -149,7 +155,22 @@ class OnnxClassifier:
         """The provider facts a run records (metrics.json, evaluation history, predictions.meta.json)."""
         keep = ("use_tf32", "cudnn_conv_algo_search", "device_id")
         return {"provider": self.provider, "precision": self.precision,
-                "provider_options": {k: v for k, v in self.provider_options.items() if k in keep}}
+                "provider_options": {k: v for k, v in self.provider_options.items() if k in keep},
+                "parallel_runs": self.parallel_runs}
+
+    def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
+        """``session.run`` on ``batch``; with ``parallel_runs > 1`` split into that many parts
+        run side by side on threads (onnxruntime releases the GIL), outputs joined in order."""
+        feeds = {self.input_name: batch}
+        if self.parallel_runs <= 1 or len(batch) < 2:
+            return self.session.run(names, feeds)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.parallel_runs, thread_name_prefix="cxr-onnxruntime")
+        parts = np.array_split(batch, min(self.parallel_runs, len(batch)))
+        results = list(self._pool.map(lambda part: self.session.run(names, {self.input_name: part}), parts))
+        return [np.concatenate([result[i] for result in results]) for i in range(len(names))]
 
     def _check_input(self) -> None:
         inputs = self.session.get_inputs()
@@ -168,7 +189,7 @@ class OnnxClassifier:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """P(positive class) for a (N, size, size, 3) uint8 batch of 0-255 pixels."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32)
-        out = self.session.run([self.output_name], {self.input_name: batch})[0].reshape(-1).astype(np.float64)
+        out = self._run([self.output_name], batch)[0].reshape(-1).astype(np.float64)
         return checked_probabilities(out, len(batch), self.path)
 
     def explain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +197,7 @@ class OnnxClassifier:
         if not self.has_cam:
             raise ModelLoadError(f"{self.path} has no 'cam' output (re-export it with this version of cxr)")
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        p, cam = self.session.run([self.output_name, CAM_NAME], {self.input_name: batch})
+        p, cam = self._run([self.output_name, CAM_NAME], batch)
         return checked_probabilities(p.reshape(-1).astype(np.float64), len(batch), self.path), cam
 
 

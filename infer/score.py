@@ -113,7 +113,7 @@ def scoring_settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selec
             "selection_sha256": chosen, **{k: v for k, v in model.execution.items() if k != "precision"}}
 
 
-def _targets(folder: Path, only: list[str] | None, exclude: Path | None) -> tuple[list[str], list[Path]]:
+def list_targets(folder: Path, only: list[str] | None, exclude: Path | None) -> tuple[list[str], list[Path]]:
     """(escaped relative paths, file system paths) to score, in order."""
     if only is None:
         paths = list_images(folder, exclude=exclude)
@@ -135,7 +135,7 @@ def _resume_rows(partial: Path, settings: dict[str, Any], rel_set: set[str], res
     return {rel: row for rel, row in rows.items() if rel in rel_set}
 
 
-def _already_complete(out_csv: Path, settings: dict[str, Any], n_files: int) -> pd.DataFrame | None:
+def already_complete(out_csv: Path, settings: dict[str, Any], n_files: int) -> pd.DataFrame | None:
     """The finished CSV when a resumed run has nothing left to do (same settings, all rows)."""
     before = Predictions.read_settings(out_csv)
     if before is None or not out_csv.is_file() or settings_differences(before, settings, RESUME_KEYS):
@@ -187,7 +187,8 @@ def _batches(indices: list[int], paths: list[Path], size: int, workers: int, bat
         yield chunk, [next(stream) for _ in chunk]
 
 
-def _qc_flag(image: np.ndarray) -> str:
+def qc_flag(image: np.ndarray) -> str:
+    """The ``qc`` column of a decoded image ('' when nothing is odd)."""
     sd = float(image.std())
     return f"uniform image (pixel sd {sd:.2f})" if sd < UNIFORM_SD else ""
 
@@ -201,17 +202,27 @@ def _predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> np.ndarra
     return probs
 
 
+def model_label(model: OnnxClassifier, tta: bool) -> str:
+    """The ``model`` column: the file name, with ``+tta`` when test-time augmentation was used."""
+    return model.info.path.name + ("+tta" if tta else "")
+
+
+def prediction_rows(model: OnnxClassifier, rels: list[str], probs: np.ndarray, errors: list[str], qcs: list[str],
+                    truth: GroundTruth, tta: bool) -> list[dict[str, str]]:
+    """The predictions rows of scored files (both engines): a probability, or an error message."""
+    info, classes = model.info, model.info.classes
+    name = model_label(model, tta)
+    return [Predictions.row(rel, None if error else float(p), classes, info.threshold,
+                            true_label=truth.label_for(rel, classes), patient_id=truth.patient_for(rel),
+                            error=error, qc=qc, model=name, model_sha256=info.sha256)
+            for rel, p, error, qc in zip(rels, probs, errors, qcs)]
+
+
 def _rows(model: OnnxClassifier, rels: list[str], decoded: list, probs: np.ndarray, truth: GroundTruth,
           tta: bool) -> list[dict[str, str]]:
-    info, classes = model.info, model.info.classes
-    name = info.path.name + ("+tta" if tta else "")
-    rows = []
-    for rel, (image, error), p in zip(rels, decoded, probs):
-        rows.append(Predictions.row(rel, None if error else float(p), classes, info.threshold,
-                                    true_label=truth.label_for(rel, classes), patient_id=truth.patient_for(rel),
-                                    error=error, qc=_qc_flag(image) if image is not None else "", model=name,
-                                    model_sha256=info.sha256))
-    return rows
+    errors = [error for _, error in decoded]
+    qcs = [qc_flag(image) if image is not None else "" for image, _ in decoded]
+    return prediction_rows(model, rels, probs, errors, qcs, truth, tta)
 
 
 def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int | None = None,
@@ -225,9 +236,9 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
     if not folder.is_dir():
         raise ScoreInputError(f"folder not found: {folder}")
     truth = truth or GroundTruth()
-    rels, paths = _targets(folder, only, Path(exclude) if exclude else None)
+    rels, paths = list_targets(folder, only, Path(exclude) if exclude else None)
     settings = scoring_settings(model, tta, truth, only)
-    if resume and (complete := _already_complete(out_csv, settings, len(rels))) is not None:
+    if resume and (complete := already_complete(out_csv, settings, len(rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
     partial = Predictions.partial_path(out_csv)
@@ -259,15 +270,23 @@ def effective_workers(requested: int | None) -> int:
     return cpus if requested is None else min(cpus, max(0, requested))
 
 
-def _finalise(partial: Path, out_csv: Path, rels: list[str], positive: str, settings: dict[str, Any]) -> pd.DataFrame:
-    _, rows = Predictions.read_partial(partial)
+def write_predictions(rows: dict[str, dict[str, str]], out_csv: Path, rels: list[str], positive: str,
+                      settings: dict[str, Any]) -> pd.DataFrame:
+    """The final CSV (one row per file, in ``rels`` order) and its settings sidecar, atomically;
+    both engines end here."""
     missing = [rel for rel in rels if rel not in rows]
-    if missing:  # a bug, never a user's mistake: the partial file stays for --resume
+    if missing:  # a bug, never a user's mistake: the partial rows stay for --resume
         raise RuntimeError(f"{len(missing)} of {len(rels)} files have no row (first: {missing[0]})")
     frame = pd.DataFrame([rows[rel] for rel in rels], columns=Predictions.columns(positive))
     Predictions.write_csv(frame, out_csv)
     counts = {"n_files": len(rels), "n_errors": int((frame["error"] != "").sum()),
               "n_qc_flagged": int((frame["qc"] != "").sum())}
     Predictions.write_settings(out_csv, {**settings, **counts})
+    return frame
+
+
+def _finalise(partial: Path, out_csv: Path, rels: list[str], positive: str, settings: dict[str, Any]) -> pd.DataFrame:
+    _, rows = Predictions.read_partial(partial)
+    frame = write_predictions(rows, out_csv, rels, positive, settings)
     partial.unlink()
     return frame

@@ -112,7 +112,7 @@ def test_attack_resume_on_a_finished_run_scores_nothing(tmp_path: Path, folder: 
     assert run_infer(folder, tiny_model, out).exit_code == 0
     before = (out / "predictions.csv").read_bytes()
     result = CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "--resume",
-                                        "--workers", "0", "--no-report"])
+                                        "--workers", "0", "--no-report", "--n-boot", "20"])
     assert result.exit_code == 0 and "already complete" in result.output
     assert (out / "predictions.csv").read_bytes() == before
 

@@ -125,3 +125,25 @@ def test_a_model_without_a_recorded_rule_is_not_called_fixed(tmp_path) -> None:
     assert contract.threshold_rule == {"rule": "unrecorded"}
     text = describe_rule({"threshold": contract.threshold, **contract.threshold_rule})
     assert "not recorded" in text and "fixed" not in text
+
+
+def test_the_validation_threshold_reads_what_a_run_folder_writes(tmp_path) -> None:
+    """Regression: training wrote val_predictions.csv in the Predictions schema while export's
+    threshold reader still wanted the legacy ``label`` column; both now go through the owner."""
+    import pandas as pd
+
+    from cxr.artifacts import RunFolder
+    from cxr.thresholds import choose_val_threshold
+
+    rng = np.random.default_rng(0)
+    labels = ["NORMAL"] * 60 + ["PNEUMONIA"] * 140
+    p = np.clip(np.where(np.array(labels) == "PNEUMONIA", 0.8, 0.2) + rng.normal(0, 0.15, 200), 0, 1)
+    rows = pd.DataFrame({"path": [f"x/{i}.jpeg" for i in range(200)], "label": labels,
+                         "patient_id": [f"P{i}" for i in range(200)]})
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir(parents=True)
+    written = run.write_val_predictions(rows, p, ["NORMAL", "PNEUMONIA"])
+    legacy = tmp_path / "legacy.csv"
+    rows.assign(p_PNEUMONIA=p).to_csv(legacy, index=False)
+    new, old = choose_val_threshold(written, 0.95), choose_val_threshold(legacy, 0.95)
+    assert abs(new["threshold"] - old["threshold"]) < 1e-8 and new["n_positive"] == 140  # 9 significant digits

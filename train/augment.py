@@ -24,6 +24,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from cxr.keras_layers import gaussian_blur
+
 POLICIES = ("seed", "robust")
 
 
@@ -83,14 +85,7 @@ class RandomBlurOrDownscale(_RandomPerImage):
         self.probability, self.sigma, self.scale = float(probability), float(sigma), float(scale)
 
     def _blurred(self, images):
-        radius = max(1, int(math.ceil(2.5 * self.sigma)))
-        taps = [math.exp(-(i * i) / (2 * self.sigma ** 2)) for i in range(-radius, radius + 1)]
-        kernel_1d = ops.convert_to_tensor([t / sum(taps) for t in taps], dtype="float32")
-        channels = images.shape[-1]
-        row = ops.tile(ops.reshape(kernel_1d, (1, -1, 1, 1)), (1, 1, channels, 1))
-        column = ops.tile(ops.reshape(kernel_1d, (-1, 1, 1, 1)), (1, 1, channels, 1))
-        padded = ops.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="symmetric")
-        return ops.depthwise_conv(ops.depthwise_conv(padded, row, padding="valid"), column, padding="valid")
+        return gaussian_blur(images, self.sigma, pad_mode="symmetric")
 
     def _down_up(self, images):
         height, width = images.shape[1], images.shape[2]

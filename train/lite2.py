@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from cxr.artifacts.model_contract import FEATURE_LAYER
+from cxr.keras_layers import EQUALISER_NAME, AcquisitionEqualiser
 from cxr.train.errors import WeightsUnavailableError
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage, as found in the weights file
@@ -64,10 +65,14 @@ def _mbconv(x, index: int, c_in: int, c_out: int, kernel: int, stride: int, expa
     return x
 
 
-def build_lite2(input_size: int = 128, include_top: bool = False) -> keras.Model:
-    """EfficientNet-Lite2 (random weights). Without top: the last activation map (1280 channels)."""
+def build_lite2(input_size: int = 128, include_top: bool = False, equalise_sigma: float = 0.0) -> keras.Model:
+    """EfficientNet-Lite2 (random weights). Without top: the last activation map (1280 channels).
+    ``equalise_sigma > 0`` puts the core's fixed ``AcquisitionEqualiser`` blur before the rescaling."""
     inputs = keras.Input((input_size, input_size, 3), name="input_layer")
-    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
+    x = inputs
+    if equalise_sigma > 0:
+        x = AcquisitionEqualiser(equalise_sigma, name=EQUALISER_NAME)(x)
+    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(x)
     x = _conv_bn(x, STEM, 3, 2, "stem")
     for index, c_in, c_out, kernel, stride, expand in _blocks():
         x = _mbconv(x, index, c_in, c_out, kernel, stride, expand)
@@ -133,9 +138,9 @@ def import_lite2_weights(out_path: str | Path | None = None, pth: Path | None = 
     return out
 
 
-def efficientnet_lite2(weights: str | None, input_size: int) -> keras.Model:
+def efficientnet_lite2(weights: str | None, input_size: int, equalise_sigma: float = 0.0) -> keras.Model:
     """The backbone for training: 'imagenet' (Keras cache, converted on first use), None, or a file."""
-    model = build_lite2(input_size, include_top=False)
+    model = build_lite2(input_size, include_top=False, equalise_sigma=equalise_sigma)
     if weights is None:
         return model
     path = Path(weights) if weights != "imagenet" else KERAS_CACHE_FILE

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 
 from cxr.artifacts.model_contract import HEAD_LAYERS
+from cxr.keras_layers import EQUALISER_NAME, AcquisitionEqualiser
 from cxr.messages import first_line
 from cxr.train.config import frozen_layer_count
 from cxr.train.errors import WeightsUnavailableError
@@ -20,8 +21,11 @@ from cxr.train.errors import WeightsUnavailableError
 KERAS_B2_CACHE = Path("~/.keras/models/efficientnetb2_notop.h5").expanduser()
 
 
-def _efficientnet_b2(weights: str | None, input_size: int) -> keras.Model:
+def _efficientnet_b2(weights: str | None, input_size: int, equalise_sigma: float = 0.0) -> keras.Model:
     kwargs = dict(include_top=False, input_shape=(input_size, input_size, 3))
+    if equalise_sigma > 0:
+        inputs = keras.Input((input_size, input_size, 3), name="input_layer")
+        kwargs["input_tensor"] = AcquisitionEqualiser(equalise_sigma, name=EQUALISER_NAME)(inputs)
     if weights is None:
         return keras.applications.EfficientNetB2(weights=None, **kwargs)
     if weights != "imagenet":
@@ -38,16 +42,17 @@ def _efficientnet_b2(weights: str | None, input_size: int) -> keras.Model:
         ) from None
 
 
-def build_backbone(backbone: str, weights: str | None, input_size: int) -> keras.Model:
-    """The base network without its top. ``weights``: 'imagenet', None or a file path."""
+def build_backbone(backbone: str, weights: str | None, input_size: int, equalise_sigma: float = 0.0) -> keras.Model:
+    """The base network without its top. ``weights``: 'imagenet', None or a file path.
+    ``equalise_sigma > 0``: the fixed acquisition-equalising blur is the base's first layer."""
     if weights in ("none", "None", ""):
         weights = None
     if backbone == "efficientnet_b2":
-        return _efficientnet_b2(weights, input_size)
+        return _efficientnet_b2(weights, input_size, equalise_sigma)
     if backbone == "efficientnet_lite2":
         from cxr.train.lite2 import efficientnet_lite2
 
-        return efficientnet_lite2(weights=weights, input_size=input_size)
+        return efficientnet_lite2(weights=weights, input_size=input_size, equalise_sigma=equalise_sigma)
     raise ValueError(f"unknown backbone {backbone!r}")
 
 
@@ -64,8 +69,13 @@ def add_head(base: keras.Model, name: str) -> keras.Model:
     return keras.Model(base.input, output, name=name)
 
 
+def backbone_layers(base: keras.Model) -> list[keras.layers.Layer]:
+    """The backbone's own layers: the weightless equaliser, where present, is not counted."""
+    return [layer for layer in base.layers if layer.name != EQUALISER_NAME]
+
+
 def freeze_base(base: keras.Model, n_frozen: int, freeze_bn: bool) -> None:
-    for index, layer in enumerate(base.layers):
+    for index, layer in enumerate(backbone_layers(base)):
         layer.trainable = index >= n_frozen
         if freeze_bn and isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False  # Keras 3: a non-trainable BatchNorm runs in inference mode
@@ -79,9 +89,10 @@ def count_params(model: keras.Model) -> dict[str, int]:
 
 def build_classifier(resolved: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
     """Build the model of one resolved variant config. Returns (model, facts about it)."""
-    base = build_backbone(resolved["backbone"], resolved["weights"], int(resolved["input_size"]))
-    n_frozen = frozen_layer_count(resolved, len(base.layers))
+    base = build_backbone(resolved["backbone"], resolved["weights"], int(resolved["input_size"]),
+                          float(resolved.get("equalise_sigma", 0.0)))
+    n_frozen = frozen_layer_count(resolved, len(backbone_layers(base)))
     freeze_base(base, n_frozen, bool(resolved.get("freeze_bn", False)))
     model = add_head(base, name=f"{resolved['variant']}_{resolved['backbone']}")
-    facts = {"base_layers": len(base.layers), "frozen_base_layers": n_frozen, "params": count_params(model)}
+    facts = {"base_layers": len(backbone_layers(base)), "frozen_base_layers": n_frozen, "params": count_params(model)}
     return model, facts

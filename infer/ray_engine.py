@@ -1,0 +1,323 @@
+"""The ``ray`` engine of ``cxr-infer``: the local engine's contract on a Ray cluster (Ray Data).
+
+The standard Ray Data shape for offline batch inference:
+
+1. the driver lists the files (the local engine's listing, or a CSV list, or a pyarrow URI);
+2. CPU tasks decode them with the project's one preprocessing (``cxr.imaging.decode_or_error``);
+   a file that cannot be decoded becomes an error row there, never a retry;
+3. ``map_batches`` with a callable class that holds one onnxruntime session per actor
+   (``ActorPoolStrategy``; one GPU per actor by default where the cluster has GPUs);
+4. the driver turns each finished block into rows (``prediction_rows``, as the local engine)
+   and writes it as a Parquet shard in ``OUT/shards/`` (temporary name, then an atomic rename).
+
+``predictions.csv`` and its sidecar are assembled from the shards at the end, atomically, by the
+local engine's writer: one row per file, in the same order, with the same columns. ``--resume``
+skips the files already in finished shards (same settings only). A killed driver loses no
+finished shard; a dead worker's blocks are re-run by Ray, and a file is never written twice.
+
+Ray is imported only here, only when the engine is asked for (the ``[ray]`` extra).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr.artifacts import Predictions, escape_path, unescape_path
+from cxr.artifacts.predictions import settings_differences
+from cxr.files import atomic_path, write_text_atomic
+from cxr.imaging import IMAGE_EXTENSIONS, decode_or_error
+from cxr.infer.model import OnnxClassifier, predict_tta
+from cxr.messages import first_line
+from cxr.infer.score import (RESUME_KEYS, GroundTruth, ProgressFn, ScoreInputError, ScoreResult, already_complete,
+                             list_targets, prediction_rows, qc_flag, scoring_settings, write_predictions)
+
+SHARDS_DIR = "shards"
+SHARD_SETTINGS = "settings.json"
+DECODE_CHUNK = 16          # files per decode task
+URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://", "file://")
+
+
+class RayEngineError(ScoreInputError):
+    """Ray is missing or the cluster cannot be reached. One-line message."""
+
+
+class RayRunFailed(RuntimeError):
+    """The cluster failed mid-run (beyond Ray's own retries); the finished shards are kept."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What to score: escaped row paths (the ``path`` column) and where each file is read from
+    (a local path or a URI), in output order."""
+    rels: list[str]
+    locations: list[str]
+
+
+def is_uri(source: str) -> bool:
+    return source.startswith(URI_SCHEMES)
+
+
+def list_source(source: str, only: list[str] | None = None, exclude: Path | None = None) -> Targets:
+    """A folder (the local engine's listing), a CSV list of paths (column ``path``; relative paths
+    are relative to the CSV's folder), or a URI read through pyarrow's file systems."""
+    if is_uri(source):
+        return _list_uri(source, only)
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _list_csv(path)
+    if not path.is_dir():
+        raise ScoreInputError(f"source not found: {source} (a folder, a .csv list of paths, or a URI)")
+    rels, paths = list_targets(path, only, exclude)
+    return Targets(rels, [str(p) for p in paths])
+
+
+def _list_csv(path: Path) -> Targets:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if "path" not in (reader.fieldnames or []):
+                raise ScoreInputError(f"{path}: a list of files needs a 'path' column")
+            given = [row["path"] for row in reader if row.get("path")]
+    except UnicodeDecodeError:
+        raise ScoreInputError(f"{path}: not a UTF-8 CSV file") from None
+    given = list(dict.fromkeys(given))
+    locations = [p if is_uri(p) or os.path.isabs(p) else str(path.parent / p) for p in given]
+    return Targets([escape_path(p) for p in given], locations)
+
+
+def _list_uri(uri: str, only: list[str] | None) -> Targets:
+    import pyarrow.fs as pafs
+
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(uri)
+        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as exc:
+        raise ScoreInputError(f"cannot list {uri}: {exc}") from None
+    base = uri.rstrip("/")
+    rels = sorted(info.path[len(root.rstrip("/")) + 1:] for info in infos
+                  if info.type == pafs.FileType.File and Path(info.path).suffix.lower() in IMAGE_EXTENSIONS)
+    if only is not None:
+        wanted = {unescape_path(rel) for rel in only}
+        rels = [rel for rel in rels if rel in wanted]
+    return Targets([escape_path(rel) for rel in rels], [f"{base}/{rel}" for rel in rels])
+
+
+def _decode_location(location: str, size: int) -> tuple[np.ndarray | None, str]:
+    """``decode_or_error`` on a local file, or on a URI's bytes copied to a local temporary file."""
+    if not is_uri(location):
+        return decode_or_error(location, size)
+    import pyarrow.fs as pafs
+
+    suffix = Path(location).suffix
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(location)
+        with filesystem.open_input_stream(path) as stream, tempfile.NamedTemporaryFile(suffix=suffix) as local:
+            local.write(stream.read())
+            local.flush()
+            return decode_or_error(local.name, size)
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {location}: {exc}"
+
+
+def decode_block(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Ray task: decode a block of files (errors become messages, never exceptions)."""
+    n = len(batch["rel"])
+    images = np.zeros((n, size, size, 3), np.uint8)
+    ok = np.zeros(n, bool)
+    errors, qcs = [], []
+    for index, location in enumerate(batch["location"]):
+        image, error = _decode_location(str(location), size)
+        if image is not None:
+            images[index], ok[index] = image, True
+        errors.append(error)
+        qcs.append(qc_flag(image) if image is not None else "")
+    return {"rel": batch["rel"], "image": images, "ok": ok, "error": np.array(errors, dtype=object),
+            "qc": np.array(qcs, dtype=object)}
+
+
+class ScoringActor:
+    """Ray actor: one onnxruntime session for its whole life (the model travels as bytes, so the
+    workers need no shared file system); the local engine's provider choice and checks."""
+
+    def __init__(self, model_bytes: bytes, model_name: str, device: str, precision: str, threads: int | None,
+                 tta: bool):
+        folder = Path(tempfile.mkdtemp(prefix="cxr-ray-model-"))
+        path = folder / model_name
+        path.write_bytes(model_bytes)
+        self.model = OnnxClassifier(path, device=device, threads=threads, precision=precision)
+        self.tta = tta
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.asarray(batch["ok"], bool)
+        probs = np.full(len(ok), np.nan)
+        if ok.any():
+            images = np.asarray(batch["image"])[ok]
+            probs[ok] = predict_tta(self.model, images) if self.tta else self.model.predict(images)
+        provider = np.array([self.model.provider] * len(ok), dtype=object)
+        return {"rel": batch["rel"], "probability": probs, "error": batch["error"], "qc": batch["qc"],
+                "provider": provider}
+
+
+def _shards_dir(out_csv: Path) -> Path:
+    return out_csv.parent / SHARDS_DIR
+
+
+def _read_shards(shards: Path) -> dict[str, dict[str, str]]:
+    """Rows of the finished shards by path (a half-written shard has a temporary name and is ignored)."""
+    rows: dict[str, dict[str, str]] = {}
+    for shard in sorted(shards.glob("shard-*.parquet")):
+        frame = pd.read_parquet(shard).fillna("")
+        for row in frame.to_dict("records"):
+            rows[row["path"]] = {key: str(value) for key, value in row.items()}
+    return rows
+
+
+def _start_shards(shards: Path, settings: dict[str, Any], resume: bool, rel_set: set[str]) -> dict[str, dict]:
+    """Rows to keep from an interrupted run (with ``resume``), else an empty shard folder."""
+    settings_file = shards / SHARD_SETTINGS
+    if resume and settings_file.is_file():
+        before = json.loads(settings_file.read_text(encoding="utf-8"))
+        differences = settings_differences(before, settings, RESUME_KEYS)
+        if differences:
+            raise ScoreInputError(f"--resume: the interrupted run used other settings ({'; '.join(differences)}); "
+                                  "rerun without --resume, or with the same settings")
+        return {rel: row for rel, row in _read_shards(shards).items() if rel in rel_set}
+    if shards.is_dir():
+        for old in shards.glob("*"):
+            old.unlink()
+    shards.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(settings_file, json.dumps(settings, indent=2, sort_keys=True))
+    return {}
+
+
+def _write_shard(shards: Path, rows: list[dict[str, str]], columns: list[str]) -> Path:
+    target = shards / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    with atomic_path(target) as temporary:
+        pd.DataFrame(rows, columns=columns).to_parquet(temporary, index=False)
+    return target
+
+
+def connect(address: str | None) -> bool:
+    """Use the running Ray instance, or start/join one. True when this call started it."""
+    try:
+        import ray
+    except ImportError:
+        raise RayEngineError("the ray engine needs Ray: pip install 'cxr[ray]'") from None
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RayEngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return True
+
+
+def actor_plan(device: str, gpus_per_actor: float | None) -> dict[str, Any]:
+    """Actors and their resources: one per GPU (or ``gpus_per_actor`` each) where the cluster has
+    GPUs and the device allows; else one single-threaded session per CPU."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus, cpus = float(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    if device != "cpu" and gpus > 0:
+        share = gpus_per_actor or 1.0
+        return {"actors": max(1, int(gpus / share)), "num_gpus": share, "num_cpus": 1, "threads": None,
+                "device": "cuda" if device == "cuda" else "auto"}
+    # Ray fuses the CPU decode into the actors here: each actor decodes and scores on its own core.
+    return {"actors": max(1, cpus), "num_gpus": 0, "num_cpus": 1, "threads": 1, "device": "cpu"}
+
+
+def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, address: str | None = None,
+                   batch_size: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
+                   progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
+                   exclude: str | Path | None = None, device: str = "auto",
+                   gpus_per_actor: float | None = None) -> ScoreResult:
+    """Score ``source`` on Ray; the same outputs and result as ``score_folder``."""
+    out_csv = Path(out_csv)
+    truth = truth or GroundTruth()
+    targets = list_source(source, only, Path(exclude) if exclude else None)
+    settings = {**scoring_settings(model, tta, truth, only), "engine": "ray"}
+    if resume and (complete := already_complete(out_csv, settings, len(targets.rels))) is not None:
+        n_errors = int((complete["error"] != "").sum())
+        return ScoreResult(out_csv, len(targets.rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
+    shards = _shards_dir(out_csv)
+    done = _start_shards(shards, settings, resume, set(targets.rels))
+    todo = [i for i, rel in enumerate(targets.rels) if rel not in done]
+    if progress:
+        progress(len(done), len(targets.rels))
+    started_ray = connect(address)
+    try:
+        started = time.perf_counter()
+        try:
+            providers = _run(targets, todo, model, shards, truth, tta, device, gpus_per_actor, batch_size, progress)
+        except Exception as exc:  # noqa: BLE001 - Ray wraps what failed on the cluster in its own types
+            if not type(exc).__module__.startswith("ray"):
+                raise
+            raise RayRunFailed(f"the Ray run failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
+                               f"finished shards are kept in {shards}: rerun with --resume") from None
+        seconds = time.perf_counter() - started
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    rows = _read_shards(shards)
+    frame = write_predictions(rows, out_csv, targets.rels, model.info.positive_class,
+                              {**settings, "providers": sorted(providers) or [model.provider]})
+    for shard in shards.glob("*"):
+        shard.unlink()
+    shards.rmdir()
+    n_errors = int((frame["error"] != "").sum())
+    provider = ",".join(sorted(providers)) or model.provider
+    return ScoreResult(out_csv, len(targets.rels), n_errors, len(todo), provider, seconds, frame, settings)
+
+
+def _run(targets: Targets, todo: list[int], model: OnnxClassifier, shards: Path, truth: GroundTruth, tta: bool,
+         device: str, gpus_per_actor: float | None, batch_size: int | None, progress: ProgressFn | None) -> set[str]:
+    """Decode and score the ``todo`` files on Ray; one shard per finished block. The providers used."""
+    if not todo:
+        return set()
+    import ray.data
+    from ray.data import ActorPoolStrategy, DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    plan = actor_plan(device, gpus_per_actor)
+    batch_size = batch_size or (256 if plan["num_gpus"] else 32)
+    items = [{"rel": targets.rels[i], "location": targets.locations[i]} for i in todo]
+    size = model.info.input_size
+    dataset = (ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_CHUNK)))
+               .map_batches(decode_block, fn_kwargs={"size": size}, batch_size=DECODE_CHUNK, num_cpus=1)
+               .map_batches(ScoringActor, batch_size=batch_size, num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"],
+                            compute=ActorPoolStrategy(min_size=1, max_size=plan["actors"]),
+                            fn_constructor_kwargs={"model_bytes": model.info.path.read_bytes(),
+                                                   "model_name": model.info.path.name, "device": plan["device"],
+                                                   "precision": model.precision, "threads": plan["threads"],
+                                                   "tta": tta}))
+    columns = Predictions.columns(model.info.positive_class)
+    providers: set[str] = set()
+    for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        rels = [str(rel) for rel in block["rel"]]
+        rows = prediction_rows(model, rels, np.asarray(block["probability"], float),
+                               [str(e) for e in block["error"]], [str(q) for q in block["qc"]], truth, tta)
+        _write_shard(shards, rows, columns)
+        providers.update(str(p) for p in block["provider"])
+        if progress:
+            progress(len(rels), len(targets.rels))
+    return providers
