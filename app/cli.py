@@ -124,3 +124,7 @@ def infer_main() -> None:
     from cxr.app.infer import infer
 
     run_guarded(infer, "cxr-infer")
+
+
+if __name__ == "__main__":  # python -m cxr.app.cli (a machine with the package but no console scripts)
+    main()

@@ -84,7 +84,7 @@ def choose_val_threshold(val_predictions: str | Path, target_recall: float, rule
     try:
         frame, prob_col = Predictions.read(val_predictions)
     except PredictionsError as exc:
-        raise ThresholdError(f"not a run's validation predictions: {exc}") from None
+        raise ThresholdError(f"not a run's val_predictions.csv: {exc}") from None
     frame = frame[(frame["error"] == "") & (frame["true_label"] != "")]
     p = frame[prob_col].astype(float).to_numpy()
     y = (frame["true_label"] == prob_col[2:]).astype(int).to_numpy()

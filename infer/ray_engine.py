@@ -45,7 +45,7 @@ from cxr.infer.score import (RESUME_KEYS, GroundTruth, ProgressFn, ScoreInputErr
 
 SHARDS_DIR = "shards"
 SHARD_SETTINGS = "settings.json"
-DECODE_CHUNK = 16          # files per decode task
+DECODE_CHUNK = 64          # files per decode task (and per shard on CPUs)
 URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://", "file://")
 
 
@@ -299,13 +299,14 @@ def _run(targets: Targets, todo: list[int], model: OnnxClassifier, shards: Path,
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     plan = actor_plan(device, gpus_per_actor)
-    batch_size = batch_size or (256 if plan["num_gpus"] else 32)
+    batch_size = batch_size or (256 if plan["num_gpus"] else DECODE_CHUNK)
+    chunk = min(DECODE_CHUNK, batch_size)  # files per decode task and per block (a shard on CPUs)
     items = [{"rel": targets.rels[i], "location": targets.locations[i]} for i in todo]
     size = model.info.input_size
-    dataset = (ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_CHUNK)))
-               .map_batches(decode_block, fn_kwargs={"size": size}, batch_size=DECODE_CHUNK, num_cpus=1)
+    dataset = (ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // chunk)))
+               .map_batches(decode_block, fn_kwargs={"size": size}, batch_size=chunk, num_cpus=1)
                .map_batches(ScoringActor, batch_size=batch_size, num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"],
-                            compute=ActorPoolStrategy(min_size=1, max_size=plan["actors"]),
+                            compute=ActorPoolStrategy(size=plan["actors"]),
                             fn_constructor_kwargs={"model_bytes": model.info.path.read_bytes(),
                                                    "model_name": model.info.path.name, "device": plan["device"],
                                                    "precision": model.precision, "threads": plan["threads"],

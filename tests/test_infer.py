@@ -232,3 +232,12 @@ def test_execution_facts_are_recorded_with_the_predictions(tmp_path: Path, tiny_
     settings = Predictions.read_settings(tmp_path / "p.csv")
     assert settings["provider"] == "CPUExecutionProvider" and settings["precision"] == "fp32"
     assert settings["n_files"] == 18 and settings["n_errors"] == 4 and "provider_options" in settings
+
+
+def test_the_cli_runs_as_a_module_where_no_console_script_is_installed() -> None:
+    """scripts/gpu_train_jax.py installs cxr with pip --target (no entry points) and calls it so."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cxr.app.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Usage: cxr" in proc.stdout, proc.stderr[-2000:]
