@@ -83,12 +83,11 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
 
 def check_source(source: str, engine: str) -> None:
     """The local engine scores a folder; the ray engine also a CSV list of paths or a URI."""
-    from cxr.infer.ray_engine import is_uri  # no Ray import: the engine module imports Ray lazily
+    from cxr.infer.ray_engine import is_path_list, is_uri  # no Ray import: the engine imports Ray lazily
 
-    path = Path(source)
-    if engine == "ray" and (is_uri(source) or (path.is_file() and path.suffix.lower() == ".csv")):
+    if engine == "ray" and (is_uri(source) or is_path_list(source)):
         return
-    if not path.is_dir():
+    if not Path(source).is_dir():
         hint = "" if engine == "ray" else " (a CSV list of paths or a URI needs --engine ray)"
         raise UsageError(f"folder not found: {source}{hint}")
 

@@ -21,30 +21,23 @@ Ray is imported only here, only when the engine is asked for (the ``[ray]`` extr
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from cxr.artifacts import Predictions, escape_path, unescape_path
-from cxr.artifacts.predictions import settings_differences
-from cxr.files import atomic_path, write_text_atomic
 from cxr.imaging import IMAGE_EXTENSIONS, decode_or_error
 from cxr.infer.model import OnnxClassifier, predict_tta
-from cxr.messages import first_line
-from cxr.infer.score import (RESUME_KEYS, GroundTruth, ProgressFn, ScoreInputError, ScoreResult, already_complete,
+from cxr.infer.score import (GroundTruth, ProgressFn, ScoreInputError, ScoreResult, already_complete, kept_rows,
                              list_targets, prediction_rows, qc_flag, scoring_settings, write_predictions)
+from cxr.messages import first_line
 
-SHARDS_DIR = "shards"
-SHARD_SETTINGS = "settings.json"
 DECODE_CHUNK = 64          # files per decode task (and per shard on CPUs)
 URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://", "file://")
 
@@ -69,14 +62,20 @@ def is_uri(source: str) -> bool:
     return source.startswith(URI_SCHEMES)
 
 
+def is_path_list(source: str) -> bool:
+    """A local CSV file that lists the files to score."""
+    path = Path(source)
+    return path.is_file() and path.suffix.lower() == ".csv"
+
+
 def list_source(source: str, only: list[str] | None = None, exclude: Path | None = None) -> Targets:
     """A folder (the local engine's listing), a CSV list of paths (column ``path``; relative paths
     are relative to the CSV's folder), or a URI read through pyarrow's file systems."""
     if is_uri(source):
         return _list_uri(source, only)
+    if is_path_list(source):
+        return _list_csv(Path(source))
     path = Path(source)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return _list_csv(path)
     if not path.is_dir():
         raise ScoreInputError(f"source not found: {source} (a folder, a .csv list of paths, or a URI)")
     rels, paths = list_targets(path, only, exclude)
@@ -170,43 +169,12 @@ class ScoringActor:
                 "provider": provider}
 
 
-def _shards_dir(out_csv: Path) -> Path:
-    return out_csv.parent / SHARDS_DIR
-
-
-def _read_shards(shards: Path) -> dict[str, dict[str, str]]:
-    """Rows of the finished shards by path (a half-written shard has a temporary name and is ignored)."""
-    rows: dict[str, dict[str, str]] = {}
-    for shard in sorted(shards.glob("shard-*.parquet")):
-        frame = pd.read_parquet(shard).fillna("")
-        for row in frame.to_dict("records"):
-            rows[row["path"]] = {key: str(value) for key, value in row.items()}
-    return rows
-
-
 def _start_shards(shards: Path, settings: dict[str, Any], resume: bool, rel_set: set[str]) -> dict[str, dict]:
     """Rows to keep from an interrupted run (with ``resume``), else an empty shard folder."""
-    settings_file = shards / SHARD_SETTINGS
-    if resume and settings_file.is_file():
-        before = json.loads(settings_file.read_text(encoding="utf-8"))
-        differences = settings_differences(before, settings, RESUME_KEYS)
-        if differences:
-            raise ScoreInputError(f"--resume: the interrupted run used other settings ({'; '.join(differences)}); "
-                                  "rerun without --resume, or with the same settings")
-        return {rel: row for rel, row in _read_shards(shards).items() if rel in rel_set}
-    if shards.is_dir():
-        for old in shards.glob("*"):
-            old.unlink()
-    shards.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(settings_file, json.dumps(settings, indent=2, sort_keys=True))
+    if resume and (kept := kept_rows(*Predictions.read_shards(shards), settings, rel_set)):
+        return kept
+    Predictions.start_shards(shards, settings)
     return {}
-
-
-def _write_shard(shards: Path, rows: list[dict[str, str]], columns: list[str]) -> Path:
-    target = shards / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-    with atomic_path(target) as temporary:
-        pd.DataFrame(rows, columns=columns).to_parquet(temporary, index=False)
-    return target
 
 
 def connect(address: str | None) -> bool:
@@ -254,7 +222,7 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
     if resume and (complete := already_complete(out_csv, settings, len(targets.rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(targets.rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
-    shards = _shards_dir(out_csv)
+    shards = Predictions.shards_path(out_csv)
     done = _start_shards(shards, settings, resume, set(targets.rels))
     todo = [i for i, rel in enumerate(targets.rels) if rel not in done]
     if progress:
@@ -275,12 +243,10 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
             import ray
 
             ray.shutdown()
-    rows = _read_shards(shards)
+    _, rows = Predictions.read_shards(shards)
     frame = write_predictions(rows, out_csv, targets.rels, model.info.positive_class,
                               {**settings, "providers": sorted(providers) or [model.provider]})
-    for shard in shards.glob("*"):
-        shard.unlink()
-    shards.rmdir()
+    Predictions.remove_shards(shards)
     n_errors = int((frame["error"] != "").sum())
     provider = ",".join(sorted(providers)) or model.provider
     return ScoreResult(out_csv, len(targets.rels), n_errors, len(todo), provider, seconds, frame, settings)
@@ -311,13 +277,12 @@ def _run(targets: Targets, todo: list[int], model: OnnxClassifier, shards: Path,
                                                    "model_name": model.info.path.name, "device": plan["device"],
                                                    "precision": model.precision, "threads": plan["threads"],
                                                    "tta": tta}))
-    columns = Predictions.columns(model.info.positive_class)
     providers: set[str] = set()
     for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         rels = [str(rel) for rel in block["rel"]]
         rows = prediction_rows(model, rels, np.asarray(block["probability"], float),
                                [str(e) for e in block["error"]], [str(q) for q in block["qc"]], truth, tta)
-        _write_shard(shards, rows, columns)
+        Predictions.write_shard(shards, rows, model.info.positive_class)
         providers.update(str(p) for p in block["provider"])
         if progress:
             progress(len(rels), len(targets.rels))

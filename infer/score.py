@@ -125,7 +125,13 @@ def list_targets(folder: Path, only: list[str] | None, exclude: Path | None) -> 
 def _resume_rows(partial: Path, settings: dict[str, Any], rel_set: set[str], resume: bool) -> dict[str, dict]:
     if not resume:
         return {}
-    before, rows = Predictions.read_partial(partial)
+    return kept_rows(*Predictions.read_partial(partial), settings, rel_set)
+
+
+def kept_rows(before: dict[str, Any] | None, rows: dict[str, dict], settings: dict[str, Any],
+              rel_set: set[str]) -> dict[str, dict]:
+    """The rows an interrupted run left (both engines) that ``--resume`` keeps: none without its
+    settings, a ScoreInputError when they differ from this run's, else those still to be scored."""
     if before is None:
         return {}
     differences = settings_differences(before, settings, RESUME_KEYS)

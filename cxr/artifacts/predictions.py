@@ -192,6 +192,55 @@ class Predictions:
         handle.write("".join(json.dumps(row, ensure_ascii=True) + "\n" for row in rows))
         handle.flush()
 
+    # -- shards (the ray engine's partial rows: one Parquet file per finished block) ----------------------------
+
+    SHARDS_DIR = "shards"
+    SHARD_SETTINGS = "settings.json"
+
+    @classmethod
+    def shards_path(cls, csv_path: str | Path) -> Path:
+        return Path(csv_path).parent / cls.SHARDS_DIR
+
+    @classmethod
+    def read_shards(cls, shards: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
+        """(settings of the interrupted run, the rows of its finished shards by path), as
+        ``read_partial``. A half-written shard still has its temporary name and is ignored."""
+        settings_file = shards / cls.SHARD_SETTINGS
+        if not settings_file.is_file():
+            return None, {}
+        settings = json.loads(settings_file.read_text(encoding="utf-8"))
+        rows: dict[str, dict[str, str]] = {}
+        for shard in sorted(shards.glob("shard-*.parquet")):
+            for row in pd.read_parquet(shard).fillna("").to_dict("records"):
+                rows[row["path"]] = {str(key): str(value) for key, value in row.items()}
+        return settings, rows
+
+    @classmethod
+    def start_shards(cls, shards: Path, settings: dict[str, Any]) -> None:
+        """An empty shard folder that holds only the run's settings."""
+        if shards.is_dir():
+            for old in shards.glob("*"):
+                old.unlink()
+        shards.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(shards / cls.SHARD_SETTINGS, settings)
+
+    @classmethod
+    def write_shard(cls, shards: Path, rows: list[dict[str, str]], positive_class: str) -> Path:
+        """One finished block's rows as a Parquet shard (temporary name, then an atomic rename)."""
+        import time
+        import uuid
+
+        target = shards / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        with atomic_path(target) as temporary:
+            pd.DataFrame(rows, columns=cls.columns(positive_class)).to_parquet(temporary, index=False)
+        return target
+
+    @classmethod
+    def remove_shards(cls, shards: Path) -> None:
+        for shard in shards.glob("*"):
+            shard.unlink()
+        shards.rmdir()
+
 
 def settings_differences(before: dict[str, Any], now: dict[str, Any], keys: Iterable[str]) -> list[str]:
     """Human-readable differences between two settings dicts, on ``keys``."""
