@@ -17,8 +17,8 @@ precision_option = click.option("--precision", type=click.Choice(["fp32", "tf32"
                                 help="CUDA math: fp32 matches the CPU to ~1e-5; tf32 is faster and can differ by "
                                      "about 1e-2 (enough to flip a label near the threshold).")
 workers_option = click.option("--workers", type=click.IntRange(0, 256), default=None,
-                              help="Decode worker processes (default and maximum: the CPU count; 0 decodes "
-                                   "in-process).")
+                              help="Worker processes (default and maximum: the CPU count). On CPUs each "
+                                   "decodes and scores its own batches; with a GPU they decode. 0: all in-process.")
 target_recall_option = click.option("--target-recall", type=click.FloatRange(0.0, 1.0), default=0.95,
                                     show_default=True, help="Sensitivity the validation-chosen threshold aims for.")
 

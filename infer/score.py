@@ -1,9 +1,15 @@
 """Inference stage core: ``score_folder`` scores every image under a folder with an ONNX model.
 
-Three things run at once, with bounded queues between them: a process pool decodes (the
-shared preprocessing) and a thread gathers its output into batches; a second thread runs
-onnxruntime (which releases the GIL); the calling thread writes rows. Memory stays bounded
-on any folder size. Every file found gets exactly one row in ``predictions.csv`` (the
+Two plans, both overlapped and bounded in memory on any folder size:
+
+- a GPU (or an explicit ``threads`` count): a process pool decodes (the shared preprocessing)
+  and a thread gathers its output into batches; a second thread runs onnxruntime (which
+  releases the GIL); the calling thread writes rows, with bounded queues between them;
+- CPUs only (the default there): each worker process decodes a batch and scores it with its own
+  single-threaded onnxruntime session, one process per core, and the calling thread writes.
+  Nothing then fights over a core (intra-op threads wait at a barrier after each of the graph's
+  hundreds of ops, so a core taken by a decoder stalls them all), and only probabilities cross
+  between processes. Every file found gets exactly one row in ``predictions.csv`` (the
 ``cxr.artifacts.Predictions`` schema): a prediction or an error message.
 
 Rows go to ``predictions.partial.jsonl`` as batches finish, so ``resume=True`` continues an
@@ -32,8 +38,8 @@ from cxr import __version__
 from cxr.artifacts import Predictions, PredictionsError, escape_path, unescape_path
 from cxr.artifacts.predictions import settings_differences
 from cxr.data import patient_id_from_name
-from cxr.imaging import decoded_stream, list_images
-from cxr.infer.model import OnnxClassifier, predict_tta
+from cxr.imaging import decode_or_error, decode_pool, decoded_stream, list_images
+from cxr.infer.model import ModelLoadError, OnnxClassifier, predict_tta
 from cxr.messages import first_line
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
@@ -193,6 +199,78 @@ def _batches(indices: list[int], paths: list[Path], size: int, workers: int, bat
         yield chunk, [next(stream) for _ in chunk]
 
 
+ScoredBatch = tuple[list[int], np.ndarray, list[str], list[str]]  # (indices, probabilities, errors, qc flags)
+
+
+def _scored_on_gpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int,
+                        tta: bool) -> Iterator[ScoredBatch]:
+    """Decode pool -> batching thread -> session thread; the caller's thread takes the results."""
+    batches = _threaded(_batches(todo, paths, model.info.input_size, workers, batch_size), QUEUE_BATCHES)
+    scored = _threaded(((chunk, decoded, _predict_batch(model, decoded, tta)) for chunk, decoded in batches),
+                       QUEUE_BATCHES)
+    for chunk, decoded, probs in scored:
+        yield chunk, probs, [error for _, error in decoded], _qc_flags(decoded)
+
+
+_WORKER_MODELS: dict[str, OnnxClassifier] = {}  # filled lazily in CPU-plan worker processes
+
+
+def _worker_model(path: str, sha256: str) -> OnnxClassifier:
+    """This worker's single-threaded CPU session on the model, loaded once; the file must still be
+    the one the run started with."""
+    model = _WORKER_MODELS.get(path)
+    if model is None:
+        model = _WORKER_MODELS[path] = OnnxClassifier(path, device="cpu", threads=1)
+    if model.info.sha256 != sha256:
+        raise ModelLoadError(f"{path} changed while it was scoring; rerun with --resume once it is in place")
+    return model
+
+
+def _score_paths(job: tuple[str, str, list[str], bool]) -> tuple[np.ndarray, list[str], list[str]]:
+    """CPU-plan worker: decode ``paths`` and score them; (probabilities, errors, qc flags)."""
+    model_path, sha256, paths, tta = job
+    model = _worker_model(model_path, sha256)
+    decoded = [decode_or_error(path, model.info.input_size) for path in paths]
+    return _predict_batch(model, decoded, tta), [error for _, error in decoded], _qc_flags(decoded)
+
+
+def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int,
+                        tta: bool) -> Iterator[ScoredBatch]:
+    """Each of ``workers`` processes decodes and scores whole batches; at most two batches per
+    worker are in flight, and results come back in order."""
+    from collections import deque
+
+    model_path, sha256 = str(model.path.resolve()), model.info.sha256
+    pool = decode_pool(workers)
+    pending: deque = deque()
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            pending.append((chunk, pool.submit(_score_paths, (model_path, sha256, [str(paths[i]) for i in chunk], tta))))
+            if len(pending) >= 2 * workers:
+                chunk, future = pending.popleft()
+                yield chunk, *future.result()
+        while pending:
+            chunk, future = pending.popleft()
+            yield chunk, *future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def plan_facts(cpu_plan: bool, workers: int) -> dict[str, Any]:
+    """How a run was scheduled, for its settings record."""
+    if cpu_plan:
+        return {"plan": "cpu: each worker process decodes and scores (1 intra-op thread)", "workers": workers,
+                "parallel_runs": workers}
+    return {"plan": "decode pool, session thread, writer", "workers": workers}
+
+
+def uses_cpu_plan(model: OnnxClassifier, workers: int) -> bool:
+    """The CPU plan (one decode-and-score process per core) applies on CPUs when onnxruntime's
+    threads were left to cxr and there are worker processes."""
+    return model.provider == "CPUExecutionProvider" and model.parallel_runs > 1 and workers >= 1
+
+
 def qc_flag(image: np.ndarray) -> str:
     """The ``qc`` column of a decoded image ('' when nothing is odd)."""
     sd = float(image.std())
@@ -224,11 +302,8 @@ def prediction_rows(model: OnnxClassifier, rels: list[str], probs: np.ndarray, e
             for rel, p, error, qc in zip(rels, probs, errors, qcs)]
 
 
-def _rows(model: OnnxClassifier, rels: list[str], decoded: list, probs: np.ndarray, truth: GroundTruth,
-          tta: bool) -> list[dict[str, str]]:
-    errors = [error for _, error in decoded]
-    qcs = [qc_flag(image) if image is not None else "" for image, _ in decoded]
-    return prediction_rows(model, rels, probs, errors, qcs, truth, tta)
+def _qc_flags(decoded: list) -> list[str]:
+    return [qc_flag(image) if image is not None else "" for image, _ in decoded]
 
 
 def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int | None = None,
@@ -243,7 +318,9 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
         raise ScoreInputError(f"folder not found: {folder}")
     truth = truth or GroundTruth()
     rels, paths = list_targets(folder, only, Path(exclude) if exclude else None)
-    settings = scoring_settings(model, tta, truth, only)
+    workers = effective_workers(workers)
+    cpu_plan = uses_cpu_plan(model, workers)
+    settings = {**scoring_settings(model, tta, truth, only), **plan_facts(cpu_plan, workers)}
     if resume and (complete := already_complete(out_csv, settings, len(rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
@@ -253,17 +330,18 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
     todo = [i for i, rel in enumerate(rels) if rel not in done]
     if progress:
         progress(len(done), len(rels))
-    workers = effective_workers(workers)
     batch_size = batch_size or DEFAULT_BATCH.get(model.provider, 32)
+    plan = _scored_on_cpu_plan if cpu_plan else _scored_on_gpu_plan
     started = time.perf_counter()
-    batches = _threaded(_batches(todo, paths, model.info.input_size, workers, batch_size), QUEUE_BATCHES)
-    scored = _threaded(((chunk, decoded, _predict_batch(model, decoded, tta)) for chunk, decoded in batches),
-                       QUEUE_BATCHES)
     with open(partial, "a", encoding="utf-8", newline="\n") as handle:
-        for chunk, decoded, probs in scored:
-            Predictions.append_rows(handle, _rows(model, [rels[i] for i in chunk], decoded, probs, truth, tta))
-            if progress:
-                progress(len(chunk), len(rels))
+        try:
+            for chunk, probs, errors, qcs in plan(model, paths, todo, batch_size, workers, tta):
+                Predictions.append_rows(handle, prediction_rows(model, [rels[i] for i in chunk], probs, errors, qcs,
+                                                                truth, tta))
+                if progress:
+                    progress(len(chunk), len(rels))
+        except ModelLoadError as exc:  # from a CPU-plan worker
+            raise ScoreInputError(str(exc)) from None
     seconds = time.perf_counter() - started
     predictions = _finalise(partial, out_csv, rels, model.info.positive_class, settings)
     n_errors = int((predictions["error"] != "").sum())

@@ -241,3 +241,30 @@ def test_the_cli_runs_as_a_module_where_no_console_script_is_installed() -> None
 
     proc = subprocess.run([sys.executable, "-m", "cxr.app.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Usage: cxr" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_the_cpu_plan_gives_the_rows_of_the_session_thread_plan(tmp_path: Path, tiny_model: Path) -> None:
+    """On CPUs each worker process decodes and scores its own batches; the rows (errors, qc flags,
+    probabilities) are those of decoding in a pool and scoring on one session thread."""
+    from cxr.artifacts import Predictions
+    from cxr.infer.score import uses_cpu_plan
+
+    folder, n_files, _ = _mixed_folder(tmp_path / "in")
+    by_processes = OnnxClassifier(tiny_model, device="cpu")
+    one_session = OnnxClassifier(tiny_model, device="cpu", threads=1)
+    assert uses_cpu_plan(by_processes, 2) and not uses_cpu_plan(one_session, 2) and not uses_cpu_plan(by_processes, 0)
+    a = score_folder(folder, by_processes, tmp_path / "a.csv", workers=2, batch_size=3).predictions
+    b = score_folder(folder, one_session, tmp_path / "b.csv", workers=2, batch_size=3).predictions
+    assert len(a) == n_files
+    pd.testing.assert_frame_equal(a.drop(columns="p_PNEUMONIA"), b.drop(columns="p_PNEUMONIA"))
+    pa, pb = (pd.to_numeric(f["p_PNEUMONIA"], errors="coerce").to_numpy() for f in (a, b))
+    np.testing.assert_allclose(pa, pb, atol=1e-6)
+    assert Predictions.read_settings(tmp_path / "a.csv")["plan"].startswith("cpu")
+    assert Predictions.read_settings(tmp_path / "b.csv")["plan"].startswith("decode pool")
+
+
+def test_a_model_replaced_during_a_run_is_refused_by_the_workers(tiny_model: Path) -> None:
+    from cxr.infer.score import _worker_model
+
+    with pytest.raises(ModelLoadError, match="changed while it was scoring"):
+        _worker_model(str(tiny_model), "0" * 64)
