@@ -29,21 +29,17 @@ def labelled_images(folder: Path, model, only: list[str] | None, truth, workers:
                     ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """(decoded model inputs, label indices, escaped relative paths, files skipped) of the
     labelled images; files that do not decode or carry no label are left out and counted."""
-    from cxr.artifacts import escape_path, unescape_path
-    from cxr.imaging import decoded_stream, list_images
-    from cxr.infer.score import effective_workers
+    from cxr.imaging import decoded_stream
+    from cxr.infer.score import effective_workers, list_targets
 
     classes = model.info.classes
-    if only is None:
-        rels = [escape_path(p.relative_to(folder).as_posix()) for p in list_images(folder)]
-    else:
-        rels = list(only)
-    labelled = [(rel, truth.label_for(rel, classes)) for rel in rels]
-    labelled = [(rel, label) for rel, label in labelled if label in classes]
+    rels, paths = list_targets(folder, only, None)
+    labelled = [(rel, path, truth.label_for(rel, classes)) for rel, path in zip(rels, paths)]
+    labelled = [item for item in labelled if item[2] in classes]
     workers = effective_workers(workers)
     images, labels, kept = [], [], []
-    stream = decoded_stream([folder / unescape_path(rel) for rel, _ in labelled], model.info.input_size, workers)
-    for (rel, label), (image, _) in zip(labelled, stream):
+    stream = decoded_stream([path for _, path, _ in labelled], model.info.input_size, workers)
+    for (rel, _, label), (image, _) in zip(labelled, stream):
         if image is not None:
             images.append(image)
             labels.append(classes.index(label))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -154,8 +155,11 @@ class ScoringActor:
                  tta: bool):
         folder = Path(tempfile.mkdtemp(prefix="cxr-ray-model-"))
         path = folder / model_name
-        path.write_bytes(model_bytes)
-        self.model = OnnxClassifier(path, device=device, threads=threads, precision=precision)
+        try:
+            path.write_bytes(model_bytes)
+            self.model = OnnxClassifier(path, device=device, threads=threads, precision=precision)
+        finally:  # the session holds the model now; the file would outlive the actor
+            shutil.rmtree(folder, ignore_errors=True)
         self.tta = tta
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
