@@ -240,6 +240,9 @@ def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int
     worker are in flight, and results come back in order."""
     from collections import deque
 
+    if len(todo) <= batch_size:  # one batch: starting processes would cost more than it saves
+        yield from _scored_on_gpu_plan(model, paths, todo, batch_size, 0, tta)
+        return
     model_path, sha256 = str(model.path.resolve()), model.info.sha256
     pool = decode_pool(workers)
     pending: deque = deque()
