@@ -620,6 +620,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.measure:
+        if opts.measure.startswith("train"):
+            from cxr.train.backend import select_backend
+
+            select_backend(None)  # as `cxr train` does: KERAS_BACKEND, JAX's compilation cache
         first = Path(opts.args[0])
         second = Path(opts.args[1]) if opts.measure.startswith(("infer", "pipe", "cuda", "ray")) else int(opts.args[1])
         images, seconds = MEASURES[opts.measure](first, second)
