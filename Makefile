@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo previous-models clean-venv
+.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo previous-models clean-venv training-facts
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -94,12 +94,20 @@ $(RESULTS)/robustness/%/robustness.json: $$(call model_path,$$*)
 $(RESULTS)/model1_tta/predictions.csv: $(MODELS)/model1.onnx
 	rm -rf $(RESULTS)/model1_tta
 	$(SCORE) --model $(MODELS)/model1.onnx --out $(RESULTS)/model1_tta --tta
-# The shipped models, exported (validation threshold, Wilson margin) when their run is newer.
-$(MODELS)/model1.onnx: $(MODEL1_RUN)/best.keras
+# The shipped models, exported (validation threshold, Wilson margin) when their run is newer; where a
+# run folder is absent (a fresh clone) the committed model stands. The runs' training facts
+# (history.csv, run.json, config.json) are kept in results/training/ for the report's curves.
+TRAINING    := $(RESULTS)/training
+$(MODELS)/model1.onnx: $(wildcard $(MODEL1_RUN)/best.keras)
 	$(BIN)/cxr export --run $(MODEL1_RUN) --out $@ --threshold val
-$(MODELS)/model2.onnx: $(MODEL2_RUN)/best.keras
+$(MODELS)/model2.onnx: $(wildcard $(MODEL2_RUN)/best.keras)
 	$(BIN)/cxr export --run $(MODEL2_RUN) --out $@ --threshold val
-results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MODELS)/model2.onnx
+training-facts:
+	$(foreach v,model1 model2,$(if $(wildcard $($(call uc,$(v))_RUN)/history.csv),mkdir -p $(TRAINING)/$(v) && \
+		cp $($(call uc,$(v))_RUN)/history.csv $($(call uc,$(v))_RUN)/run.json $($(call uc,$(v))_RUN)/config.json \
+		$(TRAINING)/$(v)/;))
+uc = $(subst model,MODEL,$(1))
+results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MODELS)/model2.onnx training-facts
 	$(MAKE) $(foreach m,$(COMPARED),$(RESULTS)/$(m)/predictions.csv $(RESULTS)/robustness/$(m)/robustness.json) \
 		$(RESULTS)/model1_tta/predictions.csv
 	$(BIN)/cxr data prepare --source $(SOURCE) --out $(SPLITS)
@@ -110,7 +118,7 @@ results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MO
 		$(foreach m,$(COMPARED),--preds $(RESULTS)/$(m)/predictions.csv --robustness $(RESULTS)/robustness/$(m)/robustness.json) \
 		--preds $(RESULTS)/model1_tta/predictions.csv $(B2_PREDS) \
 		--data-summary $(SPLITS)/summary.json --data-summary data/fullres_splits/summary.json \
-		--history $(MODEL1_RUN)/history.csv --history $(MODEL2_RUN)/history.csv
+		$(foreach h,$(wildcard $(TRAINING)/model1/history.csv $(TRAINING)/model2/history.csv),--history $(h))
 	$(BIN)/python -m cxr.reports.render $(RESULTS)/metrics.json --update-readme README.md
 	$(BIN)/cxr card --model $(MODELS)/model1.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr card --model $(MODELS)/model2.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
@@ -119,7 +127,8 @@ results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MO
 	$(MAKE) gate-demo
 
 # The previous shipped models (seed augmentation; they read image noise), kept for comparison and
-# as the gate demo's planted regression: taken from git history, not from the working tree.
+# as the gate demo's planted regression: taken from git history, not from the working tree, and dated
+# by their commit (so that results scored from them are not remade on a fresh clone).
 PREVIOUS        ?= $(MODELS)/previous
 PREVIOUS_COMMIT := 52490a1
 # model1 with the robust augmentation but without the in-model equaliser (shipped at 5e36460)
@@ -128,9 +137,11 @@ previous-models: $(PREVIOUS)/model1_seed_aug.onnx $(PREVIOUS)/model2_seed_aug.on
 $(PREVIOUS)/%_seed_aug.onnx:
 	mkdir -p $(PREVIOUS)
 	git show $(PREVIOUS_COMMIT):models/$*.onnx > $@.tmp && mv $@.tmp $@
+	touch -d "$$(git log -1 --format=%cI $(PREVIOUS_COMMIT))" $@
 $(PREVIOUS)/model1_robust_aug.onnx:
 	mkdir -p $(PREVIOUS)
 	git show $(ROBUST_AUG_COMMIT):models/model1.onnx > $@.tmp && mv $@.tmp $@
+	touch -d "$$(git log -1 --format=%cI $(ROBUST_AUG_COMMIT))" $@
 
 # The regression gate on real data: a baseline evaluation of model1 on the test split with the
 # robustness suite, the same model again (must pass), then the previous shipped model, which reads
