@@ -102,7 +102,7 @@ def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "
     """Score with the chosen engine; the same predictions contract either way. ``source``: the
     ray engine's SOURCE as given (a folder, a CSV list or a URI), default ``folder``."""
     from cxr.infer.model import ModelOutputError
-    from cxr.infer.score import ScoreInputError, score_folder
+    from cxr.infer.score import ScoreInputError, WorkerDied, score_folder
 
     exclude = out_dir if inside(out_dir, folder) else None
     try:
@@ -116,8 +116,11 @@ def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "
                                       gpus_per_actor=gpus_per_actor, device=device, **kwargs)
             except RayRunFailed as exc:
                 raise ServiceUnavailable(str(exc)) from None
-        return score_folder(folder, model, out_dir / "predictions.csv", progress=events.progress, exclude=exclude,
-                            **kwargs)
+        try:
+            return score_folder(folder, model, out_dir / "predictions.csv", progress=events.progress,
+                                exclude=exclude, **kwargs)
+        except WorkerDied as exc:
+            raise ServiceUnavailable(str(exc)) from None
     except (ScoreInputError, ModelOutputError) as exc:
         raise UsageError(str(exc)) from None
     finally:

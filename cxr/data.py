@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from cxr import CLASS_NAMES_DEFAULT
 from cxr.artifacts.predictions import escape_path, unescape_path
@@ -122,6 +121,8 @@ def _split_by_patient(frame: pd.DataFrame, fractions: tuple[float, float, float]
         raise DataPrepError(f"a patient-grouped {n_splits}-fold split needs at least {n_splits} patients per class; "
                             f"found {', '.join(f'{c} {n}' for c, n in patients.items())} "
                             "(add data, or use --split-by image)")
+    from sklearn.model_selection import StratifiedGroupKFold  # here: scoring imports this module, not sklearn
+
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold_of = np.empty(len(frame), dtype=int)
     for fold, (_, idx) in enumerate(splitter.split(frame, frame["label"], groups=frame["patient_id"])):
@@ -134,6 +135,8 @@ def _split_by_patient(frame: pd.DataFrame, fractions: tuple[float, float, float]
 
 def _split_by_image(frame: pd.DataFrame, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
     """The seed's image-level random split, stratified by class (patients can leak)."""
+    from sklearn.model_selection import train_test_split
+
     idx = np.arange(len(frame))
     train_idx, rest = train_test_split(idx, train_size=fractions[0], stratify=frame["label"], random_state=seed)
     val_share = fractions[1] / (fractions[1] + fractions[2])

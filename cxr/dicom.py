@@ -23,6 +23,8 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 
 def has_dicom_preamble(path: Path) -> bool:
+    if not path.is_file():  # a FIFO or device would block the open
+        return False
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)

@@ -34,9 +34,10 @@ import numpy as np
 
 from cxr.artifacts import Predictions, escape_path, unescape_path
 from cxr.imaging import IMAGE_EXTENSIONS, decode_or_error
+from cxr.infer.batch import qc_flag
 from cxr.infer.model import OnnxClassifier, predict_tta
 from cxr.infer.score import (GroundTruth, ProgressFn, ScoreInputError, ScoreResult, already_complete, kept_rows,
-                             list_targets, prediction_rows, qc_flag, scoring_settings, write_predictions)
+                             list_targets, prediction_rows, scoring_settings, write_predictions)
 from cxr.messages import first_line
 
 DECODE_CHUNK = 64          # files per decode task (and per shard on CPUs)

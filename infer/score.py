@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,14 @@ from cxr import __version__
 from cxr.artifacts import Predictions, PredictionsError, escape_path, unescape_path
 from cxr.artifacts.predictions import settings_differences
 from cxr.data import patient_id_from_name
-from cxr.imaging import decode_or_error, decode_pool, decoded_stream, list_images
-from cxr.infer.model import ModelLoadError, OnnxClassifier, predict_tta
+from cxr.imaging import decode_pool, decoded_stream, list_images
+from cxr.infer.batch import predict_batch, qc_flags, score_paths
+from cxr.infer.model import ModelLoadError, OnnxClassifier, default_thread_count
 from cxr.messages import first_line
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
 RESUME_KEYS = ("model_sha256", "tta", "threshold", "classes", "input_size", "resize_rule", "precision",
                "labels_sha256", "selection_sha256")
-UNIFORM_SD = 2.0          # pixel sd (grey levels) under which an image is flagged as uniform
 DEFAULT_BATCH = {"CPUExecutionProvider": 32, "CUDAExecutionProvider": 256}
 QUEUE_BATCHES = 4
 
@@ -53,6 +54,10 @@ QUEUE_BATCHES = 4
 class ScoreInputError(ValueError):
     """Bad arguments to scoring (missing folder, bad labels file, a resume that would mix
     settings). One-line message."""
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended mid-run (the system killed it); the rows so far are kept. One line."""
 
 
 @dataclass
@@ -206,32 +211,10 @@ def _scored_on_gpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int
                         tta: bool) -> Iterator[ScoredBatch]:
     """Decode pool -> batching thread -> session thread; the caller's thread takes the results."""
     batches = _threaded(_batches(todo, paths, model.info.input_size, workers, batch_size), QUEUE_BATCHES)
-    scored = _threaded(((chunk, decoded, _predict_batch(model, decoded, tta)) for chunk, decoded in batches),
+    scored = _threaded(((chunk, decoded, predict_batch(model, decoded, tta)) for chunk, decoded in batches),
                        QUEUE_BATCHES)
     for chunk, decoded, probs in scored:
-        yield chunk, probs, [error for _, error in decoded], _qc_flags(decoded)
-
-
-_WORKER_MODELS: dict[str, OnnxClassifier] = {}  # filled lazily in CPU-plan worker processes
-
-
-def _worker_model(path: str, sha256: str) -> OnnxClassifier:
-    """This worker's single-threaded CPU session on the model, loaded once; the file must still be
-    the one the run started with."""
-    model = _WORKER_MODELS.get(path)
-    if model is None:
-        model = _WORKER_MODELS[path] = OnnxClassifier(path, device="cpu", threads=1)
-    if model.info.sha256 != sha256:
-        raise ModelLoadError(f"{path} changed while it was scoring; rerun with --resume once it is in place")
-    return model
-
-
-def _score_paths(job: tuple[str, str, list[str], bool]) -> tuple[np.ndarray, list[str], list[str]]:
-    """CPU-plan worker: decode ``paths`` and score them; (probabilities, errors, qc flags)."""
-    model_path, sha256, paths, tta = job
-    model = _worker_model(model_path, sha256)
-    decoded = [decode_or_error(path, model.info.input_size) for path in paths]
-    return _predict_batch(model, decoded, tta), [error for _, error in decoded], _qc_flags(decoded)
+        yield chunk, probs, [error for _, error in decoded], qc_flags(decoded)
 
 
 def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int,
@@ -240,24 +223,23 @@ def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int
     worker are in flight, and results come back in order."""
     from collections import deque
 
-    if len(todo) <= batch_size:  # one batch: starting processes would cost more than it saves
-        yield from _scored_on_gpu_plan(model, paths, todo, batch_size, 0, tta)
-        return
     model_path, sha256 = str(model.path.resolve()), model.info.sha256
     pool = decode_pool(workers)
     pending: deque = deque()
     try:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            pending.append((chunk, pool.submit(_score_paths, (model_path, sha256, [str(paths[i]) for i in chunk], tta))))
+            pending.append((chunk, pool.submit(score_paths, (model_path, sha256, [str(paths[i]) for i in chunk], tta))))
             if len(pending) >= 2 * workers:
                 chunk, future = pending.popleft()
                 yield chunk, *future.result()
         while pending:
             chunk, future = pending.popleft()
             yield chunk, *future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # an error or an interrupt: do not wait for the batches in flight
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def plan_facts(cpu_plan: bool, workers: int) -> dict[str, Any]:
@@ -272,21 +254,6 @@ def uses_cpu_plan(model: OnnxClassifier, workers: int) -> bool:
     """The CPU plan (one decode-and-score process per core) applies on CPUs when onnxruntime's
     threads were left to cxr and there are worker processes."""
     return model.provider == "CPUExecutionProvider" and model.parallel_runs > 1 and workers >= 1
-
-
-def qc_flag(image: np.ndarray) -> str:
-    """The ``qc`` column of a decoded image ('' when nothing is odd)."""
-    sd = float(image.std())
-    return f"uniform image (pixel sd {sd:.2f})" if sd < UNIFORM_SD else ""
-
-
-def _predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> np.ndarray:
-    ok = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
-    probs = np.full(len(decoded), np.nan)
-    if ok:
-        batch = np.stack([decoded[i][0] for i in ok])
-        probs[ok] = predict_tta(model, batch) if tta else model.predict(batch)
-    return probs
 
 
 def model_label(model: OnnxClassifier, tta: bool) -> str:
@@ -305,10 +272,6 @@ def prediction_rows(model: OnnxClassifier, rels: list[str], probs: np.ndarray, e
             for rel, p, error, qc in zip(rels, probs, errors, qcs)]
 
 
-def _qc_flags(decoded: list) -> list[str]:
-    return [qc_flag(image) if image is not None else "" for image, _ in decoded]
-
-
 def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int | None = None,
                  workers: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
                  progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
@@ -322,18 +285,20 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
     truth = truth or GroundTruth()
     rels, paths = list_targets(folder, only, Path(exclude) if exclude else None)
     workers = effective_workers(workers)
-    cpu_plan = uses_cpu_plan(model, workers)
-    settings = {**scoring_settings(model, tta, truth, only), **plan_facts(cpu_plan, workers)}
+    settings = scoring_settings(model, tta, truth, only)
     if resume and (complete := already_complete(out_csv, settings, len(rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
     partial = Predictions.partial_path(out_csv)
     done = _resume_rows(partial, settings, set(rels), resume)
-    Predictions.start_partial(partial, settings, done.values())
     todo = [i for i, rel in enumerate(rels) if rel not in done]
+    batch_size = batch_size or DEFAULT_BATCH.get(model.provider, 32)
+    # One batch is scored in-process: starting worker sessions would cost more than it saves.
+    cpu_plan = uses_cpu_plan(model, workers) and len(todo) > batch_size
+    settings.update(plan_facts(cpu_plan, workers))
+    Predictions.start_partial(partial, settings, done.values())
     if progress:
         progress(len(done), len(rels))
-    batch_size = batch_size or DEFAULT_BATCH.get(model.provider, 32)
     plan = _scored_on_cpu_plan if cpu_plan else _scored_on_gpu_plan
     started = time.perf_counter()
     with open(partial, "a", encoding="utf-8", newline="\n") as handle:
@@ -345,6 +310,9 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
                     progress(len(chunk), len(rels))
         except ModelLoadError as exc:  # from a CPU-plan worker
             raise ScoreInputError(str(exc)) from None
+        except BrokenProcessPool:
+            raise WorkerDied("a worker process died (killed by the system, perhaps out of memory); the rows "
+                             "scored so far are kept: rerun with --resume (fewer --workers need less memory)") from None
     seconds = time.perf_counter() - started
     predictions = _finalise(partial, out_csv, rels, model.info.positive_class, settings)
     n_errors = int((predictions["error"] != "").sum())
@@ -352,8 +320,9 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
 
 
 def effective_workers(requested: int | None) -> int:
-    """Decode processes: the CPU count by default, and never more (more only fight for the cores)."""
-    cpus = os.cpu_count() or 1
+    """Worker processes: the CPUs this process may use (affinity, cgroup pinning) by default, and
+    never more (more only fight for the cores, and on CPUs each holds a model session)."""
+    cpus = default_thread_count()
     return cpus if requested is None else min(cpus, max(0, requested))
 
 

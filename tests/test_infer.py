@@ -264,7 +264,54 @@ def test_the_cpu_plan_gives_the_rows_of_the_session_thread_plan(tmp_path: Path, 
 
 
 def test_a_model_replaced_during_a_run_is_refused_by_the_workers(tiny_model: Path) -> None:
-    from cxr.infer.score import _worker_model
+    from cxr.infer.batch import worker_model as _worker_model
 
     with pytest.raises(ModelLoadError, match="changed while it was scoring"):
         _worker_model(str(tiny_model), "0" * 64)
+
+
+def test_a_killed_worker_is_one_line_and_exit_69_and_resume_finishes(tmp_path: Path, tiny_model: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker process killed by the system (out of memory, say) is not a bug in cxr: one line,
+    exit 69, the rows so far kept; --resume finishes the run."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import cxr.infer.score as score
+
+    folder, n_files, _ = _mixed_folder(tmp_path / "in")
+    real = score._scored_on_cpu_plan
+
+    def dies_after_one_batch(*args, **kwargs):
+        batches = real(*args, **kwargs)
+        yield next(batches)
+        batches.close()
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(score, "_scored_on_cpu_plan", dies_after_one_batch)
+    out = tmp_path / "out"
+    args = [str(folder), "--model", str(tiny_model), "--out", str(out), "--quiet", "--workers", "2",
+            "--batch-size", "4", "--no-report"]
+    result = CliRunner().invoke(infer, args)
+    assert result.exit_code == 69, result.output
+    assert "worker process died" in result.output and "Traceback" not in result.output
+    monkeypatch.setattr(score, "_scored_on_cpu_plan", real)
+    result = CliRunner().invoke(infer, [*args, "--resume"])
+    assert result.exit_code == 1, result.output
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert len(rows) == n_files and rows["path"].is_unique
+
+
+def test_a_named_pipe_in_the_folder_does_not_block_the_listing(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    from cxr.imaging import list_images
+
+    (tmp_path / "scan").mkdir()
+    os.mkfifo(tmp_path / "scan" / "no_extension")
+    os.mkfifo(tmp_path / "scan" / "pipe.png")
+    found: list = []
+    thread = threading.Thread(target=lambda: found.append(list_images(tmp_path)), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert found and [p.name for p in found[0]] == ["pipe.png"]  # listed by its name; scoring gives it an error row

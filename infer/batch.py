@@ -1,0 +1,53 @@
+"""One batch of files, decoded and scored: the unit of work of both scoring plans and of a CPU-plan
+worker process. Kept light (no pandas-heavy scoring module, no scikit-learn), because each
+worker process imports it before its first batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxr.imaging import decode_or_error
+from cxr.infer.model import ModelLoadError, OnnxClassifier, predict_tta
+
+UNIFORM_SD = 2.0          # pixel sd (grey levels) under which an image is flagged as uniform
+
+
+_WORKER_MODELS: dict[str, OnnxClassifier] = {}  # filled lazily in CPU-plan worker processes
+
+
+def worker_model(path: str, sha256: str) -> OnnxClassifier:
+    """This worker's single-threaded CPU session on the model, loaded once; the file must still be
+    the one the run started with."""
+    model = _WORKER_MODELS.get(path)
+    if model is None:
+        model = _WORKER_MODELS[path] = OnnxClassifier(path, device="cpu", threads=1)
+    if model.info.sha256 != sha256:
+        raise ModelLoadError(f"{path} changed while it was scoring; rerun with --resume once it is in place")
+    return model
+
+
+def score_paths(job: tuple[str, str, list[str], bool]) -> tuple[np.ndarray, list[str], list[str]]:
+    """CPU-plan worker: decode ``paths`` and score them; (probabilities, errors, qc flags)."""
+    model_path, sha256, paths, tta = job
+    model = worker_model(model_path, sha256)
+    decoded = [decode_or_error(path, model.info.input_size) for path in paths]
+    return predict_batch(model, decoded, tta), [error for _, error in decoded], qc_flags(decoded)
+
+
+def qc_flag(image: np.ndarray) -> str:
+    """The ``qc`` column of a decoded image ('' when nothing is odd)."""
+    sd = float(image.std())
+    return f"uniform image (pixel sd {sd:.2f})" if sd < UNIFORM_SD else ""
+
+
+def predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> np.ndarray:
+    ok = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
+    probs = np.full(len(decoded), np.nan)
+    if ok:
+        batch = np.stack([decoded[i][0] for i in ok])
+        probs[ok] = predict_tta(model, batch) if tta else model.predict(batch)
+    return probs
+
+
+def qc_flags(decoded: list) -> list[str]:
+    return [qc_flag(image) if image is not None else "" for image, _ in decoded]
