@@ -68,20 +68,20 @@ demo: setup
 # The committed results (`make results`), from the runs that `cxr train` wrote (MODEL1_RUN, MODEL2_RUN):
 # export the shipped models (validation threshold, Wilson margin), score the held-out test split
 # with them and with the previous shipped models (seed augmentation; model1 with the robust
-# augmentation but no in-model equaliser; kept for comparison), run the
+# augmentation but no in-model equaliser; model1 with the equaliser at sigma 1 px; kept for comparison), run the
 # robustness suite on each, run the shortcut check on the full-size sample, build the report, the
 # model cards, the example predictions and the regression-gate demo. The B2 rows come from their
 # committed prediction CSVs (results/b2_*/predictions.csv; those runs are not re-made here).
 ROBUST_RUNS ?= runs/robust
-MODEL1_RUN  ?= runs/equalised
+MODEL1_RUN  ?= runs/strong_equaliser
 MODEL2_RUN  ?= $(ROBUST_RUNS)/model2
 RESULTS     ?= results
 FULLRES     ?= ../shared/data/fullres_sample
-COMPARED    := model1 model2 model1_robust_aug model1_seed_aug model2_seed_aug
+COMPARED    := model1 model2 model1_sigma1 model1_robust_aug model1_seed_aug model2_seed_aug
 B2_PREDS    := $(foreach m,b2_model1 b2_model2 b2_model1_bn b2_model2_bn,--preds $(RESULTS)/$(m)/predictions.csv)
 SCORE       := $(BIN)/cxr-infer $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet --no-report --n-boot 200
 ROBUST      := $(BIN)/cxr robustness --data $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet
-model_path = $(if $(findstring _aug,$(1)),$(PREVIOUS)/$(1).onnx,$(MODELS)/$(1).onnx)
+model_path = $(if $(filter model1 model2,$(1)),$(MODELS)/$(1).onnx,$(PREVIOUS)/$(1).onnx)
 # Each output is remade only when its model file is newer (make's own rule), so an unchanged model
 # is not scored again; delete an output folder to redo it.
 .SECONDEXPANSION:
@@ -133,7 +133,14 @@ PREVIOUS        ?= $(MODELS)/previous
 PREVIOUS_COMMIT := 52490a1
 # model1 with the robust augmentation but without the in-model equaliser (shipped at 5e36460)
 ROBUST_AUG_COMMIT := 5e36460
-previous-models: $(PREVIOUS)/model1_seed_aug.onnx $(PREVIOUS)/model2_seed_aug.onnx $(PREVIOUS)/model1_robust_aug.onnx
+# model1 with the equaliser at sigma 1 px and the milder noise augmentation (shipped at c2b307f)
+SIGMA1_COMMIT := c2b307f
+previous-models: $(PREVIOUS)/model1_seed_aug.onnx $(PREVIOUS)/model2_seed_aug.onnx $(PREVIOUS)/model1_robust_aug.onnx \
+	$(PREVIOUS)/model1_sigma1.onnx
+$(PREVIOUS)/model1_sigma1.onnx:
+	mkdir -p $(PREVIOUS)
+	git show $(SIGMA1_COMMIT):models/model1.onnx > $@.tmp && mv $@.tmp $@
+	touch -d "$$(git log -1 --format=%cI $(SIGMA1_COMMIT))" $@
 $(PREVIOUS)/%_seed_aug.onnx:
 	mkdir -p $(PREVIOUS)
 	git show $(PREVIOUS_COMMIT):models/$*.onnx > $@.tmp && mv $@.tmp $@

@@ -47,3 +47,17 @@ def test_shipped_model_reproduces_example_predictions(tmp_path: Path) -> None:
     assert np.allclose(got["p_PNEUMONIA"].astype(float), expected["p_PNEUMONIA"].astype(float), atol=1e-5)
     assert list(got["pred_label"]) == list(expected["pred_label"])
     assert (got["model_sha256"] == expected["model_sha256"]).all()
+
+
+@pytest.mark.parametrize("variant", ["model1", "model2"])
+def test_the_shipped_config_reproduces_the_training_of_the_shipped_models(variant: str) -> None:
+    """`make train` (train/config.toml) trains what was shipped: the training config each shipped
+    model carries is the one the config file resolves to (a model trained before the equaliser
+    existed carries no equalise_sigma, which is 0)."""
+    from cxr.infer.model import OnnxClassifier
+    from cxr.train.config import load_config, resolve_variant
+
+    shipped = dict(OnnxClassifier(ROOT / "models" / f"{variant}.onnx", device="cpu").info.metadata["training_config"])
+    shipped.setdefault("equalise_sigma", 0.0)
+    now = resolve_variant(load_config(), variant, {"backbone": shipped["backbone"], "weights": shipped["weights"]})
+    assert now == shipped

@@ -32,11 +32,11 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def resolve_variant(config: dict[str, Any], variant: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Flatten ``[common]`` and ``[variant]`` into one dict and apply non-None overrides."""
+    """Flatten ``[common]`` and ``[variant]`` into one dict (a variant's table, such as
+    ``[model2.robust]``, overrides only the keys it names) and apply non-None overrides."""
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-    resolved = copy.deepcopy(config.get("common", {}))
-    resolved.update(copy.deepcopy(config.get(variant, {})))
+    resolved = merged(config.get("common", {}), config.get(variant, {}))
     resolved["variant"] = variant
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -46,6 +46,17 @@ def resolve_variant(config: dict[str, Any], variant: str, overrides: dict[str, A
     if ("freeze_layers" in resolved) == ("freeze_fraction" in resolved):
         raise ConfigError(f"{variant}: set exactly one of freeze_layers or freeze_fraction")
     return resolved
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``override`` laid over it, table by table."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
 
 
 def config_sha256(resolved: dict[str, Any]) -> str:
