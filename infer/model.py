@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.artifacts import ModelContract, ModelContractError
-from cxr.artifacts.model_contract import CAM_NAME, OUTPUT_NAME
+from cxr.artifacts.model_contract import CAM_NAME, OUTPUT_NAME, ModelContract, ModelContractError
 from cxr.files import sha256_file
 from cxr.messages import first_line
 

@@ -8,10 +8,28 @@
 A stage learns about another stage only through these.
 """
 
-from cxr.artifacts.metrics_report import METRIC_NAMES, MetricsReport, MetricsReportError
-from cxr.artifacts.model_contract import ModelContract, ModelContractError
-from cxr.artifacts.predictions import Predictions, PredictionsError, escape_path, unescape_path
-from cxr.artifacts.run_folder import RunFolder, RunFolderError
+from __future__ import annotations
 
-__all__ = ["METRIC_NAMES", "MetricsReport", "MetricsReportError", "ModelContract", "ModelContractError",
-           "Predictions", "PredictionsError", "RunFolder", "RunFolderError", "escape_path", "unescape_path"]
+import importlib
+from typing import Any
+
+# Each name and its owner module, imported on first use (PEP 562): a scoring worker process that
+# needs only the model contract does not pay for pandas, which the predictions owner imports.
+_OWNERS = {"METRIC_NAMES": "metrics_report", "MetricsReport": "metrics_report", "MetricsReportError": "metrics_report",
+           "ModelContract": "model_contract", "ModelContractError": "model_contract",
+           "Predictions": "predictions", "PredictionsError": "predictions", "escape_path": "predictions",
+           "unescape_path": "predictions", "RunFolder": "run_folder", "RunFolderError": "run_folder"}
+
+__all__ = sorted(_OWNERS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _OWNERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_OWNERS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_OWNERS))
