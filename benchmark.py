@@ -446,15 +446,21 @@ def bench_inference(model: Path, n_files: int) -> None:
           f"TTA cost: {r['cxr']['ips'] / r['tta']['ips']:.2f}x the time of plain cxr-infer")
 
 
-def bench_pipeline(model: Path, label: str, folder: Path) -> None:
-    """cxr-infer against the pipeline bound on a CPU-only machine: cores / (decode + model core-ms)."""
+def bench_pipeline(model: Path, label: str, folder: Path, batch_sizes: bool = False) -> None:
+    """cxr-infer against the pipeline bound on a CPU-only machine: cores / (decode + model core-ms).
+    ``batch_sizes``: also the model's core-ms at batch 8 and 128 (the CPU default is 32)."""
     cores = os.cpu_count() or 1
+    names = ("pipe_decode_core", "pipe_model_core", "pipe_decode_all", "infer_bound", "infer_cxr")
     r = {name: measure_in_subprocess(name, str(folder), str(model))
-         for name in ("pipe_decode_core", "pipe_model_core", "pipe_decode_all", "infer_bound", "infer_cxr")}
+         for name in names + (("pipe_model_core_8", "pipe_model_core_128") if batch_sizes else ())}
     decode_ms, model_ms = 1000 / r["pipe_decode_core"]["ips"], 1000 / r["pipe_model_core"]["ips"]
     bound = cores * 1000 / (decode_ms + model_ms)
     print(f"\nPipeline on {label}: {r['infer_cxr']['images']} files, {cores} cores, model {model}")
     print(f"  decode {decode_ms:.2f} core-ms/img, model {model_ms:.2f} core-ms/img (1 intra-op thread)")
+    if batch_sizes:
+        print("  model core-ms/img by batch size (1 intra-op thread, as each CPU-plan worker runs it): " + ", ".join(
+            f"{b}: {1000 / r[n]['ips']:.2f}" for b, n in ((8, "pipe_model_core_8"), (BATCH, "pipe_model_core"),
+                                                          (128, "pipe_model_core_128"))))
     print(_row("decode only, every worker", r["pipe_decode_all"]))
     print(_row("model only, every thread, pre-decoded batches", r["infer_bound"]))
     print(_row("end to end: cxr-infer (score_folder)", r["infer_cxr"]))
@@ -608,6 +614,8 @@ MEASURES = {"infer_seed": infer_seed, "infer_naive": infer_naive, "infer_cxr": i
             "ray_startup": ray_startup, "infer_ray": infer_ray, "infer_ray_steady": infer_ray_steady}
 
 
+for _batch in (8, 128):
+    MEASURES[f"pipe_model_core_{_batch}"] = functools.partial(_model_only, threads=1, batch=_batch)
 for _variant in ("model1", "model2"):
     for _pipeline in ("tf.data", "in-model"):
         MEASURES[f"trainb_{_variant}_{_pipeline}"] = functools.partial(train_backend_pipeline, variant=_variant,
@@ -659,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
             copies = replicate_folder(COPIES, Path(tmp) / "copies", opts.pipeline_files)
             if "pipeline" in only:
                 bench_pipeline(opts.model, f"full-size originals ({FULLRES}, replicated)", fullres)
-                bench_pipeline(opts.model, f"224 px copies ({COPIES})", copies)
+                bench_pipeline(opts.model, f"224 px copies ({COPIES})", copies, batch_sizes=True)
             if "cuda" in only:
                 bench_cuda(opts.model, copies)
             if "ray" in only:
