@@ -17,7 +17,7 @@ EXIT_USAGE = 2
 EXIT_REGRESSED = 1        # cxr evaluate: a gated metric dropped more than allowed
 EXIT_DATA_CHANGED = 3     # cxr evaluate: the data differs from the baseline's
 EXIT_EVAL_PARTIAL = 4     # cxr evaluate: gate passed, but some files could not be scored
-EXIT_UNAVAILABLE = 69     # a service failed mid-run (the Ray cluster); finished work is kept (EX_UNAVAILABLE)
+EXIT_UNAVAILABLE = 69     # a worker or the Ray cluster failed mid-run; finished work is kept (EX_UNAVAILABLE)
 EXIT_INTERNAL = 70        # a bug in cxr (sysexits EX_SOFTWARE)
 
 
@@ -31,7 +31,8 @@ class UsageError(click.ClickException):
 
 
 class ServiceUnavailable(click.ClickException):
-    """A service the run depends on failed (the Ray cluster): one line, exit 69; rerun with --resume."""
+    """A worker process or service the run depends on failed (killed by the system, the Ray cluster): one
+    line, exit 69; rerun with --resume."""
 
     exit_code = EXIT_UNAVAILABLE
 

@@ -102,27 +102,23 @@ def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "
     """Score with the chosen engine; the same predictions contract either way. ``source``: the
     ray engine's SOURCE as given (a folder, a CSV list or a URI), default ``folder``."""
     from cxr.infer.model import ModelOutputError
-    from cxr.infer.score import ScoreInputError, WorkerDied, score_folder
+    from cxr.infer.score import RunInterrupted, ScoreInputError, score_folder
 
     exclude = out_dir if inside(out_dir, folder) else None
     try:
         if engine == "ray":
-            from cxr.infer.ray_engine import RayRunFailed, score_with_ray
+            from cxr.infer.ray_engine import score_with_ray
 
             kwargs.pop("workers", None)  # Ray sizes its own decode tasks
-            try:
-                return score_with_ray(source or str(folder), model, out_dir / "predictions.csv",
-                                      progress=events.progress, exclude=exclude, address=ray_address,
-                                      gpus_per_actor=gpus_per_actor, device=device, **kwargs)
-            except RayRunFailed as exc:
-                raise ServiceUnavailable(str(exc)) from None
-        try:
-            return score_folder(folder, model, out_dir / "predictions.csv", progress=events.progress,
-                                exclude=exclude, **kwargs)
-        except WorkerDied as exc:
-            raise ServiceUnavailable(str(exc)) from None
+            return score_with_ray(source or str(folder), model, out_dir / "predictions.csv",
+                                  progress=events.progress, exclude=exclude, address=ray_address,
+                                  gpus_per_actor=gpus_per_actor, device=device, **kwargs)
+        return score_folder(folder, model, out_dir / "predictions.csv", progress=events.progress,
+                            exclude=exclude, **kwargs)
     except (ScoreInputError, ModelOutputError) as exc:
         raise UsageError(str(exc)) from None
+    except RunInterrupted as exc:
+        raise ServiceUnavailable(str(exc)) from None
     finally:
         events.close()
 

@@ -31,7 +31,7 @@ from cxr.train.config import BACKBONES, VARIANTS
                    "augmentation against texture shortcuts [config: robust].")
 @click.option("--equalise-sigma", type=click.FloatRange(min=0.0), default=None,
               help="Sigma (pixels) of the fixed blur inside the model that equalises acquisition texture; "
-                   "0 = none [config: 1.0].")
+                   "0 = none [config: 1.5 for model1, 0 for model2].")
 @click.option("--freeze-bn/--no-freeze-bn", default=None, help="Keep BatchNorm in inference mode while fine-tuning.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Keras backend [default: $KERAS_BACKEND, else tensorflow]. Recorded in run.json and the model.")

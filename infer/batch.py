@@ -31,7 +31,7 @@ def score_paths(job: tuple[str, str, list[str], bool]) -> tuple[np.ndarray, list
     model_path, sha256, paths, tta = job
     model = worker_model(model_path, sha256)
     decoded = [decode_or_error(path, model.info.input_size) for path in paths]
-    return predict_batch(model, decoded, tta), [error for _, error in decoded], qc_flags(decoded)
+    return predict_batch(model, decoded, tta), *errors_and_flags(decoded)
 
 
 def qc_flag(image: np.ndarray) -> str:
@@ -40,14 +40,22 @@ def qc_flag(image: np.ndarray) -> str:
     return f"uniform image (pixel sd {sd:.2f})" if sd < UNIFORM_SD else ""
 
 
-def predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> np.ndarray:
-    ok = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
-    probs = np.full(len(decoded), np.nan)
-    if ok:
-        batch = np.stack([decoded[i][0] for i in ok])
-        probs[ok] = predict_tta(model, batch) if tta else model.predict(batch)
+def predict_where(model: OnnxClassifier, images: np.ndarray, ok: np.ndarray, tta: bool) -> np.ndarray:
+    """P(positive) per file of a batch: ``images`` holds the decoded files (those where ``ok``),
+    and a file that did not decode gets NaN."""
+    probs = np.full(len(ok), np.nan)
+    if ok.any():
+        probs[ok] = predict_tta(model, images) if tta else model.predict(images)
     return probs
 
 
-def qc_flags(decoded: list) -> list[str]:
-    return [qc_flag(image) if image is not None else "" for image, _ in decoded]
+def predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> np.ndarray:
+    """``predict_where`` on ``(image or None, error)`` pairs."""
+    ok = np.array([image is not None for image, _ in decoded], bool)
+    images = np.stack([image for image, _ in decoded if image is not None]) if ok.any() else None
+    return predict_where(model, images, ok, tta)
+
+
+def errors_and_flags(decoded: list) -> tuple[list[str], list[str]]:
+    """The ``error`` and ``qc`` columns of ``(image or None, error)`` pairs."""
+    return [error for _, error in decoded], [qc_flag(image) if image is not None else "" for image, _ in decoded]

@@ -34,10 +34,10 @@ import numpy as np
 
 from cxr.artifacts import Predictions, escape_path, unescape_path
 from cxr.imaging import IMAGE_EXTENSIONS, decode_or_error
-from cxr.infer.batch import qc_flag
-from cxr.infer.model import OnnxClassifier, predict_tta
-from cxr.infer.score import (GroundTruth, ProgressFn, ScoreInputError, ScoreResult, already_complete, kept_rows,
-                             list_targets, prediction_rows, scoring_settings, write_predictions)
+from cxr.infer.batch import errors_and_flags, predict_where
+from cxr.infer.model import OnnxClassifier
+from cxr.infer.score import (GroundTruth, ProgressFn, RunInterrupted, ScoreInputError, ScoreResult, already_complete,
+                             kept_rows, list_targets, prediction_rows, scoring_settings, write_predictions)
 from cxr.messages import first_line
 
 DECODE_CHUNK = 64          # files per decode task (and per shard on CPUs)
@@ -48,7 +48,7 @@ class RayEngineError(ScoreInputError):
     """Ray is missing or the cluster cannot be reached. One-line message."""
 
 
-class RayRunFailed(RuntimeError):
+class RayRunFailed(RunInterrupted):
     """The cluster failed mid-run (beyond Ray's own retries); the finished shards are kept."""
 
 
@@ -134,16 +134,13 @@ def _decode_location(location: str, size: int) -> tuple[np.ndarray | None, str]:
 
 def decode_block(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """Ray task: decode a block of files (errors become messages, never exceptions)."""
-    n = len(batch["rel"])
-    images = np.zeros((n, size, size, 3), np.uint8)
-    ok = np.zeros(n, bool)
-    errors, qcs = [], []
-    for index, location in enumerate(batch["location"]):
-        image, error = _decode_location(str(location), size)
+    decoded = [_decode_location(str(location), size) for location in batch["location"]]
+    images = np.zeros((len(decoded), size, size, 3), np.uint8)
+    ok = np.zeros(len(decoded), bool)
+    for index, (image, _) in enumerate(decoded):
         if image is not None:
             images[index], ok[index] = image, True
-        errors.append(error)
-        qcs.append(qc_flag(image) if image is not None else "")
+    errors, qcs = errors_and_flags(decoded)
     return {"rel": batch["rel"], "image": images, "ok": ok, "error": np.array(errors, dtype=object),
             "qc": np.array(qcs, dtype=object)}
 
@@ -165,10 +162,7 @@ class ScoringActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], bool)
-        probs = np.full(len(ok), np.nan)
-        if ok.any():
-            images = np.asarray(batch["image"])[ok]
-            probs[ok] = predict_tta(self.model, images) if self.tta else self.model.predict(images)
+        probs = predict_where(self.model, np.asarray(batch["image"])[ok], ok, self.tta)
         provider = np.array([self.model.provider] * len(ok), dtype=object)
         return {"rel": batch["rel"], "probability": probs, "error": batch["error"], "qc": batch["qc"],
                 "provider": provider}

@@ -40,7 +40,7 @@ from cxr.artifacts import Predictions, PredictionsError, escape_path, unescape_p
 from cxr.artifacts.predictions import settings_differences
 from cxr.data import patient_id_from_name
 from cxr.imaging import decode_pool, decoded_stream, list_images
-from cxr.infer.batch import predict_batch, qc_flags, score_paths
+from cxr.infer.batch import errors_and_flags, predict_batch, score_paths
 from cxr.infer.model import ModelLoadError, OnnxClassifier, default_thread_count
 from cxr.messages import first_line
 
@@ -56,8 +56,9 @@ class ScoreInputError(ValueError):
     settings). One-line message."""
 
 
-class WorkerDied(RuntimeError):
-    """A worker process ended mid-run (the system killed it); the rows so far are kept. One line."""
+class RunInterrupted(RuntimeError):
+    """Scoring stopped mid-run for a reason outside cxr and the user's input (a worker process
+    killed by the system, a cluster that failed); the rows so far are kept for --resume. One line."""
 
 
 @dataclass
@@ -214,7 +215,7 @@ def _scored_on_gpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int
     scored = _threaded(((chunk, decoded, predict_batch(model, decoded, tta)) for chunk, decoded in batches),
                        QUEUE_BATCHES)
     for chunk, decoded, probs in scored:
-        yield chunk, probs, [error for _, error in decoded], qc_flags(decoded)
+        yield chunk, probs, *errors_and_flags(decoded)
 
 
 def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int,
@@ -311,7 +312,7 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
         except ModelLoadError as exc:  # from a CPU-plan worker
             raise ScoreInputError(str(exc)) from None
         except BrokenProcessPool:
-            raise WorkerDied("a worker process died (killed by the system, perhaps out of memory); the rows "
+            raise RunInterrupted("a worker process died (killed by the system, perhaps out of memory); the rows "
                              "scored so far are kept: rerun with --resume (fewer --workers need less memory)") from None
     seconds = time.perf_counter() - started
     predictions = _finalise(partial, out_csv, rels, model.info.positive_class, settings)
