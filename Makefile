@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo previous-models clean-venv training-facts
+.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo previous-models clean-venv training-facts trust domain
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -107,6 +107,24 @@ training-facts:
 		cp $($(call uc,$(v))_RUN)/history.csv $($(call uc,$(v))_RUN)/run.json $($(call uc,$(v))_RUN)/config.json \
 		$(TRAINING)/$(v)/;))
 uc = $(subst model,MODEL,$(1))
+# The domain guard and calibration of the shipped models, refitted on the split manifest (cxr export
+# does this after every export; this target redoes it for the committed models, e.g. on a fresh clone).
+trust: setup $(SPLITS)/manifest.csv
+	$(BIN)/cxr export --from-onnx $(MODELS)/model1.onnx --manifest $(SPLITS)/manifest.csv --out $(MODELS)/model1.onnx
+	$(BIN)/cxr export --from-onnx $(MODELS)/model2.onnx --manifest $(SPLITS)/manifest.csv --out $(MODELS)/model2.onnx
+
+# The domain guard's experiment (methods side by side, on model1's and model2's features) and the
+# shipped guards, shift test and calibration measured end to end (results/domain/).
+OTHER_SITES ?= ../shared/data/other_sites
+domain: setup $(SPLITS)/manifest.csv
+	$(foreach m,model1 model2,$(BIN)/python scripts/domain_methods.py --model $(MODELS)/$(m).onnx \
+		--manifest $(SPLITS)/manifest.csv --other-sites $(OTHER_SITES) --out $(RESULTS)/domain/$(m)_methods.json \
+		> $(RESULTS)/domain/$(m)_methods.md;)
+	rm -rf out/domain/runs
+	$(BIN)/python scripts/domain_results.py --models $(MODELS)/model1.onnx $(MODELS)/model2.onnx \
+		--manifest $(SPLITS)/manifest.csv --source $(SOURCE) --other-sites $(OTHER_SITES) --out $(RESULTS)/domain \
+		--update-readme README.md
+
 results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MODELS)/model2.onnx training-facts
 	$(MAKE) $(foreach m,$(COMPARED),$(RESULTS)/$(m)/predictions.csv $(RESULTS)/robustness/$(m)/robustness.json) \
 		$(RESULTS)/model1_tta/predictions.csv
@@ -120,6 +138,7 @@ results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MO
 		--data-summary $(SPLITS)/summary.json --data-summary data/fullres_splits/summary.json \
 		$(foreach h,$(wildcard $(TRAINING)/model1/history.csv $(TRAINING)/model2/history.csv),--history $(h))
 	$(BIN)/python -m cxr.reports.render $(RESULTS)/metrics.json --update-readme README.md
+	$(MAKE) domain
 	$(BIN)/cxr card --model $(MODELS)/model1.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr card --model $(MODELS)/model2.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr-infer examples --model $(MODELS)/model1.onnx --out cxr_out/examples --quiet

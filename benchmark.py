@@ -24,7 +24,7 @@ images/s and its peak RSS. Printed ratios, with the goals from the issues:
   backend's pre-decoded bound.
 
 Usage: python benchmark.py [--model models/model1.onnx] [--n-files 600] [--pipeline-files 8000] [--train-steps 8]
-       [--only decode,pipeline,cuda,ray,resume,seed,training,backends] [--skip-training] [--skip-inference]
+       [--only decode,pipeline,cuda,ray,trust,resume,seed,training,backends] [--skip-training] [--skip-inference]
 """
 
 from __future__ import annotations
@@ -375,6 +375,56 @@ def resume_first_batch(model_path: Path, n: int):
         return n, marks[1] if len(marks) > 1 else float("nan")
 
 
+def trust_model_core(folder: Path, model_path: Path):
+    """Model cost in core-ms as scoring runs it (probability and, where there is one, the domain
+    guard's score), one intra-op thread, pre-decoded batches."""
+    from cxr.imaging import decode_many, list_images
+    from cxr.infer.model import OnnxClassifier
+
+    model = OnnxClassifier(model_path, device="cpu", threads=1)
+    images = decode_many([str(p) for p in list_images(folder)], model.info.input_size)
+    model.predict_with_domain(images[:BATCH])
+    start = time.perf_counter()
+    for i in range(0, len(images), BATCH):
+        model.predict_with_domain(images[i:i + BATCH])
+    return len(images), time.perf_counter() - start
+
+
+def model_without_trust(model: Path, out: Path) -> Path:
+    """A copy of ``model`` with its domain guard and calibration taken out (graph and metadata)."""
+    import onnx
+
+    from cxr.export.trust import strip_trust
+
+    proto = onnx.load(str(model))
+    strip_trust(proto)
+    keep = [p for p in proto.metadata_props if p.key not in ("cxr.guard", "cxr.calibration")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    onnx.save(proto, str(out))
+    return out
+
+
+def bench_trust(model: Path, folder: Path, rounds: int = 3) -> None:
+    """What the domain guard and calibration cost: the shipped model against the same model without
+    them, side by side (alternating, ``rounds`` times each), model alone and end to end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = model_without_trust(model, Path(tmp) / "bare.onnx")
+        times: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for label, path in (("with", model), ("without", bare)):
+                for name in ("trust_model_core", "infer_cxr"):
+                    r = measure_in_subprocess(name, str(folder), str(path))
+                    times.setdefault(f"{name} {label}", []).append(r["seconds"] * 1000 / r["images"])
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"\nDomain guard + calibration cost ({model}, {folder}, median of {rounds} alternating runs):")
+    for name, label in (("trust_model_core", "model alone, ms/img on 1 thread"),
+                        ("infer_cxr", "end to end (score_folder), wall ms/img")):
+        with_, without = med[f"{name} with"], med[f"{name} without"]
+        print(f"  {label:40s} without {without:6.3f}  with {with_:6.3f}  ratio {with_ / without:.3f} "
+              f"(+{with_ / without - 1:.1%}; goal <= +15%)")
+
+
 def measure_in_subprocess(name: str, *args: str, backend: str | None = None) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
     if backend:
@@ -611,7 +661,8 @@ MEASURES = {"infer_seed": infer_seed, "infer_naive": infer_naive, "infer_cxr": i
             "cuda_parity": cuda_parity, "cuda_model_32": cuda_model_32, "cuda_model_256": cuda_model_256,
             "cuda_model_1024": cuda_model_1024, "cuda_decode_all": cuda_decode_all, "cuda_end_to_end": cuda_end_to_end,
             "train_seed": train_seed, "train_ours": train_ours, "train_bound": train_bound,
-            "ray_startup": ray_startup, "infer_ray": infer_ray, "infer_ray_steady": infer_ray_steady}
+            "ray_startup": ray_startup, "infer_ray": infer_ray, "infer_ray_steady": infer_ray_steady,
+            "trust_model_core": trust_model_core}
 
 
 for _batch in (8, 128):
@@ -635,7 +686,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--decode-only", action="store_true", help="only the draft-vs-full decoding line")
-    parser.add_argument("--only", default="decode,pipeline,cuda,ray,resume,seed,training,backends",
+    parser.add_argument("--trust-files", type=int, default=2000, help="files in the guard-cost section")
+    parser.add_argument("--only", default="decode,pipeline,cuda,ray,trust,resume,seed,training,backends",
                         help="comma-separated sections to run [default: all]")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -672,6 +724,9 @@ def main(argv: list[str] | None = None) -> None:
                 bench_cuda(opts.model, copies)
             if "ray" in only:
                 bench_ray(opts.model, f"224 px copies ({COPIES})", copies)
+        if "trust" in only:
+            with tempfile.TemporaryDirectory() as tmp:
+                bench_trust(opts.model, replicate_folder(COPIES, Path(tmp) / "copies", opts.trust_files))
         if "resume" in only:
             bench_resume(opts.model, opts.resume_files)
         if "seed" in only:

@@ -31,7 +31,8 @@ VERDICT_EXIT = {"pass": EXIT_OK, "regression": EXIT_REGRESSED, "data_changed": E
 
 def write_prometheus(path: Path, *, verdict: str, report: dict[str, Any], limits: dict[str, float],
                      baseline: dict[str, Any] | None, scored: int, failed: int, seconds: float,
-                     model_sha256: str, execution: dict[str, Any], robustness: dict[str, Any] | None) -> None:
+                     model_sha256: str, execution: dict[str, Any], robustness: dict[str, Any] | None,
+                     shift: dict[str, Any] | None = None, outside_domain: int | None = None) -> None:
     """Prometheus text format, written atomically (``write_to_textfile``). The last-success
     timestamp is set on success and carried over from the previous file otherwise."""
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
@@ -59,6 +60,15 @@ def write_prometheus(path: Path, *, verdict: str, report: dict[str, Any], limits
                       ["perturbation"], registry=registry)
         for name, row in robustness["perturbations"].items():
             flips.labels(name).set(row["max_flip_rate"])
+    if shift is not None:
+        Gauge(f"{prefix}_shift_detected", "1 if the set-level test finds these images unlike the training data",
+              registry=registry).set(int(shift["shifted"]))
+        Gauge(f"{prefix}_shift_statistic", "KS distance between this run's domain scores and the training "
+                                           "reference", registry=registry).set(shift["statistic"])
+        Gauge(f"{prefix}_shift_p_value", "p-value of the set-level shift test", registry=registry).set(shift["p_value"])
+    if outside_domain is not None:
+        Gauge(f"{prefix}_images_outside_domain", "images the domain guard flagged",
+              registry=registry).set(outside_domain)
     Gauge(f"{prefix}_images_scored", "images scored", registry=registry).set(scored)
     Gauge(f"{prefix}_images_failed", "files that could not be scored", registry=registry).set(failed)
     Gauge(f"{prefix}_duration_seconds", "wall time of the evaluation", registry=registry).set(seconds)
@@ -115,6 +125,9 @@ def _preflight(folder: Path, max_drop: str, max_flip: str, baseline_path: Path |
               help="Also run the robustness suite (in the report and metrics.json); implied by --max-flip.")
 @max_flip_option
 @robustness_seed_option
+@click.option("--max-shift", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Fail when the set-level test finds these images unlike the training data (p < 0.01) by more "
+                   "than this KS distance (0 = any detected shift fails; needs a model with a domain guard).")
 @click.option("--allow-new-data", is_flag=True, help="Do not fail when the data differs from the baseline's.")
 @click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("evaluations/history.csv"), show_default=True)
@@ -134,29 +147,38 @@ def _preflight(folder: Path, max_drop: str, max_flip: str, baseline_path: Path |
 @engine_options
 @log_format_option
 @quiet_option
-def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, robustness_seed, allow_new_data,
+def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, robustness_seed, max_shift, allow_new_data,
              history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
              n_boot, engine, ray_address, gpus_per_actor, log_format, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
-    from cxr.app.infer import ground_truth, load_model, out_dir_lock, score, write_report
+    from cxr.app.infer import domain_summary, ground_truth, load_model, out_dir_lock, score, write_report
     from cxr.app.robustness import run_robustness
-    from cxr.reports.evaluate import GateResult, add_robustness_failures, finish_evaluation, folder_data_sha256
+    from cxr.artifacts import Predictions
+    from cxr.reports.evaluate import (GateResult, add_robustness_failures, check_shift, finish_evaluation,
+                                      folder_data_sha256)
     from cxr.reports.robustness import check_flips
 
     started = time.time()
     events = Events(log_format, quiet, "cxr evaluate")
     limits, flip_limits, baseline_values = _preflight(folder, max_drop, max_flip, baseline, history_path, metrics_file)
     model = load_model(model_path, device, precision)
+    if max_shift is not None and model.guard is None:
+        raise UsageError(f"--max-shift needs a model with a domain guard; {model.path.name} has none "
+                         "(re-export it with `cxr export --from-onnx`)")
     only, truth = ground_truth(model, labels_csv, manifest, split)
     with out_dir_lock(out_dir):
         result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
                        only=only, engine=engine, ray_address=ray_address, gpus_per_actor=gpus_per_actor,
                        device=device)
+        domain_summary(result, model, events)
         section, gate = None, GateResult()
         if with_robustness or flip_limits:
             section = run_robustness(model, folder, only, truth, seed=robustness_seed, batch_size=batch_size,
                                      workers=workers, events=events)
             add_robustness_failures(gate, *check_flips(section, flip_limits))
+        shift = (Predictions.read_settings(result.csv_path) or {}).get("shift")
+        if max_shift is not None:
+            add_robustness_failures(gate, *check_shift(shift, max_shift))
         report = write_report(result, folder, out_dir, full=True, n_boot=n_boot, model=model, events=events,
                               robustness={model.path.stem: section} if section else None)
         if report is None:
@@ -169,7 +191,8 @@ def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, 
         write_prometheus(metrics_file, verdict=verdict, report=report, limits=limits, baseline=baseline_values,
                          scored=result.n_files - result.n_errors, failed=result.n_errors,
                          seconds=time.time() - started, model_sha256=model.info.sha256, execution=model.execution,
-                         robustness=section)
+                         robustness=section, shift=shift, outside_domain=None if model.guard is None else
+                         int(result.predictions["qc"].str.contains("outside training domain", regex=False).sum()))
     for line in gate.messages:
         events.emit("gate", line, always=True)
     events.emit("written", f"report: {out_dir / 'report.html'}; history: {history_path}", always=True)

@@ -34,9 +34,55 @@ def resolve_threshold(spec: str, run_dir: Path, target_recall: float, rule: str)
         raise UsageError(str(exc)) from None
 
 
+def trust_options(command):
+    """The domain guard and calibration options of ``cxr export``."""
+    command = click.option("--guard/--no-guard", default=True, show_default=True,
+                           help="Fit the domain guard on the training split and fold it into the graph "
+                                "(output domain_score; threshold on the validation split).")(command)
+    command = click.option("--guard-false-flags", type=click.FloatRange(0.001, 0.2), default=0.02,
+                           show_default=True, help="Share of validation images the guard may flag; sets its "
+                                                   "threshold.")(command)
+    command = click.option("--calibration", type=click.Choice(["platt", "temperature", "none"]), default="platt",
+                           show_default=True, help="Calibrate P(positive) on the validation split, folded into "
+                                                   "the graph; the threshold rule then runs on it.")(command)
+    return click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="Split manifest for the guard and calibration [default: the run's manifest; "
+                             "required with --from-onnx].")(command)
+
+
+def attach_trust(model_path: Path, out_path: Path, manifest: Path | None, guard: bool, false_flags: float,
+                 calibration: str) -> None:
+    """Fit and fold in the guard and the calibration, and say what they are."""
+    from cxr.export.graph_edit import GraphEditError
+    from cxr.export.trust import add_trust
+    from cxr.thresholds import describe_rule
+
+    if not guard and calibration == "none":
+        return
+    if manifest is None or not manifest.is_file():
+        raise UsageError(f"the guard and calibration need the split manifest (--manifest): {manifest} not found")
+    try:
+        result = add_trust(model_path, out_path, manifest, guard=guard,
+                           calibration=None if calibration == "none" else calibration, false_flags=false_flags)
+    except GraphEditError as exc:
+        raise UsageError(str(exc)) from None
+    if result.calibration:
+        c = result.calibration
+        click.echo(f"calibration: {c['method']} (a {c['a']:.4g}, b {c['b']:.4g}) on the validation split, ECE "
+                   f"{c['val_ece_before']:.3f} -> {c['val_ece_after']:.3f}")
+    if result.guard:
+        g = result.guard
+        click.echo(f"domain guard: {len(g.taps)} taps, threshold {g.threshold:.3f} ({g.false_flag_rate:.1%} of the "
+                   f"validation images flagged)")
+    click.echo(f"threshold: {describe_rule(result.threshold_rule)}")
+    click.echo(f"wrote {out_path} (edit checked: max |dp| {result.max_abs_diff:.1e})")
+
+
 @click.command()
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Training run folder (holds best.keras, config.json, run.json).")
+@click.option("--from-onnx", "from_onnx", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Instead of --run: an exported cxr model to (re)fit the guard and calibration of.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .onnx path; <stem>.parity.json is written beside it.")
 @click.option("--threshold", default="0.5", show_default=True,
@@ -47,10 +93,20 @@ def resolve_threshold(spec: str, run_dir: Path, target_recall: float, rule: str)
               help="Folder of images for the parity gate [default: the run's validation images, else synthetic].")
 @click.option("--n-parity", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--opset", type=click.IntRange(13), default=17, show_default=True)
-def export(run_dir: Path, out_path: Path, threshold: str, target_recall: float, threshold_rule: str, parity_images: Path | None,
-           n_parity: int, opset: int) -> None:
-    """Convert a training run to ONNX (uint8 NHWC in, P(positive) out) behind a parity gate."""
+@trust_options
+def export(run_dir: Path | None, from_onnx: Path | None, out_path: Path, threshold: str, target_recall: float,
+           threshold_rule: str, parity_images: Path | None, n_parity: int, opset: int, guard: bool,
+           guard_false_flags: float, calibration: str, manifest: Path | None) -> None:
+    """Convert a training run to ONNX (uint8 NHWC in, P(positive) out) behind a parity gate, then fit
+    the domain guard and the calibration on the run's splits and fold them into the graph."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if (run_dir is None) == (from_onnx is None):
+        raise UsageError("give --run (a training run) or --from-onnx (an exported model), one of them")
+    if from_onnx is not None:
+        if not from_onnx.is_file():
+            raise UsageError(f"model file not found: {from_onnx}")
+        attach_trust(from_onnx, out_path, manifest, guard, guard_false_flags, calibration)
+        return
     from cxr.export.onnx_export import ExportError, ParityError, export_onnx
     from cxr.imaging import list_images
 
@@ -74,3 +130,13 @@ def export(run_dir: Path, out_path: Path, threshold: str, target_recall: float, 
                f"labels differ {p['labels_differ']} (tolerance {p['tolerance']:g}) -> passed")
     size_mb = result.model_path.stat().st_size / 1e6
     click.echo(f"wrote {result.model_path} ({size_mb:.1f} MB, threshold {value:.4g}) and {result.parity_path}")
+    attach_trust(result.model_path, result.model_path, manifest or run_manifest(run_dir), guard, guard_false_flags,
+                 calibration)
+
+
+def run_manifest(run_dir: Path) -> Path | None:
+    """The split manifest a run was trained on (its config's ``data``), where recorded."""
+    from cxr.artifacts import RunFolder
+
+    data = RunFolder(run_dir).read_info().get("manifest")
+    return Path(data) if data else None

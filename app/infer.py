@@ -18,8 +18,8 @@ import click
 
 from cxr.app.errors import EXIT_OK, EXIT_PARTIAL, ServiceUnavailable, UsageError
 from cxr.app.events import Events, log_format_option
-from cxr.app.options import (batch_size_option, device_option, engine_options, model_option, n_boot_option,
-                             precision_option, quiet_option, workers_option)
+from cxr.app.options import (batch_size_option, device_option, engine_options, foreign_option, model_option,
+                             n_boot_option, precision_option, quiet_option, workers_option)
 
 LOCK_NAME = ".cxr.lock"
 
@@ -123,6 +123,27 @@ def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "
         events.close()
 
 
+def domain_summary(result, model, events: Events) -> dict[str, Any] | None:
+    """Print how many images were flagged and the set-level shift verdict; return the verdict."""
+    from cxr.artifacts import Predictions
+
+    settings = Predictions.read_settings(result.csv_path) or {}
+    flagged = int(result.predictions["qc"].str.contains("outside training domain", regex=False).sum())
+    if model.guard is None:
+        events.emit("domain", "domain guard: this model has none (re-export it with `cxr export` to add one); "
+                              "images unlike the training data are not flagged", err=True)
+        return None
+    scored = int((result.predictions["domain_score"] != "").sum())
+    events.emit("domain", f"domain guard: {flagged} of {scored} images outside the training domain "
+                          f"(threshold {model.guard.threshold:.2f}; see the 'qc' column)", always=True,
+                flagged=flagged, scored=scored)
+    shift = settings.get("shift")
+    if shift:
+        events.emit("shift", shift["verdict"], always=True, err=bool(shift["shifted"]), **{
+            k: shift[k] for k in ("p_value", "statistic", "n_images", "shifted")})
+    return shift
+
+
 def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 1000, model=None,
                  events: Events | None = None, **extra: Any) -> dict | None:
     """The reports stage on these predictions, when they carry ground truth."""
@@ -157,6 +178,7 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
               help="With --manifest: which split to score.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average over flips and small shifts (6x cost).")
+@foreign_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings; files already "
                                              "scored are kept. A finished run is left as it is.")
 @click.option("--no-report", is_flag=True, help="With ground truth, write only metrics.json (no figures/HTML).")
@@ -165,8 +187,8 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
 @log_format_option
 @quiet_option
 def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int | None, device: str,
-          precision: str, workers: int | None, manifest: Path | None, split: str, tta: bool, resume: bool,
-          no_report: bool, n_boot: int, engine: str, ray_address: str | None, gpus_per_actor: float | None,
+          precision: str, workers: int | None, manifest: Path | None, split: str, tta: bool, foreign: str,
+          resume: bool, no_report: bool, n_boot: int, engine: str, ray_address: str | None, gpus_per_actor: float | None,
           log_format: str, quiet: bool) -> None:
     """Score every image under the folder SOURCE (recursively) with an exported ONNX model. With
     --engine ray, SOURCE may also be a CSV list of paths (column 'path') or a URI (s3://, gs://, ...)."""
@@ -181,7 +203,7 @@ def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, 
     with out_dir_lock(out_dir):
         result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
                        resume=resume, only=only, tta=tta, engine=engine, source=source, ray_address=ray_address,
-                       gpus_per_actor=gpus_per_actor, device=device)
+                       gpus_per_actor=gpus_per_actor, device=device, foreign=foreign)
         report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot, model=model, events=events)
     if result.already_complete:
         events.emit("complete", f"{result.csv_path} is already complete with these settings ({result.n_files} "
@@ -189,6 +211,7 @@ def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, 
     events.emit("scored", f"scored {result.n_files - result.n_errors}/{result.n_files} files "
                           f"({result.images_per_second:.1f} img/s) -> {result.csv_path}", always=True,
                 files=result.n_files, errors=result.n_errors, images_per_second=result.images_per_second)
+    domain_summary(result, model, events)
     if report is not None:
         from cxr.artifacts import MetricsReport
 

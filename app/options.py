@@ -44,3 +44,8 @@ gpus_per_actor_option = click.option("--gpus-per-actor", type=click.FloatRange(0
 def engine_options(command):
     """--engine, --ray-address and --gpus-per-actor, for the commands that score."""
     return engine_option(ray_address_option(gpus_per_actor_option(command)))
+
+foreign_option = click.option(
+    "--foreign", type=click.Choice(["flag", "skip"]), default="flag", show_default=True,
+    help="An image the model's domain guard puts outside its training domain: flag = score it and give the "
+         "reason in 'qc'; skip = give the reason and leave its probability empty.")

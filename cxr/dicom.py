@@ -100,3 +100,44 @@ def read_dicom_8bit(path: str | Path, max_pixels: int) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - missing decoders, corrupt pixel data
         first = first_line(exc)
         raise ValueError(f"cannot decode DICOM pixel data: {first[:200]}") from None
+
+
+TRAINING_AGE_YEARS = (1, 5)          # the training population: children aged one to five
+CHEST_MODALITIES = ("CR", "DX", "DR", "RG")
+FRONTAL_VIEWS = ("PA", "AP", "")
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def age_in_years(value: str) -> float | None:
+    """A DICOM Age String (``nnnD/W/M/Y``) in years; None when absent or malformed."""
+    text = str(value or "").strip().upper()
+    if len(text) < 2 or text[-1] not in _AGE_UNITS or not text[:-1].isdigit():
+        return None
+    return int(text[:-1]) * _AGE_UNITS[text[-1]]
+
+
+def header_flags(path: str | Path) -> list[str]:
+    """What a DICOM header says against this model (``qc`` reasons): a modality that is not
+    radiography, a body part other than the chest, a lateral or other non-frontal view, and a
+    patient age outside the training population."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to report
+        return []
+    flags = []
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality and modality not in CHEST_MODALITIES:
+        flags.append(f"DICOM Modality {modality}")
+    body = str(ds.get("BodyPartExamined", "") or "").upper()
+    if body and "CHEST" not in body and "THORAX" not in body:
+        flags.append(f"DICOM BodyPartExamined {body}")
+    view = str(ds.get("ViewPosition", "") or "").upper()
+    if view not in FRONTAL_VIEWS:
+        flags.append(f"DICOM ViewPosition {view}")
+    age = age_in_years(ds.get("PatientAge", ""))
+    low, high = TRAINING_AGE_YEARS
+    if age is not None and not low <= age < high + 1:
+        flags.append(f"DICOM PatientAge {ds.PatientAge} outside the training population ({low}-{high} years)")
+    return flags

@@ -123,6 +123,31 @@ def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
     return np.ascontiguousarray(arr)
 
 
+MIN_SIDE = 64               # pixels: a smaller image cannot show a chest at the model's resolution
+MAX_ASPECT = 2.0            # long side / short side above which an image is not a chest radiograph
+
+
+def source_flags(path: str | Path) -> str:
+    """The ``qc`` reasons that the file itself gives (its header only, not its pixels): a tiny
+    image, an extreme aspect ratio, and for DICOM what the header says (see cxr.dicom)."""
+    from cxr.dicom import header_flags, is_dicom_file
+
+    path = Path(path)
+    if is_dicom_file(path):
+        return "; ".join(header_flags(path))
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - the decoder reports unreadable files
+        return ""
+    flags = []
+    if min(width, height) < MIN_SIDE:
+        flags.append(f"tiny image ({width}x{height})")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        flags.append(f"extreme aspect ratio ({width}x{height})")
+    return "; ".join(flags)
+
+
 def file_problem(path: str | Path) -> str:
     """Why ``path`` cannot be opened as a file ("" when it can): missing, a broken or looping
     symbolic link, or not a regular file."""

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 
 from cxr.imaging import decode_or_error
-from cxr.infer.model import ModelLoadError, OnnxClassifier, predict_tta
+from cxr.infer.model import ModelLoadError, OnnxClassifier, predict_with_domain
 
 UNIFORM_SD = 2.0          # pixel sd (grey levels) under which an image is flagged as uniform
+COLOUR_LEVELS = 6.0       # mean |channel - grey| (grey levels) above which an image is a colour image
 
 
 _WORKER_MODELS: dict[str, OnnxClassifier] = {}  # filled lazily in CPU-plan worker processes
@@ -26,36 +27,49 @@ def worker_model(path: str, sha256: str) -> OnnxClassifier:
     return model
 
 
-def score_paths(job: tuple[str, str, list[str], bool]) -> tuple[np.ndarray, list[str], list[str]]:
-    """CPU-plan worker: decode ``paths`` and score them; (probabilities, errors, qc flags)."""
+def score_paths(job: tuple[str, str, list[str], bool]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """CPU-plan worker: decode ``paths`` and score them; (probabilities, domain scores, errors, qc flags)."""
     model_path, sha256, paths, tta = job
     model = worker_model(model_path, sha256)
     decoded = [decode_or_error(path, model.info.input_size) for path in paths]
-    return predict_batch(model, decoded, tta), *errors_and_flags(decoded)
+    return *predict_batch(model, decoded, tta), *errors_and_flags(decoded, paths)
 
 
 def qc_flag(image: np.ndarray) -> str:
-    """The ``qc`` column of a decoded image ('' when nothing is odd)."""
+    """The ``qc`` column of a decoded image ('' when nothing is odd): uniform, or in colour (a
+    radiograph is grey)."""
     sd = float(image.std())
-    return f"uniform image (pixel sd {sd:.2f})" if sd < UNIFORM_SD else ""
+    if sd < UNIFORM_SD:
+        return f"uniform image (pixel sd {sd:.2f})"
+    colour = float(np.abs(image.astype(np.int16) - image[:, :, :1]).mean())
+    return f"colour image (mean channel difference {colour:.1f})" if colour > COLOUR_LEVELS else ""
 
 
-def predict_where(model: OnnxClassifier, images: np.ndarray, ok: np.ndarray, tta: bool) -> np.ndarray:
-    """P(positive) per file of a batch: ``images`` holds the decoded files (those where ``ok``),
-    and a file that did not decode gets NaN."""
-    probs = np.full(len(ok), np.nan)
+def predict_where(model: OnnxClassifier, images: np.ndarray, ok: np.ndarray, tta: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(P(positive), domain score) per file of a batch: ``images`` holds the decoded files (those
+    where ``ok``), and a file that did not decode gets NaN for both."""
+    probs, domains = np.full(len(ok), np.nan), np.full(len(ok), np.nan)
     if ok.any():
-        probs[ok] = predict_tta(model, images) if tta else model.predict(images)
-    return probs
+        probs[ok], domains[ok] = predict_with_domain(model, images, tta)
+    return probs, domains
 
 
-def predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> np.ndarray:
+def predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> tuple[np.ndarray, np.ndarray]:
     """``predict_where`` on ``(image or None, error)`` pairs."""
     ok = np.array([image is not None for image, _ in decoded], bool)
     images = np.stack([image for image, _ in decoded if image is not None]) if ok.any() else None
     return predict_where(model, images, ok, tta)
 
 
-def errors_and_flags(decoded: list) -> tuple[list[str], list[str]]:
-    """The ``error`` and ``qc`` columns of ``(image or None, error)`` pairs."""
-    return [error for _, error in decoded], [qc_flag(image) if image is not None else "" for image, _ in decoded]
+def errors_and_flags(decoded: list, paths: list | None = None) -> tuple[list[str], list[str]]:
+    """The ``error`` and ``qc`` columns of ``(image or None, error)`` pairs; with ``paths``, what the
+    file itself says (a tiny image, an extreme aspect ratio, a DICOM header) joins the image's flag."""
+    from cxr.imaging import source_flags
+
+    errors = [error for _, error in decoded]
+    flags = [qc_flag(image) if image is not None else "" for image, _ in decoded]
+    if paths is not None:
+        flags = ["; ".join(f for f in (flag, source_flags(path) if image is not None and path else "") if f)
+                 for flag, path, (image, _) in zip(flags, paths, decoded)]
+    return errors, flags

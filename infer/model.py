@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.artifacts.model_contract import CAM_NAME, OUTPUT_NAME, ModelContract, ModelContractError
+from cxr.artifacts.model_contract import CAM_NAME, DOMAIN_NAME, OUTPUT_NAME, ModelContract, ModelContractError
 from cxr.files import sha256_file
 from cxr.messages import first_line
 
@@ -148,6 +148,10 @@ class OnnxClassifier:
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
         self.has_cam = CAM_NAME in outputs
+        self.guard = contract.guard
+        if (self.guard is not None) != (DOMAIN_NAME in outputs):
+            raise ModelLoadError(f"{self.path}: its metadata and its graph disagree about the domain guard "
+                                 f"('{DOMAIN_NAME}' output {'missing' if self.guard else 'without metadata'})")
 
     @property
     def execution(self) -> dict[str, Any]:
@@ -191,6 +195,15 @@ class OnnxClassifier:
         out = self._run([self.output_name], batch)[0].reshape(-1).astype(np.float64)
         return checked_probabilities(out, len(batch), self.path)
 
+    def predict_with_domain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P(positive), domain guard score) per image; the score is NaN for a model without a guard."""
+        if self.guard is None:
+            return self.predict(batch), np.full(len(batch), np.nan)
+        batch = np.ascontiguousarray(batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32)
+        p, domain = self._run([self.output_name, DOMAIN_NAME], batch)
+        return (checked_probabilities(p.reshape(-1).astype(np.float64), len(batch), self.path),
+                domain.reshape(-1).astype(np.float64))
+
     def explain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(positive), Grad-CAM maps (N, h, w) in 0..1) from a model exported with its 'cam' output."""
         if not self.has_cam:
@@ -226,3 +239,13 @@ def predict_tta(model: "OnnxClassifier", batch: np.ndarray) -> np.ndarray:
     """Mean P(positive) over the TTA views (6 model calls per batch)."""
     shift = max(1, model.info.input_size // 32)
     return np.mean([model.predict(view) for view in tta_views(batch, shift)], axis=0)
+
+
+def predict_with_domain(model: "OnnxClassifier", batch: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(P(positive), domain score): with TTA the probability is the mean over the views and the domain
+    score is the unaltered image's."""
+    p, domain = model.predict_with_domain(batch)
+    if tta:
+        shift = max(1, model.info.input_size // 32)
+        p = np.mean([p] + [model.predict(view) for view in tta_views(batch, shift)[1:]], axis=0)
+    return p, domain

@@ -140,7 +140,7 @@ def decode_block(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     for index, (image, _) in enumerate(decoded):
         if image is not None:
             images[index], ok[index] = image, True
-    errors, qcs = errors_and_flags(decoded)
+    errors, qcs = errors_and_flags(decoded, [None if is_uri(str(loc)) else str(loc) for loc in batch["location"]])
     return {"rel": batch["rel"], "image": images, "ok": ok, "error": np.array(errors, dtype=object),
             "qc": np.array(qcs, dtype=object)}
 
@@ -162,9 +162,9 @@ class ScoringActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], bool)
-        probs = predict_where(self.model, np.asarray(batch["image"])[ok], ok, self.tta)
+        probs, domains = predict_where(self.model, np.asarray(batch["image"])[ok], ok, self.tta)
         provider = np.array([self.model.provider] * len(ok), dtype=object)
-        return {"rel": batch["rel"], "probability": probs, "error": batch["error"], "qc": batch["qc"],
+        return {"rel": batch["rel"], "probability": probs, "domain": domains, "error": batch["error"], "qc": batch["qc"],
                 "provider": provider}
 
 
@@ -212,12 +212,12 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
                    batch_size: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
                    progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
                    exclude: str | Path | None = None, device: str = "auto",
-                   gpus_per_actor: float | None = None) -> ScoreResult:
+                   gpus_per_actor: float | None = None, foreign: str = "flag") -> ScoreResult:
     """Score ``source`` on Ray; the same outputs and result as ``score_folder``."""
     out_csv = Path(out_csv)
     truth = truth or GroundTruth()
     targets = list_source(source, only, Path(exclude) if exclude else None)
-    settings = {**scoring_settings(model, tta, truth, only), "engine": "ray"}
+    settings = {**scoring_settings(model, tta, truth, only, foreign), "engine": "ray"}
     if resume and (complete := already_complete(out_csv, settings, len(targets.rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(targets.rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
@@ -230,7 +230,8 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
     try:
         started = time.perf_counter()
         try:
-            providers = _run(targets, todo, model, shards, truth, tta, device, gpus_per_actor, batch_size, progress)
+            providers = _run(targets, todo, model, shards, truth, tta, device, gpus_per_actor, batch_size, progress,
+                             foreign)
         except Exception as exc:  # noqa: BLE001 - Ray wraps what failed on the cluster in its own types
             if not type(exc).__module__.startswith("ray"):
                 raise
@@ -244,7 +245,7 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
             ray.shutdown()
     _, rows = Predictions.read_shards(shards)
     frame = write_predictions(rows, out_csv, targets.rels, model.info.positive_class,
-                              {**settings, "providers": sorted(providers) or [model.provider]})
+                              {**settings, "providers": sorted(providers) or [model.provider]}, model.guard)
     Predictions.remove_shards(shards)
     n_errors = int((frame["error"] != "").sum())
     provider = ",".join(sorted(providers)) or model.provider
@@ -252,7 +253,8 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
 
 
 def _run(targets: Targets, todo: list[int], model: OnnxClassifier, shards: Path, truth: GroundTruth, tta: bool,
-         device: str, gpus_per_actor: float | None, batch_size: int | None, progress: ProgressFn | None) -> set[str]:
+         device: str, gpus_per_actor: float | None, batch_size: int | None, progress: ProgressFn | None,
+         foreign: str = "flag") -> set[str]:
     """Decode and score the ``todo`` files on Ray; one shard per finished block. The providers used."""
     if not todo:
         return set()
@@ -279,8 +281,8 @@ def _run(targets: Targets, todo: list[int], model: OnnxClassifier, shards: Path,
     providers: set[str] = set()
     for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         rels = [str(rel) for rel in block["rel"]]
-        rows = prediction_rows(model, rels, np.asarray(block["probability"], float),
-                               [str(e) for e in block["error"]], [str(q) for q in block["qc"]], truth, tta)
+        rows = prediction_rows(model, rels, np.asarray(block["probability"], float), np.asarray(block["domain"], float),
+                               [str(e) for e in block["error"]], [str(q) for q in block["qc"]], truth, tta, foreign)
         Predictions.write_shard(shards, rows, model.info.positive_class)
         providers.update(str(p) for p in block["provider"])
         if progress:

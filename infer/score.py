@@ -43,10 +43,12 @@ from cxr.imaging import decode_pool, decoded_stream, list_images
 from cxr.infer.batch import errors_and_flags, predict_batch, score_paths
 from cxr.infer.model import ModelLoadError, OnnxClassifier, default_thread_count
 from cxr.messages import first_line
+from cxr.shift import shift_test
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
 RESUME_KEYS = ("model_sha256", "tta", "threshold", "classes", "input_size", "resize_rule", "precision",
-               "labels_sha256", "selection_sha256")
+               "labels_sha256", "selection_sha256", "foreign")
+FOREIGN_POLICIES = ("flag", "skip")  # an image outside the training domain: scored and flagged, or left unscored
 DEFAULT_BATCH = {"CPUExecutionProvider": 32, "CUDAExecutionProvider": 256}
 QUEUE_BATCHES = 4
 
@@ -114,7 +116,8 @@ def read_labels_csv(path: str | Path, classes: list[str]) -> GroundTruth:
     return GroundTruth(dict(zip(frame["path"], frame["label"])), {}, f"labels file {Path(path).name}")
 
 
-def scoring_settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selection: list[str] | None) -> dict[str, Any]:
+def scoring_settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selection: list[str] | None,
+                     foreign: str = "flag") -> dict[str, Any]:
     info = model.info
     chosen = hashlib.sha256("\n".join(selection).encode("utf-8", "surrogateescape")).hexdigest() if selection \
         is not None else "whole folder"
@@ -122,7 +125,14 @@ def scoring_settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selec
             "tta": bool(tta), "threshold": info.threshold, "threshold_rule": info.contract.threshold_rule,
             "classes": info.classes, "input_size": info.input_size, "resize_rule": info.resize_rule,
             "precision": model.precision, "labels_source": truth.source, "labels_sha256": truth.sha256(),
-            "selection_sha256": chosen, **{k: v for k, v in model.execution.items() if k != "precision"}}
+            "selection_sha256": chosen, "foreign": foreign,
+            "guard": None if model.guard is None else {"method": model.guard.method,
+                                                       "threshold": model.guard.threshold,
+                                                       "false_flag_rate": model.guard.false_flag_rate},
+            "calibration": None if model.info.contract.calibration is None else {
+                "method": model.info.contract.calibration.method, "a": model.info.contract.calibration.a,
+                "b": model.info.contract.calibration.b},
+            **{k: v for k, v in model.execution.items() if k != "precision"}}
 
 
 def list_targets(folder: Path, only: list[str] | None, exclude: Path | None) -> tuple[list[str], list[Path]]:
@@ -205,7 +215,8 @@ def _batches(indices: list[int], paths: list[Path], size: int, workers: int, bat
         yield chunk, [next(stream) for _ in chunk]
 
 
-ScoredBatch = tuple[list[int], np.ndarray, list[str], list[str]]  # (indices, probabilities, errors, qc flags)
+# (indices, probabilities, domain scores, errors, qc flags)
+ScoredBatch = tuple[list[int], np.ndarray, np.ndarray, list[str], list[str]]
 
 
 def _scored_on_gpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int,
@@ -214,8 +225,8 @@ def _scored_on_gpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int
     batches = _threaded(_batches(todo, paths, model.info.input_size, workers, batch_size), QUEUE_BATCHES)
     scored = _threaded(((chunk, decoded, predict_batch(model, decoded, tta)) for chunk, decoded in batches),
                        QUEUE_BATCHES)
-    for chunk, decoded, probs in scored:
-        yield chunk, probs, *errors_and_flags(decoded)
+    for chunk, decoded, (probs, domains) in scored:
+        yield chunk, probs, domains, *errors_and_flags(decoded, [paths[i] for i in chunk])
 
 
 def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int,
@@ -262,21 +273,30 @@ def model_label(model: OnnxClassifier, tta: bool) -> str:
     return model.info.path.name + ("+tta" if tta else "")
 
 
-def prediction_rows(model: OnnxClassifier, rels: list[str], probs: np.ndarray, errors: list[str], qcs: list[str],
-                    truth: GroundTruth, tta: bool) -> list[dict[str, str]]:
-    """The predictions rows of scored files (both engines): a probability, or an error message."""
+def prediction_rows(model: OnnxClassifier, rels: list[str], probs: np.ndarray, domains: np.ndarray,
+                    errors: list[str], qcs: list[str], truth: GroundTruth, tta: bool,
+                    foreign: str = "flag") -> list[dict[str, str]]:
+    """The predictions rows of scored files (both engines): a probability, or an error message. An
+    image the domain guard flags gets the reason in ``qc``, and with ``foreign='skip'`` no probability."""
     info, classes = model.info, model.info.classes
     name = model_label(model, tta)
-    return [Predictions.row(rel, None if error else float(p), classes, info.threshold,
-                            true_label=truth.label_for(rel, classes), patient_id=truth.patient_for(rel),
-                            error=error, qc=qc, model=name, model_sha256=info.sha256)
-            for rel, p, error, qc in zip(rels, probs, errors, qcs)]
+    rows = []
+    for rel, p, domain, error, qc in zip(rels, probs, domains, errors, qcs):
+        outside = model.guard is not None and not error and model.guard.is_foreign(float(domain))
+        if outside:
+            qc = "; ".join(f for f in (qc, model.guard.reason(float(domain))) if f)
+        keep = not error and not (outside and foreign == "skip")
+        rows.append(Predictions.row(rel, float(p) if keep else None, classes, info.threshold,
+                                    true_label=truth.label_for(rel, classes), patient_id=truth.patient_for(rel),
+                                    error=error, qc=qc, model=name, model_sha256=info.sha256,
+                                    domain_score=None if error else float(domain)))
+    return rows
 
 
 def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int | None = None,
                  workers: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
                  progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
-                 exclude: str | Path | None = None) -> ScoreResult:
+                 exclude: str | Path | None = None, foreign: str = "flag") -> ScoreResult:
     """Score all images under ``folder`` (or just the escaped relative paths in ``only``); write
     ``out_csv`` and its settings sidecar. ``exclude``: a folder inside ``folder`` not to score
     (the output folder). A listed file that is missing gets an error row."""
@@ -286,7 +306,7 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
     truth = truth or GroundTruth()
     rels, paths = list_targets(folder, only, Path(exclude) if exclude else None)
     workers = effective_workers(workers)
-    settings = scoring_settings(model, tta, truth, only)
+    settings = scoring_settings(model, tta, truth, only, foreign)
     if resume and (complete := already_complete(out_csv, settings, len(rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
@@ -304,9 +324,9 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
     started = time.perf_counter()
     with open(partial, "a", encoding="utf-8", newline="\n") as handle:
         try:
-            for chunk, probs, errors, qcs in plan(model, paths, todo, batch_size, workers, tta):
-                Predictions.append_rows(handle, prediction_rows(model, [rels[i] for i in chunk], probs, errors, qcs,
-                                                                truth, tta))
+            for chunk, probs, domains, errors, qcs in plan(model, paths, todo, batch_size, workers, tta):
+                Predictions.append_rows(handle, prediction_rows(model, [rels[i] for i in chunk], probs, domains,
+                                                                errors, qcs, truth, tta, foreign))
                 if progress:
                     progress(len(chunk), len(rels))
         except ModelLoadError as exc:  # from a CPU-plan worker
@@ -315,7 +335,7 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
             raise RunInterrupted("a worker process died (killed by the system, perhaps out of memory); the rows "
                              "scored so far are kept: rerun with --resume (fewer --workers need less memory)") from None
     seconds = time.perf_counter() - started
-    predictions = _finalise(partial, out_csv, rels, model.info.positive_class, settings)
+    predictions = _finalise(partial, out_csv, rels, model.info.positive_class, settings, model.guard)
     n_errors = int((predictions["error"] != "").sum())
     return ScoreResult(out_csv, len(rels), n_errors, len(todo), model.provider, seconds, predictions, settings)
 
@@ -328,22 +348,28 @@ def effective_workers(requested: int | None) -> int:
 
 
 def write_predictions(rows: dict[str, dict[str, str]], out_csv: Path, rels: list[str], positive: str,
-                      settings: dict[str, Any]) -> pd.DataFrame:
+                      settings: dict[str, Any], guard=None) -> pd.DataFrame:
     """The final CSV (one row per file, in ``rels`` order) and its settings sidecar, atomically;
-    both engines end here."""
+    both engines end here. With the model's ``guard``, the set-level shift test joins the sidecar."""
     missing = [rel for rel in rels if rel not in rows]
     if missing:  # a bug, never a user's mistake: the partial rows stay for --resume
         raise RuntimeError(f"{len(missing)} of {len(rels)} files have no row (first: {missing[0]})")
     frame = pd.DataFrame([rows[rel] for rel in rels], columns=Predictions.columns(positive))
     Predictions.write_csv(frame, out_csv)
     counts = {"n_files": len(rels), "n_errors": int((frame["error"] != "").sum()),
-              "n_qc_flagged": int((frame["qc"] != "").sum())}
+              "n_qc_flagged": int((frame["qc"] != "").sum()),
+              "n_outside_domain": int(frame["qc"].str.contains("outside training domain", regex=False).sum())}
+    if guard is not None:
+        verdict = shift_test(pd.to_numeric(frame["domain_score"], errors="coerce").to_numpy(), guard.reference_scores,
+                             guard.threshold, guard.false_flag_rate)
+        counts["shift"] = verdict.to_dict() if verdict else None
     Predictions.write_settings(out_csv, {**settings, **counts})
     return frame
 
 
-def _finalise(partial: Path, out_csv: Path, rels: list[str], positive: str, settings: dict[str, Any]) -> pd.DataFrame:
+def _finalise(partial: Path, out_csv: Path, rels: list[str], positive: str, settings: dict[str, Any],
+              guard=None) -> pd.DataFrame:
     _, rows = Predictions.read_partial(partial)
-    frame = write_predictions(rows, out_csv, rels, positive, settings)
+    frame = write_predictions(rows, out_csv, rels, positive, settings, guard)
     partial.unlink()
     return frame

@@ -96,6 +96,38 @@ def _data_and_contract(contract: ModelContract, data_note: str) -> list[str]:
             "Grad-CAM of the positive logit, (N, h, w) in [0, 1], where the head allows.", ""]
 
 
+def _calibration(contract: ModelContract, m: dict[str, Any]) -> list[str]:
+    c = contract.calibration
+    if c is None:
+        return ["## Calibration", "",
+                f"Not calibrated: Brier score {m['brier']:.3f}, expected calibration error {m['ece']:.3f} (10 bins) on "
+                "the test split; the reliability diagram is in the report.", ""]
+    return ["## Calibration", "",
+            f"Method: {'Platt scaling' if c.method == 'platt' else 'temperature scaling'} of the positive logit, "
+            f"P = sigmoid({c.a:.4g} x logit {'+' if c.b >= 0 else '-'} {abs(c.b):.4g}), fitted on the "
+            f"{c.facts.get('fitted_on', 'validation split')} and folded into the ONNX graph (`cxr export`). Expected "
+            f"calibration error (10 bins) on the validation split {c.facts.get('val_ece_before', float('nan')):.3f} "
+            f"before and {c.facts.get('val_ece_after', float('nan')):.3f} after; on the test split "
+            f"{m['ece']:.3f} after (Brier score {m['brier']:.3f}). The reliability diagram before and after is in "
+            "the report. Calibration keeps the ranking, so ROC AUC does not change; the threshold rule runs on "
+            "the calibrated probabilities.", ""]
+
+
+def _guard(contract: ModelContract) -> list[str]:
+    g = contract.guard
+    if g is None:
+        return ["## Domain guard", "", "None: this model does not flag images unlike its training data.", ""]
+    return ["## Domain guard", "",
+            f"The ONNX graph has a second output, `domain_score`: a Mahalanobis distance (Ledoit-Wolf) over "
+            f"{len(g.facts.get('taps', []))} depths of the backbone (mean and standard deviation of each activation "
+            "map), fitted on the training split, as a ratio to the typical training image (about 1 in the "
+            f"training domain). Images above {g.threshold:.3f} are flagged outside the training domain "
+            f"({g.false_flag_rate:.0%} of validation images are). Every run also tests the whole set against the "
+            "validation images' scores (a two-sample Kolmogorov-Smirnov test) and prints a data shift verdict. "
+            "Adult chest X-rays, other views, photos and documents are outside this model's domain; measured flag "
+            "rates are in the README (`scripts/domain_results.py`).", ""]
+
+
 def _metrics(result: dict[str, Any], metrics_json: Path) -> list[str]:
     block = result["at_model_threshold"]
     lines = [f"## Metrics ({result['n_labelled']} test images, {result['n_patients']} patients; 95% CI: patient "
@@ -112,12 +144,7 @@ def _metrics(result: dict[str, Any], metrics_json: Path) -> list[str]:
                                             if k in row["ci95"] else "") for k, v in row["metrics"].items())
         lines.append(f"- {row['factor']} = {row['group']}: {row['n_images']} images, {row['n_patients']} patients; "
                      f"{shown}" + (f" — {row['flag']}" if row["flag"] else ""))
-    m = block["metrics"]
-    lines += ["", "## Calibration", "",
-              f"Brier score {m['brier']:.3f}, expected calibration error {m['ece']:.3f} (10 bins); the reliability "
-              "diagram is in the report. The balanced class weights shift probabilities towards the minority "
-              "class, which is why the validation-chosen threshold sits where it does.", ""]
-    return lines
+    return lines + [""]
 
 
 def _robustness(report: dict[str, Any], key: str) -> list[str]:
@@ -166,6 +193,7 @@ def model_card(model_path: str | Path, metrics_json: str | Path, model_key: str 
     parity = json.loads(parity_file.read_text()) if parity_file.is_file() else {}
     sections = [f"# Model card: {path.name}", "", *_details(path, contract, parity), *_uses(),
                 *_data_and_contract(contract, data_note), *_metrics(result, metrics_json),
+                *_calibration(contract, result["at_model_threshold"]["metrics"]), *_guard(contract),
                 *_robustness(report, key), *_limitations(report), *_versions(contract)]
     return _front_matter(key, contract, result, data_note) + "\n" + "\n".join(sections)
 

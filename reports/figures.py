@@ -47,10 +47,15 @@ def plot_curve(x: np.ndarray, y: np.ndarray, out: str | Path, *, xlabel: str, yl
 
 
 def plot_reliability(mean_predicted: np.ndarray, fraction_positive: np.ndarray, counts: np.ndarray,
-                     out: str | Path, title: str = "reliability diagram") -> Path:
+                     out: str | Path, title: str = "reliability diagram",
+                     before: tuple[np.ndarray, np.ndarray, str] | None = None) -> Path:
+    """The reliability diagram; ``before``: (mean predicted, fraction positive, label) of the same
+    images before calibration, drawn beside the model's."""
     fig, (ax, hist) = _subplots(2, 1, figsize=(4.8, 5.6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.plot(mean_predicted, fraction_positive, marker="o", lw=2, label="model")
+    if before is not None:
+        ax.plot(before[0], before[1], marker="s", lw=1.5, color="tab:orange", alpha=0.8, label=before[2])
+    ax.plot(mean_predicted, fraction_positive, marker="o", lw=2, label="model" if before is None else "calibrated")
     ax.set_ylabel("observed fraction positive")
     ax.set_title(title)
     ax.legend(loc="upper left")

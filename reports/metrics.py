@@ -8,20 +8,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+
+from cxr.calibration import expected_calibration_error
 from sklearn import metrics as skm
 
 from cxr.artifacts import METRIC_NAMES  # the one list, owned by the metrics.json artifact
-
-
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
-    """Weighted mean |observed - predicted| over equal-width probability bins."""
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            total += mask.sum() * abs(y[mask].mean() - p[mask].mean())
-    return float(total / len(y))
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:

@@ -65,6 +65,8 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         sections.append((f"{name}: threshold trade-off", list(table[0].keys()),
                          [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
                          list(figs.values())))
+        if result.get("domain"):
+            sections.extend(_domain_sections(name, result))
         if result.get("subgroups"):
             sections.append(_subgroup_section(name, result))
         if result.get("failure_analysis"):
@@ -82,6 +84,31 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
                          [[row["item"], row["guideline"], row["answer"]] for row in report["checklist"]], []))
     if report["figures"]:
         sections.append(("Training curves", [], [], list(report["figures"].values())))
+    return sections
+
+
+def _domain_sections(name: str, result: dict[str, Any]) -> list[tuple]:
+    """The domain guard's verdicts: the shift test, the flagged images, the in-domain metrics."""
+    domain = result["domain"]
+    guard, shift = domain["guard"], domain.get("shift")
+    verdict = shift["verdict"] if shift else "data shift: not tested (fewer than 10 images with a domain score)"
+    rows = [["images with a domain score", str(domain["n_with_score"])],
+            ["flagged outside the training domain", f"{domain['n_flagged']} (threshold {guard['threshold']:.3f}, "
+             f"{guard.get('false_flag_rate', 0):.0%} of validation images flagged)"],
+            ["flagged images", "scored and flagged" if domain.get("foreign") == "flag" else "left unscored"],
+            ["set-level shift test", verdict]]
+    figs = [f for key, f in (result.get("figures") or {}).items() if key == "domain_flagged"]
+    sections = [(f"{name}: domain guard and data shift", ["", ""], rows, figs)]
+    if domain.get("flagged"):
+        sections.append((f"{name}: images outside the training domain (highest score first, at most 24)",
+                         ["path", "domain score", "P(positive)", "qc"],
+                         [[f["path"], f"{f['domain_score']:.2f}", f["p"] or "-", f["qc"]] for f in domain["flagged"]],
+                         []))
+    if domain.get("in_domain"):
+        block = domain["in_domain"]
+        sections.append((f"{name}: metrics on the {block['n']} in-domain labelled images only (threshold "
+                         f"{block['threshold']:.4g}; compare with all labelled images above)",
+                         ["metric", "value", "95% CI"], _metric_rows(block), []))
     return sections
 
 

@@ -62,7 +62,8 @@ def _model_name(frame: pd.DataFrame, path: Path) -> str:
 
 def evaluate_predictions(frame: pd.DataFrame, prob_col: str, *, val_threshold: float | None = None,
                          n_boot: int = 1000, seed: int = 0, images_root: Path | None = None,
-                         group_table: pd.DataFrame | None = None) -> dict[str, Any]:
+                         group_table: pd.DataFrame | None = None,
+                         settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Metrics (with CIs) of one prediction table at 0.5, at the model's threshold and at the
     validation-chosen threshold."""
     positive = prob_col[2:]
@@ -88,6 +89,8 @@ def evaluate_predictions(frame: pd.DataFrame, prob_col: str, *, val_threshold: f
     columns = subgroup_columns(data, classes[0], images_root, group_table)
     result["subgroups"] = subgroup_metrics(data, model_threshold, columns, n_boot=n_boot, seed=seed)
     result["failure_analysis"] = failure_analysis(data, model_threshold, classes, columns)
+    if settings is not None:
+        result["domain"] = domain_section(frame, prob_col, data, settings, model_threshold, n_boot, seed)
     return result
 
 
@@ -110,12 +113,51 @@ def _figures(name: str, frame: pd.DataFrame, prob_col: str, result: dict, out: P
     made["pr"] = figures.plot_curve(recall, precision, out / f"{name}pr.png", xlabel="recall", ylabel="precision",
                                     baseline=float(y.mean()),
                                     title=f"precision-recall, AP {result['at_0.5']['metrics']['pr_auc']:.3f}")
+    before = None
+    calibration = (result.get("settings") or {}).get("calibration")
+    if calibration:
+        raw = uncalibrated(p, calibration)
+        ece_raw = binary_metrics(y, raw, 0.5)["ece"]
+        before = (*reliability_curve(y, raw)[:2], f"before calibration (ECE {ece_raw:.3f})")
     made["reliability"] = figures.plot_reliability(*reliability_curve(y, p), out / f"{name}reliability.png",
-                                                   title=f"reliability, ECE {result['at_0.5']['metrics']['ece']:.3f}")
+                                                   title=f"reliability, ECE {result['at_0.5']['metrics']['ece']:.3f}",
+                                                   before=before)
     made["error_p"] = figures.plot_error_probabilities(result["failure_analysis"], t, out / f"{name}error_p.png")
     if images_root is not None:
-        made.update(_image_grids(name, data, t, result["classes"], out, images_root, seed, cam_model))
+        made.update(_image_grids(name, data, t, result["classes"], out, images_root, seed, cam_model,
+                                 result.get("domain")))
     return {k: Path(v).name for k, v in made.items()}
+
+
+def uncalibrated(p: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """The model's probabilities before its calibration step (``sigmoid(a * logit + b)`` undone)."""
+    p = np.clip(np.asarray(p, float), 1e-12, 1 - 1e-12)
+    logit = (np.log(p / (1 - p)) - float(calibration["b"])) / float(calibration["a"])
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+OUTSIDE = "outside training domain"
+FLAGGED_LISTED = 24
+
+
+def domain_section(frame: pd.DataFrame, prob_col: str, data: pd.DataFrame, settings: dict[str, Any],
+                   threshold: float, n_boot: int, seed: int) -> dict[str, Any] | None:
+    """What the domain guard said about these predictions: how many flagged, the shift verdict,
+    the flagged images (highest score first) and the metrics on the in-domain rows."""
+    if not settings.get("guard") or "domain_score" not in frame:
+        return None
+    outside = frame["qc"].str.contains(OUTSIDE, regex=False)
+    scores = pd.to_numeric(frame["domain_score"], errors="coerce")
+    flagged = frame[outside].assign(score=scores[outside]).sort_values("score", ascending=False)
+    section = {"guard": settings["guard"], "n_with_score": int(scores.notna().sum()), "n_flagged": int(outside.sum()),
+               "shift": settings.get("shift"), "foreign": settings.get("foreign", "flag"),
+               "flagged": [{"path": r.path, "domain_score": float(r.score), "p": r[prob_col], "qc": r.qc}
+                           for _, r in flagged.head(FLAGGED_LISTED).iterrows()]}
+    inside = data[~data["qc"].str.contains(OUTSIDE, regex=False)]
+    if outside.any() and len(inside) and inside["y"].nunique() == 2:
+        y, p, groups = inside["y"].to_numpy(), inside["p"].to_numpy(), inside["patient_id"].to_numpy()
+        section["in_domain"] = {"n": int(len(inside)), **_block(y, p, threshold, groups, n_boot, seed)}
+    return section
 
 
 def _with_cam(image: np.ndarray, path: Path, cam_model) -> np.ndarray:
@@ -128,7 +170,23 @@ def _with_cam(image: np.ndarray, path: Path, cam_model) -> np.ndarray:
     return figures.cam_overlay(image, cam_model.explain(model_input[None])[1][0])
 
 
-def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None) -> dict[str, Path]:
+def _flagged_grid(flagged: list[dict[str, Any]], root: Path, out: Path) -> Path | None:
+    """Thumbnails of the images the domain guard flagged, highest score first."""
+    from cxr.imaging import decode_or_error
+
+    images, titles = [], []
+    for item in flagged:
+        arr, _ = decode_or_error(Path(root) / unescape_path(item["path"]), 224)
+        if arr is not None:
+            images.append(arr)
+            titles.append(f"{Path(unescape_path(item['path'])).name[:24]}\nscore {item['domain_score']:.2f}")
+    if not images:
+        return None
+    return figures.save_image_grid(images, out, titles, "images outside the training domain (highest score first)")
+
+
+def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None,
+                 result_domain=None) -> dict[str, Path]:
     from cxr.imaging import decode_or_error
 
     suffix = " (Grad-CAM overlays)" if cam_model is not None else ""
@@ -149,6 +207,9 @@ def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None
         return figures.save_image_grid(images, out / filename, titles, title, title_colors=colors) if images else None
 
     made = {}
+    flagged = (result_domain or {}).get("flagged") or []
+    if flagged:
+        made["domain_flagged"] = _flagged_grid(flagged[:16], root, out / f"{name}domain_flagged.png")
     sample = data.sample(n=min(16, len(data)), random_state=seed)
     made["samples"] = grid(sample, f"{name}samples.png", f"random test images (seed {seed}){suffix}")
     wrong = data[(data["p"] >= threshold).astype(int) != data["y"]]
@@ -184,11 +245,12 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
     for path in map(Path, prediction_files):
         frame, prob_col = read_predictions(path)
         name = _model_name(frame, path)
+        settings = Predictions.read_settings(path) or {}
         result = evaluate_predictions(frame, prob_col, val_threshold=val["threshold"] if val else None,
                                       n_boot=n_boot, seed=seed, group_table=groups,
-                                      images_root=Path(images_root) if images_root else None)
+                                      images_root=Path(images_root) if images_root else None, settings=settings)
         result["predictions"] = str(path)
-        result["settings"] = Predictions.read_settings(path) or {}
+        result["settings"] = settings
         if with_figures:
             prefix = f"{name}_" if len(prediction_files) > 1 else ""
             root = Path(images_root) if images_root and (image_grids_for is None or name in image_grids_for) else None

@@ -356,7 +356,8 @@ def test_attack_blank_image_is_flagged(tmp_path: Path, folder: Path, tiny_model:
     rows = rows_of(out).set_index("path")
     assert rows.loc["NORMAL/blank.png", "qc"].startswith("uniform image")
     assert rows.loc["NORMAL/blank.png", "p_PNEUMONIA"] != ""  # scored, and flagged
-    assert (rows.drop("NORMAL/blank.png")["qc"] == "").all()  # noisy real-like images are not
+    # noisy real-like images are not uniform (these 40 px fixtures are flagged as tiny, which they are)
+    assert not rows.drop("NORMAL/blank.png")["qc"].str.contains("uniform").any()
 
 
 def test_attack_workers_far_beyond_the_cpus(tmp_path: Path, folder: Path, tiny_model: Path) -> None:

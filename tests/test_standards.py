@@ -74,7 +74,9 @@ def test_checklist_answers_each_item_from_the_run(rendered) -> None:
                 "CLAIM 41 / TRIPOD+AI 4", "CLAIM 33 / TRIPOD+AI 12"):
         assert items[ref], ref
     assert items["CLAIM 30"].startswith("not available")  # no robustness section was given
-    assert items["CLAIM 33 / TRIPOD+AI 12"].startswith("none here")
+    # computed from the run: predictions without a manifest and without a domain guard
+    assert items["CLAIM 33 / TRIPOD+AI 12"].startswith("other source")
+    assert "no shift test (the model has no domain guard)" in items["CLAIM 33 / TRIPOD+AI 12"]
     assert "Reporting checklist" in (rendered["out"] / "report.html").read_text()
 
 

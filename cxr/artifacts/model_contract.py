@@ -21,6 +21,7 @@ from cxr.imaging import RESIZE_RULE
 METADATA_PREFIX = "cxr."
 INPUT_NAME = "pixels"          # uint8 NHWC 0-255
 OUTPUT_NAME = "probability"    # P(classes[1]), shape (N,)
+DOMAIN_NAME = "domain_score"   # the domain guard's score, shape (N,): higher = less like the training images
 CAM_NAME = "cam"               # Grad-CAM of the positive logit, (N, h, w) in 0..1
 FEATURE_LAYER = "top_activation"                            # the backbone's last feature map
 HEAD_LAYERS = ("head_dense128", "head_dense64", "p_positive")  # the seed's head, in order
@@ -60,6 +61,49 @@ def validate_metadata(meta: dict[str, Any], source: str = "model") -> None:
 
 
 @dataclass(frozen=True)
+class DomainGuard:
+    """The domain guard a model carries: its score output, the threshold above which an image is
+    flagged as outside the training domain, and the validation images' scores (the reference of the
+    set-level shift test)."""
+    method: str
+    threshold: float
+    false_flag_rate: float
+    reference_scores: tuple[float, ...]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any] | None) -> "DomainGuard | None":
+        if not meta:
+            return None
+        known = {"method", "threshold", "false_flag_rate", "reference_scores", "output"}
+        return cls(str(meta["method"]), float(meta["threshold"]), float(meta["false_flag_rate"]),
+                   tuple(float(v) for v in meta["reference_scores"]), {k: v for k, v in meta.items() if k not in known})
+
+    def is_foreign(self, score: float) -> bool:
+        return bool(score > self.threshold)
+
+    def reason(self, score: float) -> str:
+        """The ``qc`` text of a flagged image."""
+        return f"outside training domain (score {score:.2f} > {self.threshold:.2f})"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Probability = sigmoid(a * logit + b), fitted on the validation split, folded into the graph."""
+    method: str
+    a: float
+    b: float
+    facts: dict[str, Any] = field(default_factory=dict)  # ECE before/after, where it was fitted
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any] | None) -> "Calibration | None":
+        if not meta:
+            return None
+        return cls(str(meta["method"]), float(meta["a"]), float(meta["b"]),
+                   {k: v for k, v in meta.items() if k not in {"method", "a", "b"}})
+
+
+@dataclass(frozen=True)
 class ModelContract:
     classes: tuple[str, str]
     threshold: float
@@ -68,6 +112,14 @@ class ModelContract:
     resize_rule: str = RESIZE_RULE
     threshold_rule: dict[str, Any] = field(default_factory=lambda: {"rule": "fixed"})
     facts: dict[str, Any] = field(default_factory=dict)  # variant, backbone, weights, backend, config, versions...
+
+    @property
+    def guard(self) -> DomainGuard | None:
+        return DomainGuard.from_metadata(self.facts.get("guard"))
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return Calibration.from_metadata(self.facts.get("calibration"))
 
     @property
     def positive_class(self) -> str:

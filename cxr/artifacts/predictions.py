@@ -2,14 +2,19 @@
 
 ``predictions.csv`` has one row per file found, in path order::
 
-    path, p_<POSITIVE>, pred_label, threshold, true_label, patient_id, error, qc, model, model_sha256
+    path, p_<POSITIVE>, pred_label, threshold, true_label, patient_id, error, qc, domain_score, model,
+    model_sha256
 
 - ``path`` is relative to the scored folder, in the *escaped* form of ``escape_path``: bytes
   that are not UTF-8 (old Samba or PACS exports) become ``\\xHH`` and a literal backslash
   becomes ``\\\\``, so every name fits a UTF-8 CSV and ``unescape_path`` gives the exact bytes back.
 - ``p_<POSITIVE>`` has 9 significant digits (a float32 probability round-trips, so ranks survive).
 - ``error`` is empty for a scored file, or one line saying why it could not be scored.
-- ``qc`` flags scored images that are suspect (for example uniform or blank).
+- ``qc`` flags scored images that are suspect, with the reasons joined by "; " (uniform, colour,
+  tiny, an extreme aspect ratio, a DICOM header against the model, or outside the training domain).
+- ``domain_score`` is the model's domain guard score (empty for a model without a guard): about 1
+  for a typical training image, higher for an image less like them. With ``--foreign skip`` an
+  image outside the training domain keeps its row and its ``qc`` reason, but no probability.
 
 ``predictions.meta.json`` beside it records the settings the rows were made with (model sha256,
 TTA, labels source, threshold, preprocessing, provider) and the counts. ``--resume`` compares
@@ -33,7 +38,8 @@ from cxr.files import atomic_path, write_json_atomic
 from cxr.messages import first_line
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-PROBABILITY_FORMAT = "{:.9g}"
+PROBABILITY_FORMAT = "{:.9f}"   # fixed decimals (no 6.49e-05 in a spreadsheet); 9 places keep float32 ranks
+DOMAIN_FORMAT = "{:.4f}"
 
 
 class PredictionsError(ValueError):
@@ -70,7 +76,7 @@ class Predictions:
     @staticmethod
     def columns(positive_class: str) -> list[str]:
         return ["path", f"p_{positive_class}", "pred_label", "threshold", "true_label", "patient_id", "error", "qc",
-                "model", "model_sha256"]
+                "domain_score", "model", "model_sha256"]
 
     @staticmethod
     def probability_column(positive_class: str) -> str:
@@ -83,12 +89,15 @@ class Predictions:
     @classmethod
     def row(cls, path: str, probability: float | None, classes: list[str] | tuple[str, ...], threshold: float, *,
             true_label: str = "", patient_id: str = "", error: str = "", qc: str = "", model: str = "",
-            model_sha256: str = "") -> dict[str, str]:
-        scored = probability is not None and not error
+            model_sha256: str = "", domain_score: float | None = None) -> dict[str, str]:
+        scored = probability is not None and not error and not np.isnan(probability)
+        has_domain = domain_score is not None and not error and not np.isnan(domain_score)
         return {"path": path, f"p_{classes[1]}": cls.format_probability(probability) if scored else "",
                 "pred_label": classes[int(probability >= threshold)] if scored else "",
                 "threshold": repr(float(threshold)), "true_label": true_label, "patient_id": patient_id,
-                "error": " ".join(error.split()), "qc": qc, "model": model, "model_sha256": model_sha256}
+                "error": " ".join(error.split()), "qc": qc,
+                "domain_score": DOMAIN_FORMAT.format(domain_score) if has_domain else "", "model": model,
+                "model_sha256": model_sha256}
 
     @classmethod
     def frame_from_scores(cls, paths: list[str], probabilities: np.ndarray, classes: list[str], threshold: float, *,
@@ -115,13 +124,13 @@ class Predictions:
                 from None
         if "true_label" not in frame.columns and "label" in frame.columns:
             frame = frame.rename(columns={"label": "true_label"})
-        for column in ("error", "qc", "patient_id", "threshold", "model", "model_sha256"):
+        for column in ("error", "qc", "patient_id", "threshold", "model", "model_sha256", "domain_score"):
             if column not in frame.columns:
                 frame[column] = ""
         prob_cols = [c for c in frame.columns if c.startswith("p_")]
         if len(prob_cols) != 1 or not {"path", "true_label"} <= set(frame.columns):
             raise PredictionsError(f"{path} is not a cxr predictions CSV (needs path, p_<class>, true_label)")
-        scored = frame.loc[frame["error"] == "", prob_cols[0]]
+        scored = frame.loc[(frame["error"] == "") & (frame[prob_cols[0]] != ""), prob_cols[0]]
         try:
             values = scored.astype(float)
         except ValueError:

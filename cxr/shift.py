@@ -1,0 +1,70 @@
+"""Set-level data shift: are this run's images, taken together, unlike the training data?
+
+The domain guard gives every image a score; the model carries the scores of its validation images
+(images it was not trained on, from the training source). A two-sample Kolmogorov-Smirnov test
+(scipy's ``ks_2samp``, exact p-values for small samples) compares the run's scores with them, and
+the verdict is one line. A run with fewer than ``MIN_IMAGES`` scored images gets no verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+ALPHA = 0.01        # the p-value under which a run is called shifted
+MIN_IMAGES = 10
+
+
+@dataclass(frozen=True)
+class ShiftVerdict:
+    """The set-level test of one run against the training reference."""
+    n_images: int
+    n_reference: int
+    statistic: float          # the KS distance: 0 = the same distribution, 1 = no overlap
+    p_value: float
+    n_flagged: int            # images the guard flagged one by one
+    expected_flag_rate: float  # the guard's false-flag rate on validation images
+    alpha: float = ALPHA
+
+    @property
+    def shifted(self) -> bool:
+        return self.p_value < self.alpha
+
+    @property
+    def flagged_share(self) -> float:
+        return self.n_flagged / self.n_images if self.n_images else 0.0
+
+    def line(self) -> str:
+        p = "p < 0.001" if self.p_value < 0.001 else f"p = {self.p_value:.3f}"
+        flagged = f"{self.flagged_share:.0%} of images flagged, {self.expected_flag_rate:.0%} expected"
+        if self.shifted:
+            return f"data shift: these images differ from the training data ({p}; {flagged})"
+        return f"data shift: none detected ({p}; {flagged})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shifted": self.shifted, "flagged_share": self.flagged_share, "verdict": self.line(),
+                "test": "two-sample Kolmogorov-Smirnov on domain scores against the validation reference"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "ShiftVerdict | None":
+        if not data:
+            return None
+        fields = ("n_images", "n_reference", "statistic", "p_value", "n_flagged", "expected_flag_rate", "alpha")
+        return cls(**{k: data[k] for k in fields if k in data})
+
+
+def shift_test(scores: np.ndarray, reference: np.ndarray | tuple[float, ...], threshold: float,
+               expected_flag_rate: float, alpha: float = ALPHA) -> ShiftVerdict | None:
+    """The verdict for ``scores`` (NaN ignored), or None with fewer than MIN_IMAGES of them."""
+    from scipy.stats import ks_2samp
+
+    scores = np.asarray(scores, dtype=float)
+    scores = scores[np.isfinite(scores)]
+    reference = np.asarray(reference, dtype=float)
+    if len(scores) < MIN_IMAGES or len(reference) < MIN_IMAGES:
+        return None
+    result = ks_2samp(scores, reference)
+    return ShiftVerdict(int(len(scores)), int(len(reference)), float(result.statistic), float(result.pvalue),
+                        int((scores > threshold).sum()), float(expected_flag_rate), alpha)

@@ -1,0 +1,336 @@
+"""The domain guard and the calibration step, fitted on a model's own splits and folded into its ONNX
+graph, so every engine (CPU, GPU, Ray) gets them and inference still needs no TensorFlow.
+
+- **Guard** (``domain_score`` output): a Gaussian (Ledoit-Wolf) is fitted, per tap, on the pooled
+  mean and standard deviation of the activations of the training images, at the taps chosen by
+  ``scripts/domain_methods.py`` (the last four activations at 8x8: blocks 11-14 of EfficientNet-Lite2).
+  An image's score is the geometric mean over the taps of its squared Mahalanobis distance divided by
+  the median distance of the training images: about 1 for a typical training image, higher for an
+  image less like them. The threshold is the validation scores' quantile for the stated false-flag
+  rate. The validation scores themselves travel in the metadata as the reference for the set-level
+  shift test.
+- **Calibration**: Platt scaling of the positive logit, ``sigmoid(a * logit + b)``, fitted on the
+  validation split (temperature scaling is the special case ``b = 0``, measured beside it). The
+  threshold rule then runs again on the calibrated validation probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cxr.calibration import expected_calibration_error
+from cxr.export.graph_edit import GraphEditError, _node, activation_taps, logit_name, pooled_statistics
+
+DOMAIN_OUTPUT = "domain_score"
+GUARD_METHOD = "mahalanobis-multi-depth"
+DEFAULT_FALSE_FLAGS = 0.02
+GUARD_TAPS = 4
+CALIBRATION_METHODS = ("platt", "temperature")
+REFERENCE_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class GuardFit:
+    """A fitted guard: per tap (name, mean, precision square root, training median distance)."""
+    taps: tuple[str, ...]
+    means: tuple[np.ndarray, ...]
+    roots: tuple[np.ndarray, ...]
+    medians: tuple[float, ...]
+    threshold: float
+    false_flag_rate: float
+    reference: tuple[float, ...]  # the validation images' scores, sorted
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def scores(self, features: list[np.ndarray]) -> np.ndarray:
+        """The guard's score from pooled features (one array per tap), as the graph computes it."""
+        logs = [np.log(np.maximum(((f - m) @ r) ** 2, 0).sum(1) / med)
+                for f, m, r, med in zip(features, self.means, self.roots, self.medians)]
+        return np.exp(np.mean(logs, axis=0))
+
+    def metadata(self) -> dict[str, Any]:
+        return {"method": GUARD_METHOD, "output": DOMAIN_OUTPUT, "threshold": self.threshold,
+                "false_flag_rate": self.false_flag_rate, "taps": list(self.taps),
+                "reference_scores": [round(float(v), REFERENCE_DECIMALS) for v in self.reference], **self.facts}
+
+
+def guard_taps(proto, count: int = GUARD_TAPS) -> list[tuple[str, int]]:
+    """The guard's taps: the last ``count`` depthwise activations at 8x8 (blocks 11-14 of
+    EfficientNet-Lite2 at 128 px: the end of the 528-channel stage and the 720-channel stage),
+    found from the graph."""
+    from cxr.export.graph_edit import ACTIVATION, _shapes
+
+    shapes = _shapes(proto)
+    acts = [(name, shapes[name]) for node in proto.graph.node for name in node.output
+            if ACTIVATION.search(name) and len(shapes.get(name, [])) == 4]
+    at_8 = [(name, int(shape[1])) for name, shape in acts if shape[2] == 8]
+    if len(at_8) < count:
+        raise GraphEditError(f"the guard needs {count} backbone activations at 8x8; this graph has {len(at_8)}")
+    return at_8[-count:]
+
+
+def feature_model(proto, taps: list[tuple[str, int]], with_logit: bool = True):
+    """A copy of ``proto`` whose outputs are the taps' pooled statistics (and the logit)."""
+    from onnx import TensorProto, helper
+
+    from cxr.export.graph_edit import with_feature_outputs
+
+    probe = with_feature_outputs(proto, taps)
+    del probe.graph.output[:len(proto.graph.output)]
+    if with_logit:
+        probe.graph.node.append(_node("Identity", [logit_name(probe)], "logit"))
+        probe.graph.output.append(helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1]))
+    return probe
+
+
+def run_features(probe, images: np.ndarray, batch: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
+    """(pooled features per tap, logits) of uint8 NHWC images through a ``feature_model``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outs = [session.run(names, {session.get_inputs()[0].name: images[i:i + batch]})
+            for i in range(0, len(images), batch)]
+    joined = [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in range(len(names))]
+    logits = joined[-1].reshape(-1) if names[-1] == "logit" else np.empty(0)
+    return [j for n, j in zip(names, joined) if n != "logit"], logits
+
+
+def fit_guard(taps: list[str], train: list[np.ndarray], val: list[np.ndarray], false_flags: float) -> GuardFit:
+    """Ledoit-Wolf per tap on the training features; threshold at the validation quantile."""
+    from sklearn.covariance import LedoitWolf
+
+    means, roots, medians = [], [], []
+    for features in train:
+        lw = LedoitWolf().fit(features)
+        root = np.linalg.cholesky(lw.precision_)  # precision = root @ root.T, so d^2 = |(x - m) @ root|^2
+        means.append(lw.location_)
+        roots.append(root)
+        medians.append(float(np.median((((features - lw.location_) @ root) ** 2).sum(1))))
+    draft = GuardFit(tuple(taps), tuple(means), tuple(roots), tuple(medians), 0.0, false_flags, ())
+    val_scores = np.sort(draft.scores(val))
+    threshold = float(np.quantile(val_scores, 1.0 - false_flags))
+    return GuardFit(draft.taps, draft.means, draft.roots, draft.medians, threshold, false_flags,
+                    tuple(val_scores.tolist()), {"fitted_on": "training split", "threshold_on": "validation split",
+                                                 "n_train": int(len(train[0])), "n_val": int(len(val[0]))})
+
+
+def attach_guard(proto, fit: GuardFit) -> None:
+    """Append the guard to ``proto`` (in place): output ``domain_score`` (N,)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    logs = []
+    for index, (tap, mean, root, median) in enumerate(zip(fit.taps, fit.means, fit.roots, fit.medians)):
+        prefix = f"guard{index}"
+        nodes, stats = pooled_statistics(proto, tap, prefix)
+        proto.graph.node.extend(nodes)
+        proto.graph.initializer.extend([
+            numpy_helper.from_array(mean.astype(np.float32), f"{prefix}_location"),
+            numpy_helper.from_array(root.astype(np.float32), f"{prefix}_root"),
+            numpy_helper.from_array(np.array([median], np.float32), f"{prefix}_median")])
+        proto.graph.node.extend([
+            _node("Sub", [stats, f"{prefix}_location"], f"{prefix}_centred"),
+            _node("MatMul", [f"{prefix}_centred", f"{prefix}_root"], f"{prefix}_whitened"),
+            _node("ReduceSumSquare", [f"{prefix}_whitened"], f"{prefix}_d2", axes=[1], keepdims=0),
+            _node("Div", [f"{prefix}_d2", f"{prefix}_median"], f"{prefix}_ratio"),
+            _node("Log", [f"{prefix}_ratio"], f"{prefix}_log")])
+        logs.append(f"{prefix}_log")
+    proto.graph.node.extend([
+        _node("Concat", logs, "guard_logs_flat", axis=0),
+        _node("Reshape", ["guard_logs_flat", "guard_shape"], "guard_logs"),
+        _node("ReduceMean", ["guard_logs"], "guard_mean_log", axes=[0], keepdims=0),
+        _node("Exp", ["guard_mean_log"], DOMAIN_OUTPUT)])
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([len(logs), -1], np.int64), "guard_shape"))
+    proto.graph.output.append(helper.make_tensor_value_info(DOMAIN_OUTPUT, TensorProto.FLOAT, ["batch"]))
+
+
+# -- calibration ----------------------------------------------------------------------------------------------
+
+
+def fit_calibration(logits: np.ndarray, y: np.ndarray, method: str = "platt") -> tuple[float, float]:
+    """(a, b) of ``sigmoid(a * logit + b)`` minimising the validation log loss."""
+    from scipy.optimize import minimize
+
+    def loss(params):
+        a, b = params[0], params[1] if method == "platt" else 0.0
+        z = a * logits + b
+        return float(np.mean(np.logaddexp(0, z) - y * z))
+
+    start = np.array([1.0, 0.0]) if method == "platt" else np.array([1.0])
+    result = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
+    a = float(result.x[0])
+    b = float(result.x[1]) if method == "platt" else 0.0
+    if not (np.isfinite(a) and a > 0):
+        raise GraphEditError(f"calibration failed: slope {a} (the validation logits do not rank the classes)")
+    return a, b
+
+
+def calibrated(logits: np.ndarray, a: float, b: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(a * logits + b)))
+
+
+def attach_calibration(proto, a: float, b: float) -> None:
+    """Insert ``a * logit + b`` before the final Sigmoid (in place); the cam output is untouched."""
+    from onnx import numpy_helper
+
+    sigmoid = next(node for node in proto.graph.node if node.op_type == "Sigmoid")
+    logit = sigmoid.input[0]
+    proto.graph.initializer.extend([numpy_helper.from_array(np.array([a], np.float32), "calibration_a"),
+                                    numpy_helper.from_array(np.array([b], np.float32), "calibration_b")])
+    proto.graph.node.extend([_node("Mul", [logit, "calibration_a"], "calibration_scaled"),
+                             _node("Add", ["calibration_scaled", "calibration_b"], "calibrated_logit")])
+    sigmoid.input[0] = "calibrated_logit"
+
+
+def topologically_sorted(proto) -> None:
+    """Reorder nodes so that every input is produced before it is read (edits append nodes that
+    earlier nodes may now read), keeping the original order where it already holds."""
+    produced = {i.name for i in proto.graph.input} | {i.name for i in proto.graph.initializer} | {""}
+    pending, ordered = [copy.deepcopy(n) for n in proto.graph.node], []
+    while pending:
+        ready = [n for n in pending if all(i in produced for i in n.input)]
+        if not ready:
+            raise GraphEditError("the edited graph has a cycle or a missing input")
+        ordered.extend(ready)
+        for node in ready:
+            produced.update(node.output)
+        taken = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in taken]
+    del proto.graph.node[:]
+    proto.graph.node.extend(ordered)
+
+
+# -- the whole step: fit on a manifest's splits, fold into the graph, check ---------------------------------------
+
+TRUST_PREFIXES = ("guard", "calibration", "calibrated_logit")
+EDIT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    """What ``add_trust`` wrote and measured (validation figures; the test split is measured by
+    ``make results``)."""
+    model_path: Any
+    threshold_rule: dict[str, Any]
+    guard: GuardFit | None
+    calibration: dict[str, Any] | None
+    max_abs_diff: float
+
+
+def strip_trust(proto) -> None:
+    """Remove an earlier guard and calibration (in place), so that refitting starts from the model."""
+    sigmoid = next((n for n in proto.graph.node if n.op_type == "Sigmoid"), None)
+    if sigmoid is not None and sigmoid.input[0] == "calibrated_logit":
+        scaled = next(n for n in proto.graph.node if n.output[0] == "calibration_scaled")
+        sigmoid.input[0] = scaled.input[0]
+    keep = [n for n in proto.graph.node if not n.output[0].startswith(TRUST_PREFIXES) and n.output[0] != DOMAIN_OUTPUT]
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    inits = [i for i in proto.graph.initializer if not i.name.startswith(TRUST_PREFIXES)]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(inits)
+    outputs = [o for o in proto.graph.output if o.name != DOMAIN_OUTPUT]
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+
+
+def _split_images(manifest, split: str, size: int, positive: str) -> tuple[np.ndarray, np.ndarray]:
+    from cxr.data import load_manifest
+    from cxr.imaging import decode_many
+
+    frame = load_manifest(manifest)
+    rows = frame[frame["split"] == split]
+    if rows.empty:
+        raise GraphEditError(f"{manifest} has no '{split}' rows")
+    return decode_many(rows["abspath"].tolist(), size), (rows["label"] == positive).to_numpy(int)
+
+
+def add_trust(model_path, out_path, manifest, *, guard: bool = True, calibration: str | None = "platt",
+              false_flags: float = DEFAULT_FALSE_FLAGS) -> TrustResult:
+    """Fit the guard (training split) and the calibration (validation split) of an exported model,
+    fold them into its graph, rerun its threshold rule on the calibrated validation probabilities,
+    and write ``out_path`` after checking the new graph against the fitted numbers."""
+    import onnx
+
+    from cxr.artifacts import ModelContract, ModelContractError
+    from cxr.artifacts.model_contract import METADATA_PREFIX
+    from cxr.files import atomic_path
+    from cxr.thresholds import choose_threshold
+
+    proto = onnx.load(str(model_path))
+    contract = ModelContract.from_metadata({p.key: p.value for p in proto.metadata_props}, str(model_path))
+    strip_trust(proto)
+    taps = guard_taps(proto)
+    probe = feature_model(proto, taps)
+    val_images, y_val = _split_images(manifest, "val", contract.input_size, contract.positive_class)
+    val_features, val_logits = run_features(probe, val_images)
+    fit = None
+    if guard:
+        train_images, _ = _split_images(manifest, "train", contract.input_size, contract.positive_class)
+        train_features, _ = run_features(feature_model(proto, taps, with_logit=False), train_images)
+        fit = fit_guard([t for t, _ in taps], train_features, val_features, false_flags)
+    calib, p_val = None, calibrated(val_logits, 1.0, 0.0)
+    if calibration:
+        a, b = fit_calibration(val_logits, y_val, calibration)
+        p_val_cal = calibrated(val_logits, a, b)
+        calib = {"method": calibration, "a": a, "b": b, "fitted_on": "validation split",
+                 "val_ece_before": expected_calibration_error(y_val, p_val),
+                 "val_ece_after": expected_calibration_error(y_val, p_val_cal)}
+        p_val = p_val_cal
+    old_rule = contract.threshold_rule
+    if old_rule.get("rule") in ("wilson", "point"):
+        rule = {**choose_threshold(y_val, p_val, float(old_rule["target_recall"]), old_rule["rule"]),
+                "source": f"validation split of {manifest}", "n_val": int(len(y_val))}
+    else:
+        raw = float(np.log(contract.threshold / (1 - contract.threshold)))
+        rule = {**old_rule, "threshold": float(calibrated(np.array([raw]), calib["a"], calib["b"])[0])
+                if calib else contract.threshold}
+    if calib:
+        attach_calibration(proto, calib["a"], calib["b"])
+    if fit:
+        attach_guard(proto, fit)
+    topologically_sorted(proto)
+    meta = {**contract.metadata(), "threshold": rule["threshold"], "threshold_rule": rule}
+    meta.pop("guard", None)
+    meta.pop("calibration", None)
+    if fit:
+        meta["guard"] = fit.metadata()
+    if calib:
+        meta["calibration"] = calib
+    try:
+        new_contract = ModelContract.from_metadata(
+            {f"{METADATA_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    except ModelContractError as exc:
+        raise GraphEditError(f"the calibrated model breaks its contract: {exc}") from None
+    del proto.metadata_props[:]
+    for key, value in sorted(new_contract.to_metadata().items()):
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    with atomic_path(out_path) as tmp:
+        onnx.save(proto, str(tmp))
+        diff = _check_edit(tmp, val_images[:128], p_val[:128], fit, [f[:128] for f in val_features])
+    return TrustResult(out_path, rule, fit, calib, diff)
+
+
+def _check_edit(path, images: np.ndarray, expected_p: np.ndarray, fit: GuardFit | None,
+                features: list[np.ndarray]) -> float:
+    """The edited graph must give the fitted numbers: probabilities within EDIT_TOLERANCE and guard
+    scores within 0.1% (float32 against float64)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = ["probability"] + ([DOMAIN_OUTPUT] if fit else [])
+    outs = session.run(names, {"pixels": images})
+    diff = float(np.max(np.abs(outs[0].reshape(-1) - expected_p)))
+    if diff > EDIT_TOLERANCE:
+        raise GraphEditError(f"the calibrated graph differs from the fitted calibration by {diff:.2g}")
+    if fit is not None:
+        want = fit.scores(features)
+        rel = float(np.max(np.abs(outs[1] - want) / want))
+        if rel > 1e-3:
+            raise GraphEditError(f"the guard in the graph differs from the fitted guard by {rel:.2g} (relative)")
+    return diff
