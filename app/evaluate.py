@@ -25,8 +25,8 @@ from cxr.app.options import (batch_size_option, device_option, engine_options, m
                              precision_option, quiet_option, workers_option)
 from cxr.app.robustness import max_flip_option, seed_option as robustness_seed_option
 
-VERDICT_EXIT = {"pass": EXIT_OK, "regression": EXIT_REGRESSED, "data_changed": EXIT_DATA_CHANGED,
-                "partial": EXIT_EVAL_PARTIAL}
+VERDICT_EXIT = {"pass": EXIT_OK, "not_compared": EXIT_OK, "regression": EXIT_REGRESSED,
+                "data_changed": EXIT_DATA_CHANGED, "partial": EXIT_EVAL_PARTIAL}
 
 
 def write_prometheus(path: Path, *, verdict: str, report: dict[str, Any], limits: dict[str, float],
@@ -45,7 +45,10 @@ def write_prometheus(path: Path, *, verdict: str, report: dict[str, Any], limits
                      registry=registry)
     for name in VERDICT_EXIT:
         verdicts.labels(name).set(int(name == verdict))
-    Gauge(f"{prefix}_passed", "1 if the evaluation passed its gate", registry=registry).set(int(verdict == "pass"))
+    Gauge(f"{prefix}_passed", "1 if the evaluation passed a gate that compared something and every file was "
+                              "scored", registry=registry).set(int(verdict == "pass"))
+    Gauge(f"{prefix}_compared", "1 if anything was gated (a baseline, robustness limits or a shift limit)",
+          registry=registry).set(int(verdict != "not_compared"))
     metric = Gauge(f"{prefix}_metric", "headline metric at the model's threshold", ["metric"], registry=registry)
     for name, value in MetricsReport.headline(report).items():
         metric.labels(name).set(value)
@@ -93,24 +96,44 @@ def _previous_success(path: Path) -> float | None:
     return None
 
 
-def _preflight(folder: Path, max_drop: str, max_flip: str, baseline_path: Path | None, history_path: Path,
-               metrics_file: Path | None) -> tuple[dict, dict, dict | None]:
+DEFAULT_HISTORY = Path("evaluations/history.csv")
+
+
+def _preflight(folder: Path, max_drop: str, max_flip: str, history_path: Path,
+               metrics_file: Path | None) -> tuple[dict, dict]:
+    """Everything that can be checked before the model is loaded: the folder, the gate specs and
+    the output files (their folders must exist and be writable)."""
     from cxr.perturb import SUITE_NAMES
-    from cxr.reports.evaluate import GateSpecError, check_history_file, load_baseline, parse_max_drop
+    from cxr.reports.evaluate import GateSpecError, check_history_file, check_writable_file, parse_max_drop
     from cxr.reports.robustness import RobustnessSpecError, parse_max_flip
 
     if not folder.is_dir():
         raise UsageError(f"folder not found: {folder}")
+    if history_path == DEFAULT_HISTORY:
+        DEFAULT_HISTORY.parent.mkdir(parents=True, exist_ok=True)
     try:
         limits = parse_max_drop(max_drop)
         flip_limits = parse_max_flip(max_flip, SUITE_NAMES)
-        baseline = load_baseline(baseline_path, limits) if baseline_path else None
         check_history_file(history_path)
+        if metrics_file is not None:
+            check_writable_file(metrics_file, "--metrics-file")
     except (GateSpecError, RobustnessSpecError) as exc:
         raise UsageError(str(exc)) from None
-    if metrics_file is not None and metrics_file.is_dir():
-        raise UsageError(f"--metrics-file {metrics_file} is a folder")
-    return limits, flip_limits, baseline
+    return limits, flip_limits
+
+
+def _baseline(path: Path | None, limits: dict, model, name: str | None) -> dict | None:
+    """The baseline's values for this model (chosen by --baseline-model or the model file's sha256)."""
+    from cxr.reports.evaluate import GateSpecError, load_baseline
+
+    if path is None:
+        if name is not None:
+            raise UsageError("--baseline-model needs --baseline")
+        return None
+    try:
+        return load_baseline(path, limits, model.info.sha256, name)
+    except GateSpecError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @click.command()
@@ -119,6 +142,9 @@ def _preflight(folder: Path, max_drop: str, max_flip: str, baseline_path: Path |
               help="Folder of images with class subfolders (or --labels).")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="metrics.json of an earlier evaluation to gate against.")
+@click.option("--baseline-model", default=None, metavar="NAME",
+              help="The entry of a --baseline metrics.json that holds several models to compare with [default: the "
+                   "one scored with this model file, by sha256].")
 @click.option("--max-drop", default="auc=0.01,recall=0.02", show_default=True,
               help="Allowed drop per metric (loss, brier, ece: allowed rise). Must gate at least one metric.")
 @click.option("--robustness", "with_robustness", is_flag=True,
@@ -147,11 +173,12 @@ def _preflight(folder: Path, max_drop: str, max_flip: str, baseline_path: Path |
 @engine_options
 @log_format_option
 @quiet_option
-def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, robustness_seed, max_shift, allow_new_data,
+def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robustness, max_flip, robustness_seed, max_shift, allow_new_data,
              history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
              n_boot, engine, ray_address, gpus_per_actor, log_format, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
-    from cxr.app.infer import domain_summary, ground_truth, load_model, out_dir_lock, score, write_report
+    from cxr.app.infer import (check_out_dir, domain_summary, ground_truth, inside, load_model, out_dir_lock, score,
+                               write_report)
     from cxr.app.robustness import run_robustness
     from cxr.artifacts import Predictions
     from cxr.reports.evaluate import (GateResult, add_robustness_failures, check_shift, finish_evaluation,
@@ -160,8 +187,10 @@ def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, 
 
     started = time.time()
     events = Events(log_format, quiet, "cxr evaluate")
-    limits, flip_limits, baseline_values = _preflight(folder, max_drop, max_flip, baseline, history_path, metrics_file)
+    limits, flip_limits = _preflight(folder, max_drop, max_flip, history_path, metrics_file)
+    check_out_dir(out_dir, folder)
     model = load_model(model_path, device, precision)
+    baseline_values = _baseline(baseline, limits, model, baseline_model)
     if max_shift is not None and model.guard is None:
         raise UsageError(f"--max-shift needs a model with a domain guard; {model.path.name} has none "
                          "(re-export it with `cxr export --from-onnx`)")
@@ -176,14 +205,18 @@ def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, 
             section = run_robustness(model, folder, only, truth, seed=robustness_seed, batch_size=batch_size,
                                      workers=workers, events=events)
             add_robustness_failures(gate, *check_flips(section, flip_limits))
+            gate.compared = gate.compared or bool(flip_limits)
         shift = (Predictions.read_settings(result.csv_path) or {}).get("shift")
         if max_shift is not None:
             add_robustness_failures(gate, *check_shift(shift, max_shift))
+            gate.compared = True
         report = write_report(result, folder, out_dir, full=True, n_boot=n_boot, model=model, events=events,
                               robustness={model.path.stem: section} if section else None)
         if report is None:
             raise UsageError(f"no labelled images of both classes under {folder}; nothing to evaluate")
-        gate = finish_evaluation(report, out_dir, model.info.sha256, folder_data_sha256(folder, only), baseline_values,
+        data_sha = folder_data_sha256(folder, only, exclude=out_dir if inside(out_dir, folder) else None)
+        gate.compared = gate.compared or baseline_values is not None
+        gate = finish_evaluation(report, out_dir, model.info.sha256, data_sha, baseline_values,
                                  baseline, limits, allow_new_data, history_path, gate, model.execution,
                                  {"n_files": result.n_files, "n_errors": result.n_errors})
     verdict = gate.verdict
@@ -198,9 +231,12 @@ def evaluate(model_path, folder, baseline, max_drop, with_robustness, max_flip, 
     events.emit("written", f"report: {out_dir / 'report.html'}; history: {history_path}", always=True)
     messages = {"data_changed": "FAILED: the evaluation data changed",
                 "regression": f"FAILED: {len(gate.regressions)} gated value(s) regressed",
-                "partial": f"PASSED the gate, but {result.n_errors} file(s) could not be scored (exit 4)"}
+                "partial": f"PARTIAL: the gate held, but {result.n_errors} file(s) could not be scored (exit 4)"}
     if verdict in messages:
         events.emit("verdict", messages[verdict], err=True, verdict=verdict)
+    elif verdict == "not_compared":
+        events.emit("verdict", "no baseline: nothing compared (give --baseline with an earlier metrics.json, "
+                               "--max-flip or --max-shift to gate)", always=True, verdict=verdict)
     else:
         events.emit("verdict", "PASSED", always=True, verdict=verdict)
     sys.exit(VERDICT_EXIT[verdict])

@@ -55,10 +55,13 @@ def prepare_out_dir(out_dir: Path) -> None:
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a folder")
+    from cxr.imaging import OUTPUT_MARKERS
+
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
+        (out_dir / OUTPUT_MARKERS[0]).touch()  # later runs over a folder that holds this one skip it
     except OSError as exc:
         raise UsageError(f"--out {out_dir} is not writable: {exc.strerror or exc}") from None
 
@@ -90,6 +93,13 @@ def check_source(source: str, engine: str) -> None:
     if not Path(source).is_dir():
         hint = "" if engine == "ray" else " (a CSV list of paths or a URI needs --engine ray)"
         raise UsageError(f"folder not found: {source}{hint}")
+
+
+def check_out_dir(out_dir: Path, folder: Path) -> None:
+    """The output folder may sit inside the scored folder (it is skipped), but not be that folder."""
+    if folder.is_dir() and out_dir.resolve() == folder.resolve():
+        raise UsageError(f"--out {out_dir} is the scored folder itself: its figures would be scored by the next "
+                         "run; choose a folder inside or beside it (e.g. --out {}/cxr_out)".format(out_dir))
 
 
 def inside(child: Path, parent: Path) -> bool:
@@ -195,6 +205,7 @@ def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, 
     events = Events(log_format, quiet, "cxr-infer")
     check_source(source, engine)
     folder = Path(source)
+    check_out_dir(out_dir, folder)
     model = load_model(model_path, device, precision)
     events.emit("model", f"provider: {model.provider} ({model.precision}) | model {model.path.name} "
                          f"({model.info.sha256[:12]}), threshold {model.info.threshold:g}, classes {model.info.classes}",

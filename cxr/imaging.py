@@ -182,11 +182,20 @@ def decode_or_error(path: str | Path, size: int, use_draft: bool = True) -> tupl
         return None, f"unexpected decode failure: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
+OUTPUT_MARKERS = (".cxr-output", ".cxr.lock")  # a folder cxr wrote its outputs into (see app.infer)
+
+
+def is_cxr_output(folder: str | Path) -> bool:
+    """A folder that holds cxr's outputs (an earlier run's report figures are not data)."""
+    return any(Path(folder, marker).exists() for marker in OUTPUT_MARKERS)
+
+
 def list_images(folder: str | Path, exclude: str | Path | None = None) -> list[Path]:
     """Every image file under ``folder``, recursively: supported extensions (any case) and DICOM,
-    hidden files and folders ignored, ``exclude`` (an output folder inside it) skipped, sorted by
-    relative path bytes. Broken or looping symbolic links with an image name are listed too, so
-    that they get an error row. Directory links are not followed (no cycles); linear in files."""
+    hidden files and folders ignored, ``exclude`` (an output folder inside it) and any folder that
+    holds an earlier cxr run's outputs skipped, sorted by relative path bytes. Broken or looping
+    symbolic links with an image name are listed too, so that they get an error row. Directory
+    links are not followed (no cycles); linear in files."""
     import os
 
     root = Path(folder)
@@ -194,7 +203,8 @@ def list_images(folder: str | Path, exclude: str | Path | None = None) -> list[P
     found = []
     for directory, subdirs, files in os.walk(root, followlinks=False):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")
-                      and (skip is None or Path(directory, d).resolve() != skip)]
+                      and (skip is None or Path(directory, d).resolve() != skip)
+                      and not is_cxr_output(Path(directory, d))]
         for name in files:
             path = Path(directory, name)
             if not name.startswith(".") and (path.suffix.lower() in IMAGE_EXTENSIONS or _is_dicom_quietly(path)):

@@ -30,6 +30,7 @@ class GateResult:
     data_changed: bool = False
     messages: list[str] = field(default_factory=list)
     files_failed: int = 0
+    compared: bool = False   # anything gated: a baseline, robustness limits or a shift limit
 
     @property
     def passed(self) -> bool:
@@ -37,23 +38,29 @@ class GateResult:
 
     @property
     def verdict(self) -> str:
-        """pass, partial (passed, but some files could not be scored), data_changed or regression."""
+        """pass, partial (passed, but some files could not be scored), data_changed, regression, or
+        not_compared (nothing was gated: no baseline, no limits)."""
         if self.data_changed:
             return "data_changed"
         if self.regressions:
             return "regression"
-        return "partial" if self.files_failed else "pass"
+        if self.files_failed:
+            return "partial"
+        return "pass" if self.compared else "not_compared"
 
 
 def parse_max_drop(spec: str) -> dict[str, float]:
     """``auc=0.01,recall=0.02`` -> {'roc_auc': 0.01, 'recall': 0.02}. An empty spec, a NaN or a
-    negative allowance is refused: a gate must never be switched off silently."""
+    negative allowance, or a metric named twice is refused: a gate must never be switched off or
+    overridden silently."""
     limits = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, sep, value = item.partition("=")
         name = ALIASES.get(name.strip().lower(), name.strip().lower())
         if not sep or name not in METRIC_NAMES:
             raise GateSpecError(f"bad --max-drop item {item!r}; use NAME=VALUE with NAME in {', '.join(METRIC_NAMES)}")
+        if name in limits:
+            raise GateSpecError(f"--max-drop names {name} twice; give each metric once")
         try:
             limits[name] = float(value)
         except ValueError:
@@ -65,12 +72,14 @@ def parse_max_drop(spec: str) -> dict[str, float]:
     return limits
 
 
-def folder_data_sha256(folder: str | Path, only: list[str] | None = None) -> str:
+def folder_data_sha256(folder: str | Path, only: list[str] | None = None, exclude: str | Path | None = None) -> str:
     """Hash of the evaluation data: every image's relative path and content hash, sorted
-    (``only``: just these relative paths; a missing one hashes as 'missing')."""
+    (``only``: just these relative paths; a missing one hashes as 'missing'; ``exclude``: a folder
+    inside, such as the evaluation's own output, that is not data)."""
     digest = hashlib.sha256()
     root = Path(folder)
-    rels = sorted(only) if only is not None else [escape_path(p.relative_to(root).as_posix()) for p in list_images(root)]
+    rels = sorted(only) if only is not None else [escape_path(p.relative_to(root).as_posix())
+                                                  for p in list_images(root, exclude=exclude)]
     for rel in rels:
         path = root / unescape_path(rel)
         content = sha256_file(path) if path.is_file() else "missing"
@@ -78,29 +87,60 @@ def folder_data_sha256(folder: str | Path, only: list[str] | None = None) -> str
     return digest.hexdigest()
 
 
-def load_baseline(path: str | Path, limits: dict[str, float]) -> dict[str, float]:
-    """The baseline's gated metrics as finite numbers; a one-line GateSpecError otherwise
-    (checked before anything is scored)."""
+def load_baseline(path: str | Path, limits: dict[str, float], model_sha256: str = "",
+                  model_name: str | None = None) -> dict[str, float]:
+    """The baseline's gated metrics as finite numbers, from the entry of this model (by name, or by
+    the sha256 of the model file, or the only entry); a one-line GateSpecError otherwise (checked
+    before anything is scored)."""
     try:
         report = MetricsReport.read(path)
-        values = {name: MetricsReport.metric_value(report, name) for name in limits}
+        name = MetricsReport.model_for(report, model_sha256, model_name)
+        values = {metric: MetricsReport.metric_value(report, metric, name) for metric in limits}
     except MetricsReportError as exc:
         raise GateSpecError(f"baseline {path}: {exc}") from None
-    return {**values, "data_sha256": report.get("data_sha256")}
+    return {**values, "data_sha256": report.get("data_sha256"), "baseline_model": name}
+
+
+HISTORY_COLUMNS = ("time", "model_sha256", "data_sha256", "verdict")
+
+
+def check_writable_file(path: str | Path, option: str) -> None:
+    """Refuse, before scoring, an output file whose folder is missing or not writable."""
+    import os
+    import tempfile
+
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise GateSpecError(f"{option} {path}: the folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise GateSpecError(f"{option} {path} is a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise GateSpecError(f"{option} {path}: the folder {folder} is not writable ({exc.strerror or exc})") from None
+    if Path(path).exists() and not os.access(path, os.W_OK):
+        raise GateSpecError(f"{option} {path} is not writable")
 
 
 def check_history_file(history_path: str | Path) -> None:
-    """Refuse, before scoring, a history file that cannot be appended to."""
+    """Refuse, before scoring, a history file that cannot be appended to: a folder that is missing
+    or read-only, or a file that is not an evaluation history."""
     path = Path(history_path)
+    check_writable_file(path, "--history")
     if not path.exists():
         return
     try:
-        pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise GateSpecError(f"history file {path} is not a readable CSV ({first_line(exc)}); "
                             "move it aside or pass another --history") from None
     except pd.errors.EmptyDataError:
         return
+    missing = [c for c in HISTORY_COLUMNS if c not in frame.columns]
+    if missing:
+        raise GateSpecError(f"history file {path} is not a cxr evaluation history (no column "
+                            f"{', '.join(missing)}); move it aside or pass another --history")
 
 
 def check_gate(current: dict[str, float], baseline: dict[str, Any], limits: dict[str, float],
@@ -157,8 +197,8 @@ def history_row(report: dict[str, Any], model_sha: str, data_sha: str, gate: Gat
     execution = execution or {}
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model_sha256": model_sha,
             "data_sha256": data_sha, **{k: round(v, 6) for k, v in metrics.items()},
-            **(counts or {}), "provider": execution.get("provider", ""), "precision": execution.get("precision", ""),
-            "verdict": gate.verdict}
+            **(counts or {}), "provider": execution.get("provider", ""),
+            "execution_precision": execution.get("precision", ""), "verdict": gate.verdict}
 
 
 def finish_evaluation(report: dict[str, Any], out_dir: Path, model_sha: str, data_sha: str,

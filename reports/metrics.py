@@ -14,6 +14,8 @@ from sklearn import metrics as skm
 
 from cxr.artifacts import METRIC_NAMES  # the one list, owned by the metrics.json artifact
 
+METRIC_ORDER = METRIC_NAMES
+
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     y = np.asarray(y).astype(int)
@@ -37,27 +39,84 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
     }
 
 
-def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, groups: Sequence[str] | None = None,
-                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
-    """Percentile bootstrap CIs. With ``groups`` (patient ids) whole patients are resampled."""
-    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=np.float64)
+ECE_BINS = 10
+
+
+def _resample_weights(n: int, groups, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) image weights: how often each image is drawn when whole patients (or, without
+    groups, images) are resampled with replacement; the same draws as one draw per resample."""
     rng = np.random.default_rng(seed)
     if groups is None:
-        members = [np.array([i]) for i in range(len(y))]
+        inverse, n_groups = np.arange(n), n
     else:
         _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-    samples = {name: [] for name in METRIC_NAMES}
-    for _ in range(n_boot):
-        picked = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[g] for g in picked])
-        if len(np.unique(y[idx])) < 2:
-            continue
-        for name, value in binary_metrics(y[idx], p[idx], threshold).items():
-            samples[name].append(value)
-    return {name: [float(np.nanpercentile(v, 100 * alpha / 2)), float(np.nanpercentile(v, 100 * (1 - alpha / 2)))]
-            if v else [float("nan"), float("nan")] for name, v in samples.items()}
+        n_groups = int(inverse.max()) + 1
+    picked = rng.integers(0, n_groups, (n_boot, n_groups))
+    counts = np.zeros((n_boot, n_groups))
+    np.add.at(counts, (np.arange(n_boot)[:, None], picked), 1.0)
+    return counts[:, inverse]
+
+
+def weighted_metrics(w: np.ndarray, y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Every headline metric for each row of image weights ``w`` (n_boot, n) at once: the same values
+    as computing them on the resampled images, duplicates included."""
+    y = y.astype(float)
+    eps = 1e-15
+    pc = np.clip(p, eps, 1 - eps)
+    pred = (p >= threshold).astype(float)
+    total = w.sum(1)
+    pos, neg = w @ y, w @ (1 - y)
+    tp, fp = w @ (y * pred), w @ ((1 - y) * pred)
+    fn, tn = pos - tp, neg - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(pos > 0, tp / pos, 0.0)
+        specificity = np.where(neg > 0, tn / neg, np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        mcc = np.where(denom > 0, (tp * tn - fp * fn) / denom, 0.0)
+    out = {"loss": w @ -(y * np.log(pc) + (1 - y) * np.log(1 - pc)) / total,
+           "accuracy": (tp + tn) / total, "precision": precision, "recall": recall, "specificity": specificity,
+           "f1": f1, "balanced_accuracy": (recall + specificity) / 2, "mcc": mcc,
+           "brier": w @ (p - y) ** 2 / total}
+    out["roc_auc"], out["pr_auc"] = _ranked(w, y, p, pos, neg)
+    bins = np.minimum((p * ECE_BINS).astype(int), ECE_BINS - 1)
+    onehot = np.eye(ECE_BINS)[bins]
+    out["ece"] = np.abs(w @ (onehot * y[:, None]) - w @ (onehot * p[:, None])).sum(1) / total
+    return out
+
+
+def _ranked(w, y, p, pos, neg):
+    """Weighted ROC AUC (ties count half) and average precision (sklearn's step rule)."""
+    order = np.argsort(-p, kind="stable")
+    ps = p[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ps)) + 1]          # tie groups, highest p first
+    wp, wn = w[:, order] * y[order], w[:, order] * (1 - y[order])
+    gp, gn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
+    ctp, cfp = np.cumsum(gp, 1), np.cumsum(gn, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # AUC: each positive group beats the negatives below it (cfp counted from the top: below = neg - cfp)
+        auc = (gp * (neg[:, None] - cfp) + 0.5 * gp * gn).sum(1) / (pos * neg)
+        prec = np.where(ctp + cfp > 0, ctp / (ctp + cfp), 0.0)
+        ap = (gp / pos[:, None] * prec).sum(1)
+    return auc, ap
+
+
+def bootstrap_ci(y, p, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> dict[str, list[float]]:
+    """Percentile bootstrap CIs. With ``groups`` (patient ids) whole patients are resampled. All
+    resamples at once in numpy (image weights, rank-based AUC); resamples holding one class only
+    are left out."""
+    y, p = np.asarray(y).astype(int), np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    w = _resample_weights(len(y), groups, n_boot, seed)
+    values = weighted_metrics(w, y, p, threshold)
+    keep = ((w @ y) > 0) & ((w @ (1 - y)) > 0)
+    result = {}
+    for name in METRIC_ORDER:
+        v = values[name][keep]
+        result[name] = ([float(np.nanpercentile(v, 100 * alpha / 2)), float(np.nanpercentile(v, 100 * (1 - alpha / 2)))]
+                        if len(v) and np.isfinite(v).any() else [float("nan"), float("nan")])
+    return result
 
 
 def threshold_table(y: np.ndarray, p: np.ndarray, thresholds: Sequence[float]) -> list[dict[str, Any]]:

@@ -435,6 +435,14 @@ def test_prometheus_file_parses_and_marks_success_only_on_success(tmp_path: Path
                  "--metrics-file", str(metrics_file), "--n-boot", "20", "-q", "--workers", "0"]
     first = CliRunner().invoke(cxr, [*base_args, "--out", str(tmp_path / "a")])
     assert first.exit_code == 0, first.output
+    assert "no baseline: nothing compared" in first.output and "PASSED" not in first.output
+    families = {f.name: f for f in text_string_to_metric_families(metrics_file.read_text())}
+    assert families["cxr_evaluate_compared"].samples[0].value == 0
+    assert families["cxr_evaluate_passed"].samples[0].value == 0
+    assert "cxr_evaluate_last_success_timestamp_seconds" not in families  # nothing was compared
+    same = CliRunner().invoke(cxr, [*base_args, "--out", str(tmp_path / "b"), "--baseline",
+                                    str(tmp_path / "a" / "metrics.json")])
+    assert same.exit_code == 0 and "PASSED" in same.output, same.output
     families = {f.name: f for f in text_string_to_metric_families(metrics_file.read_text())}
     for name in ("cxr_evaluate_verdict", "cxr_evaluate_metric", "cxr_evaluate_images_scored",
                  "cxr_evaluate_images_failed", "cxr_evaluate_duration_seconds",
@@ -444,7 +452,7 @@ def test_prometheus_file_parses_and_marks_success_only_on_success(tmp_path: Path
     assert abs(success - time.time()) < 120
     # a regression: verdict changes, the last success stays what it was
     baseline = _baseline(tmp_path, {"roc_auc": 2.0, "recall": 1.0})
-    second = CliRunner().invoke(cxr, [*base_args, "--out", str(tmp_path / "b"), "--baseline", str(baseline)])
+    second = CliRunner().invoke(cxr, [*base_args, "--out", str(tmp_path / "c"), "--baseline", str(baseline)])
     assert second.exit_code == 1, second.output
     families = {f.name: f for f in text_string_to_metric_families(metrics_file.read_text())}
     verdicts = {s.labels["verdict"]: s.value for s in families["cxr_evaluate_verdict"].samples}

@@ -120,6 +120,7 @@ def test_evaluate_gate_exit_codes(tmp_path: Path) -> None:
     common = ["--data", str(folder), "--history", str(tmp_path / "history.csv"), "--n-boot", "20", "-q"]
     first = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e1"), *common])
     assert first.exit_code == 0, first.output
+    assert "no baseline: nothing compared" in first.output and "PASSED" not in first.output
     baseline = tmp_path / "e1" / "metrics.json"
     same = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e2"), "--baseline", str(baseline),
                                     *common])
@@ -137,8 +138,10 @@ def test_evaluate_gate_exit_codes(tmp_path: Path) -> None:
                                        "--baseline", str(baseline), "--allow-new-data", *common])
     assert allowed.exit_code == 0
     history = pd.read_csv(tmp_path / "history.csv")
-    assert list(history["verdict"]) == ["pass", "pass", "regression", "data_changed", "pass"]
-    assert {"time", "model_sha256", "data_sha256", "roc_auc"} <= set(history.columns)
+    assert list(history["verdict"]) == ["not_compared", "pass", "regression", "data_changed", "pass"]
+    assert {"time", "model_sha256", "data_sha256", "roc_auc", "precision", "execution_precision"} <= set(history.columns)
+    assert history["precision"].astype(float).between(0, 1).all()  # the metric, not the execution precision
+    assert set(history["execution_precision"]) == {"fp32"}
 
 
 def test_evaluate_usage_errors(tmp_path: Path) -> None:

@@ -224,3 +224,112 @@ def test_evaluate_gates_on_data_shift(tmp_path: Path, fitted, tiny_model: Path) 
     unguarded = CliRunner().invoke(cxr_cli, [*args, "--model", str(tiny_model), "--out", str(tmp_path / "u"),
                                              "--max-shift", "0.2"])
     assert unguarded.exit_code == 2 and "needs a model with a domain guard" in unguarded.output
+
+
+# -- the set-level test, the file checks and the DICOM header (no model needed) ---------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def test_shift_test_tells_a_shifted_set_from_a_like_one() -> None:
+    from cxr.shift import shift_test
+
+    rng = np.random.default_rng(0)
+    reference = np.sort(rng.lognormal(0, 0.3, 1000))
+    like = shift_test(rng.lognormal(0, 0.3, 50), reference, threshold=2.0, expected_flag_rate=0.02)
+    unlike = shift_test(rng.lognormal(1.0, 0.3, 50), reference, threshold=2.0, expected_flag_rate=0.02)
+    assert not like.shifted and like.p_value > 0.05 and like.line().startswith("data shift: none detected")
+    assert unlike.shifted and unlike.p_value < 0.001 and "p < 0.001" in unlike.line()
+    assert unlike.flagged_share > 0.5 and f"{unlike.flagged_share:.0%} of images flagged" in unlike.line()
+    assert shift_test(rng.lognormal(0, 0.3, 9), reference, 2.0, 0.02) is None  # too few for a verdict
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.01, 100, allow_nan=False), min_size=10, max_size=200),
+       st.lists(st.floats(0.01, 100, allow_nan=False), min_size=10, max_size=200))
+def test_shift_verdict_is_a_probability_and_round_trips(scores: list[float], reference: list[float]) -> None:
+    from cxr.shift import ShiftVerdict, shift_test
+
+    verdict = shift_test(np.array(scores + [np.nan]), reference, threshold=1.0, expected_flag_rate=0.02)
+    assert verdict.n_images == len(scores)  # NaN (files that did not decode) are left out
+    assert 0.0 <= verdict.p_value <= 1.0 and 0.0 <= verdict.statistic <= 1.0
+    assert ShiftVerdict.from_dict(verdict.to_dict()) == verdict
+
+
+ATTACKS_ON_THE_FILE = {  # (width, height, mode) -> the qc reason expected
+    "tiny": ((40, 40, "L"), "tiny image (40x40)"),
+    "screenshot strip": ((600, 120, "L"), "extreme aspect ratio (600x120)"),
+    "colour photo": ((128, 128, "RGB"), "colour image"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS_ON_THE_FILE))
+def test_file_checks_flag_what_cannot_be_a_chest_radiograph(tmp_path: Path, attack: str) -> None:
+    from cxr.imaging import decode_or_error
+    from cxr.infer.batch import errors_and_flags
+
+    (width, height, mode), reason = ATTACKS_ON_THE_FILE[attack]
+    rng = np.random.default_rng(0)
+    shape = (height, width, 3) if mode == "RGB" else (height, width)
+    path = tmp_path / "x.png"
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+    decoded = [decode_or_error(path, 32)]
+    _, flags = errors_and_flags(decoded, [str(path)])
+    assert reason in flags[0]
+
+
+@pytest.mark.parametrize("tags,reason", [
+    ({"Modality": "CT"}, "DICOM Modality CT"),
+    ({"BodyPartExamined": "KNEE"}, "DICOM BodyPartExamined KNEE"),
+    ({"ViewPosition": "LL"}, "DICOM ViewPosition LL"),
+    ({"PatientAge": "054Y"}, "DICOM PatientAge 054Y outside the training population (1-5 years)"),
+    ({"PatientAge": "003M"}, "DICOM PatientAge 003M outside the training population"),
+])
+def test_dicom_header_against_the_model(tmp_path: Path, tags: dict, reason: str) -> None:
+    import pydicom
+
+    from cxr.imaging import source_flags
+    from tests.dicom_fixtures import write_dicom
+
+    path = write_dicom(tmp_path / "x.dcm", np.full((64, 64), 2000, np.uint16))
+    ds = pydicom.dcmread(str(path))
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+    assert reason in source_flags(path)
+
+
+def test_a_frontal_child_chest_dicom_gets_no_header_flag(tmp_path: Path) -> None:
+    import pydicom
+
+    from cxr.imaging import source_flags
+    from tests.dicom_fixtures import write_dicom
+
+    path = write_dicom(tmp_path / "x.dcm", np.full((64, 64), 2000, np.uint16))
+    ds = pydicom.dcmread(str(path))
+    ds.BodyPartExamined, ds.ViewPosition, ds.PatientAge = "CHEST", "AP", "003Y"
+    ds.save_as(path)
+    assert source_flags(path) == ""
+
+
+# -- the shipped models on real data (skipped without ../shared) -------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["model1", "model2"])
+def test_shipped_guard_flags_other_sites_and_passes_the_test_split(tmp_path: Path, shared_data: Path,
+                                                                   model: str) -> None:
+    from cxr.infer.model import OnnxClassifier
+    from cxr.infer.score import score_folder
+
+    shipped = OnnxClassifier(Path(__file__).resolve().parents[1] / "models" / f"{model}.onnx", device="cpu")
+    assert shipped.guard is not None and shipped.info.contract.calibration is not None
+    sites = pd.read_csv(shared_data / "other_sites" / "MANIFEST.csv")["relpath"].tolist()[::8]  # 60 images
+    other = score_folder(shared_data / "other_sites", shipped, tmp_path / "o.csv", only=sites, workers=0)
+    test = pd.read_csv(shared_data / "chest_xray" / "MANIFEST.csv")
+    own = score_folder(shared_data / "chest_xray", shipped, tmp_path / "t.csv", workers=0,
+                       only=test.loc[test["kaggle_split"] == "test", "relpath"].tolist()[::6])
+    flagged = other.predictions["qc"].str.contains("outside training domain").mean()
+    assert flagged >= 0.85, flagged
+    assert own.predictions["qc"].str.contains("outside training domain").mean() <= 0.05
+    meta = json.loads((tmp_path / "o.meta.json").read_text())
+    assert meta["shift"]["shifted"]

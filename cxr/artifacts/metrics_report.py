@@ -66,6 +66,26 @@ class MetricsReport:
             raise MetricsReportError(f"metrics.json has no model {name!r} (it has {', '.join(models)})")
         return models[name]
 
+    @staticmethod
+    def model_for(report: dict[str, Any], sha256: str, name: str | None = None) -> str:
+        """The name of the entry to compare a model with: ``name`` when given, else the one entry
+        scored with the model file of this ``sha256``, else the only entry; a one-line error when
+        several entries hold and none is this model's."""
+        models = report["models"]
+        if name is not None:
+            if name not in models:
+                raise MetricsReportError(f"it has no model {name!r} (it has {', '.join(models)})")
+            return name
+        matching = [key for key, result in models.items() if isinstance(result, dict)
+                    and result.get("model_sha256") == sha256]
+        if len(matching) == 1:
+            return matching[0]
+        if len(models) == 1:
+            return next(iter(models))
+        raise MetricsReportError(f"it holds {len(models)} models ({', '.join(models)}) and "
+                                 f"{'none' if not matching else 'several'} of them scored with this model file "
+                                 f"({sha256[:12]}); name one with --baseline-model")
+
     @classmethod
     def block(cls, report: dict[str, Any], name: str | None = None, which: str = "at_model_threshold") -> dict:
         result = cls.model(report, name)

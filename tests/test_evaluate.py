@@ -1,0 +1,126 @@
+"""`cxr evaluate` as a scheduled job: the baseline it compares with, what it checks before scoring,
+and how its gate specifications are read (app/evaluate.py, reports/evaluate.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cxr.app.evaluate import evaluate
+from tests.onnx_fixtures import make_tiny_model
+from tests.synthetic import make_gray_class_folders
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    return make_gray_class_folders(tmp_path / "data", {"NORMAL": 60, "PNEUMONIA": 110}, sigma=25, count=8,
+                                   shape=(40, 40), name="person{i}_x_{i}.png")
+
+
+def _run(*args: str):
+    return CliRunner().invoke(evaluate, [*args, "--n-boot", "20", "-q", "--workers", "0"])
+
+
+def _two_model_baseline(tmp_path: Path, sha_first: str, sha_second: str) -> Path:
+    """A metrics.json with two models (as `make results` writes), the first with impossible values."""
+    def entry(sha: str, auc: float) -> dict:
+        return {"model_sha256": sha, "at_model_threshold": {"metrics": {"roc_auc": auc, "recall": 0.5}}}
+
+    path = tmp_path / "several.json"
+    path.write_text(json.dumps({"models": {"first": entry(sha_first, 2.0), "second": entry(sha_second, 0.0)}}))
+    return path
+
+
+def test_a_baseline_of_several_models_is_read_for_this_model(tmp_path: Path, folder: Path) -> None:
+    from cxr.files import sha256_file
+
+    model = make_tiny_model(tmp_path / "m.onnx")
+    baseline = _two_model_baseline(tmp_path, "0" * 64, sha256_file(model))
+    common = ["--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv"),
+              "--baseline", str(baseline)]
+    mine = _run(*common, "--out", str(tmp_path / "a"))
+    assert mine.exit_code == 0 and "PASSED" in mine.output, mine.output  # compared with 'second', not 'first'
+    named = _run(*common, "--out", str(tmp_path / "b"), "--baseline-model", "first")
+    assert named.exit_code == 1, named.output
+    other = _two_model_baseline(tmp_path, "0" * 64, "1" * 64)
+    refused = _run("--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv"),
+                   "--baseline", str(other), "--out", str(tmp_path / "c"))
+    assert refused.exit_code == 2 and "--baseline-model" in refused.output
+    assert not (tmp_path / "c").exists()  # refused before anything was scored
+
+
+def test_out_inside_the_data_does_not_change_the_data_hash(tmp_path: Path, folder: Path) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx")
+    common = ["--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv")]
+    first = _run(*common, "--out", str(folder / "eval1"))
+    assert first.exit_code == 0, first.output
+    second = _run(*common, "--out", str(folder / "eval2"), "--baseline", str(folder / "eval1" / "metrics.json"))
+    assert second.exit_code == 0 and "data changed" not in second.output, second.output
+
+
+@pytest.mark.parametrize("option", ["--history", "--metrics-file"])
+@pytest.mark.parametrize("attack", ["missing folder", "read-only folder"])
+def test_bad_output_files_are_refused_before_scoring(tmp_path: Path, folder: Path, option: str, attack: str) -> None:
+    if attack == "read-only folder" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    model = make_tiny_model(tmp_path / "m.onnx")
+    place = tmp_path / ("nowhere" if attack == "missing folder" else "locked")
+    if attack == "read-only folder":
+        place.mkdir()
+        place.chmod(0o500)
+    paths = {"--history": str(tmp_path / "h.csv"), "--metrics-file": None}
+    paths[option] = str(place / "file")
+    args = ["--model", str(model), "--data", str(folder), "--out", str(tmp_path / "o"), "--history",
+            paths["--history"]] + (["--metrics-file", paths["--metrics-file"]] if paths["--metrics-file"] else [])
+    result = _run(*args)
+    assert result.exit_code == 2 and option in result.output, result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "h.csv").exists()
+
+
+def test_a_garbage_history_file_is_refused(tmp_path: Path, folder: Path) -> None:
+    history = tmp_path / "h.csv"
+    history.write_text("a,b\n1,2\n")
+    result = _run("--model", str(make_tiny_model(tmp_path / "m.onnx")), "--data", str(folder), "--out",
+                  str(tmp_path / "o"), "--history", str(history))
+    assert result.exit_code == 2 and "not a cxr evaluation history" in result.output
+
+
+@pytest.mark.parametrize("spec,message", [(",", "gates nothing"), ("auc=0.01,auc=1", "twice"),
+                                          ("auc=0.01,roc_auc=0.5", "twice")])
+def test_gate_specs_that_gate_nothing_or_twice_are_refused(tmp_path: Path, folder: Path, spec: str,
+                                                           message: str) -> None:
+    result = _run("--model", str(make_tiny_model(tmp_path / "m.onnx")), "--data", str(folder), "--out",
+                  str(tmp_path / "o"), "--history", str(tmp_path / "h.csv"), "--max-drop", spec)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_partial_evaluation_does_not_say_passed(tmp_path: Path, folder: Path) -> None:
+    (folder / "NORMAL" / "broken.png").write_text("not a png")
+    model = make_tiny_model(tmp_path / "m.onnx")
+    first = _run("--model", str(model), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "a"),
+                 "--history", str(tmp_path / "h.csv"), "--metrics-file", str(tmp_path / "m.prom"))
+    assert first.exit_code == 4 and "PASSED" not in first.output and "PARTIAL" in first.output
+    assert "cxr_evaluate_passed 0.0" in (tmp_path / "m.prom").read_text()
+    assert list(pd.read_csv(tmp_path / "h.csv")["verdict"]) == ["partial"]
+
+
+def test_earlier_outputs_inside_the_data_are_not_scored_and_out_cannot_be_the_data(tmp_path: Path,
+                                                                                   folder: Path) -> None:
+    from cxr.app.infer import infer
+
+    model = make_tiny_model(tmp_path / "m.onnx")
+    n_images = len(list(folder.rglob("*.png")))
+    first = CliRunner().invoke(infer, [str(folder), "--model", str(model), "--out", str(folder / "run1"), "-q",
+                                       "--workers", "0", "--n-boot", "20"])
+    assert first.exit_code == 0 and list((folder / "run1").glob("*.png")), first.output  # report figures
+    second = CliRunner().invoke(infer, [str(folder), "--model", str(model), "--out", str(tmp_path / "run2"), "-q",
+                                        "--workers", "0", "--n-boot", "20"])
+    assert second.exit_code == 0, second.output
+    assert len(pd.read_csv(tmp_path / "run2" / "predictions.csv")) == n_images  # run1's figures skipped
+    same = CliRunner().invoke(infer, [str(folder), "--model", str(model), "--out", str(folder), "-q"])
+    assert same.exit_code == 2 and "is the scored folder itself" in same.output
