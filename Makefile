@@ -177,7 +177,7 @@ GATE := cxr_out/gate_demo
 EVAL := $(BIN)/cxr evaluate --data $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet \
 	--history $(RESULTS)/gate_demo_history.csv --n-boot 200 --max-drop auc=0.01,recall=0.02 --max-flip noise2=0.05
 gate-demo: setup previous-models
-	rm -rf $(GATE) $(RESULTS)/gate_demo_history.csv
+	rm -rf $(GATE) $(RESULTS)/gate_demo_history.csv && mkdir -p $(GATE)
 	$(EVAL) --model $(MODELS)/model1.onnx --out $(GATE)/baseline --metrics-file $(GATE)/baseline.prom
 	$(EVAL) --model $(MODELS)/model1.onnx --out $(GATE)/same --baseline $(GATE)/baseline/metrics.json
 	$(EVAL) --model $(PREVIOUS)/model1_seed_aug.onnx --out $(GATE)/regressed --baseline $(GATE)/baseline/metrics.json; \
