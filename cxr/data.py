@@ -81,8 +81,8 @@ def _scan(root: Path, classes: tuple[str, ...], check_decode: bool) -> tuple[lis
             skipped.append({"path": rel, "reason": reason})
             continue
         if check_decode:
-            _, error = decode_or_error(path, 32)
-            if error:
+            image, error = decode_or_error(path, 32)
+            if image is None:
                 skipped.append({"path": rel, "reason": f"unreadable: {error}"})
                 continue
         records.append({"path": rel, "label": label, "patient_id": patient_id_from_name(escape_path(path.name)),

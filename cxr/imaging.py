@@ -42,21 +42,74 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path)
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """Return an 'L' or 'RGB' image holding 8-bit pixels."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+FLOAT_PERCENTILES = (0.5, 99.5)
+
+
+def png_significant_bits(path: str | Path | None) -> int | None:
+    """The bits that carry data in a PNG, from its sBIT chunk (the highest channel's), or None."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != PNG_SIGNATURE:
+                return None
+            while len(head := handle.read(8)) == 8:
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind == b"sBIT":
+                    data = handle.read(length)
+                    return max(data) if data else None
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                handle.seek(length + 4, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _wide_to_8bit(img: Image.Image, path: str | Path | None) -> tuple[Image.Image, str]:
+    """An integer or float image (16-bit, 32-bit, float) mapped to 8 bits by its real range, and a
+    note for the ``qc`` column when that range is a guess.
+
+    - float in [0, 1]: as such; other floats: their 0.5th-99.5th percentiles (a guess);
+    - integers: the PNG sBIT chunk's bit depth where present; otherwise the smallest bit depth
+      (8 to 16) that holds the highest value, so 12-bit data in a 16-bit file is read as 12-bit
+      (a guess unless it is the full 16 bits); negative integers: their own range (a guess)."""
+    arr = np.asarray(img, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        raise ImageDecodeError("image holds no finite pixel values")
+    low, high = float(finite.min()), float(finite.max())
+    note = ""
+    if img.mode == "F" and low >= 0.0 and high <= 1.0:
+        span_low, span_high = 0.0, 1.0
+    elif img.mode == "F" or low < 0:
+        span_low, span_high = (float(v) for v in np.percentile(finite, FLOAT_PERCENTILES))
+        kind = "float" if img.mode == "F" else "signed integer"
+        note = f"{kind} image mapped by its own range ({span_low:.4g} to {span_high:.4g}; a guess)"
+    else:
+        declared = png_significant_bits(path)
+        bits = declared or max(8, min(16 if high < 65536 else 32, int(np.ceil(np.log2(high + 1)))))
+        span_low, span_high = 0.0, float(2 ** bits - 1)
+        container = 16 if img.mode.startswith("I;16") else 32
+        if not declared and bits != container:
+            note = (f"{container}-bit file read as {bits}-bit (highest value {int(high)}, no significant-bits "
+                    "chunk; a guess)")
+    scaled = (np.nan_to_num(arr, nan=span_low) - span_low) / max(span_high - span_low, 1e-12) * 255.0
+    return Image.fromarray(np.rint(np.clip(scaled, 0, 255)).astype(np.uint8), mode="L"), note
+
+
+def _to_8bit(img: Image.Image, path: str | Path | None = None) -> tuple[Image.Image, str]:
+    """An 'L' or 'RGB' image holding 8-bit pixels, and a note when its mapping was a guess."""
     if img.mode in ("L", "RGB"):
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        # Full-range linear mapping: 16-bit 0..65535 -> 0..255 (I;16 is 0..65535 too).
-        arr = np.clip(arr / 257.0, 0, 255)
-        return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L")
-    if img.mode == "1":
-        return img.convert("L")
-    if img.mode in ("LA", "La"):
-        return img.convert("L")
+        return img, ""
+    if img.mode in WIDE_MODES:
+        return _wide_to_8bit(img, path)
+    if img.mode in ("1", "LA", "La"):
+        return img.convert("L"), ""
     # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV ... Alpha is dropped, not composited.
-    return img.convert("RGB")
+    return img.convert("RGB"), ""
 
 
 def _open_checked(path: Path, max_pixels: int) -> Image.Image:
@@ -87,20 +140,21 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     return img
 
 
-def _open_8bit(path: Path, size: int, use_draft: bool, max_pixels: int) -> Image.Image:
-    """Open any supported file as an 8-bit 'L' or 'RGB' Pillow image (before resizing)."""
+def _open_8bit(path: Path, size: int, use_draft: bool, max_pixels: int) -> tuple[Image.Image, str]:
+    """Open any supported file as an 8-bit 'L' or 'RGB' Pillow image (before resizing), with the
+    note of a guessed bit-depth mapping ('' when none)."""
     from cxr.dicom import is_dicom_file, read_dicom_8bit
 
     if is_dicom_file(path):
         try:
-            return Image.fromarray(read_dicom_8bit(path, max_pixels))
+            return Image.fromarray(read_dicom_8bit(path, max_pixels)), ""
         except ValueError as exc:
             raise ImageDecodeError(str(exc)) from None
     img = _open_checked(path, max_pixels)
     if use_draft and img.format == "JPEG":
         want = size * DRAFT_OVERSAMPLE
         img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (want, want))
-    return _to_8bit(ImageOps.exif_transpose(img))
+    return _to_8bit(ImageOps.exif_transpose(img), path)
 
 
 def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
@@ -110,8 +164,15 @@ def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
     Raises ImageDecodeError with a one-line message for anything that is not a
     decodable image.
     """
+    return decode_noted(path, size, use_draft=use_draft, max_pixels=max_pixels)[0]
+
+
+def decode_noted(path: str | Path, size: int = 128, *, use_draft: bool = True,
+                 max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """``decode_image``, and the note of a guessed bit-depth mapping ('' when none)."""
     try:
-        with _open_8bit(Path(path), size, use_draft, max_pixels) as img:
+        img, note = _open_8bit(Path(path), size, use_draft, max_pixels)
+        with img:
             arr = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     except ImageDecodeError:
         raise
@@ -120,7 +181,7 @@ def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
         raise ImageDecodeError(f"cannot decode image: {message}") from None
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr), note
 
 
 MIN_SIDE = 64               # pixels: a smaller image cannot show a chest at the model's resolution
@@ -170,12 +231,14 @@ def file_problem(path: str | Path) -> str:
 
 
 def decode_or_error(path: str | Path, size: int, use_draft: bool = True) -> tuple[np.ndarray | None, str]:
-    """Like decode_image, but returns (array, "") or (None, message). Safe for worker pools."""
+    """Like decode_image, but never raises: (array, note) where the note says how a 16-bit, 32-bit
+    or float image was mapped when that was a guess ('' otherwise), or (None, error message).
+    Safe for worker pools."""
     problem = file_problem(path)
     if problem:
         return None, problem
     try:
-        return decode_image(path, size, use_draft=use_draft), ""
+        return decode_noted(path, size, use_draft=use_draft)
     except ImageDecodeError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch

@@ -63,12 +63,14 @@ def predict_batch(model: OnnxClassifier, decoded: list, tta: bool) -> tuple[np.n
 
 
 def errors_and_flags(decoded: list, paths: list | None = None) -> tuple[list[str], list[str]]:
-    """The ``error`` and ``qc`` columns of ``(image or None, error)`` pairs; with ``paths``, what the
+    """The ``error`` and ``qc`` columns of ``decode_or_error``'s ``(image, note)`` or ``(None, error)``
+    pairs; with ``paths``, what the
     file itself says (a tiny image, an extreme aspect ratio, a DICOM header) joins the image's flag."""
     from cxr.imaging import source_flags
 
-    errors = [error for _, error in decoded]
-    flags = [qc_flag(image) if image is not None else "" for image, _ in decoded]
+    errors = [message if image is None else "" for image, message in decoded]
+    flags = ["; ".join(f for f in (qc_flag(image), note) if f) if image is not None else ""
+             for image, note in decoded]
     if paths is not None:
         flags = ["; ".join(f for f in (flag, source_flags(path) if image is not None and path else "") if f)
                  for flag, path, (image, _) in zip(flags, paths, decoded)]
