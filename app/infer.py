@@ -95,6 +95,23 @@ def check_source(source: str, engine: str) -> None:
         raise UsageError(f"folder not found: {source}{hint}")
 
 
+def check_labels(folder: Path, only, truth, model, out_dir: Path, events: Events) -> None:
+    """Before scoring: a labels file that labels none of the files is a usage error; one that labels
+    only some of them is said."""
+    from cxr.infer.score import ScoreInputError, check_labels_match, list_targets
+
+    if truth.labels is None or not folder.is_dir():
+        return
+    rels, _ = list_targets(folder, only, out_dir if inside(out_dir, folder) else None)
+    try:
+        matched = check_labels_match(truth, rels, model.info.classes, str(folder))
+    except ScoreInputError as exc:
+        raise UsageError(str(exc)) from None
+    if matched < len(rels):
+        events.emit("labels", f"the {truth.source} labels {matched} of the {len(rels)} files; the others are "
+                              "scored without a label", err=True, labelled=matched, files=len(rels))
+
+
 def check_out_dir(out_dir: Path, folder: Path) -> None:
     """The output folder may sit inside the scored folder (it is skipped), but not be that folder."""
     if folder.is_dir() and out_dir.resolve() == folder.resolve():
@@ -211,6 +228,7 @@ def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, 
                          f"({model.info.sha256[:12]}), threshold {model.info.threshold:g}, classes {model.info.classes}",
                 model=model.path.name, model_sha256=model.info.sha256, **model.execution)
     only, truth = ground_truth(model, labels_csv, manifest, split)
+    check_labels(folder, only, truth, model, out_dir, events)
     with out_dir_lock(out_dir):
         result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
                        resume=resume, only=only, tta=tta, engine=engine, source=source, ray_address=ray_address,

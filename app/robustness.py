@@ -3,7 +3,9 @@
 Composes the core's decoding and perturbations, the inference stage's model and the report
 stage's robustness metrics. ``cxr evaluate --robustness`` runs the same and can gate on it.
 
-Exit codes: 0 done (and every --max-flip held); 1 a --max-flip limit was exceeded; 2 usage error.
+Exit codes: 0 done (and every --max-flip held); 1 a --max-flip limit was exceeded; 2 usage error;
+4 the limits held, but some files were left out (missing, unreadable or unlabelled: each is named in
+robustness.json).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import click
 import numpy as np
 
-from cxr.app.errors import EXIT_OK, EXIT_REGRESSED, UsageError
+from cxr.app.errors import EXIT_EVAL_PARTIAL, EXIT_OK, EXIT_REGRESSED, UsageError
 from cxr.app.events import Events, log_format_option
 from cxr.app.options import batch_size_option, device_option, model_option, quiet_option, workers_option
 
@@ -26,27 +28,30 @@ seed_option = click.option("--robustness-seed", "robustness_seed", type=int, def
 
 
 def labelled_images(folder: Path, model, only: list[str] | None, truth, workers: int | None
-                    ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
-    """(decoded model inputs, label indices, escaped relative paths, files skipped) of the
-    labelled images; files that do not decode or carry no label are left out and counted."""
+                    ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
+    """(decoded model inputs, label indices, escaped relative paths, (path, why) of the files left
+    out) of the labelled images; files that do not decode or carry no label are left out."""
     from cxr.imaging import decoded_stream
     from cxr.infer.score import effective_workers, list_targets
 
     classes = model.info.classes
     rels, paths = list_targets(folder, only, None)
     labelled = [(rel, path, truth.label_for(rel, classes)) for rel, path in zip(rels, paths)]
+    left_out = [(rel, "no label") for rel, _, label in labelled if label not in classes]
     labelled = [item for item in labelled if item[2] in classes]
     workers = effective_workers(workers)
     images, labels, kept = [], [], []
     stream = decoded_stream([path for _, path, _ in labelled], model.info.input_size, workers)
-    for (rel, _, label), (image, _) in zip(labelled, stream):
-        if image is not None:
-            images.append(image)
-            labels.append(classes.index(label))
-            kept.append(rel)
+    for (rel, _, label), (image, message) in zip(labelled, stream):
+        if image is None:
+            left_out.append((rel, message))
+            continue
+        images.append(image)
+        labels.append(classes.index(label))
+        kept.append(rel)
     size = model.info.input_size
     array = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return array, np.array(labels, dtype=int), kept, len(rels) - len(kept)
+    return array, np.array(labels, dtype=int), kept, left_out
 
 
 def run_robustness(model, folder: Path, only, truth, *, seed: int = 0, batch_size: int | None = None,
@@ -56,7 +61,7 @@ def run_robustness(model, folder: Path, only, truth, *, seed: int = 0, batch_siz
     from cxr.perturb import SUITE
     from cxr.reports.robustness import robustness_metrics
 
-    images, y, _, skipped = labelled_images(folder, model, only, truth, workers)
+    images, y, _, left_out = labelled_images(folder, model, only, truth, workers)
     if len(np.unique(y)) < 2:
         raise UsageError(f"the robustness suite needs labelled images of both classes under {folder}")
     progress = (lambda name: events.emit("perturbation", f"robustness: {name}", perturbation=name)) if events else None
@@ -64,7 +69,8 @@ def run_robustness(model, folder: Path, only, truth, *, seed: int = 0, batch_siz
     result = robustness_metrics(y, scores, model.info.threshold, model.info.classes,
                                 {item.name: item.description for item in SUITE})
     result.update({"model": model.path.stem, "model_sha256": model.info.sha256, "seed": seed,
-                   "skipped_files": skipped, "execution": model.execution})
+                   "skipped_files": len(left_out), "left_out": [{"path": r, "why": w} for r, w in left_out[:100]],
+                   "n_files": len(images) + len(left_out), "execution": model.execution})
     return result
 
 
@@ -120,7 +126,12 @@ def robustness(model_path, folder, labels_csv, manifest, split, out_dir, max_fli
     for line in messages:
         events.emit("gate", line, always=True)
     events.emit("written", f"wrote {out_dir / 'robustness.json'}, robustness.md, robustness.png", always=True)
+    if result["skipped_files"]:
+        first = result["left_out"][0]
+        events.emit("left_out", f"{result['skipped_files']} of {result['n_files']} files were left out of the suite "
+                                f"(first: {first['path']}: {first['why']}); see left_out in robustness.json", err=True,
+                    left_out=result["skipped_files"])
     if failures:
         events.emit("failed", f"FAILED: {len(failures)} perturbation(s) flip more labels than allowed", err=True)
         sys.exit(EXIT_REGRESSED)
-    sys.exit(EXIT_OK)
+    sys.exit(EXIT_EVAL_PARTIAL if result["skipped_files"] else EXIT_OK)

@@ -113,7 +113,24 @@ def read_labels_csv(path: str | Path, classes: list[str]) -> GroundTruth:
     unknown = sorted(set(frame["label"]) - set(classes))
     if unknown:
         raise ScoreInputError(f"labels file {path} has labels {unknown} outside the model's classes {classes}")
+    conflicting = frame.groupby("path")["label"].nunique()
+    conflicting = conflicting[conflicting > 1]
+    if len(conflicting):
+        raise ScoreInputError(f"labels file {path} gives {len(conflicting)} path(s) two different labels (first: "
+                              f"{conflicting.index[0]}); keep one label per path")
     return GroundTruth(dict(zip(frame["path"], frame["label"])), {}, f"labels file {Path(path).name}")
+
+
+def check_labels_match(truth: GroundTruth, rels: list[str], classes: list[str], source: str) -> int:
+    """How many of ``rels`` the labels file labels; a ScoreInputError when it labels none of them."""
+    if truth.labels is None or not rels:
+        return len(rels)
+    matched = sum(1 for rel in rels if truth.label_for(rel, classes))
+    if matched == 0:
+        example = next(iter(truth.labels))
+        raise ScoreInputError(f"the {truth.source} labels none of the {len(rels)} files under {source} (its paths, "
+                              f"e.g. {example!r}, must be relative to that folder, or bare file names)")
+    return matched
 
 
 def scoring_settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selection: list[str] | None,

@@ -124,3 +124,24 @@ def test_earlier_outputs_inside_the_data_are_not_scored_and_out_cannot_be_the_da
     assert len(pd.read_csv(tmp_path / "run2" / "predictions.csv")) == n_images  # run1's figures skipped
     same = CliRunner().invoke(infer, [str(folder), "--model", str(model), "--out", str(folder), "-q"])
     assert same.exit_code == 2 and "is the scored folder itself" in same.output
+
+
+LABEL_ATTACKS = {  # labels file content -> what the user is told
+    "no path matches": ("path,label\nelsewhere/a.png,NORMAL\n", 2, "labels none of the"),
+    "conflicting duplicates": ("path,label\nNORMAL/person0_x_0.png,NORMAL\nNORMAL/person0_x_0.png,PNEUMONIA\n", 2,
+                               "two different labels"),
+    "some paths match": ("path,label\nNORMAL/person0_x_0.png,NORMAL\n", 0, "labels 1 of the"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(LABEL_ATTACKS))
+def test_labels_files_that_do_not_fit_the_folder_are_said(tmp_path: Path, folder: Path, attack: str) -> None:
+    from cxr.app.infer import infer
+
+    text, code, message = LABEL_ATTACKS[attack]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(text)
+    result = CliRunner().invoke(infer, [str(folder), "--model", str(make_tiny_model(tmp_path / "m.onnx")), "--out",
+                                        str(tmp_path / "o"), "--labels", str(labels), "-q", "--workers", "0",
+                                        "--n-boot", "20"])
+    assert result.exit_code == code and message in result.output, result.output

@@ -141,3 +141,23 @@ def test_immerkaer_estimate_recovers_the_noise_of_a_flat_image() -> None:
     rng = np.random.default_rng(0)
     for sd in (1.0, 3.0, 8.0):
         assert immerkaer_sigma(100 + rng.normal(0, sd, (256, 256))) == pytest.approx(sd, rel=0.05)
+
+
+def test_files_of_a_manifest_that_are_missing_are_said_and_make_the_run_partial(tmp_path: Path, texture_set: Path,
+                                                                              steady_model: Path) -> None:
+    import pandas as pd
+
+    present = sorted(p.relative_to(texture_set).as_posix() for p in texture_set.rglob("*.png"))
+    rows = [{"path": rel, "label": rel.split("/")[0], "split": "test", "patient_id": f"p{i}", "sha256": "0" * 64}
+            for i, rel in enumerate(present)]
+    rows += [{"path": f"NORMAL/gone{i}.png", "label": "NORMAL", "split": "test", "patient_id": f"g{i}",
+              "sha256": "0" * 64} for i in range(3)]
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    result = CliRunner().invoke(cxr, ["robustness", "--model", str(steady_model), "--data", str(texture_set),
+                                      "--manifest", str(manifest), "--out", str(tmp_path / "r"), "--workers", "0", "-q"])
+    assert result.exit_code == 4, result.output
+    assert f"3 of {len(present) + 3} files were left out of the suite (first: NORMAL/gone0.png: file not found)" \
+        in result.output
+    saved = json.loads((tmp_path / "r" / "robustness.json").read_text())
+    assert saved["skipped_files"] == 3 and saved["left_out"][0]["why"] == "file not found"
