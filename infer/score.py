@@ -161,10 +161,49 @@ def list_targets(folder: Path, only: list[str] | None, exclude: Path | None) -> 
     return rels, [folder / unescape_path(rel) for rel in rels]
 
 
-def _resume_rows(partial: Path, settings: dict[str, Any], rel_set: set[str], resume: bool) -> dict[str, dict]:
+def file_stamps(paths: list[Path] | list[str]) -> list[str]:
+    """``size:mtime_ns`` of each file ('' for one that cannot be read, or a URI): what tells a
+    resumed run that a file changed since it was scored."""
+    stamps = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            stamps.append(f"{info.st_size}:{info.st_mtime_ns}")
+        except (OSError, ValueError, TypeError):
+            stamps.append("")
+    return stamps
+
+
+def listing_sha256(rels: list[str], stamps: list[str]) -> str:
+    text = "\n".join(f"{rel}\t{stamp}" for rel, stamp in zip(rels, stamps))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _resume_rows(partial: Path, out_csv: Path, settings: dict[str, Any], stamps: dict[str, str],
+                 resume: bool) -> dict[str, dict]:
+    """The rows an earlier run left that are still good: from the interrupted run's partial file,
+    else from the finished CSV; only for files still there and unchanged (same size and time)."""
     if not resume:
         return {}
-    return kept_rows(*Predictions.read_partial(partial), settings, rel_set)
+    before, rows = Predictions.read_partial(partial)
+    if before is None:
+        before, rows = finished_rows(out_csv)
+    kept = kept_rows(before, rows, settings, set(stamps))
+    recorded = (before or {}).get("file_stamps") or {}
+    return {rel: row for rel, row in kept.items()
+            if row.get("_stamp", recorded.get(rel)) in (stamps[rel], None) or not stamps[rel]}
+
+
+def finished_rows(out_csv: Path) -> tuple[dict[str, Any] | None, dict[str, dict]]:
+    """(settings, rows by path) of a finished predictions CSV, or (None, {}) without one."""
+    before = Predictions.read_settings(out_csv)
+    if before is None or not out_csv.is_file():
+        return None, {}
+    try:
+        frame, _ = Predictions.read(out_csv)
+    except PredictionsError:
+        return None, {}
+    return before, {row["path"]: row for row in frame.to_dict("records")}
 
 
 def kept_rows(before: dict[str, Any] | None, rows: dict[str, dict], settings: dict[str, Any],
@@ -181,9 +220,12 @@ def kept_rows(before: dict[str, Any] | None, rows: dict[str, dict], settings: di
 
 
 def already_complete(out_csv: Path, settings: dict[str, Any], n_files: int) -> pd.DataFrame | None:
-    """The finished CSV when a resumed run has nothing left to do (same settings, all rows)."""
+    """The finished CSV when a resumed run has nothing left to do: same settings, and the same files
+    (paths, sizes and times) as when it finished."""
     before = Predictions.read_settings(out_csv)
     if before is None or not out_csv.is_file() or settings_differences(before, settings, RESUME_KEYS):
+        return None
+    if before.get("listing_sha256") != settings.get("listing_sha256"):
         return None
     try:
         frame, _ = Predictions.read(out_csv)
@@ -322,19 +364,21 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
         raise ScoreInputError(f"folder not found: {folder}")
     truth = truth or GroundTruth()
     rels, paths = list_targets(folder, only, Path(exclude) if exclude else None)
+    stamps = dict(zip(rels, file_stamps(paths)))
     workers = effective_workers(workers)
-    settings = scoring_settings(model, tta, truth, only, foreign)
+    settings = {**scoring_settings(model, tta, truth, only, foreign),
+                "listing_sha256": listing_sha256(rels, list(stamps.values()))}
     if resume and (complete := already_complete(out_csv, settings, len(rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
     partial = Predictions.partial_path(out_csv)
-    done = _resume_rows(partial, settings, set(rels), resume)
+    done = _resume_rows(partial, out_csv, settings, stamps, resume)
     todo = [i for i, rel in enumerate(rels) if rel not in done]
     batch_size = batch_size or DEFAULT_BATCH.get(model.provider, 32)
     # One batch is scored in-process: starting worker sessions would cost more than it saves.
     cpu_plan = uses_cpu_plan(model, workers) and len(todo) > batch_size
     settings.update(plan_facts(cpu_plan, workers))
-    Predictions.start_partial(partial, settings, done.values())
+    Predictions.start_partial(partial, settings, [{**row, "_stamp": stamps[rel]} for rel, row in done.items()])
     if progress:
         progress(len(done), len(rels))
     plan = _scored_on_cpu_plan if cpu_plan else _scored_on_gpu_plan
@@ -342,8 +386,9 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
     with open(partial, "a", encoding="utf-8", newline="\n") as handle:
         try:
             for chunk, probs, domains, errors, qcs in plan(model, paths, todo, batch_size, workers, tta):
-                Predictions.append_rows(handle, prediction_rows(model, [rels[i] for i in chunk], probs, domains,
-                                                                errors, qcs, truth, tta, foreign))
+                rows = prediction_rows(model, [rels[i] for i in chunk], probs, domains, errors, qcs, truth, tta,
+                                       foreign)
+                Predictions.append_rows(handle, [{**row, "_stamp": stamps[row["path"]]} for row in rows])
                 if progress:
                     progress(len(chunk), len(rels))
         except ModelLoadError as exc:  # from a CPU-plan worker
@@ -352,6 +397,7 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
             raise RunInterrupted("a worker process died (killed by the system, perhaps out of memory); the rows "
                              "scored so far are kept: rerun with --resume (fewer --workers need less memory)") from None
     seconds = time.perf_counter() - started
+    settings["file_stamps"] = stamps
     predictions = _finalise(partial, out_csv, rels, model.info.positive_class, settings, model.guard)
     n_errors = int((predictions["error"] != "").sum())
     return ScoreResult(out_csv, len(rels), n_errors, len(todo), model.provider, seconds, predictions, settings)

@@ -145,3 +145,37 @@ def test_labels_files_that_do_not_fit_the_folder_are_said(tmp_path: Path, folder
                                         str(tmp_path / "o"), "--labels", str(labels), "-q", "--workers", "0",
                                         "--n-boot", "20"])
     assert result.exit_code == code and message in result.output, result.output
+
+
+def test_resume_after_the_folder_changed_scores_what_is_new_and_drops_what_is_gone(tmp_path: Path,
+                                                                                  folder: Path) -> None:
+    """The attack: after a finished run, delete one file and add another (same count), --resume."""
+    import shutil
+
+    from cxr.app.infer import infer
+
+    model = make_tiny_model(tmp_path / "m.onnx")
+    args = [str(folder), "--model", str(model), "--out", str(tmp_path / "o"), "-q", "--workers", "0", "--no-report"]
+    assert CliRunner().invoke(infer, args).exit_code == 0
+    first = pd.read_csv(tmp_path / "o" / "predictions.csv")
+    gone = folder / first["path"][0]
+    added = folder / "NORMAL" / "new_patient_x_0.png"
+    shutil.copy(folder / first["path"][1], added)
+    gone.unlink()
+    again = CliRunner().invoke(infer, [*args, "--resume"])
+    assert again.exit_code == 0 and "already complete" not in again.output, again.output
+    rows = pd.read_csv(tmp_path / "o" / "predictions.csv")
+    assert first["path"][0] not in set(rows["path"]) and "NORMAL/new_patient_x_0.png" in set(rows["path"])
+    assert len(rows) == len(first)
+    meta = json.loads((tmp_path / "o" / "predictions.meta.json").read_text())
+    assert set(meta["file_stamps"]) == set(rows["path"])
+    # a file changed in place (same name, other content) is scored again, the others kept
+    Image = pytest.importorskip("PIL.Image")
+    target = folder / rows["path"].iloc[-1]
+    Image.new("L", (40, 40), 255).save(target)
+    third = CliRunner().invoke(infer, [*args, "--resume"])
+    assert third.exit_code == 0, third.output
+    changed = pd.read_csv(tmp_path / "o" / "predictions.csv").set_index("path").loc[rows["path"].iloc[-1]]
+    assert str(changed["qc"]).startswith("uniform image")
+    finished = CliRunner().invoke(infer, [*args, "--resume"])
+    assert "already complete" in finished.output
