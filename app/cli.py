@@ -8,6 +8,8 @@ shared options live in ``cxr.app.options``, the exit codes and usage error in
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
@@ -88,28 +90,63 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def json_logs_requested(argv: list[str]) -> bool:
+    """``--log-format json`` on the command line (read before click parses it, so that even a usage
+    error of the command line is reported as JSON)."""
+    return "--log-format=json" in argv or any(a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:]))
+
+
+def _say(message: str, exit_code: int, as_json: bool, prog_name: str) -> None:
+    """One error line on stderr: text, or one JSON object with the event, message and exit code."""
+    if as_json:
+        record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "command": prog_name,
+                  "event": "error", "message": " ".join(message.split()), "exit_code": exit_code}
+        click.echo(json.dumps(record), err=True)
+    else:
+        click.echo(message, err=True)
+
+
+def _warnings_as_json(prog_name: str) -> None:
+    """Python warnings become JSON events too, so that stderr stays one JSON object a line."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "command": prog_name,
+                  "event": "warning", "message": f"{category.__name__}: {first_line(message)}"}
+        click.echo(json.dumps(record), err=True)
+
+    warnings.showwarning = show
+
+
 def run_guarded(command: click.Command, prog_name: str) -> None:
     """Run a click command; an environment failure (disk full, read-only folder) is a one-line
-    error with exit 2, and a bug a one-line error with exit 70."""
+    error with exit 2, and a bug a one-line error with exit 70. With ``--log-format json`` every
+    one of them is a JSON object on stderr."""
+    as_json = json_logs_requested(sys.argv[1:])
+    if as_json:
+        _warnings_as_json(prog_name)
     try:
         command.main(prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("Aborted!", err=True)
+        _say("Aborted!", 130, as_json, prog_name)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        if as_json:
+            _say(f"Error: {exc.format_message()}", exc.exit_code, True, prog_name)
+        else:
+            exc.show()
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        click.echo(f"Error: {exc.strerror or first_line(exc)}{where}", err=True)
+        _say(f"Error: {exc.strerror or first_line(exc)}{where}", EXIT_USAGE, as_json, prog_name)
         sys.exit(EXIT_USAGE)
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, never with a verdict's exit code
         if os.environ.get("CXR_DEBUG"):
             raise
-        click.echo(f"internal error (a bug in cxr, not in your input): {type(exc).__name__}: {first_line(exc)}; "
-                   "rerun with CXR_DEBUG=1 for the traceback", err=True)
+        _say(f"internal error (a bug in cxr, not in your input): {type(exc).__name__}: {first_line(exc)}; "
+             "rerun with CXR_DEBUG=1 for the traceback", EXIT_INTERNAL, as_json, prog_name)
         sys.exit(EXIT_INTERNAL)
     sys.exit(0)
 

@@ -136,6 +136,14 @@ def _baseline(path: Path | None, limits: dict, model, name: str | None) -> dict 
         raise UsageError(str(exc)) from None
 
 
+def _finite(ctx, param, value):  # noqa: ANN001 - click's callback signature
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number")
+    return value
+
+
 @click.command()
 @model_option
 @click.option("--data", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -151,7 +159,7 @@ def _baseline(path: Path | None, limits: dict, model, name: str | None) -> dict 
               help="Also run the robustness suite (in the report and metrics.json); implied by --max-flip.")
 @max_flip_option
 @robustness_seed_option
-@click.option("--max-shift", type=click.FloatRange(0.0, 1.0), default=None,
+@click.option("--max-shift", type=click.FloatRange(0.0, 1.0), default=None, callback=_finite,
               help="Fail when the set-level test finds these images unlike the training data (p < 0.01) by more "
                    "than this KS distance (0 = any detected shift fails; needs a model with a domain guard).")
 @click.option("--allow-new-data", is_flag=True, help="Do not fail when the data differs from the baseline's.")
@@ -228,9 +236,11 @@ def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robust
                          int(result.predictions["qc"].str.contains("outside training domain", regex=False).sum()))
     for line in gate.messages:
         events.emit("gate", line, always=True)
+    for line in gate.regressions:
+        events.emit("failure", f"failed: {line}", err=True)
     events.emit("written", f"report: {out_dir / 'report.html'}; history: {history_path}", always=True)
     messages = {"data_changed": "FAILED: the evaluation data changed",
-                "regression": f"FAILED: {len(gate.regressions)} gated value(s) regressed",
+                "regression": f"FAILED: {len(gate.regressions)} gate(s) failed (listed above)",
                 "partial": f"PARTIAL: the gate held, but {result.n_errors} file(s) could not be scored (exit 4)"}
     if verdict in messages:
         events.emit("verdict", messages[verdict], err=True, verdict=verdict)

@@ -51,21 +51,27 @@ def trust_options(command):
 
 
 def attach_trust(model_path: Path, out_path: Path, manifest: Path | None, guard: bool, false_flags: float,
-                 calibration: str) -> None:
-    """Fit and fold in the guard and the calibration, and say what they are."""
+                 calibration: str, threshold: str | None = None, threshold_rule: str = "wilson",
+                 target_recall: float = 0.95) -> None:
+    """Fit and fold in the guard and the calibration (with neither, take them out), and say what
+    they are."""
     from cxr.export.graph_edit import GraphEditError
     from cxr.export.trust import add_trust
     from cxr.thresholds import describe_rule
 
-    if not guard and calibration == "none":
-        return
-    if manifest is None or not manifest.is_file():
-        raise UsageError(f"the guard and calibration need the split manifest (--manifest): {manifest} not found")
+    if manifest is None:
+        raise UsageError("the guard and calibration are fitted on a split manifest: give --manifest "
+                         "(e.g. data/splits/manifest.csv)")
+    if not manifest.is_file():
+        raise UsageError(f"--manifest {manifest} not found")
     try:
         result = add_trust(model_path, out_path, manifest, guard=guard,
-                           calibration=None if calibration == "none" else calibration, false_flags=false_flags)
+                           calibration=None if calibration == "none" else calibration, false_flags=false_flags,
+                           threshold=threshold, threshold_rule=threshold_rule, target_recall=target_recall)
     except GraphEditError as exc:
         raise UsageError(str(exc)) from None
+    if not guard and calibration == "none":
+        click.echo("domain guard and calibration: none (taken out of the graph)")
     if result.calibration:
         c = result.calibration
         click.echo(f"calibration: {c['method']} (a {c['a']:.4g}, b {c['b']:.4g}) on the validation split, ECE "
@@ -74,6 +80,8 @@ def attach_trust(model_path: Path, out_path: Path, manifest: Path | None, guard:
         g = result.guard
         click.echo(f"domain guard: {len(g.taps)} taps, threshold {g.threshold:.3f} ({g.false_flag_rate:.1%} of the "
                    f"validation images flagged)")
+        if g.facts.get("warning"):
+            click.echo(f"warning: the domain guard was {g.facts['warning']}", err=True)
     click.echo(f"threshold: {describe_rule(result.threshold_rule)}")
     click.echo(f"wrote {out_path} (edit checked: max |dp| {result.max_abs_diff:.1e})")
 
@@ -85,8 +93,9 @@ def attach_trust(model_path: Path, out_path: Path, manifest: Path | None, guard:
               help="Instead of --run: an exported cxr model to (re)fit the guard and calibration of.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .onnx path; <stem>.parity.json is written beside it.")
-@click.option("--threshold", default="0.5", show_default=True,
-              help="Decision threshold stored in the model, or 'val' to choose it on the run's validation split.")
+@click.option("--threshold", default=None, show_default="0.5 with --run; the model's own rule with --from-onnx",
+              help="Decision threshold stored in the model (on its calibrated output), or 'val' to choose it on "
+                   "the validation split by --threshold-rule and --target-recall.")
 @target_recall_option
 @threshold_rule_option
 @click.option("--parity-images", type=click.Path(path_type=Path), default=None,
@@ -105,8 +114,10 @@ def export(run_dir: Path | None, from_onnx: Path | None, out_path: Path, thresho
     if from_onnx is not None:
         if not from_onnx.is_file():
             raise UsageError(f"model file not found: {from_onnx}")
-        attach_trust(from_onnx, out_path, manifest, guard, guard_false_flags, calibration)
+        attach_trust(from_onnx, out_path, manifest, guard, guard_false_flags, calibration, threshold, threshold_rule,
+                     target_recall)
         return
+    threshold = threshold or "0.5"
     from cxr.export.onnx_export import ExportError, ParityError, export_onnx
     from cxr.imaging import list_images
 

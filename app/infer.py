@@ -168,6 +168,10 @@ def domain_summary(result, model, events: Events) -> dict[str, Any] | None:
     if shift:
         events.emit("shift", shift["verdict"], always=True, err=bool(shift["shifted"]), **{
             k: shift[k] for k in ("p_value", "statistic", "n_images", "shifted")})
+    else:
+        from cxr.shift import NOT_TESTED
+
+        events.emit("shift", NOT_TESTED, always=True)
     return shift
 
 
@@ -237,9 +241,13 @@ def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, 
     if result.already_complete:
         events.emit("complete", f"{result.csv_path} is already complete with these settings ({result.n_files} "
                                 "files); nothing scored", always=True)
-    events.emit("scored", f"scored {result.n_files - result.n_errors}/{result.n_files} files "
+    prob = result.predictions[f"p_{model.info.positive_class}"]
+    skipped = int(((result.predictions["error"] == "") & (prob == "")).sum())
+    left = f", {skipped} left unscored: outside the training domain (--foreign skip)" if skipped else ""
+    events.emit("scored", f"scored {result.n_files - result.n_errors - skipped}/{result.n_files} files{left} "
                           f"({result.images_per_second:.1f} img/s) -> {result.csv_path}", always=True,
-                files=result.n_files, errors=result.n_errors, images_per_second=result.images_per_second)
+                files=result.n_files, errors=result.n_errors, skipped=skipped,
+                images_per_second=result.images_per_second)
     domain_summary(result, model, events)
     if report is not None:
         from cxr.artifacts import MetricsReport

@@ -136,8 +136,11 @@ def header_flags(path: str | Path) -> list[str]:
     view = str(ds.get("ViewPosition", "") or "").upper()
     if view not in FRONTAL_VIEWS:
         flags.append(f"DICOM ViewPosition {view}")
-    age = age_in_years(ds.get("PatientAge", ""))
+    raw_age = str(ds.get("PatientAge", "") or "").strip()
+    age = age_in_years(raw_age)
     low, high = TRAINING_AGE_YEARS
+    if raw_age and age is None:
+        flags.append(f"DICOM PatientAge {raw_age!r} unreadable")
     if age is not None and not low <= age < high + 1:
         flags.append(f"DICOM PatientAge {ds.PatientAge} outside the training population ({low}-{high} years)")
     return flags

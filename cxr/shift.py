@@ -1,9 +1,11 @@
 """Set-level data shift: are this run's images, taken together, unlike the training data?
 
 The domain guard gives every image a score; the model carries the scores of its validation images
-(images it was not trained on, from the training source). A two-sample Kolmogorov-Smirnov test
-(scipy's ``ks_2samp``, exact p-values for small samples) compares the run's scores with them, and
-the verdict is one line. A run with fewer than ``MIN_IMAGES`` scored images gets no verdict.
+(images it was not trained on, from the training source). A one-sided two-sample Kolmogorov-Smirnov
+test (scipy's ``ks_2samp``, exact p-values for small samples) asks whether the run's scores are
+higher than those: only images less like the training data count as shift, so a run of training
+images, or of one class only, is not called shifted for scoring lower. The verdict is one line. A
+run with fewer than ``MIN_IMAGES`` scored images gets no verdict.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 ALPHA = 0.01        # the p-value under which a run is called shifted
 MIN_IMAGES = 10
+NOT_TESTED = f"data shift: not tested (fewer than {MIN_IMAGES} images with a domain score)"
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,8 @@ class ShiftVerdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shifted": self.shifted, "flagged_share": self.flagged_share, "verdict": self.line(),
-                "test": "two-sample Kolmogorov-Smirnov on domain scores against the validation reference"}
+                "test": "one-sided two-sample Kolmogorov-Smirnov (higher domain scores) against the validation "
+                        "reference"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "ShiftVerdict | None":
@@ -65,6 +69,6 @@ def shift_test(scores: np.ndarray, reference: np.ndarray | tuple[float, ...], th
     reference = np.asarray(reference, dtype=float)
     if len(scores) < MIN_IMAGES or len(reference) < MIN_IMAGES:
         return None
-    result = ks_2samp(scores, reference)
+    result = ks_2samp(scores, reference, alternative="less")  # H1: the run's CDF lies below: higher scores
     return ShiftVerdict(int(len(scores)), int(len(reference)), float(result.statistic), float(result.pvalue),
                         int((scores > threshold).sum()), float(expected_flag_rate), alpha)

@@ -152,13 +152,18 @@ def attach_guard(proto, fit: GuardFit) -> None:
 
 
 def fit_calibration(logits: np.ndarray, y: np.ndarray, method: str = "platt") -> tuple[float, float]:
-    """(a, b) of ``sigmoid(a * logit + b)`` minimising the validation log loss."""
+    """(a, b) of ``sigmoid(a * logit + b)`` minimising the validation log loss against Platt's (1999)
+    smoothed targets, (n+ + 1) / (n+ + 2) and 1 / (n- + 2), which keep the fit finite when the
+    validation set is small or perfectly separated."""
     from scipy.optimize import minimize
+
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    target = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
 
     def loss(params):
         a, b = params[0], params[1] if method == "platt" else 0.0
         z = a * logits + b
-        return float(np.mean(np.logaddexp(0, z) - y * z))
+        return float(np.mean(np.logaddexp(0, z) - target * z))
 
     start = np.array([1.0, 0.0]) if method == "platt" else np.array([1.0])
     result = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
@@ -222,7 +227,8 @@ class TrustResult:
 
 
 def strip_trust(proto) -> None:
-    """Remove an earlier guard and calibration (in place), so that refitting starts from the model."""
+    """Remove an earlier guard and calibration from the graph (in place), so that refitting starts
+    from the model; the metadata is the caller's (see ``raw_threshold``)."""
     sigmoid = next((n for n in proto.graph.node if n.op_type == "Sigmoid"), None)
     if sigmoid is not None and sigmoid.input[0] == "calibrated_logit":
         scaled = next(n for n in proto.graph.node if n.output[0] == "calibration_scaled")
@@ -238,41 +244,61 @@ def strip_trust(proto) -> None:
     proto.graph.output.extend(outputs)
 
 
-def _split_images(manifest, split: str, size: int, positive: str) -> tuple[np.ndarray, np.ndarray]:
-    from cxr.data import load_manifest
-    from cxr.imaging import decode_many
+def raw_threshold(contract) -> float:
+    """The model's threshold on the scale of its uncalibrated output (an earlier calibration undone),
+    so that refitting does not move a fixed threshold."""
+    c = contract.calibration
+    if c is None:
+        return contract.threshold
+    t = min(max(contract.threshold, 1e-12), 1 - 1e-12)
+    return float(calibrated(np.array([(np.log(t / (1 - t)) - c.b) / c.a]), 1.0, 0.0)[0])
 
-    frame = load_manifest(manifest)
-    rows = frame[frame["split"] == split]
-    if rows.empty:
-        raise GraphEditError(f"{manifest} has no '{split}' rows")
-    return decode_many(rows["abspath"].tolist(), size), (rows["label"] == positive).to_numpy(int)
+
+MIN_GUARD_TRAIN = 500
+
+
+def _split_images(manifest, split: str, size: int, positive: str) -> tuple[np.ndarray, np.ndarray]:
+    from cxr.data import DataPrepError, load_manifest
+    from cxr.imaging import ImageDecodeError, decode_many
+
+    try:
+        frame = load_manifest(manifest)
+        rows = frame[frame["split"] == split]
+        if rows.empty:
+            raise GraphEditError(f"{manifest} has no '{split}' rows")
+        return decode_many(rows["abspath"].tolist(), size), (rows["label"] == positive).to_numpy(int)
+    except (DataPrepError, ImageDecodeError) as exc:
+        raise GraphEditError(f"manifest {manifest}: {exc}") from None
 
 
 def add_trust(model_path, out_path, manifest, *, guard: bool = True, calibration: str | None = "platt",
-              false_flags: float = DEFAULT_FALSE_FLAGS) -> TrustResult:
+              false_flags: float = DEFAULT_FALSE_FLAGS, threshold: str | None = None, threshold_rule: str = "wilson",
+              target_recall: float = 0.95) -> TrustResult:
     """Fit the guard (training split) and the calibration (validation split) of an exported model,
-    fold them into its graph, rerun its threshold rule on the calibrated validation probabilities,
-    and write ``out_path`` after checking the new graph against the fitted numbers."""
+    fold them into its graph, choose the threshold on the calibrated validation probabilities, and
+    write ``out_path`` after checking the new graph against the fitted numbers. An earlier guard and
+    calibration are replaced (with neither asked for, they are removed).
+
+    ``threshold``: None keeps the model's own rule (rerun on the calibrated validation split, or a
+    fixed threshold carried to the calibrated scale); 'val' chooses it by ``threshold_rule`` and
+    ``target_recall``; a number is a fixed threshold on the calibrated output."""
     import onnx
 
     from cxr.artifacts import ModelContract, ModelContractError
-    from cxr.artifacts.model_contract import METADATA_PREFIX
-    from cxr.files import atomic_path
-    from cxr.thresholds import choose_threshold
 
-    proto = onnx.load(str(model_path))
-    contract = ModelContract.from_metadata({p.key: p.value for p in proto.metadata_props}, str(model_path))
+    try:
+        proto = onnx.load(str(model_path))
+        contract = ModelContract.from_metadata({p.key: p.value for p in proto.metadata_props}, str(model_path))
+    except ModelContractError as exc:
+        raise GraphEditError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - onnx raises protobuf's and its own assorted types
+        raise GraphEditError(f"cannot load {model_path} as an ONNX model: {type(exc).__name__}") from None
+    raw = raw_threshold(contract)
     strip_trust(proto)
     taps = guard_taps(proto)
-    probe = feature_model(proto, taps)
     val_images, y_val = _split_images(manifest, "val", contract.input_size, contract.positive_class)
-    val_features, val_logits = run_features(probe, val_images)
-    fit = None
-    if guard:
-        train_images, _ = _split_images(manifest, "train", contract.input_size, contract.positive_class)
-        train_features, _ = run_features(feature_model(proto, taps, with_logit=False), train_images)
-        fit = fit_guard([t for t, _ in taps], train_features, val_features, false_flags)
+    val_features, val_logits = run_features(feature_model(proto, taps), val_images)
+    fit = _fit_guard(proto, taps, manifest, contract, val_features, false_flags) if guard else None
     calib, p_val = None, calibrated(val_logits, 1.0, 0.0)
     if calibration:
         a, b = fit_calibration(val_logits, y_val, calibration)
@@ -281,19 +307,59 @@ def add_trust(model_path, out_path, manifest, *, guard: bool = True, calibration
                  "val_ece_before": expected_calibration_error(y_val, p_val),
                  "val_ece_after": expected_calibration_error(y_val, p_val_cal)}
         p_val = p_val_cal
-    old_rule = contract.threshold_rule
-    if old_rule.get("rule") in ("wilson", "point"):
-        rule = {**choose_threshold(y_val, p_val, float(old_rule["target_recall"]), old_rule["rule"]),
-                "source": f"validation split of {manifest}", "n_val": int(len(y_val))}
-    else:
-        raw = float(np.log(contract.threshold / (1 - contract.threshold)))
-        rule = {**old_rule, "threshold": float(calibrated(np.array([raw]), calib["a"], calib["b"])[0])
-                if calib else contract.threshold}
+    rule = _threshold_rule(contract, raw, calib, y_val, p_val, manifest, threshold, threshold_rule, target_recall)
     if calib:
         attach_calibration(proto, calib["a"], calib["b"])
     if fit:
         attach_guard(proto, fit)
     topologically_sorted(proto)
+    _write_metadata(proto, contract, rule, fit, calib)
+    onnx.checker.check_model(proto)
+    from cxr.files import atomic_path
+
+    with atomic_path(out_path) as tmp:
+        onnx.save(proto, str(tmp))
+        diff = _check_edit(tmp, val_images[:128], p_val[:128], fit, [f[:128] for f in val_features])
+    return TrustResult(out_path, rule, fit, calib, diff)
+
+
+def _fit_guard(proto, taps, manifest, contract, val_features, false_flags) -> GuardFit:
+    train_images, _ = _split_images(manifest, "train", contract.input_size, contract.positive_class)
+    train_features, _ = run_features(feature_model(proto, taps, with_logit=False), train_images)
+    fit = fit_guard([t for t, _ in taps], train_features, val_features, false_flags)
+    if fit.facts["n_train"] < MIN_GUARD_TRAIN:
+        fit.facts["warning"] = (f"fitted on only {fit.facts['n_train']} training images (fewer than "
+                                f"{MIN_GUARD_TRAIN}): its scores and threshold are rough")
+    return fit
+
+
+def _threshold_rule(contract, raw: float, calib, y_val, p_val, manifest, threshold, rule_name, target_recall):
+    """The threshold and its rule on the (calibrated) validation probabilities."""
+    from cxr.thresholds import ThresholdError, choose_threshold
+
+    old = contract.threshold_rule
+    if threshold is None and old.get("rule") in ("wilson", "point"):
+        threshold, rule_name, target_recall = "val", old["rule"], float(old["target_recall"])
+    try:
+        if threshold == "val":
+            return {**choose_threshold(y_val, p_val, target_recall, rule_name),
+                    "source": f"validation split of {manifest}", "n_val": int(len(y_val))}
+    except ThresholdError as exc:
+        raise GraphEditError(str(exc)) from None
+    if threshold is not None:
+        value = float(threshold)
+        if not 0.0 < value < 1.0:
+            raise GraphEditError(f"--threshold must be in (0, 1), not {value}")
+        return {"threshold": value, "rule": "fixed"}
+    logit = float(np.log(raw / (1 - raw)))
+    value = float(calibrated(np.array([logit]), calib["a"], calib["b"])[0]) if calib else raw
+    return {**old, "threshold": value}
+
+
+def _write_metadata(proto, contract, rule, fit, calib) -> None:
+    from cxr.artifacts import ModelContract, ModelContractError
+    from cxr.artifacts.model_contract import METADATA_PREFIX
+
     meta = {**contract.metadata(), "threshold": rule["threshold"], "threshold_rule": rule}
     meta.pop("guard", None)
     meta.pop("calibration", None)
@@ -309,11 +375,6 @@ def add_trust(model_path, out_path, manifest, *, guard: bool = True, calibration
     del proto.metadata_props[:]
     for key, value in sorted(new_contract.to_metadata().items()):
         proto.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(proto)
-    with atomic_path(out_path) as tmp:
-        onnx.save(proto, str(tmp))
-        diff = _check_edit(tmp, val_images[:128], p_val[:128], fit, [f[:128] for f in val_features])
-    return TrustResult(out_path, rule, fit, calib, diff)
 
 
 def _check_edit(path, images: np.ndarray, expected_p: np.ndarray, fit: GuardFit | None,

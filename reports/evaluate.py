@@ -165,7 +165,9 @@ def check_shift(shift: dict[str, Any] | None, max_shift: float) -> tuple[list[st
     """(messages, failures) of the data shift gate: it fails when the set-level test finds a shift
     (p below its alpha) larger than ``max_shift`` (the KS distance, 0-1), or cannot run."""
     if not shift:
-        return [], ["data shift: not tested (fewer than 10 images with a domain score); the shift gate cannot pass"]
+        from cxr.shift import NOT_TESTED
+
+        return [NOT_TESTED], [f"{NOT_TESTED}; the shift gate cannot pass without a verdict"]
     line = f"{shift['verdict']}; KS distance {shift['statistic']:.3f} (allowed {max_shift:g})"
     if shift["shifted"] and shift["statistic"] > max_shift:
         return [line], [f"data shift: KS distance {shift['statistic']:.3f} > {max_shift:g} (p {shift['p_value']:.2g})"]

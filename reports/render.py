@@ -62,6 +62,7 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         table = result["threshold_table"]
         figs = dict(result.get("figures", {}))
         failure_figs = {k: figs.pop(k) for k in ("false_positives", "false_negatives", "error_p") if k in figs}
+        figs.pop("domain_flagged", None)  # shown in the domain section
         sections.append((f"{name}: threshold trade-off", list(table[0].keys()),
                          [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
                          list(figs.values())))
@@ -102,12 +103,15 @@ def _domain_sections(name: str, result: dict[str, Any]) -> list[tuple]:
     if domain.get("flagged"):
         sections.append((f"{name}: images outside the training domain (highest score first, at most 24)",
                          ["path", "domain score", "P(positive)", "qc"],
-                         [[f["path"], f"{f['domain_score']:.2f}", f["p"] or "-", f["qc"]] for f in domain["flagged"]],
+                         [[f["path"], f"{f['domain_score']:.3f}", "-" if f["p"] is None else f"{f['p']:.3f}", f["qc"]]
+                          for f in domain["flagged"]],
                          []))
     if domain.get("in_domain"):
         block = domain["in_domain"]
+        compare = ("all scored labelled images above" if domain.get("foreign") == "flag" else
+                   "the labelled images above, which already leave out the unscored flagged ones")
         sections.append((f"{name}: metrics on the {block['n']} in-domain labelled images only (threshold "
-                         f"{block['threshold']:.4g}; compare with all labelled images above)",
+                         f"{block['threshold']:.4g}; compare with {compare})",
                          ["metric", "value", "95% CI"], _metric_rows(block), []))
     return sections
 

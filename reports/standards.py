@@ -178,10 +178,15 @@ def checklist(report: dict[str, Any]) -> list[dict[str, str]]:
            "its relation to the development data is not recorded in these predictions"))
     errors = sum(r["n_errors"] for r in models.values())
     flagged = sum((r.get("settings") or {}).get("n_qc_flagged", 0) or 0 for r in models.values())
+    outside = sum((r.get("settings") or {}).get("n_outside_domain", 0) or 0 for r in models.values())
+    unscored = sum(r.get("n_unscored_outside_domain", 0) or 0 for r in models.values())
     add("Handling of poor-quality or unusable inputs", "TRIPOD+AI 27a",
         f"every file gets a row; unreadable files get an error row and no prediction ({errors} across "
-        f"{len(models)} prediction sets here); scored images that are uniform or blank are flagged in the 'qc' "
-        f"column ({flagged} here); none is silently dropped")
+        f"{len(models)} prediction sets here); suspect images are flagged in the 'qc' column with the reason "
+        f"({flagged} here, {outside} of them outside the training domain: uniform, colour, tiny, a DICOM header "
+        f"against the model, a guessed bit depth, or unlike the training images)"
+        + (f"; {unscored} flagged images were left unscored (--foreign skip)" if unscored else "")
+        + "; none is silently dropped")
     add("Level at which partitions are disjoint", "CLAIM 20",
         f"split by {', '.join(split_levels)} (cxr data prepare: StratifiedGroupKFold grouped by patient)"
         if split_levels else ("patient (manifest split from cxr data prepare)" if "manifest" in source else

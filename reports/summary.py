@@ -71,10 +71,15 @@ def evaluate_predictions(frame: pd.DataFrame, prob_col: str, *, val_threshold: f
     classes = [negatives[0] if negatives else "NEGATIVE", positive]
     data = _labelled(frame, prob_col, classes)
     if len(data) == 0 or data["y"].nunique() < 2:
-        raise ReportInputError("need labelled predictions of both classes to compute metrics")
+        unscored = frame[(frame["error"] == "") & (frame[prob_col] == "") & (frame["true_label"] != "")]
+        why = (f" ({len(unscored)} labelled images were left unscored as outside the training domain by "
+               "--foreign skip; rerun with --foreign flag to score them)" if len(unscored) else "")
+        raise ReportInputError("need labelled predictions of both classes to compute metrics" + why)
     y, p, groups = data["y"].to_numpy(), data["p"].to_numpy(), data["patient_id"].to_numpy()
     model_threshold = float(frame["threshold"].iloc[0]) if "threshold" in frame and len(frame) else 0.5
-    result = {"classes": classes, "n_rows": int(len(frame)), "n_scored": int((frame["error"] == "").sum()),
+    scored = (frame["error"] == "") & (frame[prob_col] != "")
+    result = {"classes": classes, "n_rows": int(len(frame)), "n_scored": int(scored.sum()),
+              "n_unscored_outside_domain": int(((frame["error"] == "") & ~scored).sum()),
               "n_errors": int((frame["error"] != "").sum()), "n_labelled": int(len(data)),
               "n_patients": int(len(set(groups))), "bootstrap": {"n": n_boot, "seed": seed, "unit": "patient"},
               "model_sha256": sorted(set(frame.get("model_sha256", [""])))[0] if len(frame) else "",
@@ -151,7 +156,8 @@ def domain_section(frame: pd.DataFrame, prob_col: str, data: pd.DataFrame, setti
     flagged = frame[outside].assign(score=scores[outside]).sort_values("score", ascending=False)
     section = {"guard": settings["guard"], "n_with_score": int(scores.notna().sum()), "n_flagged": int(outside.sum()),
                "shift": settings.get("shift"), "foreign": settings.get("foreign", "flag"),
-               "flagged": [{"path": r.path, "domain_score": float(r.score), "p": r[prob_col], "qc": r.qc}
+               "flagged": [{"path": r.path, "domain_score": float(r.score),
+                            "p": float(r[prob_col]) if r[prob_col] != "" else None, "qc": r.qc}
                            for _, r in flagged.head(FLAGGED_LISTED).iterrows()]}
     inside = data[~data["qc"].str.contains(OUTSIDE, regex=False)]
     if outside.any() and len(inside) and inside["y"].nunique() == 2:

@@ -179,3 +179,47 @@ def test_resume_after_the_folder_changed_scores_what_is_new_and_drops_what_is_go
     assert str(changed["qc"]).startswith("uniform image")
     finished = CliRunner().invoke(infer, [*args, "--resume"])
     assert "already complete" in finished.output
+
+
+def _readme_cron_command() -> str:
+    """The cron recipe of the README, as written (without its schedule and its mail fallback)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```cron", 1)[1].split("```", 1)[0].strip()
+    line = block.split("cd /srv/cxr && ", 1)[1]
+    return line.split(" || mail", 1)[0]
+
+
+@pytest.mark.parametrize("case", ["passes", "baseline missing", "bad option"])
+def test_the_readme_cron_recipe_writes_only_json_to_stderr(tmp_path: Path, folder: Path, case: str) -> None:
+    """README's cron line, run as written (paths mapped to this test's files): every stderr line is
+    a JSON object, for a passing run and for user errors alike."""
+    import shlex
+    import subprocess
+    import sys
+
+    model = make_tiny_model(tmp_path / "m.onnx")
+    baseline_run = _run("--model", str(model), "--data", str(folder), "--out", str(tmp_path / "first"),
+                        "--history", str(tmp_path / "h0.csv"))
+    assert baseline_run.exit_code == 0
+    command = _readme_cron_command()
+    log = tmp_path / "evaluate.jsonl"
+    mapping = {".venv/bin/cxr": f"{shlex.quote(sys.executable)} -m cxr.app.cli",
+               "models/model1.onnx": str(model), "/data/cxr/eval": str(folder),
+               "results/eval_baseline.json": str(tmp_path / "first" / "metrics.json"
+                                                 if case != "baseline missing" else tmp_path / "none.json"),
+               "/var/lib/node_exporter/textfile/cxr.prom": str(tmp_path / "cxr.prom"),
+               "/var/log/cxr/evaluate.jsonl": str(log)}
+    for old, new in mapping.items():
+        assert old in command, old
+        command = command.replace(old, new)
+    if case == "bad option":
+        command = command.replace("--max-drop", "--max-dorp")
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == {"passes": 0, "baseline missing": 2, "bad option": 2}[case], log.read_text()
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+    events = [json.loads(line) for line in lines]
+    if case == "passes":
+        assert events[-1]["event"] == "verdict" and events[-1]["verdict"] == "pass"
+    else:
+        assert events[-1]["event"] == "error" and events[-1]["exit_code"] == 2

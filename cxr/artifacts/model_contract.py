@@ -55,6 +55,16 @@ def validate_metadata(meta: dict[str, Any], source: str = "model") -> None:
         raise ModelContractError(f"{source}: bad cxr metadata {where}: {error.message[:200]}")
     if not math.isfinite(float(meta["threshold"])):
         raise ModelContractError(f"{source}: bad cxr metadata threshold: {meta['threshold']} is not a number in (0, 1)")
+    guard = meta.get("guard")
+    if isinstance(guard, dict):
+        numbers = [guard.get("threshold"), guard.get("false_flag_rate"), *(guard.get("reference_scores") or [])]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+            raise ModelContractError(f"{source}: bad cxr metadata guard: its threshold, false-flag rate and "
+                                     "reference scores must be finite numbers")
+    calibration = meta.get("calibration")
+    if isinstance(calibration, dict) and not all(isinstance(calibration.get(k), (int, float))
+                                                 and math.isfinite(calibration[k]) for k in ("a", "b")):
+        raise ModelContractError(f"{source}: bad cxr metadata calibration: a and b must be finite numbers")
     if meta["positive_class"] != meta["classes"][1]:
         raise ModelContractError(f"{source}: bad cxr metadata: positive_class {meta['positive_class']!r} is not "
                                  f"classes[1] {meta['classes'][1]!r}")
@@ -84,7 +94,7 @@ class DomainGuard:
 
     def reason(self, score: float) -> str:
         """The ``qc`` text of a flagged image."""
-        return f"outside training domain (score {score:.2f} > {self.threshold:.2f})"
+        return f"outside training domain (score {score:.3f} > {self.threshold:.3f})"
 
 
 @dataclass(frozen=True)
