@@ -181,9 +181,9 @@ def _finite(ctx, param, value):  # noqa: ANN001 - click's callback signature
 @engine_options
 @log_format_option
 @quiet_option
-def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robustness, max_flip, robustness_seed, max_shift, allow_new_data,
-             history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
-             n_boot, engine, ray_address, gpus_per_actor, log_format, quiet) -> None:
+def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robustness, max_flip, robustness_seed,
+             max_shift, allow_new_data, history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
+             n_boot, engine, ray_address, ray_timeout, gpus_per_actor, log_format, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
     from cxr.app.infer import (check_out_dir, domain_summary, ground_truth, inside, load_model, out_dir_lock, score,
                                write_report)
@@ -206,7 +206,7 @@ def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robust
     with out_dir_lock(out_dir):
         result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
                        only=only, engine=engine, ray_address=ray_address, gpus_per_actor=gpus_per_actor,
-                       device=device)
+                       device=device, ray_timeout=ray_timeout)
         domain_summary(result, model, events)
         section, gate = None, GateResult()
         if with_robustness or flip_limits:

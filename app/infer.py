@@ -125,7 +125,8 @@ def inside(child: Path, parent: Path) -> bool:
 
 
 def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "local", source: str | None = None,
-          ray_address: str | None = None, gpus_per_actor: float | None = None, device: str = "auto", **kwargs):
+          ray_address: str | None = None, gpus_per_actor: float | None = None, device: str = "auto",
+          ray_timeout: float = 60.0, **kwargs):
     """Score with the chosen engine; the same predictions contract either way. ``source``: the
     ray engine's SOURCE as given (a folder, a CSV list or a URI), default ``folder``."""
     from cxr.infer.model import ModelOutputError
@@ -139,7 +140,7 @@ def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "
             kwargs.pop("workers", None)  # Ray sizes its own decode tasks
             return score_with_ray(source or str(folder), model, out_dir / "predictions.csv",
                                   progress=events.progress, exclude=exclude, address=ray_address,
-                                  gpus_per_actor=gpus_per_actor, device=device, **kwargs)
+                                  gpus_per_actor=gpus_per_actor, device=device, timeout=ray_timeout, **kwargs)
         return score_folder(folder, model, out_dir / "predictions.csv", progress=events.progress,
                             exclude=exclude, **kwargs)
     except (ScoreInputError, ModelOutputError) as exc:
@@ -219,8 +220,8 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
 @quiet_option
 def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int | None, device: str,
           precision: str, workers: int | None, manifest: Path | None, split: str, tta: bool, foreign: str,
-          resume: bool, no_report: bool, n_boot: int, engine: str, ray_address: str | None, gpus_per_actor: float | None,
-          log_format: str, quiet: bool) -> None:
+          resume: bool, no_report: bool, n_boot: int, engine: str, ray_address: str | None, ray_timeout: float,
+          gpus_per_actor: float | None, log_format: str, quiet: bool) -> None:
     """Score every image under the folder SOURCE (recursively) with an exported ONNX model. With
     --engine ray, SOURCE may also be a CSV list of paths (column 'path') or a URI (s3://, gs://, ...)."""
     events = Events(log_format, quiet, "cxr-infer")
@@ -236,7 +237,7 @@ def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, 
     with out_dir_lock(out_dir):
         result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
                        resume=resume, only=only, tta=tta, engine=engine, source=source, ray_address=ray_address,
-                       gpus_per_actor=gpus_per_actor, device=device, foreign=foreign)
+                       gpus_per_actor=gpus_per_actor, device=device, foreign=foreign, ray_timeout=ray_timeout)
         report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot, model=model, events=events)
     if result.already_complete:
         events.emit("complete", f"{result.csv_path} is already complete with these settings ({result.n_files} "

@@ -41,9 +41,14 @@ gpus_per_actor_option = click.option("--gpus-per-actor", type=click.FloatRange(0
                                           "puts two actors on each GPU].")
 
 
+ray_timeout_option = click.option("--ray-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True,
+                                  help="With --engine ray and --ray-address HOST:PORT: seconds to wait for the "
+                                       "cluster to answer before giving up (exit 69).")
+
+
 def engine_options(command):
-    """--engine, --ray-address and --gpus-per-actor, for the commands that score."""
-    return engine_option(ray_address_option(gpus_per_actor_option(command)))
+    """--engine, --ray-address, --ray-timeout and --gpus-per-actor, for the commands that score."""
+    return engine_option(ray_address_option(ray_timeout_option(gpus_per_actor_option(command))))
 
 foreign_option = click.option(
     "--foreign", type=click.Choice(["flag", "skip"]), default="flag", show_default=True,

@@ -37,7 +37,8 @@ from cxr.imaging import IMAGE_EXTENSIONS, decode_or_error
 from cxr.infer.batch import errors_and_flags, predict_where
 from cxr.infer.model import OnnxClassifier
 from cxr.infer.score import (GroundTruth, ProgressFn, RunInterrupted, ScoreInputError, ScoreResult, already_complete,
-                             kept_rows, list_targets, prediction_rows, scoring_settings, write_predictions)
+                             kept_rows, list_targets, other_engine, prediction_rows, scoring_settings,
+                             write_predictions)
 from cxr.messages import first_line
 
 DECODE_CHUNK = 64          # files per decode task (and per shard on CPUs)
@@ -76,7 +77,7 @@ def list_source(source: str, only: list[str] | None = None, exclude: Path | None
     if is_uri(source):
         return _list_uri(source, only)
     if is_path_list(source):
-        return _list_csv(Path(source))
+        return _list_csv(Path(source), only)
     path = Path(source)
     if not path.is_dir():
         raise ScoreInputError(f"source not found: {source} (a folder, a .csv list of paths, or a URI)")
@@ -84,7 +85,7 @@ def list_source(source: str, only: list[str] | None = None, exclude: Path | None
     return Targets(rels, [str(p) for p in paths])
 
 
-def _list_csv(path: Path) -> Targets:
+def _list_csv(path: Path, only: list[str] | None = None) -> Targets:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -94,6 +95,9 @@ def _list_csv(path: Path) -> Targets:
     except UnicodeDecodeError:
         raise ScoreInputError(f"{path}: not a UTF-8 CSV file") from None
     given = list(dict.fromkeys(given))
+    if only is not None:  # --manifest/--split: the listed files of that split only, as the local engine
+        wanted = {unescape_path(rel) for rel in only}
+        given = [p for p in given if p in wanted]
     locations = [p if is_uri(p) or os.path.isabs(p) else str(path.parent / p) for p in given]
     return Targets([escape_path(p) for p in given], locations)
 
@@ -169,14 +173,85 @@ class ScoringActor:
 
 
 def _start_shards(shards: Path, settings: dict[str, Any], resume: bool, rel_set: set[str]) -> dict[str, dict]:
-    """Rows to keep from an interrupted run (with ``resume``), else an empty shard folder."""
-    if resume and (kept := kept_rows(*Predictions.read_shards(shards), settings, rel_set)):
+    """Rows to keep from an interrupted run (with ``resume``), else an empty shard folder. Shards
+    that cannot be read (cut by a crash, corrupted) are dropped and their files scored again."""
+    if resume and (kept := kept_rows(*_readable_shards(shards), settings, rel_set)):
+        Predictions.start_shards(shards, settings)
+        Predictions.write_shard(shards, list(kept.values()), settings["classes"][1])
         return kept
     Predictions.start_shards(shards, settings)
     return {}
 
 
-def connect(address: str | None) -> bool:
+RAY_CONNECT_TIMEOUT_S = 60.0
+
+
+def check_reachable(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """A ``host:port`` or ``ray://host:port`` address must accept a connection within ``timeout``
+    seconds (Ray itself would retry for many minutes); RayRunFailed (exit 69) otherwise."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # let Ray judge addresses of other forms
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise RayRunFailed(f"cannot reach the Ray cluster at {address} within {timeout:g} s "
+                           f"({exc.strerror or type(exc).__name__}); is it running?") from None
+
+
+def _user_error_inside(exc: BaseException) -> BaseException | None:
+    """The model error (not a probability, not loadable) that a Ray task error wraps, if any."""
+    from cxr.infer.model import ModelLoadError, ModelOutputError
+
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ModelOutputError, ModelLoadError)):
+            return current
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
+    text = str(exc)
+    for name in ("ModelOutputError", "ModelLoadError"):
+        if f"{name}: " in text:
+            from cxr.infer.model import ModelOutputError as Wrapped
+
+            return Wrapped(text.split(f"{name}: ", 1)[1].splitlines()[0])
+    return None
+
+
+def _readable_shards(shards: Path) -> tuple[dict[str, Any] | None, dict[str, dict]]:
+    """``Predictions.read_shards``, shard by shard: an unreadable settings file means no earlier
+    run to resume (its settings cannot be checked); an unreadable shard is left out."""
+    import json
+
+    settings_file = shards / Predictions.SHARD_SETTINGS
+    try:
+        settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else None
+    except (OSError, ValueError):
+        raise ScoreInputError(f"--resume: {settings_file} is damaged, so the interrupted run's settings cannot be "
+                              "checked; rerun without --resume") from None
+    if not isinstance(settings, dict):
+        return None, {}
+    rows: dict[str, dict[str, str]] = {}
+    for shard in sorted(shards.glob("shard-*.parquet")):
+        try:
+            import pandas as pd
+
+            frame = pd.read_parquet(shard).fillna("")
+        except Exception:  # noqa: BLE001 - pyarrow raises its own assorted types for a damaged file
+            continue
+        for row in frame.to_dict("records"):
+            rows[row["path"]] = {str(key): str(value) for key, value in row.items()}
+    return settings, rows
+
+
+def connect(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> bool:
     """Use the running Ray instance, or start/join one. True when this call started it."""
     try:
         import ray
@@ -184,6 +259,7 @@ def connect(address: str | None) -> bool:
         raise RayEngineError("the ray engine needs Ray: pip install 'cxr[ray]'") from None
     if ray.is_initialized():
         return False
+    check_reachable(address, timeout)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)
@@ -212,7 +288,8 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
                    batch_size: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
                    progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
                    exclude: str | Path | None = None, device: str = "auto",
-                   gpus_per_actor: float | None = None, foreign: str = "flag") -> ScoreResult:
+                   gpus_per_actor: float | None = None, foreign: str = "flag",
+                   timeout: float = RAY_CONNECT_TIMEOUT_S) -> ScoreResult:
     """Score ``source`` on Ray; the same outputs and result as ``score_folder``."""
     out_csv = Path(out_csv)
     truth = truth or GroundTruth()
@@ -222,11 +299,12 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(targets.rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
     shards = Predictions.shards_path(out_csv)
+    other_engine(out_csv, resume, ours="ray")
     done = _start_shards(shards, settings, resume, set(targets.rels))
     todo = [i for i, rel in enumerate(targets.rels) if rel not in done]
     if progress:
         progress(len(done), len(targets.rels))
-    started_ray = connect(address)
+    started_ray = connect(address, timeout)
     try:
         started = time.perf_counter()
         try:
@@ -235,6 +313,9 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
         except Exception as exc:  # noqa: BLE001 - Ray wraps what failed on the cluster in its own types
             if not type(exc).__module__.startswith("ray"):
                 raise
+            user_error = _user_error_inside(exc)
+            if user_error is not None:  # the model's own fault, not the cluster's: as the local engine says
+                raise ScoreInputError(str(user_error)) from None
             raise RayRunFailed(f"the Ray run failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
                                f"finished shards are kept in {shards}: rerun with --resume") from None
         seconds = time.perf_counter() - started

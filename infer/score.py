@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -159,6 +160,23 @@ def list_targets(folder: Path, only: list[str] | None, exclude: Path | None) -> 
         return [escape_path(p.relative_to(folder).as_posix()) for p in paths], paths
     rels = sorted(dict.fromkeys(only), key=lambda r: os.fsencode(unescape_path(r)))
     return rels, [folder / unescape_path(rel) for rel in rels]
+
+
+def other_engine(out_csv: Path, resume: bool, ours: str) -> None:
+    """An interrupted run of the other engine in the same folder: with --resume, refuse in one line
+    (its rows are in the other engine's format); without, remove what it left."""
+    theirs = "ray" if ours == "local" else "local"
+    left = Predictions.shards_path(out_csv) if theirs == "ray" else Predictions.partial_path(out_csv)
+    if not left.exists():
+        return
+    if resume:
+        raise ScoreInputError(f"--resume: the interrupted run in {out_csv.parent} used --engine {theirs} "
+                              f"({left.name} is its unfinished work); resume it with --engine {theirs}, or rerun "
+                              "without --resume")
+    if left.is_dir():
+        shutil.rmtree(left, ignore_errors=True)
+    else:
+        left.unlink(missing_ok=True)
 
 
 def file_stamps(paths: list[Path] | list[str]) -> list[str]:
@@ -372,6 +390,7 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
     partial = Predictions.partial_path(out_csv)
+    other_engine(out_csv, resume, ours="local")
     done = _resume_rows(partial, out_csv, settings, stamps, resume)
     todo = [i for i, rel in enumerate(rels) if rel not in done]
     batch_size = batch_size or DEFAULT_BATCH.get(model.provider, 32)

@@ -129,7 +129,7 @@ def test_evaluate_gate_exit_codes(tmp_path: Path) -> None:
     worse = make_tiny_model(tmp_path / "worse.onnx", scale=0.0005, centre=200.0)
     regressed = runner.invoke(evaluate, ["--model", str(worse), "--out", str(tmp_path / "e3"),
                                          "--baseline", str(baseline), "--max-drop", "recall=0.02", *common])
-    assert regressed.exit_code == 1 and "regressed" in regressed.output
+    assert regressed.exit_code == 1 and "FAILED" in regressed.output and "failed: recall" in regressed.output
     (folder / "NORMAL" / "person0_x_0.png").unlink()
     changed = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e4"),
                                        "--baseline", str(baseline), *common])

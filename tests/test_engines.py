@@ -1,0 +1,85 @@
+"""What the two engines share and how each fails, without starting Ray: the cluster's address, the
+file list, damaged shards, a model error on the cluster, and a resume across engines
+(infer/score.py, infer/ray_engine.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cxr.app.infer import infer
+from tests.onnx_fixtures import make_tiny_model
+from tests.synthetic import make_dataset
+
+
+def test_an_unreachable_ray_address_fails_fast_with_one_line() -> None:
+    from cxr.infer.ray_engine import RayRunFailed, check_reachable
+
+    started = time.monotonic()
+    with pytest.raises(RayRunFailed, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        check_reachable("127.0.0.1:1", timeout=5)
+    with pytest.raises(RayRunFailed):
+        check_reachable("ray://127.0.0.1:1", timeout=5)
+    assert time.monotonic() - started < 11
+    check_reachable("auto")  # left to Ray
+
+
+def test_a_csv_list_honours_the_manifest_split(tmp_path: Path) -> None:
+    from cxr.infer.ray_engine import list_source
+
+    listing = tmp_path / "list.csv"
+    pd.DataFrame({"path": [f"a/{i}.png" for i in range(6)]}).to_csv(listing, index=False)
+    assert len(list_source(str(listing)).rels) == 6
+    assert list_source(str(listing), only=["a/1.png", "a/4.png"]).rels == ["a/1.png", "a/4.png"]
+
+
+def test_damaged_shards_are_scored_again_and_damaged_settings_refused(tmp_path: Path) -> None:
+    from cxr.artifacts import Predictions
+    from cxr.infer.ray_engine import _readable_shards
+    from cxr.infer.score import ScoreInputError
+
+    shards = tmp_path / "shards"
+    Predictions.start_shards(shards, {"classes": ["NORMAL", "PNEUMONIA"]})
+    good = [Predictions.row("a.png", 0.2, ["NORMAL", "PNEUMONIA"], 0.5, model_sha256="0" * 64)]
+    Predictions.write_shard(shards, good, "PNEUMONIA")
+    (shards / "shard-99999999999999999999-deadbeef.parquet").write_bytes(b"PAR1 not really")
+    settings, rows = _readable_shards(shards)
+    assert settings == {"classes": ["NORMAL", "PNEUMONIA"]} and list(rows) == ["a.png"]
+    (shards / Predictions.SHARD_SETTINGS).write_text("{cut")
+    with pytest.raises(ScoreInputError, match="damaged"):
+        _readable_shards(shards)
+
+
+def test_a_model_error_on_the_cluster_is_the_models_fault() -> None:
+    from cxr.infer.model import ModelOutputError
+    from cxr.infer.ray_engine import _user_error_inside
+
+    class RayTaskError(Exception):  # Ray's wrapper keeps the original as .cause
+        def __init__(self, cause):
+            super().__init__(f"ray task failed: {cause}")
+            self.cause = cause
+
+    inner = ModelOutputError("m.onnx returned 134.2, which is not a probability in [0, 1]")
+    assert _user_error_inside(RayTaskError(inner)) is inner
+    text_only = Exception("Traceback ...\ncxr.infer.model.ModelOutputError: m.onnx returned 134.2, which is not")
+    assert "returned 134.2" in str(_user_error_inside(text_only))
+    assert _user_error_inside(Exception("node died")) is None
+
+
+def test_resume_across_engines_is_refused_and_leftovers_are_cleared(tmp_path: Path) -> None:
+    from cxr.artifacts import Predictions
+
+    folder = make_dataset(tmp_path / "data", n_patients=3, images_per_patient=1)
+    model = make_tiny_model(tmp_path / "m.onnx")
+    out = tmp_path / "o"
+    shards = Predictions.shards_path(out / "predictions.csv")
+    Predictions.start_shards(shards, {"engine": "ray"})
+    args = [str(folder), "--model", str(model), "--out", str(out), "-q", "--workers", "0", "--no-report"]
+    refused = CliRunner().invoke(infer, [*args, "--resume"])
+    assert refused.exit_code == 2 and "used --engine ray" in refused.output
+    fresh = CliRunner().invoke(infer, args)
+    assert fresh.exit_code == 0 and not shards.exists()
