@@ -118,10 +118,17 @@ def _warnings_as_json(prog_name: str) -> None:
     warnings.showwarning = show
 
 
+QUIET_RESOURCE_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
 def run_guarded(command: click.Command, prog_name: str) -> None:
     """Run a click command; an environment failure (disk full, read-only folder) is a one-line
     error with exit 2, and a bug a one-line error with exit 70. With ``--log-format json`` every
     one of them is a JSON object on stderr."""
+    # A run killed with -9 leaves its worker pool's semaphores to multiprocessing's resource tracker,
+    # which cleans them up and warns in a Python warning; the tracker is a child process that reads
+    # its warning filters from the environment.
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), QUIET_RESOURCE_TRACKER)))
     as_json = json_logs_requested(sys.argv[1:])
     if as_json:
         _warnings_as_json(prog_name)

@@ -151,11 +151,25 @@ def findings(result: dict[str, Any]) -> list[str]:
                      f"(texture AUC {texture['cv_auc']:.2f})")
     size = result["groups"]["original size (width, height)"]
     if size.get("cv_auc") is not None:
-        n, p = size["median_negative"], size["median_positive"]
-        lines.append(f"original sizes differ by class: median {n['width']:.0f}x{n['height']:.0f} ({negative}) vs "
-                     f"{p['width']:.0f}x{p['height']:.0f} ({positive}) (size AUC {size['cv_auc']:.2f}), so each "
-                     "class is downscaled by a different factor to the same input")
+        lines.append(_size_finding(size, negative, positive))
     return lines
+
+
+def _size_finding(size: dict[str, Any], negative: str, positive: str) -> str:
+    """One line on the original sizes: whether their medians differ by class, and whether the sizes
+    separate the classes at all (an AUC within 0.1 of chance does not)."""
+    n, p = size["median_negative"], size["median_positive"]
+    auc = size["cv_auc"]
+    separates = abs(auc - 0.5) >= 0.1
+    if (n["width"], n["height"]) != (p["width"], p["height"]):
+        return (f"original sizes differ by class: median {n['width']:.0f}x{n['height']:.0f} ({negative}) vs "
+                f"{p['width']:.0f}x{p['height']:.0f} ({positive}) (size AUC {auc:.2f}), so each class is "
+                "downscaled by a different factor to the same input")
+    if separates:
+        return (f"original sizes: the same median {n['width']:.0f}x{n['height']:.0f} in both classes, but their "
+                f"spread differs by class (size AUC {auc:.2f})")
+    return (f"original sizes: the same median {n['width']:.0f}x{n['height']:.0f} in both classes, and they do not "
+            f"separate the classes (size AUC {auc:.2f})")
 
 
 def describe(result: dict[str, Any]) -> list[str]:

@@ -113,3 +113,16 @@ def test_patient_ids_agree_with_the_shared_manifest(shared_data: Path) -> None:
     reference = pd.read_csv(shared_data / "chest_xray" / "MANIFEST.csv")
     ours = reference["relpath"].map(lambda p: patient_id_from_name(Path(p).name))
     assert (ours == reference["patient_id"]).all() and len(reference) == 5206
+
+
+@pytest.mark.parametrize("neg,pos,auc,says", [
+    ((224, 224), (224, 224), 0.24, "the same median 224x224 in both classes, but their spread differs"),
+    ((224, 224), (224, 224), 0.52, "do not separate the classes"),
+    ((1800, 1500), (1200, 900), 0.80, "original sizes differ by class: median 1800x1500 (NORMAL) vs 1200x900"),
+])
+def test_size_finding_never_says_equal_sizes_differ(neg, pos, auc, says) -> None:
+    from cxr.shortcut import _size_finding
+
+    size = {"median_negative": {"width": neg[0], "height": neg[1]},
+            "median_positive": {"width": pos[0], "height": pos[1]}, "cv_auc": auc}
+    assert says in _size_finding(size, "NORMAL", "PNEUMONIA")

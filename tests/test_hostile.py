@@ -383,9 +383,10 @@ def test_attack_probabilities_keep_enough_digits_to_rank(tmp_path: Path, folder:
 def test_attack_kill_9_leaves_no_decode_worker(tmp_path: Path, tiny_model: Path) -> None:
     folder = make_gray_class_folders(tmp_path / "many", {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=400,
                                      shape=(600, 600), name="img{i}.png")
+    stderr = open(tmp_path / "stderr.txt", "w")  # noqa: SIM115 - held by the killed process and its children
     proc = subprocess.Popen([sys.executable, "-c", "from cxr.app.cli import infer_main; infer_main()", str(folder),
                              "--model", str(tiny_model), "--out", str(tmp_path / "o"), "-q", "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.time() + 60
     while time.time() < deadline and len(_descendants(proc.pid)) < 3:  # forkserver + 2 workers
         time.sleep(0.2)
@@ -397,6 +398,8 @@ def test_attack_kill_9_leaves_no_decode_worker(tmp_path: Path, tiny_model: Path)
     while time.time() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.2)
     assert not [pid for pid in workers if _alive(pid)]
+    stderr.close()
+    assert "leaked semaphore" not in (tmp_path / "stderr.txt").read_text()  # no resource_tracker warning
 
 
 def _descendants(pid: int) -> list[int]:
