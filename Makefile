@@ -119,7 +119,7 @@ trust: setup $(SPLITS)/manifest.csv
 OTHER_SITES ?= ../shared/data/other_sites
 domain-methods: setup $(SPLITS)/manifest.csv
 	mkdir -p $(RESULTS)/domain
-	$(foreach m,model1 model2,$(BIN)/python scripts/domain_methods.py --model $(MODELS)/$(m).onnx \
+	$(foreach m,model1 model2,$(BIN)/python scripts/domain_methods.py --model $(MODELS)/$(m).onnx $(if $(filter model1,$(m)),--sweep) \
 		--manifest $(SPLITS)/manifest.csv --other-sites $(OTHER_SITES) --out $(RESULTS)/domain/$(m)_methods.json \
 		> $(RESULTS)/domain/$(m)_methods.md;)
 

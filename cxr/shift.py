@@ -17,6 +17,7 @@ import numpy as np
 
 ALPHA = 0.01        # the p-value under which a run is called shifted
 MIN_IMAGES = 10
+EXACT_LIMIT = 100_000   # n x m up to which the KS p-value is computed exactly
 NOT_TESTED = f"data shift: not tested (fewer than {MIN_IMAGES} images with a domain score)"
 
 
@@ -69,6 +70,9 @@ def shift_test(scores: np.ndarray, reference: np.ndarray | tuple[float, ...], th
     reference = np.asarray(reference, dtype=float)
     if len(scores) < MIN_IMAGES or len(reference) < MIN_IMAGES:
         return None
-    result = ks_2samp(scores, reference, alternative="less")  # H1: the run's CDF lies below: higher scores
+    # H1: the run's CDF lies below the reference's (higher scores). Exact p-values for small sets, the
+    # asymptotic distribution for large ones (scipy's exact one-sided calculation gives up there).
+    method = "exact" if len(scores) * len(reference) <= EXACT_LIMIT else "asymp"
+    result = ks_2samp(scores, reference, alternative="less", method=method)
     return ShiftVerdict(int(len(scores)), int(len(reference)), float(result.statistic), float(result.pvalue),
                         int((scores > threshold).sum()), float(expected_flag_rate), alpha)

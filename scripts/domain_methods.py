@@ -60,11 +60,18 @@ def extract(model: Path, sets: dict[str, list[str]]) -> dict[str, dict[str, np.n
     import onnx
     import onnxruntime as ort
 
-    from cxr.export.graph_edit import activation_taps, with_feature_outputs, with_logit_output
+    from cxr.export.graph_edit import ACTIVATION, _shapes, activation_taps, with_feature_outputs, with_logit_output
+    from cxr.export.trust import strip_trust
     from cxr.imaging import decode_many
 
     proto = onnx.load(str(model))
-    taps = activation_taps(proto)
+    strip_trust(proto)
+    shapes = _shapes(proto)
+    every = [(name, int(shapes[name][1])) for node in proto.graph.node for name in node.output
+             if ACTIVATION.search(name) and len(shapes.get(name, [])) == 4]
+    stage_ends = {name for name, _ in activation_taps(proto)}
+    # every activation: the stage ends are the tap0.. of the stage-end detectors, the others join as depth taps
+    taps = [tap for tap in every if tap[0] in stage_ends] + [tap for tap in every if tap[0] not in stage_ends]
     probe = with_logit_output(with_feature_outputs(proto, taps))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs() if o.name.startswith("tap")] + ["logit"]
@@ -78,6 +85,7 @@ def extract(model: Path, sets: dict[str, list[str]]) -> dict[str, dict[str, np.n
         record["pixels32"] = grey.reshape(len(grey), 32, size // 32, 32, size // 32).mean(axis=(2, 4)).reshape(
             len(grey), -1) / 255.0
         record["colour"] = np.abs(images.astype(np.int16) - images[:, :, :, :1]).mean(axis=(1, 2, 3))
+        record["layer_names"] = np.array([name for name, _ in taps])
         features[name] = record
         print(f"  features: {name} ({len(paths)} images)", file=sys.stderr, flush=True)
     return features
@@ -86,8 +94,27 @@ def extract(model: Path, sets: dict[str, list[str]]) -> dict[str, dict[str, np.n
 # --- detectors: fit(train) -> score(record) ------------------------------------------------------
 
 
-def tap_names(record: dict) -> list[str]:
-    return sorted((k for k in record if k.startswith("tap")), key=lambda k: int(k[3:].split("_")[0]))
+def tap_names(record: dict, n_stage_ends: int = 8) -> list[str]:
+    """The stage-end taps (the first ``n_stage_ends`` extracted), in depth order."""
+    keys = sorted((k for k in record if k.startswith("tap")), key=lambda k: int(k[3:].split("_")[0]))
+    return keys[:n_stage_ends]
+
+
+def depth_taps(record: dict) -> list[tuple[str, str]]:
+    """(key, layer name) of every extracted activation, in graph order."""
+    keys = sorted((k for k in record if k.startswith("tap")), key=lambda k: int(k[3:].split("_")[0]))
+    names = [str(n) for n in record["layer_names"]]
+    order = sorted(range(len(keys)), key=lambda i: _block_index(names[i]))
+    return [(keys[i], names[i].split("/")[-2]) for i in order]
+
+
+def _block_index(name: str) -> int:
+    import re
+
+    if "stem_activation" in name:
+        return -1
+    match = re.search(r"block(\d+)_activation", name)
+    return int(match.group(1)) if match else 10_000
 
 
 class Mahalanobis:
@@ -111,6 +138,20 @@ class Mahalanobis:
     def score(self, record):
         return sum((self.models[t].mahalanobis(self._x(record, t)) - self.norm[t][0]) / self.norm[t][1]
                    for t in self.taps)
+
+
+class GeometricMahalanobis(Mahalanobis):
+    """The shipped guard's rule: Ledoit-Wolf per tap, the geometric mean of the squared distances
+    over the taps, each divided by the training images' median."""
+
+    def fit(self, train):
+        super().fit(train)
+        self.medians = {t: float(np.median(self.models[t].mahalanobis(self._x(train, t)))) for t in self.taps}
+        return self
+
+    def score(self, record):
+        return np.exp(np.mean([np.log(self.models[t].mahalanobis(self._x(record, t)) / self.medians[t])
+                               for t in self.taps], axis=0))
 
 
 class KNN:
@@ -225,6 +266,24 @@ def evaluate(detector, features: dict, false_flags: float) -> dict:
     return result
 
 
+def shipped_guard_taps(model: Path, record: dict) -> list[str]:
+    """The feature keys of the taps that ``cxr export`` gives the guard (export.trust.guard_taps)."""
+    import onnx
+
+    from cxr.export.trust import guard_taps, strip_trust
+
+    proto = onnx.load(str(model))
+    strip_trust(proto)
+    wanted = {name for name, _ in guard_taps(proto)}
+    return [f"tap{i}_stats" for i, name in enumerate(record["layer_names"]) if str(name) in wanted]
+
+
+def depth_sweep(depths: list[tuple[str, str]], features: dict, false_flags: float) -> dict:
+    """The Mahalanobis distance of every activation alone: where in the network the other sites'
+    chests stand out. The guard's taps were chosen on ieee8023 (the largest collection) with this."""
+    return {f"depth sweep: {name}": evaluate(Mahalanobis([key]), features, false_flags) for key, name in depths}
+
+
 def made_up_outliers(model: Path, manifest: Path, out: Path, n: int, seed: int) -> dict[str, list[str]]:
     """Outliers for the detectors that learn from them, from the *training* split."""
     from PIL import Image
@@ -265,6 +324,8 @@ def main() -> None:
     parser.add_argument("--false-flags", type=float, default=0.01)
     parser.add_argument("--n-variants", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep", action="store_true",
+                        help="also the Mahalanobis distance at each depth alone (how the guard's taps were chosen)")
     args = parser.parse_args()
 
     sets = build_sets(args.manifest, args.other_sites, args.work / "sets", args.n_variants, args.seed)
@@ -273,6 +334,8 @@ def main() -> None:
     cache = args.work / f"features_{args.model.stem}.npz"
     np.savez(cache, **{f"{s}|{k}": v for s, r in features.items() for k, v in r.items()})
     taps = tap_names(features["train"])
+    depths = depth_taps(features["train"])
+    shipped = shipped_guard_taps(args.model, features["train"])
     train_aug = [features["train"]] + [features[f"train_{k}"] for k in ("rot90", "rot180", "inverted")]
     outliers = [features[f"train_{k}"] for k in ("rot90", "rot180", "inverted", "half", "rot270", "noise")]
     evaluated = {k: v for k, v in features.items() if not k.startswith("train_")}
@@ -287,12 +350,16 @@ def main() -> None:
         "autoencoder (MLP 256-32-256), pixels": Reconstruction("mlp"),
         "rotation/inversion head": TransformHead(taps, train_aug),
         "domain classifier, outlier exposure": OutlierExposure(taps, outliers),
+        "mahalanobis, last four 8x8 activations, geometric mean (the shipped guard)":
+            GeometricMahalanobis(shipped),
     }
     results = {}
     for name, detector in detectors.items():
         results[name] = evaluate(detector, evaluated, args.false_flags)
         print(name, json.dumps({k: round(v, 3) for k, v in results[name].items() if not k.startswith("auroc")}),
               file=sys.stderr, flush=True)
+    if args.sweep:
+        results.update(depth_sweep(depths, evaluated, args.false_flags))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sizes = {k: len(v) for k, v in sets.items()}
     args.out.write_text(json.dumps({"model": str(args.model), "false_flags_on_val": args.false_flags,

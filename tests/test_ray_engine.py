@@ -205,3 +205,24 @@ def test_evaluate_on_the_ray_engine_gives_the_local_metrics_and_exit_code(ray_in
     local, remote = next(iter(metrics["local"].values())), next(iter(metrics["ray"].values()))
     for key in ("n_rows", "n_scored", "n_errors", "at_model_threshold", "threshold_table"):
         assert local[key] == remote[key], key
+
+
+def test_a_model_output_that_is_not_a_probability_is_a_usage_error_on_ray(ray_instance, hostile_folder, tmp_path):
+    """As on the local engine (exit 2, 'not a probability'), not 'Ray run failed' (exit 69)."""
+    import onnx
+    from onnx import helper
+
+    broken = make_tiny_model(tmp_path / "broken.onnx")
+    proto = onnx.load(str(broken))
+    proto.graph.node.remove(next(n for n in proto.graph.node if n.op_type == "Sigmoid"))
+    proto.graph.node.append(helper.make_node("ReduceMean", ["x"], ["probability"], axes=[1, 2, 3], keepdims=0))
+    onnx.save(proto, str(broken))
+    code, output = run_infer(str(hostile_folder), "--model", str(broken), "--out", str(tmp_path / "o"),
+                             "--engine", "ray", "--ray-address", ray_instance)
+    assert code == 2 and "not a probability" in output, output
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_69(hostile_folder, model, tmp_path):
+    code, output = run_infer(str(hostile_folder), "--model", str(model), "--out", str(tmp_path / "o"),
+                             "--engine", "ray", "--ray-address", "127.0.0.1:1", "--ray-timeout", "5")
+    assert code == 69 and "cannot reach the Ray cluster at 127.0.0.1:1" in output, output
