@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo previous-models clean-venv training-facts trust domain domain-methods
+.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo previous-models clean-venv training-facts trust domain domain-methods docs
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -58,6 +58,10 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmark.py
 
+# docs/cli.md from every command's --help (tests/test_docs.py fails when it is out of date).
+docs: setup
+	$(BIN)/python scripts/gen_cli_docs.py
+
 clean-venv:
 	rm -rf $(VENV)
 
@@ -76,6 +80,8 @@ ROBUST_RUNS ?= runs/robust
 MODEL1_RUN  ?= runs/strong_equaliser
 MODEL2_RUN  ?= $(ROBUST_RUNS)/model2
 RESULTS     ?= results
+# The files that hold the results tables written from $(RESULTS)/metrics.json (`make results`).
+GENERATED_DOCS := README.md docs/results.md docs/robustness.md
 FULLRES     ?= ../shared/data/fullres_sample
 COMPARED    := model1 model2 model1_sigma1 model1_robust_aug model1_seed_aug model2_seed_aug
 B2_PREDS    := $(foreach m,b2_model1 b2_model2 b2_model1_bn b2_model2_bn,--preds $(RESULTS)/$(m)/predictions.csv)
@@ -123,12 +129,13 @@ domain-methods: setup $(SPLITS)/manifest.csv
 		--manifest $(SPLITS)/manifest.csv --other-sites $(OTHER_SITES) --out $(RESULTS)/domain/$(m)_methods.json \
 		> $(RESULTS)/domain/$(m)_methods.md;)
 
-# The shipped guards, shift test and calibration measured end to end (results/domain/summary.*, README).
+# The shipped guards, shift test and calibration measured end to end (results/domain/summary.*, and the
+# tables of docs/robustness.md).
 domain: setup $(SPLITS)/manifest.csv
 	rm -rf out/domain/runs
 	$(BIN)/python scripts/domain_results.py --models $(MODELS)/model1.onnx $(MODELS)/model2.onnx \
 		--manifest $(SPLITS)/manifest.csv --source $(SOURCE) --other-sites $(OTHER_SITES) --out $(RESULTS)/domain \
-		--update-readme README.md
+		--update-doc docs/robustness.md
 
 results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MODELS)/model2.onnx training-facts
 	$(MAKE) $(foreach m,$(COMPARED),$(RESULTS)/$(m)/predictions.csv $(RESULTS)/robustness/$(m)/robustness.json) \
@@ -137,12 +144,12 @@ results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MO
 	$(BIN)/cxr data prepare --source $(FULLRES) --out data/fullres_splits
 	rm -f $(RESULTS)/*.png $(RESULTS)/report.html $(RESULTS)/report.md
 	$(BIN)/cxr report --out $(RESULTS) --images-root $(SOURCE) --cam-model $(MODELS)/model1.onnx --n-boot 1000 \
-		--link-images --image-grids-for model1 --image-grids-for model2 \
+		--link-images --image-grids-for model1 --image-grids-for model2 --shipped model1 --shipped model2 \
 		$(foreach m,$(COMPARED),--preds $(RESULTS)/$(m)/predictions.csv --robustness $(RESULTS)/robustness/$(m)/robustness.json) \
 		--preds $(RESULTS)/model1_tta/predictions.csv $(B2_PREDS) \
 		--data-summary $(SPLITS)/summary.json --data-summary data/fullres_splits/summary.json \
 		$(foreach h,$(wildcard $(TRAINING)/model1/history.csv $(TRAINING)/model2/history.csv),--history $(h))
-	$(BIN)/python -m cxr.reports.render $(RESULTS)/metrics.json --update-readme README.md
+	$(BIN)/python -m cxr.reports.render $(RESULTS)/metrics.json --update-readme $(GENERATED_DOCS)
 	$(MAKE) domain
 	$(BIN)/cxr card --model $(MODELS)/model1.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"
 	$(BIN)/cxr card --model $(MODELS)/model2.onnx --metrics $(RESULTS)/metrics.json --data-note "$(CARD_DATA)"

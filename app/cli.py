@@ -38,7 +38,7 @@ def data() -> None:
               help="Kaggle-layout folder or folder of class subfolders [default: ../shared/data/chest_xray].")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/splits"), show_default=True)
 @click.option("--split-by", type=click.Choice(["patient", "image"]), default="patient", show_default=True,
-              help="'image' reproduces the seed's leaky image-level split.")
+              help="'image' reproduces the original notebook's leaky image-level split.")
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="Class folder names, negative first.")
 @click.option("--shortcut-check/--no-shortcut-check", default=True, show_default=True,
               help="Cross-validated AUC of trivial image statistics (noise, intensity, size) per class.")

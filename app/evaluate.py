@@ -100,7 +100,7 @@ DEFAULT_HISTORY = Path("evaluations/history.csv")
 
 
 def _preflight(folder: Path, max_drop: str, max_flip: str, history_path: Path,
-               metrics_file: Path | None) -> tuple[dict, dict]:
+               metrics_file: Path | None, write_baseline: Path | None = None) -> tuple[dict, dict]:
     """Everything that can be checked before the model is loaded: the folder, the gate specs and
     the output files (their folders must exist and be writable)."""
     from cxr.perturb import SUITE_NAMES
@@ -117,6 +117,8 @@ def _preflight(folder: Path, max_drop: str, max_flip: str, history_path: Path,
         check_history_file(history_path)
         if metrics_file is not None:
             check_writable_file(metrics_file, "--metrics-file")
+        if write_baseline is not None:
+            check_writable_file(write_baseline, "--write-baseline")
     except (GateSpecError, RobustnessSpecError) as exc:
         raise UsageError(str(exc)) from None
     return limits, flip_limits
@@ -144,6 +146,23 @@ def _finite(ctx, param, value):  # noqa: ANN001 - click's callback signature
     return value
 
 
+def save_baseline(path: Path | None, report: dict, verdict: str, events: Events) -> None:
+    """``--write-baseline``: this run's metrics.json, for later runs' --baseline; never from a run
+    whose gate failed or that lost files."""
+    from cxr.artifacts import MetricsReport
+
+    if path is None:
+        return
+    if verdict not in ("pass", "not_compared"):
+        events.emit("baseline", f"baseline not written to {path}: this evaluation's verdict is {verdict}", err=True)
+        return
+    try:
+        MetricsReport.write(path, report)
+    except OSError as exc:
+        raise UsageError(f"--write-baseline {path}: cannot write it ({exc.strerror or exc})") from None
+    events.emit("baseline", f"baseline written: {path} (gate later runs with --baseline {path})", always=True)
+
+
 @click.command()
 @model_option
 @click.option("--data", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -163,6 +182,9 @@ def _finite(ctx, param, value):  # noqa: ANN001 - click's callback signature
               help="Fail when the set-level test finds these images unlike the training data (p < 0.01) by more "
                    "than this KS distance (0 = any detected shift fails; needs a model with a domain guard).")
 @click.option("--allow-new-data", is_flag=True, help="Do not fail when the data differs from the baseline's.")
+@click.option("--write-baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save this evaluation's metrics.json here, to gate later runs against with --baseline "
+                   "(not written when a gate fails or a file could not be scored).")
 @click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("evaluations/history.csv"), show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluations/latest"),
@@ -182,7 +204,7 @@ def _finite(ctx, param, value):  # noqa: ANN001 - click's callback signature
 @log_format_option
 @quiet_option
 def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robustness, max_flip, robustness_seed,
-             max_shift, allow_new_data, history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
+             max_shift, allow_new_data, write_baseline, history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
              n_boot, engine, ray_address, ray_timeout, gpus_per_actor, log_format, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
     from cxr.app.infer import (check_out_dir, domain_summary, ground_truth, inside, load_model, out_dir_lock, score,
@@ -191,11 +213,12 @@ def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robust
     from cxr.artifacts import Predictions
     from cxr.reports.evaluate import (GateResult, add_robustness_failures, check_shift, finish_evaluation,
                                       folder_data_sha256)
+    from cxr.reports.render import write_reports
     from cxr.reports.robustness import check_flips
 
     started = time.time()
     events = Events(log_format, quiet, "cxr evaluate")
-    limits, flip_limits = _preflight(folder, max_drop, max_flip, history_path, metrics_file)
+    limits, flip_limits = _preflight(folder, max_drop, max_flip, history_path, metrics_file, write_baseline)
     check_out_dir(out_dir, folder)
     model = load_model(model_path, device, precision)
     baseline_values = _baseline(baseline, limits, model, baseline_model)
@@ -227,7 +250,9 @@ def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robust
         gate = finish_evaluation(report, out_dir, model.info.sha256, data_sha, baseline_values,
                                  baseline, limits, allow_new_data, history_path, gate, model.execution,
                                  {"n_files": result.n_files, "n_errors": result.n_errors})
+        write_reports(report, out_dir)  # again, now that metrics.json holds the gate's verdict
     verdict = gate.verdict
+    save_baseline(write_baseline, report, verdict, events)
     if metrics_file is not None:
         write_prometheus(metrics_file, verdict=verdict, report=report, limits=limits, baseline=baseline_values,
                          scored=result.n_files - result.n_errors, failed=result.n_errors,

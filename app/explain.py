@@ -26,7 +26,8 @@ class Explanation:
 
 
 def _keras_explainer(model_path: Path):
-    """(predict_cam function, input size, positive class) for a run folder or a .keras file."""
+    """(predict_cam function, input size, classes, threshold) for a run folder or a .keras file; a
+    Keras model has no threshold until it is exported, so 0.5."""
     from cxr.artifacts import RunFolder
     from cxr.export.gradcam import gradcam_keras
     from cxr.export.onnx_export import load_keras_model
@@ -35,7 +36,7 @@ def _keras_explainer(model_path: Path):
     model = load_keras_model(run.best if model_path.is_dir() else model_path)
     classes = run.read_config()["classes"] if run.has_config() else ["NEGATIVE", "POSITIVE"]
     size = int(model.input_shape[1])
-    return (lambda batch: gradcam_keras(model, batch.astype(np.float32))), size, classes[1]
+    return (lambda batch: gradcam_keras(model, batch.astype(np.float32))), size, classes, 0.5
 
 
 def _onnx_explainer(model_path: Path):
@@ -44,7 +45,7 @@ def _onnx_explainer(model_path: Path):
     model = OnnxClassifier(model_path, device="cpu")
     if not model.has_cam:
         raise ModelLoadError(f"{model_path} has no 'cam' output (re-export it with this version of cxr)")
-    return model.explain, model.info.input_size, model.info.positive_class
+    return model.explain, model.info.input_size, model.info.classes, model.info.threshold
 
 
 def explain_files(paths: list[Path], model_path: str | Path, out_dir: str | Path) -> list[Explanation]:
@@ -52,7 +53,7 @@ def explain_files(paths: list[Path], model_path: str | Path, out_dir: str | Path
     from cxr.reports.figures import save_explanation
 
     model_path, out_dir = Path(model_path), Path(out_dir)
-    explain, size, positive = (_onnx_explainer if model_path.suffix == ".onnx" else _keras_explainer)(model_path)
+    explain, size, classes, threshold = (_onnx_explainer if model_path.suffix == ".onnx" else _keras_explainer)(model_path)
     results, used = [], set()
     for path in map(Path, paths):
         image, error = decode_or_error(path, size)
@@ -60,8 +61,8 @@ def explain_files(paths: list[Path], model_path: str | Path, out_dir: str | Path
             results.append(Explanation(path, None, None, error))
             continue
         prob, cam = explain(image[None])
-        figure = save_explanation(image, cam[0], float(prob[0]), positive, out_dir / _unique_name(path, used),
-                                  title=path.name)
+        figure = save_explanation(image, cam[0], float(prob[0]), classes, threshold,
+                                  out_dir / _unique_name(path, used), title=path.name)
         results.append(Explanation(path, float(prob[0]), figure))
     return results
 

@@ -141,8 +141,13 @@ def export(run_dir: Path | None, from_onnx: Path | None, out_path: Path, thresho
                f"labels differ {p['labels_differ']} (tolerance {p['tolerance']:g}) -> passed")
     size_mb = result.model_path.stat().st_size / 1e6
     click.echo(f"wrote {result.model_path} ({size_mb:.1f} MB, threshold {value:.4g}) and {result.parity_path}")
-    attach_trust(result.model_path, result.model_path, manifest or run_manifest(run_dir), guard, guard_false_flags,
-                 calibration)
+    try:
+        attach_trust(result.model_path, result.model_path, manifest or run_manifest(run_dir), guard,
+                     guard_false_flags, calibration)
+    except UsageError as exc:  # a model without the guard or calibration asked for is not left behind
+        result.model_path.unlink(missing_ok=True)
+        result.parity_path.unlink(missing_ok=True)
+        raise UsageError(f"{exc}; nothing written") from None
 
 
 def run_manifest(run_dir: Path) -> Path | None:

@@ -176,16 +176,31 @@ def domain_summary(result, model, events: Events) -> dict[str, Any] | None:
     return shift
 
 
+def no_labels_reason(model, folder: Path) -> str:
+    """Why a run found no ground truth, in one clause."""
+    classes = ", ".join(model.info.classes) if model is not None else "the model's classes"
+    return (f"no folder under {folder} is named after a class ({classes}, in any case) and no --labels or "
+            "--manifest was given")
+
+
 def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 1000, model=None,
                  events: Events | None = None, **extra: Any) -> dict | None:
     """The reports stage on these predictions, when they carry ground truth."""
     from cxr.reports.summary import ReportInputError, summarize
 
+    from cxr.reports.summary import summarize_unlabelled
+
+    cam_model = model if model is not None and model.has_cam else None
+    images_root = folder if folder.is_dir() else None  # a CSV list or a URI has no image folder
     if not (result.predictions["true_label"] != "").any():
+        if events is not None:
+            events.emit("labels", f"no labels: {no_labels_reason(model, folder)}; the report shows the scores only",
+                        err=True)
+        if not full:
+            return None
+        summarize_unlabelled(result.csv_path, out_dir, images_root=images_root, cam_model=cam_model)
         return None
     try:
-        cam_model = model if model is not None and model.has_cam else None
-        images_root = folder if folder.is_dir() else None  # a CSV list or a URI has no image folder
         return summarize([result.csv_path], out_dir, images_root=images_root, with_figures=full, n_boot=n_boot,
                          cam_model=cam_model, **extra)
     except ReportInputError as exc:

@@ -37,10 +37,12 @@ from cxr.messages import first_line
               help="Draw the sample and error image grids for this model only; repeat [default: every model].")
 @click.option("--embed-images/--link-images", default=True, show_default=True,
               help="report.html holds its figures (one file that opens anywhere) or links the PNGs beside it.")
+@click.option("--shipped", "shipped", multiple=True,
+              help="A model (its name in the report) to mark as shipped; the first opens the summary. Repeat.")
 @n_boot_option
 @click.option("--seed", type=int, default=0, show_default=True)
 def report(prediction_files, out_dir, history, val_preds, target_recall, threshold_rule, images_root, cam_model,
-           robustness_files, data_summaries, groups_csv, image_grids_for, embed_images, n_boot, seed) -> None:
+           robustness_files, data_summaries, groups_csv, image_grids_for, embed_images, shipped, n_boot, seed) -> None:
     """Metrics with CIs, figures, report.md and a self-contained report.html."""
     from cxr.app.infer import load_model
     from cxr.reports.summary import ReportInputError, summarize
@@ -55,13 +57,15 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, thresho
                            target_recall=target_recall, threshold_rule=threshold_rule, images_root=images_root, n_boot=n_boot, seed=seed,
                            cam_model=explainer, robustness=robustness, shortcut=shortcut,
                            image_grids_for=list(image_grids_for) or None, embed_images=embed_images,
-                           groups=_groups_of(groups_csv))
+                           groups=_groups_of(groups_csv), shipped=list(shipped))
     except (ReportInputError, ThresholdError, ValueError, KeyError) as exc:
         raise UsageError(str(exc)) from None
+    from cxr.reports.render import value_with_ci
+
     for name, model in result["models"].items():
-        m, ci = model["at_0.5"]["metrics"], model["at_0.5"]["ci95"]
-        click.echo(f"{name}: ROC AUC {m['roc_auc']:.3f} ({ci['roc_auc'][0]:.3f}-{ci['roc_auc'][1]:.3f}), "
-                   f"accuracy {m['accuracy']:.3f}, recall {m['recall']:.3f}, specificity {m['specificity']:.3f}")
+        block = model["at_model_threshold"]
+        click.echo(f"{name} at threshold {block['threshold']:.3g}: ROC AUC {value_with_ci(block, 'roc_auc')}, "
+                   f"recall {value_with_ci(block, 'recall')}, specificity {value_with_ci(block, 'specificity')}")
     click.echo(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'report.md'}, {out_dir / 'report.html'}")
 
 

@@ -27,7 +27,7 @@ from cxr.train.config import BACKBONES, VARIANTS
 @click.option("--learning-rate", type=float, default=None)
 @click.option("--input-size", type=click.IntRange(32), default=None)
 @click.option("--augment", "augment_policy", type=click.Choice(["seed", "robust"]), default=None,
-              help="seed: the seed's augmentation table, exactly; robust: plus photometric and acquisition "
+              help="seed: the original notebook's augmentation table, exactly; robust: plus photometric and acquisition "
                    "augmentation against texture shortcuts [config: robust].")
 @click.option("--equalise-sigma", type=click.FloatRange(min=0.0), default=None,
               help="Sigma (pixels) of the fixed blur inside the model that equalises acquisition texture; "
@@ -47,7 +47,7 @@ from cxr.train.config import BACKBONES, VARIANTS
 @seed_option
 def train(variant: str, manifest: Path, out_dir: Path, config_path: Path | None, backend: str | None, resume: bool,
           max_minutes: float | None, cache_dir: Path | None, **overrides) -> None:
-    """Train model1 and/or model2 (EfficientNet + the seed's head) on a split manifest."""
+    """Train model1 and/or model2 (EfficientNet + the original notebook's head) on a split manifest."""
     from cxr.train.backend import BackendError, select_backend
 
     try:

@@ -43,8 +43,9 @@ def plot_history(history: pd.DataFrame, out: str | Path, title: str = "") -> Pat
 
 
 def save_image_grid(images, out: str | Path, titles: Sequence[str] | None = None, title: str = "",
-                    columns: int = 4, title_colors: Sequence[str] | None = None) -> Path:
-    """A grid of 0-255 images (N, H, W, 3) with optional per-image titles."""
+                    columns: int = 4, title_colors: Sequence[str] | None = None, decorate=None) -> Path:
+    """A grid of 0-255 images (N, H, W, 3) with optional per-image titles; ``decorate(fig, axes)``
+    adds to the figure before it is saved (a colour bar)."""
     images = np.clip(np.asarray(images, dtype=np.float32), 0, 255).astype(np.uint8)
     n = len(images)
     rows = max(1, int(np.ceil(n / columns)))
@@ -57,4 +58,6 @@ def save_image_grid(images, out: str | Path, titles: Sequence[str] | None = None
                 ax.set_title(titles[i], fontsize=8, color=(title_colors[i] if title_colors else "black"))
     if title:
         fig.suptitle(title)
+    if decorate is not None:
+        decorate(fig, axes)
     return save_figure(fig, out)

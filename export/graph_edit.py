@@ -2,7 +2,8 @@
 calibration step are appended to the graph the export wrote (``onnx`` only, from the [train] extra).
 
 The taps are the backbone's activations, found by their Keras layer names (``stem_activation``,
-``blockN_activation``, ``top_activation``), so the same code serves every exported EfficientNet.
+``blockN_activation`` in Lite, ``blockNx_activation`` in B0-B7, ``top_activation``), so the same code
+serves every exported EfficientNet.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import re
 
 import numpy as np
 
-ACTIVATION = re.compile(r"(stem|block(\d+)|top)_activation[^/]*/Relu6:0$")
+# The output of a Keras activation layer of the backbone: ReLU6 in EfficientNet-Lite (one Clip node),
+# swish in EfficientNet B0-B7 (Sigmoid then Mul: the Mul is the layer's output); expansion
+# activations are left out.
+ACTIVATION = re.compile(r"(stem|block(\d+[a-z]?)|top)_activation[^/]*/(Relu6|mul[^/]*):0$")
 LOGIT_CONSUMER = "Sigmoid"
 STD_EPSILON = 1e-6
 
@@ -85,8 +89,11 @@ def with_feature_outputs(proto, taps: list[tuple[str, int]]):
 
 
 def logit_name(proto) -> str:
-    """The tensor the final Sigmoid reads (the positive logit)."""
-    sigmoids = [node for node in proto.graph.node if node.op_type == LOGIT_CONSUMER]
+    """The tensor the final Sigmoid reads (the positive logit). Sigmoids inside swish activations
+    (x * sigmoid(x), EfficientNet B0-B7) feed a Mul and are not the head's."""
+    into_mul = {name for node in proto.graph.node if node.op_type == "Mul" for name in node.input}
+    sigmoids = [node for node in proto.graph.node
+                if node.op_type == LOGIT_CONSUMER and node.output[0] not in into_mul]
     if len(sigmoids) != 1:
         raise GraphEditError(f"expected one Sigmoid before the probability, found {len(sigmoids)}")
     return sigmoids[0].input[0]

@@ -59,18 +59,20 @@ class GuardFit:
 
 
 def guard_taps(proto, count: int = GUARD_TAPS) -> list[tuple[str, int]]:
-    """The guard's taps: the last ``count`` depthwise activations at 8x8 (blocks 11-14 of
-    EfficientNet-Lite2 at 128 px: the end of the 528-channel stage and the 720-channel stage),
-    found from the graph."""
+    """The guard's taps: the last ``count`` depthwise activations at 1/16 of the input size (8x8 for
+    EfficientNet-Lite2 at 128 px: blocks 11-14, the end of the 528-channel stage and the 720-channel
+    stage), found from the graph; fewer where the backbone has fewer at that size."""
     from cxr.export.graph_edit import ACTIVATION, _shapes
 
     shapes = _shapes(proto)
     acts = [(name, shapes[name]) for node in proto.graph.node for name in node.output
             if ACTIVATION.search(name) and len(shapes.get(name, [])) == 4]
-    at_8 = [(name, int(shape[1])) for name, shape in acts if shape[2] == 8]
-    if len(at_8) < count:
-        raise GraphEditError(f"the guard needs {count} backbone activations at 8x8; this graph has {len(at_8)}")
-    return at_8[-count:]
+    sides = sorted({int(shape[2]) for _, shape in acts if isinstance(shape[2], int) and shape[2] > 0})
+    if not sides:
+        raise GraphEditError("the guard needs backbone activations of known size; this graph has none")
+    size = proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value or 128
+    side = min(sides, key=lambda s: (abs(s - size / 16), s))  # 1/16 of the input, or the nearest there is
+    return [(name, int(shape[1])) for name, shape in acts if shape[2] == side][-count:]
 
 
 def feature_model(proto, taps: list[tuple[str, int]], with_logit: bool = True):
@@ -100,9 +102,16 @@ def run_features(probe, images: np.ndarray, batch: int = 64) -> tuple[list[np.nd
     return [j for n, j in zip(names, joined) if n != "logit"], logits
 
 
+MIN_GUARD_VAL = 20  # the shift test's reference needs as many (model_metadata.schema.json)
+
+
 def fit_guard(taps: list[str], train: list[np.ndarray], val: list[np.ndarray], false_flags: float) -> GuardFit:
     """Ledoit-Wolf per tap on the training features; threshold at the validation quantile."""
     from sklearn.covariance import LedoitWolf
+
+    if len(val[0]) < MIN_GUARD_VAL:
+        raise GraphEditError(f"the domain guard sets its threshold on at least {MIN_GUARD_VAL} validation images; "
+                             f"this split has {len(val[0])} (export with --no-guard)")
 
     means, roots, medians = [], [], []
     for features in train:
@@ -170,7 +179,8 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray, method: str = "platt") ->
     a = float(result.x[0])
     b = float(result.x[1]) if method == "platt" else 0.0
     if not (np.isfinite(a) and a > 0):
-        raise GraphEditError(f"calibration failed: slope {a} (the validation logits do not rank the classes)")
+        raise GraphEditError(f"calibration failed: slope {a:.4g} (the validation logits do not rank the classes); "
+                             "export with --calibration none to keep the model's own probabilities")
     return a, b
 
 

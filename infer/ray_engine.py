@@ -257,9 +257,9 @@ def connect(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> bool
         import ray
     except ImportError:
         raise RayEngineError("the ray engine needs Ray: pip install 'cxr[ray]'") from None
+    check_reachable(address, timeout)
     if ray.is_initialized():
         return False
-    check_reachable(address, timeout)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)
@@ -294,7 +294,7 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
     out_csv = Path(out_csv)
     truth = truth or GroundTruth()
     targets = list_source(source, only, Path(exclude) if exclude else None)
-    settings = {**scoring_settings(model, tta, truth, only, foreign), "engine": "ray"}
+    settings = {**scoring_settings(model, tta, truth, only, foreign, str(source)), "engine": "ray"}
     if resume and (complete := already_complete(out_csv, settings, len(targets.rels))) is not None:
         n_errors = int((complete["error"] != "").sum())
         return ScoreResult(out_csv, len(targets.rels), n_errors, 0, model.provider, 0.0, complete, settings, True)

@@ -74,9 +74,10 @@ class GroundTruth:
     def label_for(self, rel: str, classes: list[str]) -> str:
         if self.labels is not None:
             return self.labels.get(rel, self.labels.get(rel.rsplit("/", 1)[-1], ""))
+        by_case = {name.casefold(): name for name in classes}  # normal/, Pneumonia/ and NORMAL/ alike
         for part in reversed(rel.split("/")[:-1]):
-            if part in classes:
-                return part
+            if part.casefold() in by_case:
+                return by_case[part.casefold()]
         return ""
 
     def patient_for(self, rel: str) -> str:
@@ -135,11 +136,12 @@ def check_labels_match(truth: GroundTruth, rels: list[str], classes: list[str], 
 
 
 def scoring_settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selection: list[str] | None,
-                     foreign: str = "flag") -> dict[str, Any]:
+                     foreign: str = "flag", source: str = "") -> dict[str, Any]:
     info = model.info
     chosen = hashlib.sha256("\n".join(selection).encode("utf-8", "surrogateescape")).hexdigest() if selection \
         is not None else "whole folder"
-    return {"format": 2, "cxr_version": __version__, "model": info.path.name, "model_sha256": info.sha256,
+    return {"format": 2, "cxr_version": __version__, "source": source, "model": info.path.name,
+            "model_sha256": info.sha256,
             "tta": bool(tta), "threshold": info.threshold, "threshold_rule": info.contract.threshold_rule,
             "classes": info.classes, "input_size": info.input_size, "resize_rule": info.resize_rule,
             "precision": model.precision, "labels_source": truth.source, "labels_sha256": truth.sha256(),
@@ -384,7 +386,7 @@ def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path,
     rels, paths = list_targets(folder, only, Path(exclude) if exclude else None)
     stamps = dict(zip(rels, file_stamps(paths)))
     workers = effective_workers(workers)
-    settings = {**scoring_settings(model, tta, truth, only, foreign),
+    settings = {**scoring_settings(model, tta, truth, only, foreign, str(folder)),
                 "listing_sha256": listing_sha256(rels, list(stamps.values()))}
     if resume and (complete := already_complete(out_csv, settings, len(rels))) is not None:
         n_errors = int((complete["error"] != "").sum())

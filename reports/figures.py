@@ -10,7 +10,7 @@ import numpy as np
 from cxr.plots import plot_history, save_figure as _save, save_image_grid, subplots as _subplots
 
 __all__ = ["plot_history", "save_image_grid", "plot_confusion", "plot_curve", "plot_reliability", "cam_overlay",
-           "save_explanation"]
+           "save_explanation", "cam_colorbar", "plot_probability_distribution", "plot_roc"]
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: str | Path, title: str = "") -> Path:
@@ -80,18 +80,64 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
     return np.uint8(np.clip((1 - blend) * image.astype(np.float32) + blend * heat, 0, 255))
 
 
-def save_explanation(image: np.ndarray, cam: np.ndarray, probability: float, positive: str, out: str | Path,
-                     title: str = "") -> Path:
-    """Image | Grad-CAM overlay, with P(positive) in the title."""
-    fig, axes = _subplots(1, 2, figsize=(7, 3.8))
+def cam_colorbar(fig, axes) -> None:
+    """The Grad-CAM colour scale (jet, 0 = no weight, 1 = the map's strongest region) beside ``axes``."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet"]), ax=axes, fraction=0.046, pad=0.04)
+    bar.set_label("Grad-CAM weight (1 = strongest)")
+
+
+def save_explanation(image: np.ndarray, cam: np.ndarray, probability: float, classes: Sequence[str],
+                     threshold: float, out: str | Path, title: str = "") -> Path:
+    """Image | Grad-CAM overlay with its colour bar; the title says the label called, P(positive)
+    and the threshold."""
+    positive = classes[-1]
+    label = classes[int(probability >= threshold)]
+    fig, axes = _subplots(1, 2, figsize=(7.8, 3.8))
     axes[0].imshow(image)
     axes[0].set_title("image")
     axes[1].imshow(cam_overlay(image, cam))
-    axes[1].set_title(f"Grad-CAM, P({positive}) = {probability:.3f}")
+    axes[1].set_title(f"Grad-CAM: called {label}\nP({positive}) = {probability:.3f}, threshold {threshold:.3g}",
+                      fontsize=9)
     for ax in axes:
         ax.axis("off")
+    cam_colorbar(fig, axes[1])
     if title:
         fig.suptitle(title, fontsize=9)
+    return _save(fig, out)
+
+
+def plot_probability_distribution(p: np.ndarray, threshold: float, positive: str, out: str | Path) -> Path:
+    """Histogram of P(positive) over the scored images, with the threshold marked."""
+    fig, ax = _subplots(figsize=(6.4, 3.2))
+    ax.hist(p, bins=np.linspace(0, 1, 41), color="tab:blue")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    n_called = int((np.asarray(p) >= threshold).sum())
+    ax.set_title(f"P({positive}) of {len(p)} scored images: {n_called} at or above the threshold")
+    ax.set_xlabel(f"P({positive})")
+    ax.set_ylabel("images")
+    ax.legend()
+    return _save(fig, out)
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, operating: tuple[float, float], threshold: float, auc: float,
+             out: str | Path) -> Path:
+    """The ROC curve with the operating point (1 - specificity, sensitivity at ``threshold``) marked."""
+    fig, ax = _subplots(figsize=(4.0, 3.8))
+    ax.plot(fpr, tpr, lw=2)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.plot(*operating, "o", color="tab:red", ms=8,
+            label=f"threshold {threshold:.3g}:\nsens {operating[1]:.3f}, spec {1 - operating[0]:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"ROC, AUC {auc:.3f}")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
     return _save(fig, out)
 
 

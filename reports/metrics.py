@@ -119,6 +119,51 @@ def bootstrap_ci(y, p, threshold: float, groups: Sequence[str] | None = None, n_
     return result
 
 
+MIN_PER_CLASS = 10  # no interval from fewer positives or negatives than this: "too few"
+WILSON = "Wilson score (images)"
+BOOTSTRAP = "patient bootstrap"
+TOO_FEW = "too few"
+
+
+def wilson_interval(k: float, n: float, alpha: float = 0.05) -> list[float]:
+    """The Wilson score interval of a proportion ``k / n`` (scipy's binomtest)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(round(k)), int(round(n))).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def _proportions(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, tuple[int, int]]:
+    """(successes, trials) of each headline metric that is a simple proportion."""
+    pred = p >= threshold
+    pos, neg = y == 1, y == 0
+    tp, tn, fp = int((pred & pos).sum()), int((~pred & neg).sum()), int((pred & neg).sum())
+    return {"accuracy": (tp + tn, len(y)), "recall": (tp, int(pos.sum())), "specificity": (tn, int(neg.sum())),
+            "precision": (tp, tp + fp)}
+
+
+def confidence_intervals(y, p, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000,
+                         seed: int = 0, alpha: float = 0.05) -> tuple[dict[str, list[float] | None], dict[str, str]]:
+    """(ci95, method) of every headline metric: Wilson for proportions (accuracy, precision, recall,
+    specificity), the patient bootstrap for the rest (ROC AUC, Brier, ECE, ...). No interval
+    (``None``, method "too few") when the set holds fewer than ``MIN_PER_CLASS`` positives or
+    negatives, or a proportion has fewer than ``MIN_PER_CLASS`` trials."""
+    y, p = np.asarray(y).astype(int), np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    if min(int(y.sum()), int((1 - y).sum())) < MIN_PER_CLASS:
+        return {name: None for name in METRIC_ORDER}, {name: TOO_FEW for name in METRIC_ORDER}
+    boot = bootstrap_ci(y, p, threshold, groups, n_boot=n_boot, seed=seed, alpha=alpha)
+    ci: dict[str, list[float] | None] = {}
+    method: dict[str, str] = {}
+    proportions = _proportions(y, p, threshold)
+    for name in METRIC_ORDER:
+        if name in proportions:
+            k, n = proportions[name]
+            ci[name], method[name] = (wilson_interval(k, n, alpha), WILSON) if n >= MIN_PER_CLASS else (None, TOO_FEW)
+        else:
+            ci[name], method[name] = boot[name], BOOTSTRAP
+    return ci, method
+
+
 def threshold_table(y: np.ndarray, p: np.ndarray, thresholds: Sequence[float]) -> list[dict[str, Any]]:
     rows = []
     for t in thresholds:

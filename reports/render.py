@@ -9,69 +9,104 @@ from typing import Any
 
 from cxr.artifacts import METRIC_NAMES
 from cxr.files import write_text_atomic
+from cxr.reports.panel import SummaryPanel, summary_panel
 from cxr.reports.robustness import robustness_rows
 from cxr.thresholds import describe_rule
 
 HEADLINE = METRIC_NAMES
 COMPARE = ("accuracy", "precision", "recall", "f1", "roc_auc")
+INTERVALS_NOTE = ("95% intervals: Wilson for proportions, patient bootstrap for the rest; none from fewer than "
+                  "10 positives or negatives")
+METRIC_HEADER = ["metric", "value", "95% interval", "interval method"]
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None or value != value else f"{value:.3f}"
 
 
+def ci_text(block: dict[str, Any], name: str, sep: str = "–") -> str:
+    """A metric's 95% interval as text: "low–high", or "too few" where none was computed."""
+    ci = (block.get("ci95") or {}).get(name)
+    if not ci or ci[0] is None or ci[0] != ci[0]:
+        return "too few" if (block.get("ci_method") or {}).get(name, "too few") == "too few" or not ci else "-"
+    return f"{_fmt(ci[0])}{sep}{_fmt(ci[1])}"
+
+
+def value_with_ci(block: dict[str, Any], name: str) -> str:
+    """"0.950 (0.910–0.975)", or "0.950 (too few)"."""
+    return f"{_fmt(block['metrics'][name])} ({ci_text(block, name)})"
+
+
 def _metric_rows(block: dict[str, Any]) -> list[list[str]]:
-    return [[name, _fmt(block["metrics"][name]),
-             f"{_fmt(block['ci95'][name][0])} - {_fmt(block['ci95'][name][1])}"] for name in HEADLINE]
+    methods = block.get("ci_method") or {}
+    return [[name, _fmt(block["metrics"][name]), ci_text(block, name), methods.get(name, "patient bootstrap")]
+            for name in HEADLINE]
+
+
+def _label(report: dict[str, Any], name: str) -> str:
+    return f"{name} (shipped)" if name in (report.get("shipped") or []) else name
 
 
 def _comparison_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, result in report["models"].items():
-        m = result["at_0.5"]["metrics"]
-        ci = result["at_0.5"]["ci95"]
-        rows.append([f"{name} (this run, threshold 0.5)", "these predictions"]
-                    + [f"{_fmt(m[k])} ({_fmt(ci[k][0])}-{_fmt(ci[k][1])})" for k in COMPARE])
-    for pub in report["published"]:
-        rows.append([f"{pub['name']} (published)", pub["split"]] + [_fmt(pub[k]) for k in COMPARE])
+        if "at_0.5" not in result:
+            continue
+        block = result["at_model_threshold"]
+        rows.append([_label(report, name), f"{block['threshold']:.3g}"]
+                    + [value_with_ci(block, k) for k in COMPARE])
     return rows
 
 
-def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
-    """(title, header, rows, figure files) for every table of the report."""
-    sections = [("Comparison (published figures come from other splits and are not directly comparable)",
-                 ["model", "data / split"] + list(COMPARE), _comparison_rows(report), [])]
-    val = report.get("val_threshold")
+def _published_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = [[f"{pub['name']} (published)", pub["split"]] + [_fmt(pub[k]) for k in COMPARE]
+            for pub in report["published"]]
     for name, result in report["models"].items():
-        counts = (f"{result['n_rows']} files, {result['n_scored']} scored, {result['n_errors']} errors, "
-                  f"{result['n_labelled']} labelled, {result['n_patients']} patients")
-        sections.append((f"{name}: metrics at threshold 0.5 ({counts}; 95% CI: patient bootstrap, "
-                         f"n={result['bootstrap']['n']})", ["metric", "value", "95% CI"],
-                         _metric_rows(result["at_0.5"]), []))
-        model_t = result["at_model_threshold"]["threshold"]
-        rule = (result.get("settings") or {}).get("threshold_rule")
-        rule_note = f"; rule: {describe_rule({'threshold': model_t, **rule})}" if rule and "rule" in rule else ""
-        if model_t != 0.5:
-            sections.append((f"{name}: metrics at the model's own threshold {model_t:.4f} (from its metadata"
-                             f"{rule_note})", ["metric", "value", "95% CI"], _metric_rows(result["at_model_threshold"]),
-                             []))
-        if "at_val_threshold" in result:
-            sections.append((f"{name}: metrics at the validation threshold {val['threshold']:.4f} "
-                             f"(target recall {val['target_recall']})", ["metric", "value", "95% CI"],
-                             _metric_rows(result["at_val_threshold"]), []))
-        table = result["threshold_table"]
-        figs = dict(result.get("figures", {}))
-        failure_figs = {k: figs.pop(k) for k in ("false_positives", "false_negatives", "error_p") if k in figs}
-        figs.pop("domain_flagged", None)  # shown in the domain section
-        sections.append((f"{name}: threshold trade-off", list(table[0].keys()),
-                         [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
-                         list(figs.values())))
-        if result.get("domain"):
-            sections.extend(_domain_sections(name, result))
-        if result.get("subgroups"):
-            sections.append(_subgroup_section(name, result))
-        if result.get("failure_analysis"):
-            sections.append(_failure_section(name, result, list(failure_figs.values())))
+        if "at_0.5" in result:
+            rows.append([f"{_label(report, name)} (these predictions, threshold 0.5)", "this run"]
+                        + [value_with_ci(result["at_0.5"], k) for k in COMPARE])
+    return rows
+
+
+Section = tuple[str, list[str], list[list[str]], list[str]]
+
+
+def _sections(report: dict[str, Any]) -> list[Section]:
+    """(title, header, rows, figure files) for every table of the report, published figures last."""
+    sections = []
+    if len(report["models"]) > 1:
+        sections.append(("Models compared, each at its own threshold",
+                         ["model", "threshold"] + list(COMPARE), _comparison_rows(report), []))
+    for name, result in report["models"].items():
+        sections += _unlabelled_sections(name, result) if "at_0.5" not in result else _model_sections(report, name)
+    sections += _shared_sections(report)
+    if any("at_0.5" in result for result in report["models"].values()):
+        sections.append(("Published figures (from other data splits: for context, not directly comparable)",
+                         ["model", "data / split"] + list(COMPARE), _published_rows(report), []))
+    return sections
+
+
+def _unlabelled_sections(name: str, result: dict[str, Any]) -> list[Section]:
+    q = result["p_quantiles"]
+    positive = result["classes"][-1]
+    figs = result.get("figures") or {}
+    counts = [["files", str(result["n_rows"])], ["scored", str(result["n_scored"])],
+              ["could not be read", str(result["n_errors"])],
+              [f"called {positive} (P at or above {result['threshold']:.3g})", str(result["n_called_positive"])],
+              [f"called {result['classes'][0]}", str(result["n_called_negative"])],
+              ["flagged outside the training domain", str(result["n_outside_domain"])],
+              ["with any quality flag", str(result["n_qc_flagged"])]]
+    spread = [[f"{float(k):.0%}", f"{v:.4f}"] for k, v in q.items()]
+    suspicious = [[item["path"], f"{item['p']:.4f}", item["qc"]] for item in result["suspicious"]]
+    return [(f"{name}: what was called (no labels)", ["", ""], counts, []),
+            (f"{name}: distribution of P({positive})", ["quantile", f"P({positive})"], spread,
+             [figs["distribution"]] if "distribution" in figs else []),
+            (f"{name}: images to review first (highest P({positive}))", ["path", f"P({positive})", "qc"], suspicious,
+             [figs["suspicious"]] if "suspicious" in figs else [])]
+
+
+def _shared_sections(report: dict[str, Any]) -> list[Section]:
+    sections = []
     for name, section in (report.get("robustness") or {}).items():
         header, rows = robustness_rows(section)
         sections.append((f"{name}: robustness suite ({section['n_images']} images, threshold "
@@ -85,6 +120,42 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
                          [[row["item"], row["guideline"], row["answer"]] for row in report["checklist"]], []))
     if report["figures"]:
         sections.append(("Training curves", [], [], list(report["figures"].values())))
+    return sections
+
+
+def _model_sections(report: dict[str, Any], name: str) -> list[Section]:
+    """One model's tables: its metrics at its own threshold first, then at 0.5 and at the validation
+    threshold, the trade-off, the domain guard, subgroups and failures."""
+    result = report["models"][name]
+    label = _label(report, name)
+    counts = (f"{result['n_rows']} files, {result['n_scored']} scored, {result['n_errors']} errors, "
+              f"{result['n_labelled']} labelled, {result['n_patients']} patients; {INTERVALS_NOTE}, "
+              f"bootstrap n={result['bootstrap']['n']}")
+    model_t = result["at_model_threshold"]["threshold"]
+    rule = (result.get("settings") or {}).get("threshold_rule")
+    rule_note = f"; rule: {describe_rule({'threshold': model_t, **rule})}" if rule and "rule" in rule else ""
+    sections = [(f"{label}: metrics at its threshold {model_t:.4g} ({counts}{rule_note})", METRIC_HEADER,
+                 _metric_rows(result["at_model_threshold"]), [])]
+    if model_t != 0.5:
+        sections.append((f"{label}: metrics at threshold 0.5", METRIC_HEADER, _metric_rows(result["at_0.5"]), []))
+    val = report.get("val_threshold")
+    if "at_val_threshold" in result:
+        sections.append((f"{label}: metrics at the validation threshold {val['threshold']:.4f} "
+                         f"(target recall {val['target_recall']})", METRIC_HEADER,
+                         _metric_rows(result["at_val_threshold"]), []))
+    table = result["threshold_table"]
+    figs = dict(result.get("figures", {}))
+    failure_figs = {k: figs.pop(k) for k in ("false_positives", "false_negatives", "error_p") if k in figs}
+    figs.pop("domain_flagged", None)  # shown in the domain section
+    sections.append((f"{label}: threshold trade-off", list(table[0].keys()),
+                     [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
+                     list(figs.values())))
+    if result.get("domain"):
+        sections.extend(_domain_sections(name, result))
+    if result.get("subgroups"):
+        sections.append(_subgroup_section(name, result))
+    if result.get("failure_analysis"):
+        sections.append(_failure_section(name, result, list(failure_figs.values())))
     return sections
 
 
@@ -112,15 +183,14 @@ def _domain_sections(name: str, result: dict[str, Any]) -> list[tuple]:
                    "the labelled images above, which already leave out the unscored flagged ones")
         sections.append((f"{name}: metrics on the {block['n']} in-domain labelled images only (threshold "
                          f"{block['threshold']:.4g}; compare with {compare})",
-                         ["metric", "value", "95% CI"], _metric_rows(block), []))
+                         METRIC_HEADER, _metric_rows(block), []))
     return sections
 
 
 def _with_ci(row: dict[str, Any], name: str) -> str:
     if name not in row["metrics"]:
         return "-"
-    ci = row["ci95"].get(name)
-    return f"{_fmt(row['metrics'][name])}" + (f" ({_fmt(ci[0])}-{_fmt(ci[1])})" if ci else "")
+    return value_with_ci(row, name)
 
 
 def _subgroup_section(name: str, result: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
@@ -128,7 +198,7 @@ def _subgroup_section(name: str, result: dict[str, Any]) -> tuple[str, list[str]
     rows = [[f"{row['factor']}: {row['group']}", str(row["n_images"]), str(row["n_patients"]),
              _with_ci(row, "recall"), _with_ci(row, "specificity"), _with_ci(row, "accuracy"),
              _with_ci(row, "roc_auc"), row["flag"]] for row in result["subgroups"]]
-    return (f"{name}: subgroups at threshold {threshold:.4g} (95% CI: patient bootstrap)",
+    return (f"{name}: subgroups at threshold {threshold:.4g} ({INTERVALS_NOTE})",
             ["subgroup", "images", "patients", "recall", "specificity", "accuracy", "ROC AUC", "flag"], rows, [])
 
 
@@ -164,8 +234,22 @@ def _shortcut_section(check: dict[str, Any]) -> tuple[str, list[str], list[list[
     return title, ["statistics", "CV ROC AUC", "detail"], rows, []
 
 
+def _panel_markdown(panel: SummaryPanel) -> list[str]:
+    lines = [f"**{panel.verdict}**", "", f"| {panel.model} | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in panel.identity + panel.data]
+    lines += ["", "| at the operating threshold | value | 95% interval |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {interval} |" for name, value, interval in panel.headline]
+    lines += [""] + ([f"- WARNING: {line}" for line in panel.warnings] or ["No warnings."]) + [""]
+    return lines
+
+
 def to_markdown(report: dict[str, Any]) -> str:
-    lines = ["# cxr evaluation report", "", f"Generated {report['generated']}.", ""]
+    """report.md: the summary (verdict first), then every section."""
+    lines = ["# cxr evaluation report", ""] + _panel_markdown(summary_panel(report))
+    lines += [f"Generated {report['generated']}.", ""]
+    gate = report.get("gate") or {}
+    if gate.get("messages"):
+        lines += ["## What the gate compared", ""] + [f"- {line}" for line in gate["messages"]] + [""]
     for title, header, rows, figs in _sections(report):
         lines += [f"## {title}", ""]
         if header:
@@ -180,21 +264,80 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:1em auto;padding:0 1em;font-size:14px}"
+         "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+         "td:first-child{text-align:left}th{background:#f0f0f0}"
+         "img{max-width:100%;margin:0.5em 0.5em 0.5em 0;display:inline-block;vertical-align:top}"
+         "#summary{border:2px solid #444;border-radius:6px;padding:0.6em 1em;margin-bottom:1em}"
+         "#summary .verdict{font-size:17px;font-weight:bold;margin:0.2em 0 0.5em}"
+         "#summary .columns{display:flex;gap:1.5em;align-items:flex-start}"
+         "#summary td{font-size:13px;padding:2px 6px;max-width:520px;overflow-wrap:anywhere;text-align:left}"
+         ".note{color:#444;font-size:13px;margin:0.2em 0}"
+         "#summary img{width:280px;margin:0}#summary ul{margin:0.4em 0;padding-left:1.2em;font-size:13px}"
+         ".warn{color:#a40000}details{margin:0.3em 0}summary{cursor:pointer}summary h2{display:inline;font-size:16px}"
+         "nav ol{columns:2;font-size:13px}")
+
+
+def _table_html(header: list[str], rows: list[list[str]], css: str = "") -> str:
+    cls = f" class='{css}'" if css else ""
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if any(header) else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table{cls}>{head}{body}</table>"
+
+
+def _img_html(name: str, folder: Path, embed_images: bool, css: str = "") -> str:
+    cls = f" class='{css}'" if css else ""
+    src = _data_uri(folder / name) if embed_images else html.escape(Path(name).name)
+    return f"<img{cls} alt='{html.escape(Path(name).stem)}' src='{src}'>"
+
+
+def _panel_html(panel: SummaryPanel, folder: Path, embed_images: bool) -> str:
+    """The first screen: verdict, model and data, headline figures, ROC, warnings."""
+    facts = _table_html([panel.model, ""], [list(row) for row in panel.identity + panel.data], "facts")
+    headline = _table_html(["at the operating threshold", "value", "95% interval"], [list(r) for r in panel.headline],
+                           "headline")
+    others = (_table_html(["other models", "sensitivity", "specificity", "ROC AUC"], [list(r) for r in panel.others],
+                          "others") if panel.others else "")
+    roc = (_img_html(panel.roc_figure, folder, embed_images, "roc")
+           if panel.roc_figure and (folder / panel.roc_figure).is_file() else "")
+    warnings = ("<ul class='warn'>" + "".join(f"<li>{html.escape(w)}</li>" for w in panel.warnings) + "</ul>"
+                if panel.warnings else "<p>No warnings.</p>")
+    return (f"<section id='summary'><p class='verdict'>{html.escape(panel.verdict)}</p><div class='columns'>"
+            f"<div>{facts}</div><div>{headline}{others}</div><div>{roc}</div></div>{warnings}</section>")
+
+
+def _split_title(title: str) -> tuple[str, str]:
+    """("model1: threshold trade-off", "its note") from "model1: threshold trade-off (its note)"."""
+    short, sep, note = title.partition(" (")
+    return (short, note[:-1] if note.endswith(")") else note) if sep else (title, "")
+
+
+def _anchor(index: int) -> str:
+    return f"section-{index + 1}"
+
+
 def to_html(report: dict[str, Any], folder: Path, embed_images: bool = True) -> str:
+    """report.html: the summary panel, a table of contents, then every section collapsed."""
+    sections = _sections(report)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cxr evaluation report</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right}td:first-child{text-align:left}th{background:#f0f0f0}"
-             "img{max-width:100%;margin:0.5em 0.5em 0.5em 0;display:inline-block;vertical-align:top}</style>",
-             "</head><body><h1>cxr evaluation report</h1>", f"<p>Generated {html.escape(report['generated'])}.</p>"]
-    for title, header, rows, figs in _sections(report):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
+             f"<style>{STYLE}</style></head><body><h1>cxr evaluation report</h1>",
+             _panel_html(summary_panel(report), folder, embed_images),
+             f"<p>Generated {html.escape(report['generated'])}.</p><nav id='contents'><h2>Contents</h2><ol>"]
+    parts += [f"<li><a href='#{_anchor(i)}'>{html.escape(_split_title(title)[0])}</a></li>"
+              for i, (title, *_) in enumerate(sections)]
+    parts.append("</ol></nav>")
+    gate = report.get("gate") or {}
+    if gate.get("messages"):
+        parts.append("<h2>What the gate compared</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>"
+                                                                     for m in gate["messages"]) + "</ul>")
+    for i, (title, header, rows, figs) in enumerate(sections):
+        short, note = _split_title(title)
+        parts.append(f"<details id='{_anchor(i)}'><summary><h2>{html.escape(short)}</h2></summary>"
+                     + (f"<p class='note'>{html.escape(note)}</p>" if note else ""))
         if header:
-            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
-            parts.append("</table>")
-        parts += [f"<img alt='{html.escape(Path(f).stem)}' "
-                  f"src='{_data_uri(folder / f) if embed_images else html.escape(Path(f).name)}'>" for f in figs]
+            parts.append(_table_html(header, rows))
+        parts += [_img_html(f, folder, embed_images) for f in figs]
+        parts.append("</details>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -213,8 +356,7 @@ def readme_table(report: dict[str, Any], split_note: str) -> str:
         lines.append(f"| {pub['name']} (published) | {pub['split']} | "
                      + " | ".join(_fmt(pub[k]) for k in COMPARE) + " |")
     for name, result in report["models"].items():
-        m, ci = result["at_0.5"]["metrics"], result["at_0.5"]["ci95"]
-        cells = [f"{_fmt(m[k])} ({_fmt(ci[k][0])}–{_fmt(ci[k][1])})" for k in COMPARE]
+        cells = [value_with_ci(result["at_0.5"], k) for k in COMPARE]
         lines.append(f"| {name} | {split_note} ({result['n_labelled']} images) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -239,8 +381,7 @@ def readme_robustness_table(report: dict[str, Any]) -> str:
         lowest = min(gated, key=lambda k: gated[k]["roc_auc"])
         worst = max((k for k in rows if k != "clean"), key=lambda k: rows[k]["max_flip_rate"])
         block = report["models"].get(name, {}).get("at_model_threshold")
-        recall = (f"{_fmt(block['metrics']['recall'])} ({_fmt(block['ci95']['recall'][0])}–"
-                  f"{_fmt(block['ci95']['recall'][1])})" if block else "-")
+        recall = value_with_ci(block, "recall") if block else "-"
         fp = [rows[k]["classes"][negative]["called_other"] for k in ("clean", "noise2")]
         lines.append(f"| {name} | {section['threshold']:.3f} | {recall} | {_fmt(rows['clean']['roc_auc'])} | "
                      f"{_fmt(rows[lowest]['roc_auc'])} ({lowest}) | {_fmt(rows['noise5']['roc_auc'])} / "
@@ -249,25 +390,57 @@ def readme_robustness_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(report: dict[str, Any], readme: Path) -> None:
-    """Rewrite README's generated blocks (``<!-- results:start -->``, ``<!-- robustness:start -->``)."""
+def update_readme(report: dict[str, Any], *files: Path, write: bool = True) -> dict[Path, str]:
+    """Rewrite the generated tables of README.md and docs/ from metrics.json, and return the texts.
+
+    Blocks: ``<!-- results:start -->`` (README: the published rows and the shipped models, those
+    metrics.json marks as shipped, else model1 and model2), ``<!-- results-all:start -->`` (docs/results.md: every model) and
+    ``<!-- robustness:start -->`` (docs/robustness.md). Each block is rewritten in whichever of
+    ``files`` holds it; a block that none of them holds is an error (ValueError), so that a moved
+    block is never left stale. The published rows are named for readers ("original notebook").
+    With ``write=False`` nothing is written (tests compare the returned texts with the files)."""
     import re
 
-    text = readme.read_text(encoding="utf-8")
-    for tag, table in (("results", readme_table(report, README_SPLIT_NOTE)),
-                       ("robustness", readme_robustness_table(report))):
-        text = re.sub(rf"<!-- {tag}:start -->\n.*?<!-- {tag}:end -->",
-                      lambda _: f"<!-- {tag}:start -->\n{table}<!-- {tag}:end -->", text, flags=re.S)
-    write_text_atomic(readme, text)
+    def plain(text: str) -> str:
+        return text.replace("seed report", "original notebook").replace("seed's", "original notebook's")
+
+    readable = {**report, "published": [{**pub, "name": plain(pub["name"]), "split": plain(pub["split"])}
+                                         for pub in report.get("published", [])]}
+    names = report.get("shipped") or ("model1", "model2")
+    shipped = {**readable, "models": {k: v for k, v in readable["models"].items() if k in names}}
+    tables = {"results": readme_table(shipped, README_SPLIT_NOTE),
+              "results-all": readme_table(readable, README_SPLIT_NOTE),
+              "robustness": readme_robustness_table(readable)}
+    texts = {Path(f): Path(f).read_text(encoding="utf-8") for f in files}
+    for tag, table in tables.items():
+        block = re.compile(rf"<!-- {tag}:start -->\n.*?<!-- {tag}:end -->", flags=re.S)
+        holders = [f for f, text in texts.items() if block.search(text)]
+        if not holders:
+            raise ValueError(f"no <!-- {tag}:start --> ... <!-- {tag}:end --> block in "
+                             + (", ".join(str(f) for f in files) or "no file given"))
+        for f in holders:
+            texts[f] = block.sub(lambda _: f"<!-- {tag}:start -->\n{table}<!-- {tag}:end -->", texts[f])
+    if write:
+        for f, text in texts.items():
+            write_text_atomic(f, text)
+    return texts
 
 
-if __name__ == "__main__":  # python -m cxr.reports.render results/metrics.json [--robustness | --update-readme README.md]
+if __name__ == "__main__":
+    # python -m cxr.reports.render results/metrics.json [--robustness]: print a table;
+    # python -m cxr.reports.render results/metrics.json --update-readme README.md docs/results.md docs/robustness.md
     import json
     import sys
 
     loaded = json.loads(Path(sys.argv[1]).read_text())
     if "--update-readme" in sys.argv:
-        update_readme(loaded, Path(sys.argv[sys.argv.index("--update-readme") + 1]))
+        targets = [Path(a) for a in sys.argv[sys.argv.index("--update-readme") + 1:] if not a.startswith("--")]
+        if not targets:
+            sys.exit("--update-readme needs the files that hold the generated blocks")
+        try:
+            update_readme(loaded, *targets)
+        except ValueError as exc:
+            sys.exit(str(exc))
     else:
         print(readme_robustness_table(loaded) if "--robustness" in sys.argv[2:] else
               readme_table(loaded, README_SPLIT_NOTE), end="")

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cxr.artifacts import unescape_path
+from cxr.reports.metrics import MIN_PER_CLASS, wilson_interval
 
-MIN_PATIENTS_FOR_CI = 10
 SIZE_BANDS = ((0, "< 1000 px"), (1000, "1000-1999 px"), (2000, ">= 2000 px"))
 _TYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
 
@@ -63,16 +63,6 @@ def subgroup_columns(data: pd.DataFrame, negative: str, images_root: Path | None
     return columns
 
 
-def _rate_ci(hits: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> list[float]:
-    """Patient-bootstrap 95% CI of a mean of 0/1 outcomes."""
-    _, inverse = np.unique(patients, return_inverse=True)
-    k, n = np.bincount(inverse, weights=hits), np.bincount(inverse)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(n), (n_boot, len(n)))
-    rates = k[picks].sum(axis=1) / n[picks].sum(axis=1)
-    return [float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))]
-
-
 def _auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> tuple[float, list]:
     from cxr.reports.metrics import bootstrap_ci
 
@@ -83,31 +73,41 @@ def _auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, see
 
 def subgroup_metrics(data: pd.DataFrame, threshold: float, columns: dict[str, pd.Series], *, n_boot: int = 1000,
                      seed: int = 0) -> list[dict[str, Any]]:
-    """Per subgroup: counts, recall / specificity / accuracy (and ROC AUC with both classes) with
-    patient-bootstrap CIs; ``flag`` says when there are too few patients for a CI."""
+    """Per subgroup: counts, recall / specificity / accuracy with Wilson intervals and ROC AUC with a
+    patient-bootstrap interval. No interval from fewer than ``MIN_PER_CLASS`` trials (``flag`` says
+    so), and no subgroup of a factor that puts every image in one group."""
     rows = []
     for column, values in columns.items():
+        if values.nunique() < 2:
+            continue
         for value in sorted(values.unique()):
-            part = data[values == value]
-            y, p, patients = part["y"].to_numpy(), part["p"].to_numpy(), part["patient_id"].to_numpy()
-            n_patients = len(set(patients))
-            with_ci = n_patients >= MIN_PATIENTS_FOR_CI
-            row = {"factor": column, "group": value, "n_images": int(len(part)), "n_patients": n_patients,
-                   "n_positive": int(y.sum()), "n_negative": int((1 - y).sum()), "metrics": {}, "ci95": {},
-                   "flag": "" if with_ci else f"too few patients for a CI ({n_patients} < {MIN_PATIENTS_FOR_CI})"}
-            pred = (p >= threshold).astype(int)
-            for name, mask, hit in (("recall", y == 1, pred == 1), ("specificity", y == 0, pred == 0),
-                                    ("accuracy", np.ones_like(y, bool), pred == y)):
-                if mask.any():
-                    row["metrics"][name] = float(hit[mask].mean())
-                    if with_ci:
-                        row["ci95"][name] = _rate_ci(hit[mask].astype(float), patients[mask], n_boot, seed)
-            if len(np.unique(y)) == 2:
-                row["metrics"]["roc_auc"], ci = _auc_ci(y, p, patients, n_boot, seed)
-                if with_ci:
-                    row["ci95"]["roc_auc"] = ci
-            rows.append(row)
+            rows.append(_subgroup_row(data[values == value], column, value, threshold, n_boot, seed))
     return rows
+
+
+def _subgroup_row(part: pd.DataFrame, column: str, value: str, threshold: float, n_boot: int, seed: int) -> dict:
+    y, p, patients = part["y"].to_numpy(), part["p"].to_numpy(), part["patient_id"].to_numpy()
+    row = {"factor": column, "group": value, "n_images": int(len(part)), "n_patients": len(set(patients)),
+           "n_positive": int(y.sum()), "n_negative": int((1 - y).sum()), "metrics": {}, "ci95": {}, "flag": ""}
+    pred = (p >= threshold).astype(int)
+    too_few = []
+    for name, mask, hit in (("recall", y == 1, pred == 1), ("specificity", y == 0, pred == 0),
+                            ("accuracy", np.ones_like(y, bool), pred == y)):
+        if mask.any():
+            row["metrics"][name] = float(hit[mask].mean())
+            if mask.sum() >= MIN_PER_CLASS:
+                row["ci95"][name] = wilson_interval(int(hit[mask].sum()), int(mask.sum()))
+            else:
+                too_few.append(name)
+    if len(np.unique(y)) == 2:
+        row["metrics"]["roc_auc"], ci = _auc_ci(y, p, patients, n_boot, seed)
+        if min(row["n_positive"], row["n_negative"]) >= MIN_PER_CLASS:
+            row["ci95"]["roc_auc"] = ci
+        else:
+            too_few.append("roc_auc")
+    if too_few:
+        row["flag"] = f"too few images for an interval ({', '.join(too_few)}; fewer than {MIN_PER_CLASS})"
+    return row
 
 
 def failure_analysis(data: pd.DataFrame, threshold: float, classes: list[str],
@@ -160,8 +160,8 @@ def checklist(report: dict[str, Any]) -> list[dict[str, str]]:
         rows.append({"item": item, "guideline": ref, "answer": answer})
 
     add("Performance with CIs in key subgroups", "TRIPOD+AI 23a",
-        "see the subgroup tables (patient-bootstrap 95% CIs; groups with fewer than "
-        f"{MIN_PATIENTS_FOR_CI} patients are flagged)" if first.get("subgroups") else
+        "see the subgroup tables (95% intervals: Wilson for proportions, patient bootstrap for ROC AUC; "
+        f"no interval from fewer than {MIN_PER_CLASS} images, which the table flags)" if first.get("subgroups") else
         "not available: no subgroup could be derived from these predictions")
     rules = []
     for name, result in models.items():

@@ -15,16 +15,16 @@ from cxr.data import patient_id_from_name
 from cxr.reports import figures
 from cxr.reports.robustness import plot_robustness
 from cxr.reports.standards import checklist, failure_analysis, subgroup_columns, subgroup_metrics
-from cxr.reports.metrics import binary_metrics, bootstrap_ci, reliability_curve, threshold_table
+from cxr.reports.metrics import binary_metrics, confidence_intervals, reliability_curve, threshold_table
 from cxr.thresholds import choose_val_threshold
 
 # Published figures from other data splits, for context only (not comparable one to one).
 PUBLISHED = [
     {"name": "Kermany et al. 2018 (paper)", "split": "original Kaggle test split (624 images), Inception V3",
      "accuracy": 0.96, "precision": 0.97, "recall": 0.96, "f1": 0.96, "roc_auc": 0.991},
-    {"name": "seed report, model1", "split": "seed's image-level random split (patients leak)",
+    {"name": "original notebook, model1", "split": "the notebook's image-level random split (patients leak)",
      "accuracy": 0.891, "precision": 0.995, "recall": 0.855, "f1": 0.920, "roc_auc": 0.990},
-    {"name": "seed report, model2", "split": "seed's image-level random split (patients leak)",
+    {"name": "original notebook, model2", "split": "the notebook's image-level random split (patients leak)",
      "accuracy": 0.880, "precision": 0.910, "recall": 0.926, "f1": 0.918, "roc_auc": 0.934},
 ]
 
@@ -51,8 +51,9 @@ def _labelled(frame: pd.DataFrame, prob_col: str, classes: list[str]) -> pd.Data
 
 
 def _block(y, p, threshold, groups, n_boot, seed) -> dict[str, Any]:
-    return {"threshold": float(threshold), "metrics": binary_metrics(y, p, threshold),
-            "ci95": bootstrap_ci(y, p, threshold, groups, n_boot=n_boot, seed=seed)}
+    ci, method = confidence_intervals(y, p, threshold, groups, n_boot=n_boot, seed=seed)
+    return {"threshold": float(threshold), "metrics": binary_metrics(y, p, threshold), "ci95": ci,
+            "ci_method": method, "n_positive": int(np.sum(y)), "n_negative": int(len(y) - np.sum(y))}
 
 
 def _model_name(frame: pd.DataFrame, path: Path) -> str:
@@ -111,9 +112,9 @@ def _figures(name: str, frame: pd.DataFrame, prob_col: str, result: dict, out: P
                                                result["classes"], out / f"{name}confusion.png",
                                                title=f"confusion matrix at threshold {t:.3g}")
     fpr, tpr, _ = roc_curve(y, p)
-    made["roc"] = figures.plot_curve(fpr, tpr, out / f"{name}roc.png", xlabel="false positive rate (1 - specificity)",
-                                     ylabel="true positive rate (sensitivity)", diagonal=True,
-                                     title=f"ROC, AUC {result['at_0.5']['metrics']['roc_auc']:.3f}")
+    at_t = result["at_model_threshold"]["metrics"]
+    made["roc"] = figures.plot_roc(fpr, tpr, (1 - at_t["specificity"], at_t["recall"]), t,
+                                   result["at_0.5"]["metrics"]["roc_auc"], out / f"{name}roc.png")
     precision, recall, _ = precision_recall_curve(y, p)
     made["pr"] = figures.plot_curve(recall, precision, out / f"{name}pr.png", xlabel="recall", ylabel="precision",
                                     baseline=float(y.mean()),
@@ -210,7 +211,10 @@ def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None
             images.append(arr)
             titles.append(f"true {row.true_label}\npred {pred} (p={row.p:.2f})")
             colors.append("green" if pred == row.true_label else "red")
-        return figures.save_image_grid(images, out / filename, titles, title, title_colors=colors) if images else None
+        return figures.save_image_grid(images, out / filename, titles, f"{title}; threshold {threshold:.3g}",
+                                       title_colors=colors, decorate=cam_bar) if images else None
+
+    cam_bar = figures.cam_colorbar if cam_model is not None else None
 
     made = {}
     flagged = (result_domain or {}).get("flagged") or []
@@ -233,21 +237,24 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
               images_root: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
               with_figures: bool = True, cam_model=None, robustness: dict[str, dict] | None = None,
               shortcut: list[dict[str, Any]] | None = None, image_grids_for: list[str] | None = None,
-              embed_images: bool = True, groups: pd.DataFrame | None = None) -> dict[str, Any]:
+              embed_images: bool = True, groups: pd.DataFrame | None = None,
+              shipped: list[str] | None = None) -> dict[str, Any]:
     """Metrics, CIs, threshold analysis, figures and HTML/Markdown report for prediction CSVs.
 
     ``cam_model``: an OnnxClassifier with a 'cam' output; its Grad-CAM is overlaid on the image grids.
     ``robustness``: per model name, the robustness suite's results (``cxr robustness``).
     ``shortcut``: shortcut checks of the data (``cxr data prepare``'s summary.json), each with a 'source'.
     ``image_grids_for``: the models that get image grids (default: every model).
-    ``embed_images``: report.html holds its figures (one self-contained file) or links the PNGs beside it."""
+    ``embed_images``: report.html holds its figures (one self-contained file) or links the PNGs beside it.
+    ``shipped``: the models to mark as shipped; the first opens the report's summary."""
     from cxr.reports.render import write_reports
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     val = choose_val_threshold(val_predictions, target_recall, threshold_rule) if val_predictions else None
     report: dict[str, Any] = {"generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                              "val_threshold": val, "models": {}, "published": PUBLISHED, "figures": {}}
+                              "val_threshold": val, "models": {}, "published": PUBLISHED, "figures": {},
+                              "shipped": list(shipped or [])}
     for path in map(Path, prediction_files):
         frame, prob_col = read_predictions(path)
         name = _model_name(frame, path)
@@ -262,6 +269,10 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
             root = Path(images_root) if images_root and (image_grids_for is None or name in image_grids_for) else None
             result["figures"] = _figures(prefix, frame, prob_col, result, out, root, seed, cam_model)
         report["models"][name] = result
+    unknown = [name for name in report["shipped"] if name not in report["models"]]
+    if unknown:
+        raise ReportInputError(f"--shipped {unknown[0]}: no such model in these predictions (they hold "
+                               f"{', '.join(report['models'])})")
     histories = [history] if isinstance(history, (str, Path)) else list(history or [])
     for path in map(Path, histories) if with_figures else []:
         name = "curves" if len(histories) == 1 else "_".join(path.parent.parts[-2:]) + "_curves"
@@ -281,3 +292,73 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
     if with_figures:
         write_reports(report, out, embed_images)
     return report
+
+
+SUSPICIOUS_SHOWN = 12
+
+
+def unlabelled_summary(frame: pd.DataFrame, prob_col: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a run without labels can say: how many images were called positive at the model's
+    threshold, the distribution of P(positive), and the most suspicious images (highest P first)."""
+    threshold = float(frame["threshold"].iloc[0]) if "threshold" in frame and len(frame) else 0.5
+    scored = frame[(frame["error"] == "") & (frame[prob_col] != "")].assign(p=lambda f: f[prob_col].astype(float))
+    p = scored["p"].to_numpy()
+    outside = frame["qc"].str.contains(OUTSIDE, regex=False) if "qc" in frame else pd.Series(False, frame.index)
+    qc_flagged = (frame["qc"] != "") if "qc" in frame else pd.Series(False, frame.index)
+    top = scored.sort_values("p", ascending=False).head(SUSPICIOUS_SHOWN)
+    positive = prob_col[2:]
+    return {"labelled": False, "classes": settings.get("classes") or ["NEGATIVE", positive], "threshold": threshold,
+            "n_rows": int(len(frame)), "n_scored": int(len(scored)), "n_errors": int((frame["error"] != "").sum()),
+            "n_unscored_outside_domain": int(len(frame) - len(scored) - (frame["error"] != "").sum()),
+            "n_called_positive": int((p >= threshold).sum()), "n_called_negative": int((p < threshold).sum()),
+            "n_outside_domain": int(outside.sum()), "n_qc_flagged": int(qc_flagged.sum()),
+            "p_quantiles": {q: float(np.quantile(p, float(q))) for q in ("0", "0.1", "0.25", "0.5", "0.75", "0.9", "1")}
+            if len(p) else {},
+            "model_sha256": settings.get("model_sha256", ""),
+            "suspicious": [{"path": r.path, "p": float(r.p), "qc": getattr(r, "qc", "")} for r in top.itertuples()]}
+
+
+def summarize_unlabelled(prediction_file: str | Path, out_dir: str | Path, *, images_root: str | Path | None = None,
+                         cam_model=None, embed_images: bool = True) -> dict[str, Any]:
+    """metrics.json, figures, report.md and report.html for predictions without ground truth."""
+    from cxr.reports.render import write_reports
+
+    out, path = Path(out_dir), Path(prediction_file)
+    out.mkdir(parents=True, exist_ok=True)
+    frame, prob_col = read_predictions(path)
+    settings = Predictions.read_settings(path) or {}
+    result = unlabelled_summary(frame, prob_col, settings)
+    result.update({"predictions": str(path), "settings": settings})
+    scored = pd.to_numeric(frame[prob_col], errors="coerce").dropna().to_numpy()
+    result["figures"] = {"distribution": figures.plot_probability_distribution(
+        scored, result["threshold"], prob_col[2:], out / "distribution.png").name}
+    if images_root is not None and result["suspicious"]:
+        grid = _suspicious_grid(result, Path(images_root), out / "suspicious.png", cam_model)
+        if grid is not None:
+            result["figures"]["suspicious"] = grid.name
+    report = {"generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "labelled": False,
+              "val_threshold": None, "models": {_model_name(frame, path): result}, "published": PUBLISHED,
+              "figures": {}}
+    MetricsReport.write(out / MetricsReport.FILE, report)
+    write_reports(report, out, embed_images)
+    return report
+
+
+def _suspicious_grid(result: dict[str, Any], root: Path, out: Path, cam_model) -> Path | None:
+    """Thumbnails (with Grad-CAM where the model has it) of the highest-scored images."""
+    from cxr.imaging import decode_or_error
+
+    images, titles = [], []
+    positive, threshold = result["classes"][-1], result["threshold"]
+    for item in result["suspicious"]:
+        path = root / unescape_path(item["path"])
+        arr, _ = decode_or_error(path, 224)
+        if arr is None:
+            continue
+        images.append(_with_cam(arr, path, cam_model) if cam_model is not None else arr)
+        titles.append(f"{path.name[:24]}\nP({positive}) = {item['p']:.3f}")
+    if not images:
+        return None
+    suffix = " (Grad-CAM overlays)" if cam_model is not None else ""
+    return figures.save_image_grid(images, out, titles, f"highest P({positive}) first; threshold {threshold:.3g}"
+                                   f"{suffix}", decorate=figures.cam_colorbar if cam_model is not None else None)

@@ -10,7 +10,8 @@ degrees, inverted, or halved (the sets of ``scripts/domain_methods.py``). It the
 sets of 50 images from the other sites and from the test split and runs the set-level shift test
 (``cxr.shift.shift_test``, as every run does) on each, and measures calibration on the test split
 (ECE before and after, from the model's own calibration facts). It writes ``summary.json`` and
-prints the README tables.
+prints the tables that docs/robustness.md shows (``--update-doc docs/robustness.md`` writes them
+there, as ``make domain`` does).
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("out/domain"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--update-readme", type=Path, default=None,
-                        help="replace the README's block between <!-- domain:start --> and <!-- domain:end -->")
+    parser.add_argument("--update-doc", "--update-readme", dest="update_doc", type=Path, default=None,
+                        help="replace the file's block between <!-- domain:start --> and <!-- domain:end --> "
+                             "(docs/robustness.md)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -138,17 +140,18 @@ def main() -> None:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     (args.out / "summary.md").write_text(tables(summary) + "\n")
     print(tables(summary))
-    if args.update_readme:
-        update_readme(args.update_readme, tables(summary))
+    if args.update_doc:
+        update_doc(args.update_doc, tables(summary))
 
 
-def update_readme(readme: Path, table: str) -> None:
-    text = readme.read_text(encoding="utf-8")
+def update_doc(doc: Path, table: str) -> None:
+    """Replace the ``<!-- domain:start -->`` block of ``doc`` (docs/robustness.md) with ``table``."""
+    text = doc.read_text(encoding="utf-8")
     start, end = "<!-- domain:start -->", "<!-- domain:end -->"
     if start not in text or end not in text:
-        sys.exit(f"{readme} has no {start} ... {end} block")
+        sys.exit(f"{doc} has no {start} ... {end} block")
     head, rest = text.split(start, 1)
-    readme.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
+    doc.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 #   .carry/chest_xray.tar.partNN                      ../shared/data/chest_xray (224 px copies)
 #   .carry/efficientnet_lite2_notop.weights.h5.partNN the converted Lite2 ImageNet weights
 # and prints, for each part, the device command that copies it to ~/carry on the GPU machine
-# (carry=[".carry/<part>"]); the last call runs the training (see README, "Training on a GPU").
+# (carry=[".carry/<part>"]); the last call runs the training (see docs/training.md, "Training on a GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART_MB=${1:-8}

@@ -1,10 +1,10 @@
 """Train both variants with JAX on a GPU machine in one call, and bring the runs back.
 
-Runs on the lent GPU machine (Python 3.12, JAX with CUDA, no TensorFlow, no Keras), from the
-repo root, after ``scripts/gpu_carry.sh`` has staged its inputs (see README, "Training on a
-GPU"). It installs the carried wheels (keras, optree, namex, jsonschema and its helpers, cxr),
+Runs on a GPU machine (Python 3.12, JAX with CUDA, no TensorFlow, no Keras), from the
+repo root, after ``scripts/gpu_carry.sh`` has staged its inputs (see docs/training.md, "Training
+on a GPU"). It installs the carried wheels (keras, optree, namex, jsonschema and its helpers, cxr),
 unpacks the 224 px data and the Lite2 ImageNet weights, prepares the split, trains model1 and
-model2 (Lite2 ImageNet, the seed's settings, 30 epochs, the shipped config) with
+model2 (Lite2 ImageNet, the original notebook's settings, 30 epochs, the shipped config) with
 ``KERAS_BACKEND=jax``, and prints seconds per epoch, the total, and the model-alone bound:
 the same training step on batches already on the device, no input pipeline. The run folders
 go to ``$OUT/runs.tar`` (best.keras, history.csv, run.json, ...), to be exported here with

@@ -105,7 +105,8 @@ def test_seed_parameter_counts_hold_on_jax(jax_runs) -> None:
 def test_a_jax_run_exports_through_the_parity_gate(jax_runs, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(cxr, ["export", "--run", str(jax_runs["runs"] / "model2"), "--out", str(out),
-                                      "--n-parity", "8"])
+                                      "--n-parity", "8",
+                                      "--calibration", "none", "--no-guard"])
     assert result.exit_code == 0, result.output
     parity = json.loads(out.with_suffix(".parity.json").read_text())
     assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
@@ -137,7 +138,8 @@ def test_mixed_bfloat16_trains_and_exports_a_float32_model(jax_runs, tmp_path: P
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["precision"] == "mixed_bfloat16"
     out = tmp_path / "mixed.onnx"
-    result = CliRunner().invoke(cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8"])
+    result = CliRunner().invoke(cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8",
+                                      "--calibration", "none", "--no-guard"])
     assert result.exit_code == 0, result.output
     import onnx
 

@@ -189,23 +189,42 @@ def _readme_cron_command() -> str:
     return line.split(" || mail", 1)[0]
 
 
+def _readme_baseline_command(model: Path, folder: Path, baseline: Path) -> str:
+    """The README's one-time baseline step, as written, with its paths mapped to this test's files."""
+    import shlex
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Evaluate on a schedule", 1)[1].split("```cron", 1)[0]
+    command = section.split("```bash", 1)[1].split("```", 1)[0].strip()
+    mapping = {".venv/bin/cxr": f"{shlex.quote(sys.executable)} -m cxr.app.cli", "models/model1.onnx": str(model),
+               "/data/cxr/eval": str(folder), "results/eval_baseline.json": str(baseline),
+               "evaluations/baseline": str(baseline.parent / "baseline_run")}
+    for old, new in mapping.items():
+        assert old in command, old
+        command = command.replace(old, new)
+    return command + f" --history {shlex.quote(str(baseline.parent / 'h0.csv'))} --n-boot 20 --workers 0"
+
+
 @pytest.mark.parametrize("case", ["passes", "baseline missing", "bad option"])
 def test_the_readme_cron_recipe_writes_only_json_to_stderr(tmp_path: Path, folder: Path, case: str) -> None:
-    """README's cron line, run as written (paths mapped to this test's files): every stderr line is
-    a JSON object, for a passing run and for user errors alike."""
+    """README's baseline step and cron line, run as written (paths mapped to this test's files): the
+    baseline is made, and every stderr line of the cron run is a JSON object, for a passing run and
+    for user errors alike."""
     import shlex
     import subprocess
     import sys
 
     model = make_tiny_model(tmp_path / "m.onnx")
-    baseline_run = _run("--model", str(model), "--data", str(folder), "--out", str(tmp_path / "first"),
-                        "--history", str(tmp_path / "h0.csv"))
-    assert baseline_run.exit_code == 0
+    made = _readme_baseline_command(model, folder, tmp_path / "eval_baseline.json")
+    baseline_run = subprocess.run(["bash", "-c", made], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert baseline_run.returncode == 0, baseline_run.stderr[-2000:]
+    assert "baseline written" in baseline_run.stdout + baseline_run.stderr
     command = _readme_cron_command()
     log = tmp_path / "evaluate.jsonl"
     mapping = {".venv/bin/cxr": f"{shlex.quote(sys.executable)} -m cxr.app.cli",
                "models/model1.onnx": str(model), "/data/cxr/eval": str(folder),
-               "results/eval_baseline.json": str(tmp_path / "first" / "metrics.json"
+               "results/eval_baseline.json": str(tmp_path / "eval_baseline.json"
                                                  if case != "baseline missing" else tmp_path / "none.json"),
                "/var/lib/node_exporter/textfile/cxr.prom": str(tmp_path / "cxr.prom"),
                "/var/log/cxr/evaluate.jsonl": str(log)}
@@ -223,3 +242,34 @@ def test_the_readme_cron_recipe_writes_only_json_to_stderr(tmp_path: Path, folde
         assert events[-1]["event"] == "verdict" and events[-1]["verdict"] == "pass"
     else:
         assert events[-1]["event"] == "error" and events[-1]["exit_code"] == 2
+
+
+def test_write_baseline_is_refused_when_the_gate_fails(tmp_path: Path, folder: Path) -> None:
+    """A failing evaluation never becomes the next baseline; report.md opens with the verdict."""
+    model = make_tiny_model(tmp_path / "m.onnx")
+    impossible = tmp_path / "impossible.json"
+    impossible.write_text(json.dumps({"models": {"m": {"at_model_threshold": {"metrics": {"roc_auc": 2.0,
+                                                                                         "recall": 2.0}}}}}))
+    out = tmp_path / "baseline.json"
+    failed = _run("--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv"), "--out",
+                  str(tmp_path / "e"), "--baseline", str(impossible), "--write-baseline", str(out))
+    assert failed.exit_code == 1 and not out.exists() and "baseline not written" in failed.output
+    report_md = (tmp_path / "e" / "report.md").read_text()
+    assert report_md.splitlines()[2].startswith("**Gate: FAILED")
+    assert "What the gate compared" in report_md
+    missing_folder = _run("--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv"),
+                          "--out", str(tmp_path / "e2"), "--write-baseline", str(tmp_path / "no" / "b.json"))
+    assert missing_folder.exit_code == 2 and "--write-baseline" in missing_folder.output
+    assert not (tmp_path / "e2").exists()
+
+
+def test_a_passing_gate_writes_the_next_baseline(tmp_path: Path, folder: Path) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx")
+    common = ["--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv")]
+    first = _run(*common, "--out", str(tmp_path / "a"), "--write-baseline", str(tmp_path / "b1.json"))
+    assert first.exit_code == 0 and "baseline written" in first.output, first.output
+    second = _run(*common, "--out", str(tmp_path / "b"), "--baseline", str(tmp_path / "b1.json"), "--write-baseline",
+                  str(tmp_path / "b2.json"))
+    assert second.exit_code == 0 and "PASSED" in second.output and (tmp_path / "b2.json").is_file(), second.output
+    assert (tmp_path / "b" / "report.md").read_text().splitlines()[2].startswith("**Gate: PASSED")
+    assert json.loads((tmp_path / "b2.json").read_text())["gate"]["verdict"] == "pass"

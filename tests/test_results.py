@@ -1,5 +1,6 @@
-"""The committed results: README's table matches results/metrics.json, and the shipped
-model reproduces the committed example predictions."""
+"""The committed results: the tables of README.md, docs/results.md and docs/robustness.md match
+results/metrics.json and results/domain/summary.json, and the shipped model reproduces the
+committed example predictions."""
 
 from __future__ import annotations
 
@@ -10,28 +11,56 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.reports.render import README_SPLIT_NOTE, readme_robustness_table, readme_table
+from cxr.reports.render import update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ROOT / "results" / "metrics.json"
 MODEL = ROOT / "models" / "model1.onnx"
 EXPECTED = ROOT / "examples" / "expected_predictions.csv"
+# The files that hold the tables written from metrics.json (the Makefile's GENERATED_DOCS).
+GENERATED_DOCS = [ROOT / "README.md", ROOT / "docs" / "results.md", ROOT / "docs" / "robustness.md"]
+DOMAIN_SUMMARY = ROOT / "results" / "domain" / "summary.json"
 
 
-def test_readme_results_table_matches_metrics_json() -> None:
+def _block(text: str, tag: str) -> str:
+    return text.split(f"<!-- {tag}:start -->\n", 1)[1].split(f"<!-- {tag}:end -->", 1)[0]
+
+
+def test_the_results_tables_match_metrics_json() -> None:
+    """README.md (shipped models), docs/results.md (every model) and docs/robustness.md hold what
+    `make results` writes from results/metrics.json."""
     if not METRICS.is_file():
         pytest.skip("no committed results yet")
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0]
-    assert block == readme_table(json.loads(METRICS.read_text()), README_SPLIT_NOTE)
+    makefile = (ROOT / "Makefile").read_text().split("\nGENERATED_DOCS := ", 1)[1].split("\n", 1)[0].split()
+    assert [ROOT / name for name in makefile] == GENERATED_DOCS  # what `make results` rewrites
+    expected = update_readme(json.loads(METRICS.read_text()), *GENERATED_DOCS, write=False)
+    for path in GENERATED_DOCS:
+        assert path.read_text(encoding="utf-8") == expected[path], (
+            f"{path.relative_to(ROOT)} is out of date: run `python -m cxr.reports.render results/metrics.json "
+            "--update-readme README.md docs/results.md docs/robustness.md` (part of `make results`)")
 
 
-def test_readme_robustness_table_matches_metrics_json() -> None:
-    if not METRICS.is_file():
-        pytest.skip("no committed results yet")
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- robustness:start -->\n", 1)[1].split("<!-- robustness:end -->", 1)[0]
-    assert block == readme_robustness_table(json.loads(METRICS.read_text()))
+def test_the_readme_results_table_is_the_shipped_rows_of_the_full_table() -> None:
+    readme = _block((ROOT / "README.md").read_text(encoding="utf-8"), "results").splitlines()
+    full = _block((ROOT / "docs" / "results.md").read_text(encoding="utf-8"), "results-all").splitlines()
+    assert set(readme) <= set(full) and len(readme) < len(full)
+    assert {row.split(" | ")[0] for row in readme} >= {"| model1", "| model2"}
+
+
+def test_the_domain_tables_match_the_domain_summary() -> None:
+    """docs/robustness.md holds the tables `make domain` writes from results/domain/summary.json."""
+    if not DOMAIN_SUMMARY.is_file():
+        pytest.skip("no committed domain results yet")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from domain_results import tables
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    block = _block((ROOT / "docs" / "robustness.md").read_text(encoding="utf-8"), "domain")
+    assert block == tables(json.loads(DOMAIN_SUMMARY.read_text())) + "\n", (
+        "docs/robustness.md's domain tables are out of date: run `make domain`")
 
 
 def test_shipped_model_reproduces_example_predictions(tmp_path: Path) -> None:

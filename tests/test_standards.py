@@ -65,7 +65,7 @@ def test_small_subgroups_are_flagged_not_dropped(tmp_path: Path) -> None:
 
     report = summarize([preds], tmp_path / "r", n_boot=50, with_figures=False, groups=read_groups_csv(groups))
     rare = next(r for r in report["models"]["tiny"]["subgroups"] if r["factor"] == "site" and r["group"] == "rare")
-    assert rare["flag"].startswith("too few patients") and rare["ci95"] == {} and rare["n_images"] == 6
+    assert rare["flag"].startswith("too few images") and rare["ci95"] == {} and rare["n_images"] == 6
 
 
 def test_checklist_answers_each_item_from_the_run(rendered) -> None:
@@ -98,11 +98,18 @@ def test_card_yaml_parses_and_bundle_metadata_validates(rendered) -> None:
     assert [m["type"] for m in metrics] == list(CARD_METRICS)
     assert all(len(m["args"]["ci95"]) == 2 for m in metrics)
     for heading in ("## Intended use", "## Out-of-scope use", "## Training data and split", "## Preprocessing contract",
-                    "## Factors (subgroups)", "## Calibration", "## Limitations", "## Versions"):
+                    "## Factors (subgroups)", "## Calibration", "## Limitations", "## Versions",
+                    "## How to get started", "## Citation", "## References"):
         assert heading in text
+    for key in ("base_model", "datasets", "pipeline_tag", "license", "model_version", "model_date"):
+        assert front[key], key
+    assert "cxr-infer" in text.split("## How to get started", 1)[1].split("##", 1)[0]
     metadata = json.loads((rendered["tmp"] / "tiny.metadata.json").read_text())
     jsonschema.validate(metadata, bundle_schema())
     assert metadata["network_data_format"]["inputs"]["pixels"]["spatial_shape"] == [32, 32]
+    assert metadata["authors"] and metadata["references"] and metadata["version"] in metadata["changelog"]
+    assert "+tiny." in metadata["version"] and metadata["version"] == front["model_version"]
+    assert set(metadata["eval_metrics"]) == set(CARD_METRICS)
     broken = {**metadata, "network_data_format": {"inputs": {}, "outputs": {}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, bundle_schema())

@@ -126,11 +126,17 @@ def test_export_metadata_parity_and_round_trip(trained, tmp_path: Path) -> None:
 
     run = trained["runs"] / "model1"
     out = tmp_path / "models" / "model1.onnx"
-    result = CliRunner().invoke(cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8"])
+    result = CliRunner().invoke(cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8",
+                                      "--calibration", "none", "--no-guard"])
     assert result.exit_code == 0, result.output
     assert "max |dp|" in result.output
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
+    from cxr.export.graph_edit import logit_name
+    from cxr.export.trust import guard_taps
+
+    assert len(guard_taps(model)) == 4  # swish activations of EfficientNet B0-B7 are found as taps
+    assert logit_name(model)  # the head's Sigmoid, not one of swish's
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["cxr.classes"]) == ["NORMAL", "PNEUMONIA"]
     assert json.loads(meta["cxr.threshold"]) == 0.5 and json.loads(meta["cxr.input_size"]) == 64

@@ -443,3 +443,14 @@ def test_training_images_are_not_a_shift(tmp_path: Path, fitted) -> None:
     result = CliRunner().invoke(infer_main, [str(tmp_path), "--model", str(fitted[0]), "--out", str(tmp_path / "o"),
                                              "--manifest", str(tmp_path / "as_test.csv"), "--split", "test"])
     assert "data shift: none detected" in result.output, result.output
+
+
+def test_a_guard_is_not_fitted_on_too_few_validation_images() -> None:
+    from cxr.export.graph_edit import GraphEditError
+    from cxr.export.trust import MIN_GUARD_VAL, fit_guard
+
+    rng = np.random.default_rng(0)
+    train, val = [rng.normal(size=(60, 4))], [rng.normal(size=(MIN_GUARD_VAL - 1, 4))]
+    with pytest.raises(GraphEditError, match="--no-guard"):
+        fit_guard(["tap"], train, val, 0.02)
+    assert fit_guard(["tap"], train, [rng.normal(size=(MIN_GUARD_VAL, 4))], 0.02).threshold > 0

@@ -1,5 +1,5 @@
 """metrics.json: what ``cxr report`` / ``cxr-infer`` / ``cxr evaluate`` write, and the gate, cards
-and the README table read.
+and the results tables of README.md and docs/ read.
 
     {"generated": ..., "val_threshold": {...} | null,
      "models": {NAME: {"classes", "n_rows", "n_scored", "n_errors", "n_labelled", "n_patients",
