@@ -187,7 +187,7 @@ $(PREVIOUS)/model1_robust_aug.onnx:
 # The reports go to cxr_out/gate_demo (not committed); the evaluation history to results/.
 GATE := cxr_out/gate_demo
 EVAL := $(BIN)/cxr evaluate --data $(SOURCE) --manifest $(SPLITS)/manifest.csv --split test --quiet \
-	--history $(RESULTS)/gate_demo_history.csv --n-boot 200 --max-drop auc=0.01,recall=0.02 --max-flip noise2=0.05
+	--history $(RESULTS)/gate_demo_history.csv --n-boot 200 --max-drop roc_auc=0.01,recall=0.02 --max-flip noise2=0.05
 gate-demo: setup previous-models
 	rm -rf $(GATE) $(RESULTS)/gate_demo_history.csv && mkdir -p $(GATE)
 	$(EVAL) --model $(MODELS)/model1.onnx --out $(GATE)/baseline --metrics-file $(GATE)/baseline.prom

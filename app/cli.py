@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from cxr import __version__
-from cxr.app.errors import EXIT_INTERNAL, EXIT_USAGE, UsageError
+from cxr.app.errors import EXIT_INTERNAL, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
+from cxr.errors import InputError, Unavailable
 from cxr.app.options import seed_option
 from cxr.messages import first_line
 
@@ -79,11 +80,13 @@ def _register_commands() -> None:
     from cxr.app.explain import explain
     from cxr.app.export import export
     from cxr.app.infer import infer
+    from cxr.app.quantize import quantize
     from cxr.app.report import card, report
     from cxr.app.robustness import robustness
     from cxr.app.train import recalibrate_bn, train, weights
 
-    for command in (train, recalibrate_bn, export, infer, report, evaluate, robustness, explain, card, weights):
+    for command in (train, recalibrate_bn, export, quantize, infer, report, evaluate, robustness, explain, card,
+                    weights):
         cxr.add_command(command)
 
 
@@ -145,6 +148,12 @@ def run_guarded(command: click.Command, prog_name: str) -> None:
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
+    except InputError as exc:  # a user's mistake that no command turned into a UsageError itself
+        _say(f"Error: {first_line(exc)}", EXIT_USAGE, as_json, prog_name)
+        sys.exit(EXIT_USAGE)
+    except Unavailable as exc:
+        _say(f"Error: {first_line(exc)}", EXIT_UNAVAILABLE, as_json, prog_name)
+        sys.exit(EXIT_UNAVAILABLE)
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         _say(f"Error: {exc.strerror or first_line(exc)}{where}", EXIT_USAGE, as_json, prog_name)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -14,6 +16,7 @@ import click
 log_format_option = click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
                                  show_default=True, help="json: one JSON object per event on stderr.")
 PROGRESS_EVERY_S = 10.0
+_WRITING = threading.Lock()
 
 
 class Events:
@@ -31,7 +34,8 @@ class Events:
         if self.json:
             record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                       "command": self.command, "event": event, "message": message, **fields}
-            click.echo(json.dumps(record, default=str), err=True)
+            with _WRITING:  # whole lines, also when the relay thread of native stderr writes
+                click.echo(json.dumps(record, default=str), err=True)
         elif err:
             click.echo(message, err=True)
         elif always:
@@ -59,3 +63,25 @@ class Events:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def native_stderr_as_json(self, source: str) -> None:
+        """With --log-format json, lines that native code writes straight to stderr (Ray's C++ core
+        worker) become JSON events too, for the rest of the process: file descriptor 2 is turned
+        into a pipe that a thread reads, and Python's stderr writes to the real stderr."""
+        if not self.json or getattr(self, "_native", False):
+            return
+        self._native = True
+        sys.stderr.flush()
+        real = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        sys.stderr = os.fdopen(os.dup(real), "w", buffering=1, encoding="utf-8", errors="replace")
+        threading.Thread(target=self._relay, args=(read_end, source), daemon=True).start()
+
+    def _relay(self, read_end: int, source: str) -> None:
+        with os.fdopen(read_end, "r", encoding="utf-8", errors="replace") as pipe:
+            for line in pipe:
+                if line.strip():
+                    self.emit(f"{source}_log", line.strip())
+

@@ -93,7 +93,7 @@ def explain(images: tuple[Path, ...], model_path: Path, out_dir: Path) -> None:
         raise UsageError(f"model not found: {model_path}")
     try:
         results = explain_files(list(images), model_path, out_dir)
-    except (ModelLoadError, RunFolderError, ExportError, ValueError, RuntimeError) as exc:
+    except (ModelLoadError, RunFolderError, ExportError) as exc:  # others: a bug (exit 70), not a usage error
         raise UsageError(first_line(exc)) from None
     for item in results:
         click.echo(f"{item.path}: " + (f"p={item.probability:.4f} -> {item.figure}" if item.figure else

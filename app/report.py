@@ -57,8 +57,9 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, thresho
                            target_recall=target_recall, threshold_rule=threshold_rule, images_root=images_root, n_boot=n_boot, seed=seed,
                            cam_model=explainer, robustness=robustness, shortcut=shortcut,
                            image_grids_for=list(image_grids_for) or None, embed_images=embed_images,
-                           groups=_groups_of(groups_csv), shipped=list(shipped))
-    except (ReportInputError, ThresholdError, ValueError, KeyError) as exc:
+                           groups=_groups_of(groups_csv), shipped=list(shipped),
+                           progress=lambda line: click.echo(line, err=True))
+    except (ReportInputError, ThresholdError) as exc:  # any other exception is a bug (exit 70), not a usage error
         raise UsageError(str(exc)) from None
     from cxr.reports.render import value_with_ci
 
@@ -79,12 +80,13 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, thresho
               help="[default: <model>.md beside the model]")
 def card(model_path, metrics_json, key, data_note, out_path) -> None:
     """Write a model card (Markdown) from a model's metadata, parity JSON and test metrics."""
+    from cxr.errors import InputError
     from cxr.reports.card import write_model_card
 
     out_path = out_path or Path(model_path).with_suffix(".md")
     try:
         written = write_model_card(model_path, metrics_json, out_path, key, data_note)
-    except (KeyError, ValueError) as exc:
+    except InputError as exc:
         raise UsageError(f"cannot write the card: {exc}") from None
     click.echo(f"wrote {written}")
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from cxr import CLASS_NAMES_DEFAULT
 from cxr.artifacts.predictions import escape_path, unescape_path
+from cxr.errors import InputError
 from cxr.files import atomic_path, sha256_file, write_json_atomic
 from cxr.imaging import decode_or_error, is_image_file
 from cxr.messages import first_line
@@ -31,7 +32,7 @@ _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _TRAILING_INDEX = re.compile(r"(-\d+)+$")
 
 
-class DataPrepError(ValueError):
+class DataPrepError(InputError, ValueError):
     """Bad input for data preparation. The message is one line."""
 
 
@@ -121,7 +122,9 @@ def _split_by_patient(frame: pd.DataFrame, fractions: tuple[float, float, float]
         raise DataPrepError(f"a patient-grouped {n_splits}-fold split needs at least {n_splits} patients per class; "
                             f"found {', '.join(f'{c} {n}' for c, n in patients.items())} "
                             "(add data, or use --split-by image)")
-    from sklearn.model_selection import StratifiedGroupKFold  # here: scoring imports this module, not sklearn
+    from sklearn.model_selection import (
+        StratifiedGroupKFold,  # here: scoring imports this module, not sklearn
+    )
 
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold_of = np.empty(len(frame), dtype=int)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cxr.errors import InputError
 from cxr.messages import first_line
 
 RESIZE_RULE = "squash-bilinear-antialias"
@@ -29,7 +30,7 @@ MAX_PIXELS = 100_000_000
 DRAFT_OVERSAMPLE = 2
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InputError, ValueError):
     """An input file that cannot be turned into a model input. The message is one line."""
 
 

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from cxr.errors import InputError
+
 THRESHOLD_RULES = ("wilson", "point")
 CONFIDENCE = 0.95
 
 
-class ThresholdError(ValueError):
+class ThresholdError(InputError, ValueError):
     """No threshold satisfies the rule on these predictions. One-line message."""
 
 

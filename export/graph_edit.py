@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from cxr.errors import InputError
+
 # The output of a Keras activation layer of the backbone: ReLU6 in EfficientNet-Lite (one Clip node),
 # swish in EfficientNet B0-B7 (Sigmoid then Mul: the Mul is the layer's output); expansion
 # activations are left out.
@@ -20,7 +22,7 @@ LOGIT_CONSUMER = "Sigmoid"
 STD_EPSILON = 1e-6
 
 
-class GraphEditError(ValueError):
+class GraphEditError(InputError, ValueError):
     """The graph lacks what an edit needs (not an exported cxr EfficientNet). One-line message."""
 
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from cxr.artifacts import ModelContract, RunFolder, RunFolderError
+from cxr.artifacts import ModelContract, RunFolder, RunFolderError, augment_policy_of
 from cxr.artifacts.model_contract import CAM_NAME, INPUT_NAME, OUTPUT_NAME
 from cxr.environment import package_versions
+from cxr.errors import InputError
 from cxr.files import atomic_path, sha256_file, write_json_atomic
 from cxr.imaging import RESIZE_RULE, decode_image
 from cxr.messages import first_line
@@ -27,7 +28,7 @@ PARITY_TOLERANCE = 1e-4
 CAM_TOLERANCE = 1e-3
 
 
-class ExportError(RuntimeError):
+class ExportError(InputError, RuntimeError):
     """A run that cannot be exported (missing or foreign files). One-line message."""
 
 
@@ -60,7 +61,7 @@ def build_contract(config: dict, run: dict, threshold: float, threshold_rule: di
     recalibration = run.get("bn_recalibration")
     facts = {
         "variant": config["variant"], "backbone": config["backbone"], "weights": str(config["weights"]),
-        "augment_policy": config.get("augment_policy", "seed"), "backend": run.get("backend", "tensorflow"),
+        "augment_policy": augment_policy_of(config), "backend": run.get("backend", "tensorflow"),
         "training_precision": run.get("precision", "float32"),
         "freeze_bn": bool(config.get("freeze_bn", False)), "epochs_run": run.get("epochs_run"),
         "training_finished": bool(run.get("finished")), "best_epoch": run.get("best_epoch"),
@@ -77,7 +78,6 @@ def build_contract(config: dict, run: dict, threshold: float, threshold_rule: di
 def _serving_function(model, input_size: int):
     """A tf.function taking uint8 NHWC pixels: P(positive), and the Grad-CAM map where the head allows."""
     import tensorflow as tf
-
     from cxr.export.gradcam import has_gradcam_head, probability_and_cam
 
     spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.uint8, name=INPUT_NAME),)
@@ -97,7 +97,9 @@ def _frozen_onnx(serve, opset: int):
     """tf2onnx on the frozen graph: ``from_function`` would leave some Keras 3 captured tensors
     (the Normalization layer's mean and variance) as extra graph inputs."""
     import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     proto, _ = tf2onnx.convert.from_graph_def(

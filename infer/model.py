@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from cxr.artifacts.model_contract import CAM_NAME, DOMAIN_NAME, OUTPUT_NAME, ModelContract, ModelContractError
+from cxr.artifacts.model_contract import (
+    CAM_NAME,
+    DOMAIN_NAME,
+    OUTPUT_NAME,
+    ModelContract,
+    ModelContractError,
+)
+from cxr.errors import InputError
 from cxr.files import sha256_file
 from cxr.messages import first_line
 
@@ -21,15 +28,15 @@ PRECISIONS = ("fp32", "tf32")
 OUTPUT_TOLERANCE = 1e-6  # a probability may exceed [0, 1] by float rounding, no more
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError, ValueError):
     """The model file is missing, not ONNX, or not a cxr model. One-line message."""
 
 
-class ProviderError(RuntimeError):
+class ProviderError(InputError, RuntimeError):
     """The requested execution provider cannot be had. One-line message."""
 
 
-class ModelOutputError(ValueError):
+class ModelOutputError(InputError, ValueError):
     """The model produced something that is not a probability. One-line message."""
 
 

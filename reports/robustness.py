@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from cxr.errors import InputError
+
 CLEAN = "clean"
 
 
-class RobustnessSpecError(ValueError):
+class RobustnessSpecError(InputError, ValueError):
     """A bad --max-flip specification. One-line message."""
 
 

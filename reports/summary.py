@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from cxr.reports import figures
+from cxr.reports.metrics import (
+    binary_metrics,
+    confidence_intervals,
+    reliability_curve,
+    threshold_table,
+)
+from cxr.reports.robustness import plot_robustness
+from cxr.reports.standards import (
+    checklist,
+    failure_analysis,
+    subgroup_columns,
+    subgroup_metrics,
+)
 
 from cxr.artifacts import MetricsReport, Predictions, PredictionsError, unescape_path
 from cxr.data import patient_id_from_name
-from cxr.reports import figures
-from cxr.reports.robustness import plot_robustness
-from cxr.reports.standards import checklist, failure_analysis, subgroup_columns, subgroup_metrics
-from cxr.reports.metrics import binary_metrics, confidence_intervals, reliability_curve, threshold_table
+from cxr.errors import InputError
 from cxr.thresholds import choose_val_threshold
 
 # Published figures from other data splits, for context only (not comparable one to one).
@@ -29,7 +40,7 @@ PUBLISHED = [
 ]
 
 
-class ReportInputError(ValueError):
+class ReportInputError(InputError, ValueError):
     """A prediction file that cannot be reported on. One-line message."""
 
 
@@ -231,6 +242,16 @@ def _image_grids(name, data, threshold, classes, out, root, seed, cam_model=None
     return {k: v for k, v in made.items() if v is not None}
 
 
+def _read_history(path: Path) -> pd.DataFrame:
+    """A training run's history.csv; a one-line error when it cannot be read."""
+    from cxr.messages import first_line
+
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ReportInputError(f"cannot read the history {path}: {first_line(exc)}") from None
+
+
 def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
               history: str | Path | list[str | Path] | None = None,
               val_predictions: str | Path | None = None, target_recall: float = 0.95, threshold_rule: str = "wilson",
@@ -238,7 +259,7 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
               with_figures: bool = True, cam_model=None, robustness: dict[str, dict] | None = None,
               shortcut: list[dict[str, Any]] | None = None, image_grids_for: list[str] | None = None,
               embed_images: bool = True, groups: pd.DataFrame | None = None,
-              shipped: list[str] | None = None) -> dict[str, Any]:
+              shipped: list[str] | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Metrics, CIs, threshold analysis, figures and HTML/Markdown report for prediction CSVs.
 
     ``cam_model``: an OnnxClassifier with a 'cam' output; its Grad-CAM is overlaid on the image grids.
@@ -246,9 +267,11 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
     ``shortcut``: shortcut checks of the data (``cxr data prepare``'s summary.json), each with a 'source'.
     ``image_grids_for``: the models that get image grids (default: every model).
     ``embed_images``: report.html holds its figures (one self-contained file) or links the PNGs beside it.
-    ``shipped``: the models to mark as shipped; the first opens the report's summary."""
+    ``shipped``: the models to mark as shipped; the first opens the report's summary.
+    ``progress``: called with a line before each step (metrics, figures, the report files)."""
     from cxr.reports.render import write_reports
 
+    say = progress or (lambda line: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     val = choose_val_threshold(val_predictions, target_recall, threshold_rule) if val_predictions else None
@@ -259,6 +282,7 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
         frame, prob_col = read_predictions(path)
         name = _model_name(frame, path)
         settings = Predictions.read_settings(path) or {}
+        say(f"report: metrics of {name} ({len(frame)} rows, {n_boot} bootstrap resamples)")
         result = evaluate_predictions(frame, prob_col, val_threshold=val["threshold"] if val else None,
                                       n_boot=n_boot, seed=seed, group_table=groups,
                                       images_root=Path(images_root) if images_root else None, settings=settings)
@@ -267,6 +291,7 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
         if with_figures:
             prefix = f"{name}_" if len(prediction_files) > 1 else ""
             root = Path(images_root) if images_root and (image_grids_for is None or name in image_grids_for) else None
+            say(f"report: figures of {name}" + (" (with Grad-CAM)" if cam_model is not None and root else ""))
             result["figures"] = _figures(prefix, frame, prob_col, result, out, root, seed, cam_model)
         report["models"][name] = result
     unknown = [name for name in report["shipped"] if name not in report["models"]]
@@ -276,7 +301,7 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
     histories = [history] if isinstance(history, (str, Path)) else list(history or [])
     for path in map(Path, histories) if with_figures else []:
         name = "curves" if len(histories) == 1 else "_".join(path.parent.parts[-2:]) + "_curves"
-        report["figures"][name] = figures.plot_history(pd.read_csv(path), out / f"{name}.png",
+        report["figures"][name] = figures.plot_history(_read_history(path), out / f"{name}.png",
                                                        title=f"training curves: {path.parent}").name
     if robustness:
         report["robustness"] = {name: dict(section) for name, section in robustness.items()}
@@ -290,6 +315,7 @@ def summarize(prediction_files: list[str | Path], out_dir: str | Path, *,
     report["checklist"] = checklist(report)
     MetricsReport.write(out / MetricsReport.FILE, report)
     if with_figures:
+        say(f"report: writing {out / 'report.html'} and report.md")
         write_reports(report, out, embed_images)
     return report
 

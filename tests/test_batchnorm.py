@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytest.importorskip("keras", reason="the [train] extra (Keras) is not installed")
+
 
 def _toy_model():
     import keras

@@ -23,7 +23,7 @@ def _losses() -> list[float]:
 
 def _keras_trace(losses: list[float]) -> tuple[pd.DataFrame, list[tuple]]:
     """Drive the real callbacks; record the history rows and their state after each epoch."""
-    import keras
+    keras = pytest.importorskip("keras", reason="the [train] extra (Keras) is not installed")
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
@@ -59,6 +59,7 @@ def test_history_facts_name_the_best_epoch(tmp_path: Path) -> None:
 
 
 def test_resumed_callbacks_start_from_the_logged_state(tmp_path: Path) -> None:
+    pytest.importorskip("keras", reason="the [train] extra (Keras) is not installed")
     from cxr.train.config import load_config, resolve_variant
     from cxr.train.fit import _callbacks
 

@@ -226,3 +226,16 @@ def test_an_unreachable_cluster_is_one_line_and_exit_69(hostile_folder, model, t
     code, output = run_infer(str(hostile_folder), "--model", str(model), "--out", str(tmp_path / "o"),
                              "--engine", "ray", "--ray-address", "127.0.0.1:1", "--ray-timeout", "5")
     assert code == 69 and "cannot reach the Ray cluster at 127.0.0.1:1" in output, output
+
+
+@pytest.mark.slow
+def test_json_logs_on_ray_hold_only_json_lines(hostile_folder, model, tmp_path):
+    """Ray's native log lines (its C++ core worker writes to the process's stderr) become JSON events
+    under --log-format json, like every line cxr writes."""
+    proc = subprocess.run([sys.executable, "-m", "cxr.app.cli", "infer", str(hostile_folder), "--model", str(model),
+                           "--out", str(tmp_path / "o"), "--engine", "ray", "--log-format", "json", "-q",
+                           "--no-report"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # three files cannot be read
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # raises on any line that is not JSON
+    assert {"scored", "errors"} <= {e["event"] for e in events}

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from cxr.artifacts import augment_policy_of
 from cxr.keras_layers import gaussian_blur
 
 POLICIES = ("seed", "robust")
@@ -151,7 +152,7 @@ def robust_layers(robust: dict[str, Any], seed: int) -> list[keras.layers.Layer]
 
 def make_augmenter(resolved: dict[str, Any], seed: int) -> keras.Sequential:
     """The training augmenter of a resolved config: its ``augment_policy`` (default ``seed``)."""
-    policy = resolved.get("augment_policy", "seed")
+    policy = augment_policy_of(resolved)
     if policy not in POLICIES:
         raise ValueError(f"unknown augment policy {policy!r}; choose one of {POLICIES}")
     layers = seed_layers(resolved["augment"], seed)

@@ -12,11 +12,13 @@ import os
 import sys
 from pathlib import Path
 
+from cxr.errors import InputError
+
 BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
-class BackendError(RuntimeError):
+class BackendError(InputError, RuntimeError):
     """The requested backend cannot be used in this process. One-line message."""
 
 

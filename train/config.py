@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import copy
 import json
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
+from cxr.errors import InputError
 from cxr.files import sha256_text
 
 VARIANTS = ("model1", "model2")
 BACKBONES = ("efficientnet_b2", "efficientnet_lite2")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A bad training configuration. The message is one line."""
 
 

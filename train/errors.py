@@ -1,11 +1,12 @@
 """Errors of the training stage. Each message is one line."""
+from cxr.errors import InputError
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(InputError, RuntimeError):
     """Pretrained weights cannot be had."""
 
 
-class RunStateError(RuntimeError):
+class RunStateError(InputError, RuntimeError):
     """The run folder is in a state that needs a decision (e.g. --resume)."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr.artifacts import RunFolder
+from cxr.artifacts import RunFolder, augment_policy_of
 from cxr.data import load_manifest
 from cxr.environment import package_versions
 from cxr.files import sha256_file
@@ -178,7 +178,7 @@ def _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, n_tr
 
     return {"variant": resolved["variant"], "backbone": resolved["backbone"], "weights": str(resolved["weights"]),
             "freeze_bn": bool(resolved.get("freeze_bn", False)), "seed": seed,
-            "augment_policy": resolved.get("augment_policy", "seed"), "backend": keras.backend.backend(),
+            "augment_policy": augment_policy_of(resolved), "backend": keras.backend.backend(),
             "precision": resolved.get("precision", "float32"),
             "input_pipeline": "tf.data" if keras.backend.backend() == "tensorflow" else "PyDataset, augmentation in "
                                                                                         "the training step",
@@ -232,7 +232,7 @@ def _run_fit(model, resolved, run: RunFolder, arrays, class_weight, resume: bool
     seed, batch_size = int(resolved["seed"]), int(resolved["batch_size"])
     augmenter = make_augmenter(resolved, seed)
     save_image_grid(augmenter(arrays["train"][0][:16].astype("float32"), training=True), run.file(run.AUGMENT_GRID),
-                    title=f"training augmentation samples ({resolved.get('augment_policy', 'seed')} policy)")
+                    title=f"training augmentation samples ({augment_policy_of(resolved)} policy)")
     fitted, train_data, val_data, classifier = fit_inputs(model, augmenter, arrays, batch_size, seed)
     compile_classifier(fitted, float(resolved["learning_rate"]))
     budget = _time_budget_callback(max_minutes) if max_minutes else None

@@ -15,10 +15,11 @@ from typing import Iterator
 
 import keras
 import numpy as np
+from cxr.train.errors import WeightsUnavailableError
 
 from cxr.artifacts.model_contract import FEATURE_LAYER
+from cxr.errors import InputError
 from cxr.keras_layers import EQUALISER_NAME, AcquisitionEqualiser
-from cxr.train.errors import WeightsUnavailableError
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage, as found in the weights file
 LITE2_STAGES = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120),
@@ -32,7 +33,7 @@ IMAGENET_CHECK = (("chelsea", ("tabby",)), ("coffee", ("espresso", "cup", "coffe
                   ("rocket", ("missile", "projectile", "space shuttle")))
 
 
-class Lite2ImportError(RuntimeError):
+class Lite2ImportError(InputError, RuntimeError):
     """The Lite2 weights cannot be had or converted. One-line message."""
 
 
@@ -155,10 +156,9 @@ def efficientnet_lite2(weights: str | None, input_size: int, equalise_sigma: flo
 def imagenet_check(weights_file: Path | None = None) -> list[tuple[str, str, list[tuple[float, str]]]]:
     """Top-5 ImageNet classes of skimage's cat, coffee and rocket photos with the converted
     model (its top included); checks the written no-top file loads into the same layers."""
+    from cxr.train.imagenet_labels import IMAGENET_LABELS
     from skimage import data as skdata
     from skimage.transform import resize
-
-    from cxr.train.imagenet_labels import IMAGENET_LABELS
 
     model = converted_model(260, include_top=True)
     if weights_file is not None:

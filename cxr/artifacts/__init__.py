@@ -18,7 +18,8 @@ from typing import Any
 _OWNERS = {"METRIC_NAMES": "metrics_report", "MetricsReport": "metrics_report", "MetricsReportError": "metrics_report",
            "ModelContract": "model_contract", "ModelContractError": "model_contract",
            "Predictions": "predictions", "PredictionsError": "predictions", "escape_path": "predictions",
-           "unescape_path": "predictions", "RunFolder": "run_folder", "RunFolderError": "run_folder"}
+           "unescape_path": "predictions", "RunFolder": "run_folder", "RunFolderError": "run_folder",
+           "augment_policy_of": "run_folder"}
 
 __all__ = sorted(_OWNERS)
 

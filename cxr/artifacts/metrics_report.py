@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cxr.errors import InputError
 from cxr.files import write_json_atomic
 from cxr.messages import first_line
 
@@ -27,7 +28,7 @@ LOWER_IS_BETTER = frozenset({"loss", "brier", "ece"})
 BLOCKS = ("at_0.5", "at_model_threshold", "at_val_threshold")
 
 
-class MetricsReportError(ValueError):
+class MetricsReportError(InputError, ValueError):
     """A metrics.json that is not one, or lacks what is asked of it. One-line message."""
 
 

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cxr.errors import InputError
 from cxr.imaging import RESIZE_RULE
 
 METADATA_PREFIX = "cxr."
@@ -28,7 +29,7 @@ HEAD_LAYERS = ("head_dense128", "head_dense64", "p_positive")  # the seed's head
 RESIZE_RULES = (RESIZE_RULE,)
 
 
-class ModelContractError(ValueError):
+class ModelContractError(InputError, ValueError):
     """Metadata that breaks the contract. One-line message."""
 
 
@@ -114,6 +115,27 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """An INT8 copy made by ``cxr quantize``: its format and method, the calibration set (hash of its
+    sorted paths and count), the accuracy gate's figures and the fp32 file it came from."""
+    dtype: str
+    format: str
+    method: str
+    calibration_set: dict[str, Any]
+    gate: dict[str, Any]
+    source_sha256: str
+    facts: dict[str, Any] = field(default_factory=dict)  # float groups, onnxruntime version, calibration check
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any] | None) -> "Quantization | None":
+        if not meta:
+            return None
+        known = {"dtype", "format", "method", "calibration_set", "gate"}
+        return cls(str(meta["dtype"]), str(meta["format"]), str(meta["method"]), dict(meta["calibration_set"]),
+                   dict(meta["gate"]), str(meta["source"]["sha256"]), {k: v for k, v in meta.items() if k not in known})
+
+
+@dataclass(frozen=True)
 class ModelContract:
     classes: tuple[str, str]
     threshold: float
@@ -130,6 +152,10 @@ class ModelContract:
     @property
     def calibration(self) -> Calibration | None:
         return Calibration.from_metadata(self.facts.get("calibration"))
+
+    @property
+    def quantization(self) -> Quantization | None:
+        return Quantization.from_metadata(self.facts.get("quantization"))
 
     @property
     def positive_class(self) -> str:

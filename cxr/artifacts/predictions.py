@@ -34,6 +34,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from cxr.errors import InputError
 from cxr.files import atomic_path, write_json_atomic
 from cxr.messages import first_line
 
@@ -42,7 +43,7 @@ PROBABILITY_FORMAT = "{:.9f}"   # fixed decimals (no 6.49e-05 in a spreadsheet);
 DOMAIN_FORMAT = "{:.4f}"
 
 
-class PredictionsError(ValueError):
+class PredictionsError(InputError, ValueError):
     """A predictions file that cannot be read as one. One-line message."""
 
 

@@ -19,11 +19,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr.errors import InputError
 from cxr.files import write_json_atomic
 
 
-class RunFolderError(ValueError):
+class RunFolderError(InputError, ValueError):
     """A run folder that is missing, foreign or unreadable. One-line message."""
+
+
+# Runs made before config.json recorded the augmentation policy used the original notebook's table.
+UNRECORDED_AUGMENT_POLICY = "seed"
+
+
+def augment_policy_of(config: dict[str, Any]) -> str:
+    """The augmentation policy a run's (resolved) config names; ``seed`` where it names none."""
+    return str(config.get("augment_policy") or UNRECORDED_AUGMENT_POLICY)
 
 
 @dataclass(frozen=True)
