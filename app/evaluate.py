@@ -18,12 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from cxr.app.errors import EXIT_DATA_CHANGED, EXIT_EVAL_PARTIAL, EXIT_OK, EXIT_REGRESSED, UsageError
+from cxr.app.errors import (
+    EXIT_DATA_CHANGED,
+    EXIT_EVAL_PARTIAL,
+    EXIT_OK,
+    EXIT_REGRESSED,
+    UsageError,
+)
 from cxr.app.events import Events, log_format_option
-from cxr.app.options import (batch_size_option, device_option, engine_options, model_option, n_boot_option,
-                             precision_option, quiet_option, workers_option)
-from cxr.app.robustness import max_flip_option, seed_option as robustness_seed_option
+from cxr.app.options import (
+    batch_size_option,
+    device_option,
+    engine_options,
+    model_option,
+    n_boot_option,
+    precision_option,
+    quiet_option,
+    workers_option,
+)
+from cxr.app.robustness import max_flip_option
+from cxr.app.robustness import seed_option as robustness_seed_option
 
 VERDICT_EXIT = {"pass": EXIT_OK, "not_compared": EXIT_OK, "regression": EXIT_REGRESSED,
                 "data_changed": EXIT_DATA_CHANGED, "partial": EXIT_EVAL_PARTIAL}
@@ -103,9 +117,15 @@ def _preflight(folder: Path, max_drop: str, max_flip: str, history_path: Path,
                metrics_file: Path | None, write_baseline: Path | None = None) -> tuple[dict, dict]:
     """Everything that can be checked before the model is loaded: the folder, the gate specs and
     the output files (their folders must exist and be writable)."""
-    from cxr.perturb import SUITE_NAMES
-    from cxr.reports.evaluate import GateSpecError, check_history_file, check_writable_file, parse_max_drop
+    from cxr.reports.evaluate import (
+        GateSpecError,
+        check_history_file,
+        check_writable_file,
+        parse_max_drop,
+    )
     from cxr.reports.robustness import RobustnessSpecError, parse_max_flip
+
+    from cxr.perturb import SUITE_NAMES
 
     if not folder.is_dir():
         raise UsageError(f"folder not found: {folder}")
@@ -207,14 +227,29 @@ def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robust
              max_shift, allow_new_data, write_baseline, history_path, out_dir, metrics_file, labels_csv, manifest, split, batch_size, device, precision, workers,
              n_boot, engine, ray_address, ray_timeout, gpus_per_actor, log_format, quiet) -> None:
     """Score a labelled folder, write the report, append to the history and gate on regressions."""
-    from cxr.app.infer import (check_out_dir, domain_summary, ground_truth, inside, load_model, out_dir_lock, score,
-                               write_report)
+    from cxr.app.infer import (
+        check_out_dir,
+        domain_summary,
+        ground_truth,
+        inside,
+        load_model,
+        out_dir_lock,
+        score,
+        write_report,
+    )
     from cxr.app.robustness import run_robustness
-    from cxr.artifacts import Predictions
-    from cxr.reports.evaluate import (GateResult, add_robustness_failures, check_shift, finish_evaluation,
-                                      folder_data_sha256)
+    from cxr.reports.evaluate import (
+        EvaluationRun,
+        GateResult,
+        add_robustness_failures,
+        check_shift,
+        finish_evaluation,
+        folder_data_sha256,
+    )
     from cxr.reports.render import write_reports
     from cxr.reports.robustness import check_flips
+
+    from cxr.artifacts import Predictions
 
     started = time.time()
     events = Events(log_format, quiet, "cxr evaluate")
@@ -247,9 +282,11 @@ def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robust
             raise UsageError(f"no labelled images of both classes under {folder}; nothing to evaluate")
         data_sha = folder_data_sha256(folder, only, exclude=out_dir if inside(out_dir, folder) else None)
         gate.compared = gate.compared or baseline_values is not None
-        gate = finish_evaluation(report, out_dir, model.info.sha256, data_sha, baseline_values,
-                                 baseline, limits, allow_new_data, history_path, gate, model.execution,
-                                 {"n_files": result.n_files, "n_errors": result.n_errors})
+        run = EvaluationRun(model_sha256=model.info.sha256, data_sha256=data_sha, history_path=history_path,
+                            baseline_metrics=baseline_values, baseline_path=baseline, limits=limits,
+                            allow_new_data=allow_new_data, execution=dict(model.execution),
+                            n_files=result.n_files, n_errors=result.n_errors)
+        gate = finish_evaluation(report, out_dir, run, gate)
         write_reports(report, out_dir)  # again, now that metrics.json holds the gate's verdict
     verdict = gate.verdict
     save_baseline(write_baseline, report, verdict, events)

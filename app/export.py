@@ -137,8 +137,8 @@ def export(run_dir: Path | None, from_onnx: Path | None, out_path: Path, thresho
     except ExportError as exc:
         raise UsageError(str(exc)) from None
     p = result.parity
-    click.echo(f"parity on {p['source']}: max |dp| {p['max_abs_diff']:.2e}, mean |dp| {p['mean_abs_diff']:.2e}, "
-               f"labels differ {p['labels_differ']} (tolerance {p['tolerance']:g}) -> passed")
+    click.echo(f"parity on {p.source}: max |dp| {p.max_abs_diff:.2e}, mean |dp| {p.mean_abs_diff:.2e}, "
+               f"labels differ {p.labels_differ} (tolerance {p.tolerance:g}) -> passed")
     size_mb = result.model_path.stat().st_size / 1e6
     click.echo(f"wrote {result.model_path} ({size_mb:.1f} MB, threshold {value:.4g}) and {result.parity_path}")
     try:

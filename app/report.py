@@ -6,9 +6,14 @@ import json
 from pathlib import Path
 
 import click
-
 from cxr.app.errors import UsageError
-from cxr.app.options import model_option, n_boot_option, target_recall_option, threshold_rule_option
+from cxr.app.options import (
+    model_option,
+    n_boot_option,
+    target_recall_option,
+    threshold_rule_option,
+)
+
 from cxr.messages import first_line
 
 
@@ -46,6 +51,7 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, thresho
     """Metrics with CIs, figures, report.md and a self-contained report.html."""
     from cxr.app.infer import load_model
     from cxr.reports.summary import ReportInputError, summarize
+
     from cxr.thresholds import ThresholdError
 
     explainer = load_model(str(cam_model), "cpu") if cam_model else None
@@ -80,8 +86,9 @@ def report(prediction_files, out_dir, history, val_preds, target_recall, thresho
               help="[default: <model>.md beside the model]")
 def card(model_path, metrics_json, key, data_note, out_path) -> None:
     """Write a model card (Markdown) from a model's metadata, parity JSON and test metrics."""
-    from cxr.errors import InputError
     from cxr.reports.card import write_model_card
+
+    from cxr.errors import InputError
 
     out_path = out_path or Path(model_path).with_suffix(".md")
     try:
@@ -103,7 +110,9 @@ def _read_json_file(path: Path, key: str, what: str) -> dict:
 
 
 def _robustness_of(path: Path) -> dict:
-    return _read_json_file(path, "perturbations", "a robustness.json from `cxr robustness`")
+    from cxr.artifacts import RobustnessReport
+
+    return RobustnessReport.read(path)
 
 
 def _shortcut_of(path: Path) -> dict:

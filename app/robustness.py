@@ -16,10 +16,15 @@ from typing import Any
 
 import click
 import numpy as np
-
 from cxr.app.errors import EXIT_EVAL_PARTIAL, EXIT_OK, EXIT_REGRESSED, UsageError
 from cxr.app.events import Events, log_format_option
-from cxr.app.options import batch_size_option, device_option, model_option, quiet_option, workers_option
+from cxr.app.options import (
+    batch_size_option,
+    device_option,
+    model_option,
+    quiet_option,
+    workers_option,
+)
 
 max_flip_option = click.option("--max-flip", default="", help="Gate: the most a perturbation may flip labels of any "
                                                               "true class, e.g. noise2=0.02,jpeg50=0.05.")
@@ -31,8 +36,9 @@ def labelled_images(folder: Path, model, only: list[str] | None, truth, workers:
                     ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
     """(decoded model inputs, label indices, escaped relative paths, (path, why) of the files left
     out) of the labelled images; files that do not decode or carry no label are left out."""
-    from cxr.imaging import decoded_stream
     from cxr.infer.score import effective_workers, list_targets
+
+    from cxr.imaging import decoded_stream
 
     classes = model.info.classes
     rels, paths = list_targets(folder, only, None)
@@ -58,8 +64,9 @@ def run_robustness(model, folder: Path, only, truth, *, seed: int = 0, batch_siz
                    workers: int | None = None, events: Events | None = None) -> dict[str, Any]:
     """The robustness section of one model on one labelled set."""
     from cxr.infer.robustness import score_perturbed
-    from cxr.perturb import SUITE
     from cxr.reports.robustness import robustness_metrics
+
+    from cxr.perturb import SUITE
 
     images, y, _, left_out = labelled_images(folder, model, only, truth, workers)
     if len(np.unique(y)) < 2:
@@ -96,10 +103,18 @@ def robustness(model_path, folder, labels_csv, manifest, split, out_dir, max_fli
     """ROC AUC, |dp| and label flips per class under noise, blur, resolution, JPEG, brightness,
     contrast, gamma and rotation (a fixed, seeded suite)."""
     from cxr.app.infer import ground_truth, load_model, out_dir_lock
-    from cxr.files import write_json_atomic, write_text_atomic
+    from cxr.reports.robustness import (
+        RobustnessSpecError,
+        check_flips,
+        parse_max_flip,
+        plot_robustness,
+        robustness_markdown,
+        robustness_rows,
+    )
+
+    from cxr.artifacts import RobustnessReport
+    from cxr.files import write_text_atomic
     from cxr.perturb import SUITE_NAMES
-    from cxr.reports.robustness import (RobustnessSpecError, check_flips, parse_max_flip, plot_robustness,
-                                        robustness_rows)
 
     events = Events(log_format, quiet, "cxr robustness")
     if not folder.is_dir():
@@ -116,12 +131,9 @@ def robustness(model_path, folder, labels_csv, manifest, split, out_dir, max_fli
         messages, failures = check_flips(result, limits)
         result["gate"] = {"limits": limits, "messages": messages, "passed": not failures}
         plot_robustness(result, out_dir / "robustness.png", title=f"{model.path.stem}: robustness")
-        header, rows = robustness_rows(result)
-        table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |"
-                                                                                 for r in rows]
-        write_text_atomic(out_dir / "robustness.md", "\n".join(table) + "\n")
-        write_json_atomic(out_dir / "robustness.json", result)
-    for row in rows:
+        write_text_atomic(out_dir / "robustness.md", robustness_markdown(result))
+        RobustnessReport.write(out_dir / RobustnessReport.FILE, result)
+    for row in robustness_rows(result)[1]:
         events.emit("row", "  ".join(row), always=True)
     for line in messages:
         events.emit("gate", line, always=True)

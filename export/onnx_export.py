@@ -15,11 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from cxr.artifacts import ModelContract, RunFolder, RunFolderError, augment_policy_of
+from cxr.artifacts import (
+    ModelContract,
+    Parity,
+    RunFolder,
+    RunFolderError,
+    augment_policy_of,
+)
 from cxr.artifacts.model_contract import CAM_NAME, INPUT_NAME, OUTPUT_NAME
 from cxr.environment import package_versions
 from cxr.errors import InputError
-from cxr.files import atomic_path, sha256_file, write_json_atomic
+from cxr.files import atomic_path, sha256_file
 from cxr.imaging import RESIZE_RULE, decode_image
 from cxr.messages import first_line
 
@@ -40,7 +46,7 @@ class ParityError(ExportError):
 class ExportResult:
     model_path: Path
     parity_path: Path
-    parity: dict[str, Any]
+    parity: Parity
     metadata: dict[str, str]
 
 
@@ -227,6 +233,6 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, *, parity_paths: list
             raise ParityError(f"parity gate failed: max |dp| {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
                               f"{parity['labels_differ']} labels differ{cam}; no model written")
         parity["model_sha256"] = sha256_file(tmp)
-    parity_path = out_path.with_suffix(".parity.json")
-    write_json_atomic(parity_path, {"model": out_path.name, "run": str(run_dir), **parity})
-    return ExportResult(out_path, parity_path, parity, metadata)
+    record = Parity.from_dict({"model": out_path.name, "run": str(run_dir), **parity})
+    parity_path = record.write(Parity.path_for(out_path))
+    return ExportResult(out_path, parity_path, record, metadata)

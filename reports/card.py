@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from cxr.artifacts import MetricsReport, ModelContract, augment_policy_of
-from cxr.files import sha256_file, write_json_atomic, write_text_atomic
 from cxr.reports.render import INTERVALS_NOTE, ci_text, value_with_ci
+
+from cxr.artifacts import MetricsReport, ModelContract, Parity, augment_policy_of
+from cxr.files import sha256_file, write_json_atomic, write_text_atomic
 from cxr.thresholds import describe_rule
 
 CARD_METRICS = ("roc_auc", "pr_auc", "accuracy", "recall", "specificity", "precision", "f1", "brier", "ece")
@@ -110,7 +110,15 @@ def _front_matter(name: str, contract: ModelContract, result: dict[str, Any], da
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def _details(path: Path, contract: ModelContract, parity: dict[str, Any]) -> list[str]:
+def _parity_line(parity: Parity | None) -> str:
+    if parity is None:
+        return "- **Export parity**: not recorded (no parity file beside the model)."
+    cam = f"; Grad-CAM max |Δ| {parity.cam_max_abs_diff:.2e}" if parity.cam_max_abs_diff is not None else ""
+    return (f"- **Export parity** (Keras vs onnxruntime, {parity.source or '?'}): max |Δp| "
+            f"{parity.max_abs_diff:.2e}{cam}.")
+
+
+def _details(path: Path, contract: ModelContract, parity: Parity | None) -> list[str]:
     meta = contract.metadata()
     cfg = meta.get("training_config", {})
     lite2 = meta.get("backbone") == "efficientnet_lite2" and meta.get("weights") == "imagenet"
@@ -128,9 +136,7 @@ def _details(path: Path, contract: ModelContract, parity: dict[str, Any]) -> lis
         f"augmentation policy `{augment_policy_of(meta)}`, backend {meta.get('backend', 'tensorflow')}, "
         f"{meta.get('epochs_run')} epochs run of {cfg.get('epochs')} (best val_loss at epoch "
         f"{meta.get('best_epoch')}; training {'finished' if meta.get('training_finished') else 'stopped early'}).",
-        f"- **Export parity** (Keras vs onnxruntime, {parity.get('source', '?')}): max |Δp| "
-        f"{parity.get('max_abs_diff', float('nan')):.2e}; Grad-CAM max |Δ| "
-        f"{parity.get('cam_max_abs_diff', float('nan')):.2e}.",
+        _parity_line(parity),
         f"- **File**: `{path.name}`, sha256 `{sha256_file(path)}`.", ""]
 
 
@@ -247,8 +253,7 @@ def model_card(model_path: str | Path, metrics_json: str | Path, model_key: str 
     key = model_key or path.stem
     result = MetricsReport.model(report, key)
     MetricsReport.block(report, key)  # a one-line error when it holds no labelled metrics for this model
-    parity_file = path.with_suffix(".parity.json")
-    parity = json.loads(parity_file.read_text()) if parity_file.is_file() else {}
+    parity = Parity.read(path)
     sections = [f"# Model card: {path.name}", "", *_details(path, contract, parity), *_get_started(path, contract),
                 *_uses(),
                 *_data_and_contract(contract, data_note), *_metrics(result, metrics_json),

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from cxr.artifacts import (
     METRIC_NAMES,
@@ -18,11 +15,11 @@ from cxr.artifacts import (
     escape_path,
     unescape_path,
 )
+from cxr.artifacts.eval_history import EvalHistory, EvalHistoryError, EvalRecord
 from cxr.artifacts.metrics_report import LOWER_IS_BETTER
 from cxr.errors import InputError
-from cxr.files import atomic_path, sha256_file
+from cxr.files import sha256_file
 from cxr.imaging import list_images
-from cxr.messages import first_line
 
 ALIASES = {"auc": "roc_auc", "ap": "pr_auc", "sensitivity": "recall", "acc": "accuracy"}
 
@@ -108,9 +105,6 @@ def load_baseline(path: str | Path, limits: dict[str, float], model_sha256: str 
     return {**values, "data_sha256": report.get("data_sha256"), "baseline_model": name}
 
 
-HISTORY_COLUMNS = ("time", "model_sha256", "data_sha256", "verdict")
-
-
 def check_writable_file(path: str | Path, option: str) -> None:
     """Refuse, before scoring, an output file whose folder is missing or not writable."""
     import os
@@ -133,21 +127,11 @@ def check_writable_file(path: str | Path, option: str) -> None:
 def check_history_file(history_path: str | Path) -> None:
     """Refuse, before scoring, a history file that cannot be appended to: a folder that is missing
     or read-only, or a file that is not an evaluation history."""
-    path = Path(history_path)
-    check_writable_file(path, "--history")
-    if not path.exists():
-        return
+    check_writable_file(history_path, "--history")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise GateSpecError(f"history file {path} is not a readable CSV ({first_line(exc)}); "
-                            "move it aside or pass another --history") from None
-    except pd.errors.EmptyDataError:
-        return
-    missing = [c for c in HISTORY_COLUMNS if c not in frame.columns]
-    if missing:
-        raise GateSpecError(f"history file {path} is not a cxr evaluation history (no column "
-                            f"{', '.join(missing)}); move it aside or pass another --history")
+        EvalHistory.read(history_path)
+    except EvalHistoryError as exc:
+        raise GateSpecError(str(exc)) from None
 
 
 def check_gate(current: dict[str, float], baseline: dict[str, Any], limits: dict[str, float],
@@ -186,46 +170,44 @@ def add_robustness_failures(gate: GateResult, messages: list[str], failures: lis
     gate.regressions += failures
 
 
-def append_history(history_path: str | Path, row: dict[str, Any]) -> None:
-    """Append one row to the evaluation history CSV (rewritten atomically)."""
-    history_path = Path(history_path)
-    frame = pd.DataFrame()
-    if history_path.is_file():
-        try:
-            frame = pd.read_csv(history_path, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            pass
-    frame = pd.concat([frame, pd.DataFrame([{k: str(v) for k, v in row.items()}])], ignore_index=True)
-    with atomic_path(history_path) as tmp:
-        frame.to_csv(tmp, index=False, lineterminator="\n")
+@dataclass(frozen=True)
+class EvaluationRun:
+    """What one ``cxr evaluate`` run compares and records, beside its report."""
+
+    model_sha256: str
+    data_sha256: str
+    history_path: Path
+    baseline_metrics: dict[str, Any] | None = None
+    baseline_path: Path | None = None
+    limits: dict[str, float] = field(default_factory=dict)
+    allow_new_data: bool = False
+    execution: dict[str, Any] = field(default_factory=dict)
+    n_files: int = 0
+    n_errors: int = 0
 
 
-def history_row(report: dict[str, Any], model_sha: str, data_sha: str, gate: GateResult,
-                execution: dict[str, Any] | None = None, counts: dict[str, int] | None = None) -> dict[str, Any]:
-    metrics = MetricsReport.headline(report)
-    execution = execution or {}
-    return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model_sha256": model_sha,
-            "data_sha256": data_sha, **{k: round(v, 6) for k, v in metrics.items()},
-            **(counts or {}), "provider": execution.get("provider", ""),
-            "execution_precision": execution.get("precision", ""), "verdict": gate.verdict}
+def history_record(report: dict[str, Any], run: EvaluationRun, gate: GateResult) -> EvalRecord:
+    return EvalRecord(model_sha256=run.model_sha256, data_sha256=run.data_sha256, verdict=gate.verdict,
+                      metrics=MetricsReport.headline(report), n_files=run.n_files, n_errors=run.n_errors,
+                      provider=run.execution.get("provider", ""),
+                      execution_precision=run.execution.get("precision", ""))
 
 
-def finish_evaluation(report: dict[str, Any], out_dir: Path, model_sha: str, data_sha: str,
-                      baseline: dict[str, Any] | None, baseline_path: str | Path | None, limits: dict[str, float],
-                      allow_new_data: bool, history_path: str | Path, gate: GateResult | None = None,
-                      execution: dict[str, Any] | None = None, counts: dict[str, int] | None = None) -> GateResult:
+def finish_evaluation(report: dict[str, Any], out_dir: Path, run: EvaluationRun,
+                      gate: GateResult | None = None) -> GateResult:
     """Gate the report against the baseline, record data hash, gate and execution in metrics.json,
-    append history."""
+    append the history."""
     gate = gate or GateResult()
-    gate.files_failed = int((counts or {}).get("n_errors", 0))
-    if baseline is not None:
-        metrics_gate = check_gate(MetricsReport.headline(report), baseline, limits, data_sha, allow_new_data)
+    gate.files_failed = run.n_errors
+    if run.baseline_metrics is not None:
+        metrics_gate = check_gate(MetricsReport.headline(report), run.baseline_metrics, run.limits,
+                                  run.data_sha256, run.allow_new_data)
         gate.messages = metrics_gate.messages + gate.messages
         gate.regressions = metrics_gate.regressions + gate.regressions
         gate.data_changed = metrics_gate.data_changed
-    report.update({"data_sha256": data_sha, "execution": execution or {},
+    report.update({"data_sha256": run.data_sha256, "execution": dict(run.execution),
                    "gate": {"passed": gate.passed, "verdict": gate.verdict, "messages": gate.messages,
-                            "baseline": str(baseline_path) if baseline_path else None}})
+                            "baseline": str(run.baseline_path) if run.baseline_path else None}})
     MetricsReport.write(out_dir / MetricsReport.FILE, report)
-    append_history(history_path, history_row(report, model_sha, data_sha, gate, execution, counts))
+    EvalHistory.append(run.history_path, history_record(report, run, gate))
     return gate

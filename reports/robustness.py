@@ -125,3 +125,10 @@ def plot_robustness(result: dict[str, Any], out: str | Path, title: str = "") ->
     bottom.set_xticks(x, names, rotation=45, ha="right")
     fig.suptitle(title or f"robustness at threshold {result['threshold']:.3g} ({result['n_images']} images)")
     return _save(fig, out)
+
+
+def robustness_markdown(result: dict[str, Any]) -> str:
+    """robustness.md: the suite's table."""
+    header, rows = robustness_rows(result)
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(table + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"

@@ -3,7 +3,10 @@
 - ``RunFolder``      what ``cxr train`` writes and export / recalibrate-bn / resume read;
 - ``ModelContract``  the exported ONNX model's interface and metadata (one schema);
 - ``Predictions``    the predictions CSV, its settings sidecar and the resumable partial file;
-- ``MetricsReport``  metrics.json.
+- ``MetricsReport``  metrics.json;
+- ``RobustnessReport`` robustness.json (``cxr robustness``), read by the report and the card;
+- ``Parity``         <model>.parity.json, the export's parity gate, read by the model card;
+- ``EvalHistory``    evaluations/history.csv, one ``EvalRecord`` per ``cxr evaluate`` run.
 
 A stage learns about another stage only through these.
 """
@@ -19,7 +22,9 @@ _OWNERS = {"METRIC_NAMES": "metrics_report", "MetricsReport": "metrics_report", 
            "ModelContract": "model_contract", "ModelContractError": "model_contract",
            "Predictions": "predictions", "PredictionsError": "predictions", "escape_path": "predictions",
            "unescape_path": "predictions", "RunFolder": "run_folder", "RunFolderError": "run_folder",
-           "augment_policy_of": "run_folder"}
+           "augment_policy_of": "run_folder", "RobustnessReport": "robustness_report",
+           "RobustnessReportError": "robustness_report", "Parity": "parity", "EvalHistory": "eval_history",
+           "EvalRecord": "eval_history", "EvalHistoryError": "eval_history"}
 
 __all__ = sorted(_OWNERS)
 
