@@ -52,3 +52,15 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_json_file(path: str | Path, error: type[Exception]) -> Any:
+    """A JSON file's content; ``error`` with one line when it cannot be read or is not JSON."""
+    from cxr.messages import first_line
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({first_line(exc)})") from None

@@ -50,5 +50,5 @@ def test_robustness_report_round_trips_and_refuses_other_json(tmp_path: Path) ->
     with pytest.raises(RobustnessReportError, match="not a robustness.json"):
         RobustnessReport.read(tmp_path / "other.json")
     (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(RobustnessReportError, match="cannot read"):
+    with pytest.raises(RobustnessReportError, match="not valid JSON"):
         RobustnessReport.read(tmp_path / "broken.json")

@@ -13,14 +13,12 @@ and the results tables of README.md and docs/ read.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from cxr.errors import InputError
-from cxr.files import write_json_atomic
-from cxr.messages import first_line
+from cxr.files import read_json_file, write_json_atomic
 
 METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
                 "balanced_accuracy", "mcc", "brier", "ece")
@@ -43,12 +41,7 @@ class MetricsReport:
 
     @staticmethod
     def read(path: str | Path) -> dict[str, Any]:
-        try:
-            report = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise MetricsReportError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MetricsReportError(f"{path} is not valid JSON ({first_line(exc)})") from None
+        report = read_json_file(path, MetricsReportError)
         if not isinstance(report, dict) or not isinstance(report.get("models"), dict) or not report["models"]:
             raise MetricsReportError(f"{path} is not a cxr metrics.json (no 'models')")
         return report

@@ -8,13 +8,11 @@ report and the model card read.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from cxr.errors import InputError
-from cxr.files import write_json_atomic
-from cxr.messages import first_line
+from cxr.files import read_json_file, write_json_atomic
 
 REQUIRED = ("perturbations", "threshold", "classes", "n_images")
 
@@ -34,10 +32,7 @@ class RobustnessReport:
 
     @staticmethod
     def read(path: str | Path) -> dict[str, Any]:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RobustnessReportError(f"cannot read {path}: {first_line(exc)}") from None
+        data = read_json_file(path, RobustnessReportError)
         missing = [key for key in REQUIRED if not isinstance(data, dict) or key not in data]
         if missing:
             raise RobustnessReportError(f"{path} is not a robustness.json from `cxr robustness` (no "
