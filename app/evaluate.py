@@ -194,7 +194,7 @@ def save_baseline(path: Path | None, report: dict, verdict: str, events: Events)
                    "one scored with this model file, by sha256].")
 @click.option("--max-drop", default="roc_auc=0.01,recall=0.02", show_default=True,
               help="Allowed drop per metric (loss, brier, ece: allowed rise). Must gate at least one metric.")
-@click.option("--robustness", "with_robustness", is_flag=True,
+@click.option("--with-robustness", "with_robustness", is_flag=True,
               help="Also run the robustness suite (in the report and metrics.json); implied by --max-flip.")
 @max_flip_option
 @robustness_seed_option

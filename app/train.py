@@ -12,10 +12,17 @@ from cxr.train.backend import BACKENDS, PRECISIONS
 from cxr.train.config import BACKBONES, VARIANTS
 
 
+def _renamed_data(ctx, param, value):  # noqa: ANN001 - click's callback signature
+    if value is not None:
+        raise click.BadParameter("train reads a split manifest: give it as --manifest (in the other commands "
+                                 "--data names an image folder)", param_hint="--data")
+
+
 @click.command()
 @click.option("--variant", type=click.Choice([*VARIANTS, "all"]), default="all", show_default=True)
-@click.option("--data", "manifest", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--manifest", "manifest", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("data/splits/manifest.csv"), show_default=True, help="Split manifest from `cxr data prepare`.")
+@click.option("--data", "old_data", hidden=True, expose_value=False, callback=_renamed_data)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Run folder (with --variant all: a folder per variant below it).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

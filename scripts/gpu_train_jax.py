@@ -119,7 +119,7 @@ def main() -> None:
     for variant in ("model1", "model2"):
         start = time.perf_counter()
         sh(sys.executable, "-m", "cxr.app.cli", "train", "--variant", variant, "--backbone", "efficientnet_lite2",
-           "--weights", "imagenet", "--backend", "jax", "--data", str(manifest), "--out", str(work / "runs" / variant),
+           "--weights", "imagenet", "--backend", "jax", "--manifest", str(manifest), "--out", str(work / "runs" / variant),
            "--cache-dir", str(work / "cache"), *epochs)
         totals[variant] = time.perf_counter() - start
         info = json.loads((work / "runs" / variant / "run.json").read_text())

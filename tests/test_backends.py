@@ -62,7 +62,7 @@ def jax_runs(tmp_path_factory) -> dict[str, Path]:
                                         "--no-shortcut-check"])
     assert prepared.exit_code == 0, prepared.output
     manifest = root / "splits" / "manifest.csv"
-    proc = train_in_subprocess("jax", "--variant", "model2", "--data", str(manifest), "--out",
+    proc = train_in_subprocess("jax", "--variant", "model2", "--manifest", str(manifest), "--out",
                                str(root / "runs" / "model2"), "--cache-dir", str(root / "cache"), *TINY)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"root": root, "manifest": manifest, "runs": root / "runs", "output": proc.stdout}
@@ -117,7 +117,7 @@ def test_a_jax_run_exports_through_the_parity_gate(jax_runs, tmp_path: Path) -> 
 
 def test_jax_resume_after_a_kill_and_backend_mismatch_is_refused(jax_runs) -> None:
     run = jax_runs["root"] / "resume"
-    args = ["--variant", "model2", "--data", str(jax_runs["manifest"]), "--out", str(run), "--cache-dir",
+    args = ["--variant", "model2", "--manifest", str(jax_runs["manifest"]), "--out", str(run), "--cache-dir",
             str(jax_runs["root"] / "cache"), "--weights", "none", "--epochs", "2", "--input-size", "32",
             "--batch-size", "8"]
     killed = train_in_subprocess("jax", *args, prelude=CRASH_AFTER_FIRST_EPOCH)
@@ -133,7 +133,7 @@ def test_jax_resume_after_a_kill_and_backend_mismatch_is_refused(jax_runs) -> No
 
 def test_mixed_bfloat16_trains_and_exports_a_float32_model(jax_runs, tmp_path: Path) -> None:
     run = tmp_path / "mixed"
-    proc = train_in_subprocess("jax", "--variant", "model2", "--data", str(jax_runs["manifest"]), "--out", str(run),
+    proc = train_in_subprocess("jax", "--variant", "model2", "--manifest", str(jax_runs["manifest"]), "--out", str(run),
                                "--cache-dir", str(jax_runs["root"] / "cache"), "--precision", "mixed_bfloat16", *TINY)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["precision"] == "mixed_bfloat16"

@@ -24,7 +24,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     runner = CliRunner()
     prepared = runner.invoke(cxr, ["data", "prepare", "--source", str(data), "--out", str(root / "splits")])
     assert prepared.exit_code == 0, prepared.output
-    result = runner.invoke(cxr, ["train", "--variant", "all", "--data", str(root / "splits" / "manifest.csv"),
+    result = runner.invoke(cxr, ["train", "--variant", "all", "--manifest", str(root / "splits" / "manifest.csv"),
                                  "--out", str(root / "runs"), "--cache-dir", str(root / "cache"), *TINY])
     assert result.exit_code == 0, result.output
     return {"root": root, "data": data, "manifest": root / "splits" / "manifest.csv", "runs": root / "runs",
@@ -60,14 +60,14 @@ def test_frozen_random_base_warns_and_is_recorded(trained) -> None:
 
 
 def test_existing_run_needs_resume(trained) -> None:
-    result = CliRunner().invoke(cxr, ["train", "--variant", "model1", "--data", str(trained["manifest"]),
+    result = CliRunner().invoke(cxr, ["train", "--variant", "model1", "--manifest", str(trained["manifest"]),
                                       "--out", str(trained["runs"] / "model1"), *TINY])
     assert result.exit_code == 2 and "--resume" in result.output
 
 
 def test_resuming_finished_runs_changes_nothing(trained) -> None:
     histories = {v: (trained["runs"] / v / "history.csv").read_text() for v in ("model1", "model2")}
-    result = CliRunner().invoke(cxr, ["train", "--variant", "all", "--data", str(trained["manifest"]),
+    result = CliRunner().invoke(cxr, ["train", "--variant", "all", "--manifest", str(trained["manifest"]),
                                       "--out", str(trained["runs"]), "--resume", *TINY])
     assert result.exit_code == 0, result.output
     assert result.output.count("already finished") == 2
