@@ -262,7 +262,8 @@ def evaluate(model_path, folder, baseline, baseline_model, max_drop, with_robust
                          "(re-export it with `cxr export --from-onnx`)")
     only, truth = ground_truth(model, labels_csv, manifest, split)
     with out_dir_lock(out_dir):
-        result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
+        local_workers = {} if engine == "ray" else {"workers": workers}  # with Ray, --workers is the suite's alone
+        result = score(folder, model, out_dir, events, batch_size=batch_size, **local_workers, truth=truth,
                        only=only, engine=engine, ray_address=ray_address, gpus_per_actor=gpus_per_actor,
                        device=device, ray_timeout=ray_timeout)
         domain_summary(result, model, events)

@@ -125,24 +125,23 @@ def inside(child: Path, parent: Path) -> bool:
 
 
 def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "local", source: str | None = None,
-          ray_address: str | None = None, gpus_per_actor: float | None = None, device: str = "auto",
-          ray_timeout: float = 60.0, **kwargs):
-    """Score with the chosen engine; the same predictions contract either way. ``source``: the
-    ray engine's SOURCE as given (a folder, a CSV list or a URI), default ``folder``."""
+          workers: int | None = None, ray_address: str | None = None, gpus_per_actor: float | None = None,
+          ray_timeout: float | None = None, **run: Any):
+    """Score with the engine named ``engine`` and the engine options that were set (one it does not
+    take is a usage error, never dropped); the same predictions contract either way. ``source``: the
+    SOURCE as given (a folder; for the ray engine also a CSV list or a URI), default ``folder``;
+    ``run``: the rest of ``Engine.score``'s arguments (batch size, labels, resume, device, ...)."""
+    from cxr.infer.engine import RunInterrupted, ScoreInputError, given_options, make_engine
     from cxr.infer.model import ModelOutputError
-    from cxr.infer.score import RunInterrupted, ScoreInputError, score_folder
 
     exclude = out_dir if inside(out_dir, folder) else None
+    options = given_options(workers=workers, address=ray_address, gpus_per_actor=gpus_per_actor, timeout=ray_timeout)
     try:
-        if engine == "ray":
-            from cxr.infer.ray_engine import score_with_ray
-
-            kwargs.pop("workers", None)  # Ray sizes its own decode tasks
-            return score_with_ray(source or str(folder), model, out_dir / "predictions.csv",
-                                  progress=events.progress, exclude=exclude, address=ray_address,
-                                  gpus_per_actor=gpus_per_actor, device=device, timeout=ray_timeout, **kwargs)
-        return score_folder(folder, model, out_dir / "predictions.csv", progress=events.progress,
-                            exclude=exclude, **kwargs)
+        chosen = make_engine(engine, **options)
+        if chosen.native_logs:
+            events.native_stderr_as_json(chosen.name)
+        return chosen.score(source or str(folder), model, out_dir / "predictions.csv", progress=events.progress,
+                            exclude=exclude, **run)
     except (ScoreInputError, ModelOutputError) as exc:
         raise UsageError(str(exc)) from None
     except RunInterrupted as exc:
@@ -202,7 +201,8 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
         return None
     try:
         return summarize([result.csv_path], out_dir, images_root=images_root, with_figures=full, n_boot=n_boot,
-                         cam_model=cam_model, **extra)
+                         cam_model=cam_model, progress=(lambda line: events.emit("report", line)) if events else None,
+                         **extra)
     except ReportInputError as exc:
         if events is not None:
             events.emit("no_report", f"no report: {exc}", err=True)

@@ -41,7 +41,7 @@ gpus_per_actor_option = click.option("--gpus-per-actor", type=click.FloatRange(0
                                           "puts two actors on each GPU].")
 
 
-ray_timeout_option = click.option("--ray-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True,
+ray_timeout_option = click.option("--ray-timeout", type=click.FloatRange(1, 3600), default=None, show_default="60",
                                   help="With --engine ray and --ray-address HOST:PORT: seconds to wait for the "
                                        "cluster to answer before giving up (exit 69).")
 

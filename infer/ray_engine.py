@@ -1,4 +1,5 @@
-"""The ``ray`` engine of ``cxr-infer``: the local engine's contract on a Ray cluster (Ray Data).
+"""The ``ray`` engine of ``cxr-infer`` (``RayEngine``; ``score_with_ray``): the local engine's
+contract on a Ray cluster (Ray Data), through the shared ``cxr.infer.engine.Engine`` interface.
 
 The standard Ray Data shape for offline batch inference:
 
@@ -11,9 +12,10 @@ The standard Ray Data shape for offline batch inference:
    and writes it as a Parquet shard in ``OUT/shards/`` (temporary name, then an atomic rename).
 
 ``predictions.csv`` and its sidecar are assembled from the shards at the end, atomically, by the
-local engine's writer: one row per file, in the same order, with the same columns. ``--resume``
-skips the files already in finished shards (same settings only). A killed driver loses no
-finished shard; a dead worker's blocks are re-run by Ray, and a file is never written twice.
+engines' shared writer (``cxr.infer.engine.finish``): one row per file, in the same order, with
+the same columns. ``--resume`` skips the files already in finished shards (same settings only).
+A killed driver loses no finished shard; a dead worker's blocks are re-run by Ray, and a file is
+never written twice.
 
 Ray is imported only here, only when the engine is asked for (the ``[ray]`` extra).
 """
@@ -26,9 +28,9 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,9 +38,8 @@ from cxr.artifacts import Predictions, escape_path, unescape_path
 from cxr.imaging import IMAGE_EXTENSIONS, decode_or_error
 from cxr.infer.batch import errors_and_flags, predict_where
 from cxr.infer.model import OnnxClassifier
-from cxr.infer.score import (GroundTruth, ProgressFn, RunInterrupted, ScoreInputError, ScoreResult, already_complete,
-                             kept_rows, list_targets, other_engine, prediction_rows, scoring_settings,
-                             write_predictions)
+from cxr.infer.engine import (Engine, GroundTruth, Job, ProgressFn, RunInterrupted, ScoreInputError, ScoreResult,
+                              Targets, finish, kept_rows, list_targets, prediction_rows)
 from cxr.messages import first_line
 
 DECODE_CHUNK = 64          # files per decode task (and per shard on CPUs)
@@ -51,14 +52,6 @@ class RayEngineError(ScoreInputError):
 
 class RayRunFailed(RunInterrupted):
     """The cluster failed mid-run (beyond Ray's own retries); the finished shards are kept."""
-
-
-@dataclass(frozen=True)
-class Targets:
-    """What to score: escaped row paths (the ``path`` column) and where each file is read from
-    (a local path or a URI), in output order."""
-    rels: list[str]
-    locations: list[str]
 
 
 def is_uri(source: str) -> bool:
@@ -284,6 +277,44 @@ def actor_plan(device: str, gpus_per_actor: float | None) -> dict[str, Any]:
     return {"actors": max(1, cpus), "num_gpus": 0, "num_cpus": 1, "threads": 1, "device": "cpu"}
 
 
+@dataclass(frozen=True)
+class RayEngine(Engine):
+    """A Ray cluster: ``address`` to join (default: a running instance, else a new local one),
+    reachable within ``timeout`` seconds; ``gpus_per_actor`` GPUs for each scoring actor."""
+    address: str | None = None
+    gpus_per_actor: float | None = None
+    timeout: float = RAY_CONNECT_TIMEOUT_S
+    name: ClassVar[str] = "ray"
+    native_logs: ClassVar[bool] = True
+
+    def _list(self, source: str | Path, only: list[str] | None, exclude: Path | None) -> Targets:
+        return replace(list_source(str(source), only, exclude), source=str(source))
+
+    def _settings(self, targets: Targets) -> dict[str, Any]:
+        return {"engine": "ray"}
+
+    def _score(self, job: Job) -> ScoreResult:
+        shards = Predictions.shards_path(job.out_csv)
+        done = _start_shards(shards, job.settings, job.resume, set(job.targets.rels))
+        todo = [i for i, rel in enumerate(job.targets.rels) if rel not in done]
+        job.tick(len(done))
+        started_ray = connect(self.address, self.timeout)
+        try:
+            started = time.perf_counter()
+            providers = _run_on_cluster(job, todo, shards, self.gpus_per_actor)
+            seconds = time.perf_counter() - started
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        _, rows = Predictions.read_shards(shards)
+        provider = ",".join(sorted(providers)) or job.model.provider
+        result = finish(job, rows, len(todo), seconds, provider, providers=sorted(providers) or [job.model.provider])
+        Predictions.remove_shards(shards)
+        return result
+
+
 def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, address: str | None = None,
                    batch_size: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
                    progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
@@ -291,81 +322,68 @@ def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, a
                    gpus_per_actor: float | None = None, foreign: str = "flag",
                    timeout: float = RAY_CONNECT_TIMEOUT_S) -> ScoreResult:
     """Score ``source`` on Ray; the same outputs and result as ``score_folder``."""
-    out_csv = Path(out_csv)
-    truth = truth or GroundTruth()
-    targets = list_source(source, only, Path(exclude) if exclude else None)
-    settings = {**scoring_settings(model, tta, truth, only, foreign, str(source)), "engine": "ray"}
-    if resume and (complete := already_complete(out_csv, settings, len(targets.rels))) is not None:
-        n_errors = int((complete["error"] != "").sum())
-        return ScoreResult(out_csv, len(targets.rels), n_errors, 0, model.provider, 0.0, complete, settings, True)
-    shards = Predictions.shards_path(out_csv)
-    other_engine(out_csv, resume, ours="ray")
-    done = _start_shards(shards, settings, resume, set(targets.rels))
-    todo = [i for i, rel in enumerate(targets.rels) if rel not in done]
-    if progress:
-        progress(len(done), len(targets.rels))
-    started_ray = connect(address, timeout)
+    engine = RayEngine(address=address, gpus_per_actor=gpus_per_actor, timeout=timeout)
+    return engine.score(source, model, out_csv, batch_size=batch_size, truth=truth, resume=resume, progress=progress,
+                        only=only, tta=tta, exclude=exclude, foreign=foreign, device=device)
+
+
+def _run_on_cluster(job: Job, todo: list[int], shards: Path, gpus_per_actor: float | None) -> set[str]:
+    """``_run``, with what fails on the cluster told apart: the model's own fault (as the local
+    engine says it) or the cluster's (RayRunFailed; the finished shards are kept)."""
     try:
-        started = time.perf_counter()
-        try:
-            providers = _run(targets, todo, model, shards, truth, tta, device, gpus_per_actor, batch_size, progress,
-                             foreign)
-        except Exception as exc:  # noqa: BLE001 - Ray wraps what failed on the cluster in its own types
-            if not type(exc).__module__.startswith("ray"):
-                raise
-            user_error = _user_error_inside(exc)
-            if user_error is not None:  # the model's own fault, not the cluster's: as the local engine says
-                raise ScoreInputError(str(user_error)) from None
-            raise RayRunFailed(f"the Ray run failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
-                               f"finished shards are kept in {shards}: rerun with --resume") from None
-        seconds = time.perf_counter() - started
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    _, rows = Predictions.read_shards(shards)
-    frame = write_predictions(rows, out_csv, targets.rels, model.info.positive_class,
-                              {**settings, "providers": sorted(providers) or [model.provider]}, model.guard)
-    Predictions.remove_shards(shards)
-    n_errors = int((frame["error"] != "").sum())
-    provider = ",".join(sorted(providers)) or model.provider
-    return ScoreResult(out_csv, len(targets.rels), n_errors, len(todo), provider, seconds, frame, settings)
+        return _run(job, todo, shards, gpus_per_actor)
+    except Exception as exc:  # noqa: BLE001 - Ray wraps what failed on the cluster in its own types
+        if not type(exc).__module__.startswith("ray"):
+            raise
+        user_error = _user_error_inside(exc)
+        if user_error is not None:  # the model's own fault, not the cluster's: as the local engine says
+            raise ScoreInputError(str(user_error)) from None
+        raise RayRunFailed(f"the Ray run failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
+                           f"finished shards are kept in {shards}: rerun with --resume") from None
 
 
-def _run(targets: Targets, todo: list[int], model: OnnxClassifier, shards: Path, truth: GroundTruth, tta: bool,
-         device: str, gpus_per_actor: float | None, batch_size: int | None, progress: ProgressFn | None,
-         foreign: str = "flag") -> set[str]:
+def _run(job: Job, todo: list[int], shards: Path, gpus_per_actor: float | None) -> set[str]:
     """Decode and score the ``todo`` files on Ray; one shard per finished block. The providers used."""
     if not todo:
         return set()
     import ray.data
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    plan = actor_plan(device, gpus_per_actor)
-    batch_size = batch_size or (256 if plan["num_gpus"] else DECODE_CHUNK)
+    plan = actor_plan(job.device, gpus_per_actor)
+    batch_size = job.batch_size or (256 if plan["num_gpus"] else DECODE_CHUNK)
     chunk = min(DECODE_CHUNK, batch_size)  # files per decode task and per block (a shard on CPUs)
-    items = [{"rel": targets.rels[i], "location": targets.locations[i]} for i in todo]
-    size = model.info.input_size
+    items = [{"rel": job.targets.rels[i], "location": job.targets.locations[i]} for i in todo]
     dataset = (ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // chunk)))
-               .map_batches(decode_block, fn_kwargs={"size": size}, batch_size=chunk, num_cpus=1)
-               .map_batches(ScoringActor, batch_size=batch_size, num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"],
-                            compute=ActorPoolStrategy(size=plan["actors"]),
-                            fn_constructor_kwargs={"model_bytes": model.info.path.read_bytes(),
-                                                   "model_name": model.info.path.name, "device": plan["device"],
-                                                   "precision": model.precision, "threads": plan["threads"],
-                                                   "tta": tta}))
+               .map_batches(decode_block, fn_kwargs={"size": job.model.info.input_size}, batch_size=chunk, num_cpus=1)
+               .map_batches(ScoringActor, batch_size=batch_size, **_actor_pool(job, plan)))
     providers: set[str] = set()
     for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        rels = [str(rel) for rel in block["rel"]]
-        rows = prediction_rows(model, rels, np.asarray(block["probability"], float), np.asarray(block["domain"], float),
-                               [str(e) for e in block["error"]], [str(q) for q in block["qc"]], truth, tta, foreign)
-        Predictions.write_shard(shards, rows, model.info.positive_class)
+        _write_block(job, block, shards)
         providers.update(str(p) for p in block["provider"])
-        if progress:
-            progress(len(rels), len(targets.rels))
     return providers
+
+
+def _actor_pool(job: Job, plan: dict[str, Any]) -> dict[str, Any]:
+    """``map_batches`` arguments of the scoring actors: their pool, resources and model."""
+    from ray.data import ActorPoolStrategy
+
+    model = job.model
+    return {"num_cpus": plan["num_cpus"], "num_gpus": plan["num_gpus"],
+            "compute": ActorPoolStrategy(size=plan["actors"]),
+            "fn_constructor_kwargs": {"model_bytes": model.info.path.read_bytes(), "model_name": model.info.path.name,
+                                      "device": plan["device"], "precision": model.precision,
+                                      "threads": plan["threads"], "tta": job.tta}}
+
+
+def _write_block(job: Job, block: dict[str, np.ndarray], shards: Path) -> None:
+    """A finished block's rows, as the local engine makes them, written as one shard."""
+    rels = [str(rel) for rel in block["rel"]]
+    rows = prediction_rows(job.model, rels, np.asarray(block["probability"], float), np.asarray(block["domain"], float),
+                           [str(e) for e in block["error"]], [str(q) for q in block["qc"]], job.truth, job.tta,
+                           job.foreign)
+    Predictions.write_shard(shards, rows, job.model.info.positive_class)
+    job.tick(len(rels))

@@ -96,6 +96,7 @@ def test_cli_missing_source_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not found" in result.output
 
 
+@pytest.mark.slow
 def test_real_data_split_meets_the_spec(shared_data: Path, tmp_path: Path) -> None:
     result = prepare_splits(shared_data / "chest_xray", tmp_path / "splits")
     s = result.summary

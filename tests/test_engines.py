@@ -1,6 +1,7 @@
-"""What the two engines share and how each fails, without starting Ray: the cluster's address, the
-file list, damaged shards, a model error on the cluster, and a resume across engines
-(infer/score.py, infer/ray_engine.py)."""
+"""The one engine interface (both engines implement ``Engine``; ``make_engine`` refuses an option
+an engine does not take), what the two engines share and how each fails, without starting Ray: the
+cluster's address, the file list, damaged shards, a model error on the cluster, and a resume
+across engines (infer/engine.py, infer/score.py, infer/ray_engine.py)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,68 @@ def test_resume_across_engines_is_refused_and_leftovers_are_cleared(tmp_path: Pa
     assert refused.exit_code == 2 and "used --engine ray" in refused.output
     fresh = CliRunner().invoke(infer, args)
     assert fresh.exit_code == 0 and not shards.exists()
+
+
+def test_both_engines_implement_the_one_engine_interface() -> None:
+    """Each engine is an ``Engine`` with the shared ``score``, its own listing and scoring, and only
+    its own options; the ray engine reaches the shared pieces through cxr.infer.engine, not score.py."""
+    import inspect
+
+    from cxr.infer.engine import ENGINES, Engine, engine_class, make_engine
+    from tests.test_layout import ROOT, imports_of
+
+    expected = {"local": ("workers",), "ray": ("address", "gpus_per_actor", "timeout")}
+    assert set(ENGINES) == set(expected)
+    for name in ENGINES:
+        cls = engine_class(name)
+        assert issubclass(cls, Engine) and not inspect.isabstract(cls) and cls.name == name
+        assert cls.score is Engine.score  # the shared steps (listing, settings, already complete) run once
+        assert cls._list is not Engine._list and cls._score is not Engine._score
+        assert cls.options() == expected[name]
+        assert isinstance(make_engine(name), cls)
+    assert make_engine("local", workers=3).workers == 3
+    ray_engine = make_engine("ray", address="auto", gpus_per_actor=0.5, timeout=5)
+    assert (ray_engine.address, ray_engine.gpus_per_actor, ray_engine.timeout) == ("auto", 0.5, 5)
+    assert "cxr.infer.score" not in imports_of(ROOT / "infer" / "ray_engine.py")
+
+
+@pytest.mark.parametrize(("name", "options", "refused"), [("ray", {"workers": 2}, "'workers'"),
+                                                          ("local", {"address": "auto", "timeout": 5},
+                                                           "'address', 'timeout'"),
+                                                          ("local", {"gpus_per_actor": 1.0}, "'gpus_per_actor'")])
+def test_make_engine_refuses_an_option_the_engine_does_not_take(name: str, options: dict, refused: str) -> None:
+    from cxr.infer.engine import EngineOptionError, make_engine
+    from cxr.infer.score import ScoreInputError
+
+    with pytest.raises(EngineOptionError) as caught:
+        make_engine(name, **options)
+    message = str(caught.value)
+    assert message.startswith(f"the {name} engine does not take {refused} (its options: ") and "\n" not in message
+    assert isinstance(caught.value, ScoreInputError)  # a usage error (exit 2) on the command line
+    with pytest.raises(EngineOptionError, match="unknown engine 'spark' \\(engines: local, ray\\)"):
+        make_engine("spark")
+
+
+def test_given_options_leave_out_only_what_was_not_set() -> None:
+    """A command line passes every engine option, unset ones as None or at their default; only
+    those reach ``make_engine``, so an unset option never trips the refusal and a set one is never dropped."""
+    from cxr.infer.engine import given_options
+
+    assert given_options(workers=None, address=None, gpus_per_actor=None, timeout=60.0) == {}
+    assert given_options(workers=0, address=None, gpus_per_actor=0.5, timeout=5) == {"workers": 0,
+                                                                                    "gpus_per_actor": 0.5,
+                                                                                    "timeout": 5}
+
+
+def test_an_option_of_the_other_engine_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    """``--workers`` with ``--engine ray`` (and a Ray option with the local engine) is refused
+    before anything is scored, not silently dropped."""
+    folder = make_dataset(tmp_path / "data", n_patients=2, images_per_patient=1)
+    model = make_tiny_model(tmp_path / "m.onnx")
+    base = [str(folder), "--model", str(model), "-q", "--no-report"]
+    for extra, refused in ((["--engine", "ray", "--workers", "2"], "the ray engine does not take 'workers'"),
+                           (["--ray-address", "auto"], "the local engine does not take 'address'")):
+        out = tmp_path / f"o{len(extra)}"
+        result = CliRunner().invoke(infer, [*base, "--out", str(out), *extra])
+        assert result.exit_code == 2 and refused in result.output, result.output
+        assert "Traceback" not in result.output and not (out / "predictions.csv").exists()

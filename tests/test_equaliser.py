@@ -20,6 +20,7 @@ def test_the_equaliser_is_a_gaussian_blur_and_sigma_zero_is_the_identity() -> No
     assert np.array_equal(np.asarray(AcquisitionEqualiser(0.0)(images)), images)
 
 
+@pytest.mark.slow
 def test_it_sits_before_the_backbone_has_no_weights_and_does_not_shift_the_freezing(tmp_path) -> None:
     from cxr.train.config import load_config, resolve_variant
     from cxr.train.model import build_classifier

@@ -206,6 +206,7 @@ def _readme_baseline_command(model: Path, folder: Path, baseline: Path) -> str:
     return command + f" --history {shlex.quote(str(baseline.parent / 'h0.csv'))} --n-boot 20 --workers 0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["passes", "baseline missing", "bad option"])
 def test_the_readme_cron_recipe_writes_only_json_to_stderr(tmp_path: Path, folder: Path, case: str) -> None:
     """README's baseline step and cron line, run as written (paths mapped to this test's files): the

@@ -379,6 +379,7 @@ def test_attack_probabilities_keep_enough_digits_to_rank(tmp_path: Path, folder:
     assert p.astype(float).round(6).nunique() < len(p)  # which 6 decimals would have lost
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 def test_attack_kill_9_leaves_no_decode_worker(tmp_path: Path, tiny_model: Path) -> None:
     folder = make_gray_class_folders(tmp_path / "many", {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=400,
@@ -481,6 +482,7 @@ def test_json_log_format_is_one_object_per_line(tmp_path: Path, folder: Path, ti
     assert all({"time", "event", "message"} <= set(e) for e in events)
 
 
+@pytest.mark.slow
 def test_resume_on_100k_files_gives_one_row_per_file(tmp_path: Path, tiny_model: Path) -> None:
     """Listing, resume and finishing are linear: 100,000 (empty, so quickly failing) files, half of
     them done before a kill; the resumed run scores the other half and writes exactly one row each."""

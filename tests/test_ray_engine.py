@@ -76,6 +76,7 @@ def test_ray_and_local_engines_write_the_same_rows_errors_included(ray_instance,
     assert not (tmp_path / "ray" / "shards").exists()  # assembled, then cleaned up
 
 
+@pytest.mark.slow
 def test_a_csv_list_and_a_file_uri_are_sources_of_the_ray_engine(ray_instance, hostile_folder, model, tmp_path):
     listed = sorted(str(p.relative_to(hostile_folder)) for p in hostile_folder.rglob("*.jpeg"))[:5]
     (hostile_folder.parent / "list.csv").write_text("path\n" + "\n".join(listed) + "\n")
@@ -104,6 +105,7 @@ infer_main()
 """
 
 
+@pytest.mark.slow
 def test_resume_after_the_driver_is_killed_keeps_finished_shards(ray_instance, model, tmp_path):
     folder = make_dataset(tmp_path / "many", n_patients=60, images_per_patient=2, layout="flat")
     out = tmp_path / "out"
@@ -166,6 +168,7 @@ cluster.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_a_worker_killed_on_a_two_node_cluster_loses_and_duplicates_nothing(model, tmp_path):
     folder = make_dataset(tmp_path / "many", n_patients=50, images_per_patient=2, layout="flat")
     out = tmp_path / "out"
@@ -189,6 +192,7 @@ def test_the_local_engine_and_an_inference_install_never_import_ray() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_ray_engine_gives_the_local_metrics_and_exit_code(ray_instance, hostile_folder, model,
                                                                           tmp_path):
     from cxr.app.evaluate import evaluate

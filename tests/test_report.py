@@ -119,6 +119,7 @@ def _labelled_folder(root: Path) -> Path:
                                    name="person{i}_x_{i}.png")
 
 
+@pytest.mark.slow
 def test_evaluate_gate_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
     folder = _labelled_folder(tmp_path / "data")
