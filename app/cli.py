@@ -23,7 +23,10 @@ from cxr.app.options import seed_option
 from cxr.messages import first_line
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=HELP_OPTIONS)
 @click.version_option(__version__, prog_name="cxr")
 def cxr() -> None:
     """Pneumonia on pediatric chest X-rays: data -> train -> export -> infer -> report/evaluate."""
@@ -87,6 +90,8 @@ def _register_commands() -> None:
 
     for command in (train, recalibrate_bn, export, quantize, infer, report, evaluate, robustness, explain, card,
                     weights):
+        # -h too when a command runs alone (cxr-infer); click keeps the first help option it makes
+        command.context_settings = {**HELP_OPTIONS, **command.context_settings}
         cxr.add_command(command)
 
 

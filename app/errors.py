@@ -12,13 +12,13 @@ from __future__ import annotations
 import click
 
 EXIT_OK = 0
-EXIT_PARTIAL = 1          # cxr-infer: finished, but some files got error rows
+EXIT_PARTIAL = 1  # cxr-infer: finished, but some files got error rows
 EXIT_USAGE = 2
-EXIT_REGRESSED = 1        # cxr evaluate: a gated metric dropped more than allowed
-EXIT_DATA_CHANGED = 3     # cxr evaluate: the data differs from the baseline's
-EXIT_EVAL_PARTIAL = 4     # cxr evaluate: gate passed, but some files could not be scored
-EXIT_UNAVAILABLE = 69     # a worker or the Ray cluster failed mid-run; finished work is kept (EX_UNAVAILABLE)
-EXIT_INTERNAL = 70        # a bug in cxr (sysexits EX_SOFTWARE)
+EXIT_REGRESSED = 1  # cxr evaluate: a gated metric dropped more than allowed
+EXIT_DATA_CHANGED = 3  # cxr evaluate: the data differs from the baseline's
+EXIT_EVAL_PARTIAL = 4  # cxr evaluate: gate passed, but some files could not be scored
+EXIT_UNAVAILABLE = 69  # a worker or the Ray cluster failed mid-run; finished work is kept (EX_UNAVAILABLE)
+EXIT_INTERNAL = 70  # a bug in cxr (sysexits EX_SOFTWARE)
 
 
 class UsageError(click.ClickException):

@@ -13,8 +13,13 @@ from typing import Any
 
 import click
 
-log_format_option = click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-                                 show_default=True, help="json: one JSON object per event on stderr.")
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per event on stderr.",
+)
 PROGRESS_EVERY_S = 10.0
 _WRITING = threading.Lock()
 
@@ -32,8 +37,13 @@ class Events:
         """One event: a JSON object on stderr, or a line of text: results (``always``) on stdout
         and problems (``err``) on stderr even when quiet, chatter on stderr unless quiet."""
         if self.json:
-            record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                      "command": self.command, "event": event, "message": message, **fields}
+            record = {
+                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                "command": self.command,
+                "event": event,
+                "message": message,
+                **fields,
+            }
             with _WRITING:  # whole lines, also when the relay thread of native stderr writes
                 click.echo(json.dumps(record, default=str), err=True)
         elif err:
@@ -55,8 +65,13 @@ class Events:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr,
-                             disable=self.quiet or not sys.stderr.isatty())
+            self._bar = tqdm(
+                total=total,
+                unit="img",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                disable=self.quiet or not sys.stderr.isatty(),
+            )
         self._bar.update(n)
 
     def close(self) -> None:
@@ -84,4 +99,3 @@ class Events:
             for line in pipe:
                 if line.strip():
                     self.emit(f"{source}_log", line.strip())
-

@@ -53,7 +53,9 @@ def explain_files(paths: list[Path], model_path: str | Path, out_dir: str | Path
     from cxr.reports.figures import save_explanation
 
     model_path, out_dir = Path(model_path), Path(out_dir)
-    explain, size, classes, threshold = (_onnx_explainer if model_path.suffix == ".onnx" else _keras_explainer)(model_path)
+    explain, size, classes, threshold = (_onnx_explainer if model_path.suffix == ".onnx" else _keras_explainer)(
+        model_path
+    )
     results, used = [], set()
     for path in map(Path, paths):
         image, error = decode_or_error(path, size)
@@ -61,8 +63,9 @@ def explain_files(paths: list[Path], model_path: str | Path, out_dir: str | Path
             results.append(Explanation(path, None, None, error))
             continue
         prob, cam = explain(image[None])
-        figure = save_explanation(image, cam[0], float(prob[0]), classes, threshold,
-                                  out_dir / _unique_name(path, used), title=path.name)
+        figure = save_explanation(
+            image, cam[0], float(prob[0]), classes, threshold, out_dir / _unique_name(path, used), title=path.name
+        )
         results.append(Explanation(path, float(prob[0]), figure))
     return results
 
@@ -79,10 +82,20 @@ def _unique_name(path: Path, used: set[str]) -> str:
 
 @click.command("explain")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
-              help="Exported .onnx (uses its 'cam' output, no TensorFlow), a .keras file or a training run folder.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("explanations"),
-              show_default=True)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Exported .onnx (uses its 'cam' output, no TensorFlow), a .keras file or a training run folder.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("explanations"),
+    show_default=True,
+)
 def explain(images: tuple[Path, ...], model_path: Path, out_dir: Path) -> None:
     """Grad-CAM heatmap overlays (PNG) for each IMAGE: the image, the overlay and the probability."""
     from cxr.artifacts import RunFolderError
@@ -96,6 +109,7 @@ def explain(images: tuple[Path, ...], model_path: Path, out_dir: Path) -> None:
     except (ModelLoadError, RunFolderError, ExportError) as exc:  # others: a bug (exit 70), not a usage error
         raise UsageError(first_line(exc)) from None
     for item in results:
-        click.echo(f"{item.path}: " + (f"p={item.probability:.4f} -> {item.figure}" if item.figure else
-                                       f"error: {item.error}"))
+        click.echo(
+            f"{item.path}: " + (f"p={item.probability:.4f} -> {item.figure}" if item.figure else f"error: {item.error}")
+        )
     sys.exit(EXIT_PARTIAL if any(item.error for item in results) else EXIT_OK)

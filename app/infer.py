@@ -18,8 +18,17 @@ import click
 
 from cxr.app.errors import EXIT_OK, EXIT_PARTIAL, ServiceUnavailable, UsageError
 from cxr.app.events import Events, log_format_option
-from cxr.app.options import (batch_size_option, device_option, engine_options, foreign_option, model_option,
-                             n_boot_option, precision_option, quiet_option, workers_option)
+from cxr.app.options import (
+    batch_size_option,
+    device_option,
+    engine_options,
+    foreign_option,
+    model_option,
+    n_boot_option,
+    precision_option,
+    quiet_option,
+    workers_option,
+)
 
 LOCK_NAME = ".cxr.lock"
 
@@ -76,8 +85,10 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UsageError(f"another cxr run is writing to {out_dir} (it holds {out_dir / LOCK_NAME}); "
-                         "wait for it to finish or choose another --out") from None
+        raise UsageError(
+            f"another cxr run is writing to {out_dir} (it holds {out_dir / LOCK_NAME}); "
+            "wait for it to finish or choose another --out"
+        ) from None
     try:
         yield
     finally:
@@ -108,15 +119,22 @@ def check_labels(folder: Path, only, truth, model, out_dir: Path, events: Events
     except ScoreInputError as exc:
         raise UsageError(str(exc)) from None
     if matched < len(rels):
-        events.emit("labels", f"the {truth.source} labels {matched} of the {len(rels)} files; the others are "
-                              "scored without a label", err=True, labelled=matched, files=len(rels))
+        events.emit(
+            "labels",
+            f"the {truth.source} labels {matched} of the {len(rels)} files; the others are scored without a label",
+            err=True,
+            labelled=matched,
+            files=len(rels),
+        )
 
 
 def check_out_dir(out_dir: Path, folder: Path) -> None:
     """The output folder may sit inside the scored folder (it is skipped), but not be that folder."""
     if folder.is_dir() and out_dir.resolve() == folder.resolve():
-        raise UsageError(f"--out {out_dir} is the scored folder itself: its figures would be scored by the next "
-                         "run; choose a folder inside or beside it (e.g. --out {}/cxr_out)".format(out_dir))
+        raise UsageError(
+            f"--out {out_dir} is the scored folder itself: its figures would be scored by the next "
+            "run; choose a folder inside or beside it (e.g. --out {}/cxr_out)".format(out_dir)
+        )
 
 
 def inside(child: Path, parent: Path) -> bool:
@@ -124,9 +142,20 @@ def inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "local", source: str | None = None,
-          workers: int | None = None, ray_address: str | None = None, gpus_per_actor: float | None = None,
-          ray_timeout: float | None = None, **run: Any):
+def score(
+    folder: Path,
+    model,
+    out_dir: Path,
+    events: Events,
+    *,
+    engine: str = "local",
+    source: str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    gpus_per_actor: float | None = None,
+    ray_timeout: float | None = None,
+    **run: Any,
+):
     """Score with the engine named ``engine`` and the engine options that were set (one it does not
     take is a usage error, never dropped); the same predictions contract either way. ``source``: the
     SOURCE as given (a folder; for the ray engine also a CSV list or a URI), default ``folder``;
@@ -140,8 +169,9 @@ def score(folder: Path, model, out_dir: Path, events: Events, *, engine: str = "
         chosen = make_engine(engine, **options)
         if chosen.native_logs:
             events.native_stderr_as_json(chosen.name)
-        return chosen.score(source or str(folder), model, out_dir / "predictions.csv", progress=events.progress,
-                            exclude=exclude, **run)
+        return chosen.score(
+            source or str(folder), model, out_dir / "predictions.csv", progress=events.progress, exclude=exclude, **run
+        )
     except (ScoreInputError, ModelOutputError) as exc:
         raise UsageError(str(exc)) from None
     except RunInterrupted as exc:
@@ -157,17 +187,31 @@ def domain_summary(result, model, events: Events) -> dict[str, Any] | None:
     settings = Predictions.read_settings(result.csv_path) or {}
     flagged = int(result.predictions["qc"].str.contains("outside training domain", regex=False).sum())
     if model.guard is None:
-        events.emit("domain", "domain guard: this model has none (re-export it with `cxr export` to add one); "
-                              "images unlike the training data are not flagged", err=True)
+        events.emit(
+            "domain",
+            "domain guard: this model has none (re-export it with `cxr export` to add one); "
+            "images unlike the training data are not flagged",
+            err=True,
+        )
         return None
     scored = int((result.predictions["domain_score"] != "").sum())
-    events.emit("domain", f"domain guard: {flagged} of {scored} images outside the training domain "
-                          f"(threshold {model.guard.threshold:.2f}; see the 'qc' column)", always=True,
-                flagged=flagged, scored=scored)
+    events.emit(
+        "domain",
+        f"domain guard: {flagged} of {scored} images outside the training domain "
+        f"(threshold {model.guard.threshold:.2f}; see the 'qc' column)",
+        always=True,
+        flagged=flagged,
+        scored=scored,
+    )
     shift = settings.get("shift")
     if shift:
-        events.emit("shift", shift["verdict"], always=True, err=bool(shift["shifted"]), **{
-            k: shift[k] for k in ("p_value", "statistic", "n_images", "shifted")})
+        events.emit(
+            "shift",
+            shift["verdict"],
+            always=True,
+            err=bool(shift["shifted"]),
+            **{k: shift[k] for k in ("p_value", "statistic", "n_images", "shifted")},
+        )
     else:
         from cxr.shift import NOT_TESTED
 
@@ -178,31 +222,47 @@ def domain_summary(result, model, events: Events) -> dict[str, Any] | None:
 def no_labels_reason(model, folder: Path) -> str:
     """Why a run found no ground truth, in one clause."""
     classes = ", ".join(model.info.classes) if model is not None else "the model's classes"
-    return (f"no folder under {folder} is named after a class ({classes}, in any case) and no --labels or "
-            "--manifest was given")
+    return (
+        f"no folder under {folder} is named after a class ({classes}, in any case) and no --labels or "
+        "--manifest was given"
+    )
 
 
-def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 1000, model=None,
-                 events: Events | None = None, **extra: Any) -> dict | None:
+def write_report(
+    result,
+    folder: Path,
+    out_dir: Path,
+    full: bool,
+    n_boot: int = 1000,
+    model=None,
+    events: Events | None = None,
+    **extra: Any,
+) -> dict | None:
     """The reports stage on these predictions, when they carry ground truth."""
-    from cxr.reports.summary import ReportInputError, summarize
-
-    from cxr.reports.summary import summarize_unlabelled
+    from cxr.reports.summary import ReportInputError, summarize, summarize_unlabelled
 
     cam_model = model if model is not None and model.has_cam else None
     images_root = folder if folder.is_dir() else None  # a CSV list or a URI has no image folder
     if not (result.predictions["true_label"] != "").any():
         if events is not None:
-            events.emit("labels", f"no labels: {no_labels_reason(model, folder)}; the report shows the scores only",
-                        err=True)
+            events.emit(
+                "labels", f"no labels: {no_labels_reason(model, folder)}; the report shows the scores only", err=True
+            )
         if not full:
             return None
         summarize_unlabelled(result.csv_path, out_dir, images_root=images_root, cam_model=cam_model)
         return None
     try:
-        return summarize([result.csv_path], out_dir, images_root=images_root, with_figures=full, n_boot=n_boot,
-                         cam_model=cam_model, progress=(lambda line: events.emit("report", line)) if events else None,
-                         **extra)
+        return summarize(
+            [result.csv_path],
+            out_dir,
+            images_root=images_root,
+            with_figures=full,
+            n_boot=n_boot,
+            cam_model=cam_model,
+            progress=(lambda line: events.emit("report", line)) if events else None,
+            **extra,
+        )
     except ReportInputError as exc:
         if events is not None:
             events.emit("no_report", f"no report: {exc}", err=True)
@@ -212,31 +272,74 @@ def write_report(result, folder: Path, out_dir: Path, full: bool, n_boot: int = 
 @click.command("infer")
 @click.argument("source", metavar="SOURCE")
 @model_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("cxr_out"),
-              show_default=True, help="Folder for predictions.csv and the report.")
-@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Ground truth CSV (path,label); default: parent folders named after the model's classes.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("cxr_out"),
+    show_default=True,
+    help="Folder for predictions.csv and the report.",
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Ground truth CSV (path,label); default: parent folders named after the model's classes.",
+)
 @batch_size_option
 @device_option
 @precision_option
 @workers_option
-@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Score only the files of a split manifest (paths relative to SOURCE); labels come from it.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
-              help="With --manifest: which split to score.")
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Score only the files of a split manifest (paths relative to SOURCE); labels come from it.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test"]),
+    default="test",
+    show_default=True,
+    help="With --manifest: which split to score.",
+)
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average over flips and small shifts (6x cost).")
 @foreign_option
-@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings; files already "
-                                             "scored are kept. A finished run is left as it is.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run with the same settings; files already "
+    "scored are kept. A finished run is left as it is.",
+)
 @click.option("--no-report", is_flag=True, help="With ground truth, write only metrics.json (no figures/HTML).")
 @n_boot_option
 @engine_options
 @log_format_option
 @quiet_option
-def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, batch_size: int | None, device: str,
-          precision: str, workers: int | None, manifest: Path | None, split: str, tta: bool, foreign: str,
-          resume: bool, no_report: bool, n_boot: int, engine: str, ray_address: str | None, ray_timeout: float,
-          gpus_per_actor: float | None, log_format: str, quiet: bool) -> None:
+def infer(
+    source: str,
+    model_path: str,
+    out_dir: Path,
+    labels_csv: Path | None,
+    batch_size: int | None,
+    device: str,
+    precision: str,
+    workers: int | None,
+    manifest: Path | None,
+    split: str,
+    tta: bool,
+    foreign: str,
+    resume: bool,
+    no_report: bool,
+    n_boot: int,
+    engine: str,
+    ray_address: str | None,
+    ray_timeout: float,
+    gpus_per_actor: float | None,
+    log_format: str,
+    quiet: bool,
+) -> None:
     """Score every image under the folder SOURCE (recursively) with an exported ONNX model. With
     --engine ray, SOURCE may also be a CSV list of paths (column 'path') or a URI (s3://, gs://, ...)."""
     events = Events(log_format, quiet, "cxr-infer")
@@ -244,37 +347,75 @@ def infer(source: str, model_path: str, out_dir: Path, labels_csv: Path | None, 
     folder = Path(source)
     check_out_dir(out_dir, folder)
     model = load_model(model_path, device, precision)
-    events.emit("model", f"provider: {model.provider} ({model.precision}) | model {model.path.name} "
-                         f"({model.info.sha256[:12]}), threshold {model.info.threshold:g}, classes {model.info.classes}",
-                model=model.path.name, model_sha256=model.info.sha256, **model.execution)
+    events.emit(
+        "model",
+        f"provider: {model.provider} ({model.precision}) | model {model.path.name} "
+        f"({model.info.sha256[:12]}), threshold {model.info.threshold:g}, classes {model.info.classes}",
+        model=model.path.name,
+        model_sha256=model.info.sha256,
+        **model.execution,
+    )
     only, truth = ground_truth(model, labels_csv, manifest, split)
     check_labels(folder, only, truth, model, out_dir, events)
     with out_dir_lock(out_dir):
-        result = score(folder, model, out_dir, events, batch_size=batch_size, workers=workers, truth=truth,
-                       resume=resume, only=only, tta=tta, engine=engine, source=source, ray_address=ray_address,
-                       gpus_per_actor=gpus_per_actor, device=device, foreign=foreign, ray_timeout=ray_timeout)
+        result = score(
+            folder,
+            model,
+            out_dir,
+            events,
+            batch_size=batch_size,
+            workers=workers,
+            truth=truth,
+            resume=resume,
+            only=only,
+            tta=tta,
+            engine=engine,
+            source=source,
+            ray_address=ray_address,
+            gpus_per_actor=gpus_per_actor,
+            device=device,
+            foreign=foreign,
+            ray_timeout=ray_timeout,
+        )
         report = write_report(result, folder, out_dir, full=not no_report, n_boot=n_boot, model=model, events=events)
     if result.already_complete:
-        events.emit("complete", f"{result.csv_path} is already complete with these settings ({result.n_files} "
-                                "files); nothing scored", always=True)
+        events.emit(
+            "complete",
+            f"{result.csv_path} is already complete with these settings ({result.n_files} files); nothing scored",
+            always=True,
+        )
     prob = result.predictions[f"p_{model.info.positive_class}"]
     skipped = int(((result.predictions["error"] == "") & (prob == "")).sum())
     left = f", {skipped} left unscored: outside the training domain (--foreign skip)" if skipped else ""
-    events.emit("scored", f"scored {result.n_files - result.n_errors - skipped}/{result.n_files} files{left} "
-                          f"({result.images_per_second:.1f} img/s) -> {result.csv_path}", always=True,
-                files=result.n_files, errors=result.n_errors, skipped=skipped,
-                images_per_second=result.images_per_second)
+    events.emit(
+        "scored",
+        f"scored {result.n_files - result.n_errors - skipped}/{result.n_files} files{left} "
+        f"({result.images_per_second:.1f} img/s) -> {result.csv_path}",
+        always=True,
+        files=result.n_files,
+        errors=result.n_errors,
+        skipped=skipped,
+        images_per_second=result.images_per_second,
+    )
     domain_summary(result, model, events)
     if report is not None:
         from cxr.artifacts import MetricsReport
 
         m = MetricsReport.headline(report)
-        events.emit("metrics", f"metrics (threshold {model.info.threshold:g}): accuracy {m['accuracy']:.3f}, "
-                               f"recall {m['recall']:.3f}, specificity {m['specificity']:.3f}, ROC AUC "
-                               f"{m['roc_auc']:.3f} -> {out_dir / ('metrics.json' if no_report else 'report.html')}",
-                    always=True, metrics=m)
+        events.emit(
+            "metrics",
+            f"metrics (threshold {model.info.threshold:g}): accuracy {m['accuracy']:.3f}, "
+            f"recall {m['recall']:.3f}, specificity {m['specificity']:.3f}, ROC AUC "
+            f"{m['roc_auc']:.3f} -> {out_dir / ('metrics.json' if no_report else 'report.html')}",
+            always=True,
+            metrics=m,
+        )
     if result.n_errors:
-        events.emit("errors", f"{result.n_errors} file(s) could not be scored; see the 'error' column", err=True,
-                    errors=result.n_errors)
+        events.emit(
+            "errors",
+            f"{result.n_errors} file(s) could not be scored; see the 'error' column",
+            err=True,
+            errors=result.n_errors,
+        )
         sys.exit(EXIT_PARTIAL)
     sys.exit(EXIT_OK)

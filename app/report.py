@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+
 from cxr.app.errors import UsageError
 from cxr.app.options import (
     model_option,
@@ -13,82 +14,171 @@ from cxr.app.options import (
     target_recall_option,
     threshold_rule_option,
 )
-
 from cxr.messages import first_line
 
 
 @click.command()
-@click.option("--preds", "prediction_files", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
-              required=True, help="cxr-infer predictions CSV; repeat to compare models.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),
-              show_default=True)
-@click.option("--history", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
-              help="A run's history.csv for the training curves; repeat for several runs.")
-@click.option("--val-preds", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A run's val_predictions.csv: choose a threshold there for --target-recall.")
+@click.option(
+    "--preds",
+    "prediction_files",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    required=True,
+    help="cxr-infer predictions CSV; repeat to compare models.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True
+)
+@click.option(
+    "--history",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    help="A run's history.csv for the training curves; repeat for several runs.",
+)
+@click.option(
+    "--val-preds",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A run's val_predictions.csv: choose a threshold there for --target-recall.",
+)
 @target_recall_option
 @threshold_rule_option
-@click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder the prediction paths are relative to (for the sample-image grids).")
-@click.option("--cam-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Exported .onnx with a 'cam' output: overlay its Grad-CAM on the image grids.")
-@click.option("--robustness", "robustness_files", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
-              help="robustness.json from `cxr robustness`; repeat for several models.")
-@click.option("--data-summary", "data_summaries", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
-              help="summary.json from `cxr data prepare`: show its shortcut check; repeat for several data sets.")
-@click.option("--groups", "groups_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="CSV path,group...: report metrics for each group of each column (subgroups).")
-@click.option("--image-grids-for", "image_grids_for", multiple=True,
-              help="Draw the sample and error image grids for this model only; repeat [default: every model].")
-@click.option("--embed-images/--link-images", default=True, show_default=True,
-              help="report.html holds its figures (one file that opens anywhere) or links the PNGs beside it.")
-@click.option("--shipped", "shipped", multiple=True,
-              help="A model (its name in the report) to mark as shipped; the first opens the summary. Repeat.")
+@click.option(
+    "--images-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder the prediction paths are relative to (for the sample-image grids).",
+)
+@click.option(
+    "--cam-model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Exported .onnx with a 'cam' output: overlay its Grad-CAM on the image grids.",
+)
+@click.option(
+    "--robustness",
+    "robustness_files",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    help="robustness.json from `cxr robustness`; repeat for several models.",
+)
+@click.option(
+    "--data-summary",
+    "data_summaries",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    help="summary.json from `cxr data prepare`: show its shortcut check; repeat for several data sets.",
+)
+@click.option(
+    "--groups",
+    "groups_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV path,group...: report metrics for each group of each column (subgroups).",
+)
+@click.option(
+    "--image-grids-for",
+    "image_grids_for",
+    multiple=True,
+    help="Draw the sample and error image grids for this model only; repeat [default: every model].",
+)
+@click.option(
+    "--embed-images/--link-images",
+    default=True,
+    show_default=True,
+    help="report.html holds its figures (one file that opens anywhere) or links the PNGs beside it.",
+)
+@click.option(
+    "--shipped",
+    "shipped",
+    multiple=True,
+    help="A model (its name in the report) to mark as shipped; the first opens the summary. Repeat.",
+)
 @n_boot_option
 @click.option("--seed", type=int, default=0, show_default=True)
-def report(prediction_files, out_dir, history, val_preds, target_recall, threshold_rule, images_root, cam_model,
-           robustness_files, data_summaries, groups_csv, image_grids_for, embed_images, shipped, n_boot, seed) -> None:
+def report(
+    prediction_files,
+    out_dir,
+    history,
+    val_preds,
+    target_recall,
+    threshold_rule,
+    images_root,
+    cam_model,
+    robustness_files,
+    data_summaries,
+    groups_csv,
+    image_grids_for,
+    embed_images,
+    shipped,
+    n_boot,
+    seed,
+) -> None:
     """Metrics with CIs, figures, report.md and a self-contained report.html."""
     from cxr.app.infer import load_model
     from cxr.reports.summary import ReportInputError, summarize
-
     from cxr.thresholds import ThresholdError
 
     explainer = load_model(str(cam_model), "cpu") if cam_model else None
-    robustness = {item.get("model", path.parent.name): item
-                  for path, item in ((p, _robustness_of(p)) for p in robustness_files)}
+    robustness = {
+        item.get("model", path.parent.name): item for path, item in ((p, _robustness_of(p)) for p in robustness_files)
+    }
     shortcut = [_shortcut_of(path) for path in data_summaries]
     try:
-        result = summarize(list(prediction_files), out_dir, history=list(history), val_predictions=val_preds,
-                           target_recall=target_recall, threshold_rule=threshold_rule, images_root=images_root, n_boot=n_boot, seed=seed,
-                           cam_model=explainer, robustness=robustness, shortcut=shortcut,
-                           image_grids_for=list(image_grids_for) or None, embed_images=embed_images,
-                           groups=_groups_of(groups_csv), shipped=list(shipped),
-                           progress=lambda line: click.echo(line, err=True))
+        result = summarize(
+            list(prediction_files),
+            out_dir,
+            history=list(history),
+            val_predictions=val_preds,
+            target_recall=target_recall,
+            threshold_rule=threshold_rule,
+            images_root=images_root,
+            n_boot=n_boot,
+            seed=seed,
+            cam_model=explainer,
+            robustness=robustness,
+            shortcut=shortcut,
+            image_grids_for=list(image_grids_for) or None,
+            embed_images=embed_images,
+            groups=_groups_of(groups_csv),
+            shipped=list(shipped),
+            progress=lambda line: click.echo(line, err=True),
+        )
     except (ReportInputError, ThresholdError) as exc:  # any other exception is a bug (exit 70), not a usage error
         raise UsageError(str(exc)) from None
     from cxr.reports.render import value_with_ci
 
     for name, model in result["models"].items():
         block = model["at_model_threshold"]
-        click.echo(f"{name} at threshold {block['threshold']:.3g}: ROC AUC {value_with_ci(block, 'roc_auc')}, "
-                   f"recall {value_with_ci(block, 'recall')}, specificity {value_with_ci(block, 'specificity')}")
+        click.echo(
+            f"{name} at threshold {block['threshold']:.3g}: ROC AUC {value_with_ci(block, 'roc_auc')}, "
+            f"recall {value_with_ci(block, 'recall')}, specificity {value_with_ci(block, 'specificity')}"
+        )
     click.echo(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'report.md'}, {out_dir / 'report.html'}")
 
 
 @click.command()
 @model_option
-@click.option("--metrics", "metrics_json", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="metrics.json holding this model's test-split results.")
+@click.option(
+    "--metrics",
+    "metrics_json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="metrics.json holding this model's test-split results.",
+)
 @click.option("--key", default=None, help="The model's name in metrics.json [default: the model file's stem].")
 @click.option("--data-note", default="", help="One line on the data and split the metrics come from.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="[default: <model>.md beside the model]")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="[default: <model>.md beside the model]",
+)
 def card(model_path, metrics_json, key, data_note, out_path) -> None:
     """Write a model card (Markdown) from a model's metadata, parity JSON and test metrics."""
-    from cxr.reports.card import write_model_card
-
     from cxr.errors import InputError
+    from cxr.reports.card import write_model_card
 
     out_path = out_path or Path(model_path).with_suffix(".md")
     try:

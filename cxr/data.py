@@ -48,7 +48,7 @@ def patient_id_from_name(filename: str) -> str:
         return match.group(1)
     im_pos = stem.upper().find("IM-")
     if im_pos >= 0:
-        head, tail = stem[: im_pos + 3], stem[im_pos + 3:]
+        head, tail = stem[: im_pos + 3], stem[im_pos + 3 :]
         # keep the first number after "IM-", drop the trailing "-0001" image indices
         number, _, _ = tail.partition("-")
         return head + number
@@ -86,8 +86,14 @@ def _scan(root: Path, classes: tuple[str, ...], check_decode: bool) -> tuple[lis
             if image is None:
                 skipped.append({"path": rel, "reason": f"unreadable: {error}"})
                 continue
-        records.append({"path": rel, "label": label, "patient_id": patient_id_from_name(escape_path(path.name)),
-                        "sha256": sha256_file(path)})
+        records.append(
+            {
+                "path": rel,
+                "label": label,
+                "patient_id": patient_id_from_name(escape_path(path.name)),
+                "sha256": sha256_file(path),
+            }
+        )
     return records, skipped, hidden
 
 
@@ -119,9 +125,11 @@ def _split_by_patient(frame: pd.DataFrame, fractions: tuple[float, float, float]
         raise DataPrepError(f"fractions {fractions} must be multiples of one common 1/n (n <= 20)")
     patients = frame.groupby("label")["patient_id"].nunique()
     if patients.min() < n_splits:
-        raise DataPrepError(f"a patient-grouped {n_splits}-fold split needs at least {n_splits} patients per class; "
-                            f"found {', '.join(f'{c} {n}' for c, n in patients.items())} "
-                            "(add data, or use --split-by image)")
+        raise DataPrepError(
+            f"a patient-grouped {n_splits}-fold split needs at least {n_splits} patients per class; "
+            f"found {', '.join(f'{c} {n}' for c, n in patients.items())} "
+            "(add data, or use --split-by image)"
+        )
     from sklearn.model_selection import (
         StratifiedGroupKFold,  # here: scoring imports this module, not sklearn
     )
@@ -143,8 +151,9 @@ def _split_by_image(frame: pd.DataFrame, fractions: tuple[float, float, float], 
     idx = np.arange(len(frame))
     train_idx, rest = train_test_split(idx, train_size=fractions[0], stratify=frame["label"], random_state=seed)
     val_share = fractions[1] / (fractions[1] + fractions[2])
-    val_idx, test_idx = train_test_split(rest, train_size=val_share, stratify=frame["label"].iloc[rest],
-                                         random_state=seed)
+    val_idx, test_idx = train_test_split(
+        rest, train_size=val_share, stratify=frame["label"].iloc[rest], random_state=seed
+    )
     split = np.empty(len(frame), dtype=object)
     split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
     return split
@@ -154,13 +163,16 @@ def patients_on_several_splits(manifest: pd.DataFrame) -> int:
     return int((manifest.groupby("patient_id")["split"].nunique() > 1).sum())
 
 
-def _summarise(manifest: pd.DataFrame, found: int, dropped: list[dict], skipped: list[dict], hidden: int,
-               settings: dict[str, Any]) -> dict[str, Any]:
+def _summarise(
+    manifest: pd.DataFrame, found: int, dropped: list[dict], skipped: list[dict], hidden: int, settings: dict[str, Any]
+) -> dict[str, Any]:
     counts = manifest.groupby(["split", "label"]).size()
     per_split = {s: {c: int(counts.get((s, c), 0)) for c in settings["classes"]} for s in SPLITS}
     class_totals = manifest["label"].value_counts()
-    fractions = {s: {c: round(per_split[s][c] / int(class_totals[c]), 4) for c in settings["classes"]
-                     if c in class_totals} for s in SPLITS}
+    fractions = {
+        s: {c: round(per_split[s][c] / int(class_totals[c]), 4) for c in settings["classes"] if c in class_totals}
+        for s in SPLITS
+    }
     return {
         **settings,
         "files_found": found + hidden,
@@ -178,10 +190,18 @@ def _summarise(manifest: pd.DataFrame, found: int, dropped: list[dict], skipped:
     }
 
 
-def prepare_splits(source: str | Path, out_dir: str | Path, *, classes: tuple[str, ...] = CLASS_NAMES_DEFAULT,
-                   split_by: str = "patient", fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                   seed: int = 42, check_decode: bool = True, shortcut: bool = True,
-                   workers: int | None = None) -> PrepareResult:
+def prepare_splits(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    classes: tuple[str, ...] = CLASS_NAMES_DEFAULT,
+    split_by: str = "patient",
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    seed: int = 42,
+    check_decode: bool = True,
+    shortcut: bool = True,
+    workers: int | None = None,
+) -> PrepareResult:
     """Scan ``source`` (Kaggle layout or class folders), dedupe, split and write the manifest."""
     root = Path(source)
     if not root.is_dir():
@@ -190,8 +210,7 @@ def prepare_splits(source: str | Path, out_dir: str | Path, *, classes: tuple[st
         raise DataPrepError(f"split_by must be 'patient' or 'image', not {split_by!r}")
     records, skipped, hidden = _scan(root, tuple(classes), check_decode)
     if not records:
-        raise DataPrepError(f"no usable images of classes {list(classes)} under {root} "
-                            f"({len(skipped)} files skipped)")
+        raise DataPrepError(f"no usable images of classes {list(classes)} under {root} ({len(skipped)} files skipped)")
     frame, dropped = _drop_duplicates(pd.DataFrame(records))
     missing = [c for c in classes if c not in set(frame["label"])]
     if missing:
@@ -204,22 +223,33 @@ def prepare_splits(source: str | Path, out_dir: str | Path, *, classes: tuple[st
     manifest_path, summary_path = out / "manifest.csv", out / "summary.json"
     with atomic_path(manifest_path) as tmp:
         manifest.to_csv(tmp, index=False, lineterminator="\n")
-    settings = {"root": os.path.relpath(root.resolve(), out.resolve()), "classes": list(classes),
-                "split_by": split_by, "fractions": list(fractions), "seed": seed,
-                "manifest_sha256": sha256_file(manifest_path)}
+    settings = {
+        "root": os.path.relpath(root.resolve(), out.resolve()),
+        "classes": list(classes),
+        "split_by": split_by,
+        "fractions": list(fractions),
+        "seed": seed,
+        "manifest_sha256": sha256_file(manifest_path),
+    }
     summary = _summarise(manifest, len(records) + len(skipped), dropped, skipped, hidden, settings)
     if shortcut:
         from cxr.shortcut import shortcut_check
 
         summary["shortcut_check"] = shortcut_check(
-            [str(root / unescape_path(p)) for p in manifest["path"]], manifest["label"].tolist(),
-            manifest["patient_id"].tolist(), classes, seed=seed, workers=(os.cpu_count() or 1) if workers is None
-            else workers)
+            [str(root / unescape_path(p)) for p in manifest["path"]],
+            manifest["label"].tolist(),
+            manifest["patient_id"].tolist(),
+            classes,
+            seed=seed,
+            workers=(os.cpu_count() or 1) if workers is None else workers,
+        )
     write_json_atomic(summary_path, summary)
     warnings = []
     if summary["patients_on_several_splits"]:
-        warnings.append(f"WARNING: the image-level split puts {summary['patients_on_several_splits']} patients "
-                        "on more than one side; their images leak between train, val and test")
+        warnings.append(
+            f"WARNING: the image-level split puts {summary['patients_on_several_splits']} patients "
+            "on more than one side; their images leak between train, val and test"
+        )
     return PrepareResult(manifest, summary, manifest_path, summary_path, warnings)
 
 
@@ -245,8 +275,9 @@ def load_manifest(manifest_path: str | Path, root: str | Path | None = None) -> 
     return frame
 
 
-def manifest_split(manifest_path: str | Path, split: str, classes: list[str] | tuple[str, ...]
-                   ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+def manifest_split(
+    manifest_path: str | Path, split: str, classes: list[str] | tuple[str, ...]
+) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """(relative escaped paths, labels by path, patient ids by path) of one split of a manifest."""
     frame = load_manifest(manifest_path, root=Path(manifest_path).parent)
     rows = frame[frame["split"] == split]

@@ -65,7 +65,7 @@ def display_array(ds) -> np.ndarray:
         out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2]) or 16
         if np.issubdtype(modality.dtype, np.floating):  # LUT entries are indexed by integer values
             modality = np.rint(modality).astype(np.int64)
-        arr = np.clip(apply_voi_lut(modality, ds, index=0).astype(np.float64) / (2 ** out_bits - 1) * 255.0, 0, 255)
+        arr = np.clip(apply_voi_lut(modality, ds, index=0).astype(np.float64) / (2**out_bits - 1) * 255.0, 0, 255)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         arr = _window(arr, _first(ds.WindowCenter), _first(ds.WindowWidth))
     else:
@@ -86,8 +86,10 @@ def read_dicom_8bit(path: str | Path, max_pixels: int) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
         raise ValueError(f"cannot read DICOM: {first_line(exc)}") from None
     if "PixelData" not in ds:
-        raise ValueError(f"DICOM has no image (SOP class {ds.get('SOPClassUID', 'unknown')}, "
-                         f"modality {ds.get('Modality', 'unknown')})")
+        raise ValueError(
+            f"DICOM has no image (SOP class {ds.get('SOPClassUID', 'unknown')}, "
+            f"modality {ds.get('Modality', 'unknown')})"
+        )
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise ValueError(f"multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
@@ -102,7 +104,7 @@ def read_dicom_8bit(path: str | Path, max_pixels: int) -> np.ndarray:
         raise ValueError(f"cannot decode DICOM pixel data: {first[:200]}") from None
 
 
-TRAINING_AGE_YEARS = (1, 5)          # the training population: children aged one to five
+TRAINING_AGE_YEARS = (1, 5)  # the training population: children aged one to five
 CHEST_MODALITIES = ("CR", "DX", "DR", "RG")
 FRONTAL_VIEWS = ("PA", "AP", "")
 _AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import platform
 
-RECORDED_PACKAGES = ("cxr", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "numpy", "scikit-learn",
-                     "onnx", "tf2onnx", "onnxruntime", "onnxruntime-gpu")
+RECORDED_PACKAGES = (
+    "cxr",
+    "keras",
+    "tensorflow",
+    "tensorflow-cpu",
+    "jax",
+    "jaxlib",
+    "torch",
+    "numpy",
+    "scikit-learn",
+    "onnx",
+    "tf2onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -13,9 +13,31 @@ from collections.abc import Iterator
 
 import numpy as np
 
-SKIMAGE_SAMPLES = ("astronaut", "brick", "camera", "cat", "cell", "chelsea", "clock", "coffee", "coins",
-                   "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
-                   "microaneurysms", "moon", "page", "retina", "rocket", "text", "shepp_logan_phantom")
+SKIMAGE_SAMPLES = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "cell",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+    "shepp_logan_phantom",
+)
 CHEST_VARIANTS = ("rot90", "rot180", "inverted", "half")
 
 
@@ -52,11 +74,13 @@ def non_xray_images(seed: int = 0, crops_per_sample: int = 2, n_noise: int = 6) 
         for index in range(crops_per_sample):
             h, w = int(height * rng.uniform(0.4, 0.7)), int(width * rng.uniform(0.4, 0.7))
             y, x = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
-            yield f"{name}_crop{index}", image[y:y + h, x:x + w]
+            yield f"{name}_crop{index}", image[y : y + h, x : x + w]
     for index in range(n_noise):
         yield f"uniform_noise{index}", rng.integers(0, 256, (256, 256), dtype=np.uint8)
-        yield f"gaussian_noise{index}", np.clip(rng.normal(128, rng.uniform(10, 60), (256, 256)), 0, 255
-                                                 ).astype(np.uint8)
+        yield (
+            f"gaussian_noise{index}",
+            np.clip(rng.normal(128, rng.uniform(10, 60), (256, 256)), 0, 255).astype(np.uint8),
+        )
         yield f"colour_noise{index}", rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     ramp = np.linspace(0, 255, 256)
     yield "gradient_horizontal", np.tile(ramp, (256, 1)).astype(np.uint8)
@@ -76,6 +100,6 @@ def chest_variant(image: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     if kind == "half":
         height, width = image.shape[:2]
         part = seed % 4
-        halves = (image[:, :width // 2], image[:, width // 2:], image[:height // 2], image[height // 2:])
+        halves = (image[:, : width // 2], image[:, width // 2 :], image[: height // 2], image[height // 2 :])
         return np.ascontiguousarray(halves[part])
     raise ValueError(f"unknown chest variant {kind!r}; choose one of {CHEST_VARIANTS}")

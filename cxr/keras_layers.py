@@ -27,7 +27,7 @@ EQUALISER_NAME = "acquisition_equaliser"
 def gaussian_kernel_1d(sigma: float) -> list[float]:
     """Normalised Gaussian taps, radius ceil(2.5 sigma) (at least 1)."""
     radius = max(1, int(math.ceil(2.5 * sigma)))
-    taps = [math.exp(-(i * i) / (2 * sigma ** 2)) for i in range(-radius, radius + 1)]
+    taps = [math.exp(-(i * i) / (2 * sigma**2)) for i in range(-radius, radius + 1)]
     return [t / sum(taps) for t in taps]
 
 

@@ -36,9 +36,11 @@ def _array(img: Image.Image) -> np.ndarray:
 
 def gaussian_noise(sd: float, per_channel: bool = False):
     """One grey noise field on all 3 channels (a grey detector), or independent noise per channel."""
+
     def apply(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         noise = rng.normal(0.0, sd, image.shape if per_channel else image.shape[:2] + (1,))
         return np.clip(np.rint(image.astype(np.float64) + noise), 0, 255).astype(np.uint8)
+
     return apply
 
 
@@ -51,6 +53,7 @@ def down_up(scale: float):
         h, w = image.shape[:2]
         small = _pil(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
         return _array(small.resize((w, h), Image.Resampling.BILINEAR))
+
     return apply
 
 
@@ -60,6 +63,7 @@ def jpeg(quality: int):
         _pil(image).save(buffer, format="JPEG", quality=quality)
         buffer.seek(0)
         return _array(Image.open(buffer))
+
     return apply
 
 
@@ -77,17 +81,32 @@ def rotation(degrees: float):
 
 
 def _suite() -> tuple[Perturbation, ...]:
-    items = [Perturbation(f"noise{sd:g}", f"Gaussian noise, sd {sd:g} grey levels", gaussian_noise(sd))
-             for sd in (1, 2, 3, 5)]
-    items += [Perturbation("noise2rgb", "Gaussian noise, sd 2 grey levels, independent per channel",
-                           gaussian_noise(2, per_channel=True))]
-    items += [Perturbation("blur", "Gaussian blur, radius 1 px", gaussian_blur(1.0)),
-              Perturbation("downscale0.5", "downscale x0.5 and back up (bilinear)", down_up(0.5))]
+    items = [
+        Perturbation(f"noise{sd:g}", f"Gaussian noise, sd {sd:g} grey levels", gaussian_noise(sd))
+        for sd in (1, 2, 3, 5)
+    ]
+    items += [
+        Perturbation(
+            "noise2rgb",
+            "Gaussian noise, sd 2 grey levels, independent per channel",
+            gaussian_noise(2, per_channel=True),
+        )
+    ]
+    items += [
+        Perturbation("blur", "Gaussian blur, radius 1 px", gaussian_blur(1.0)),
+        Perturbation("downscale0.5", "downscale x0.5 and back up (bilinear)", down_up(0.5)),
+    ]
     items += [Perturbation(f"jpeg{q}", f"JPEG re-encode, quality {q}", jpeg(q)) for q in (30, 50, 75)]
-    items += [Perturbation(f"brightness{pct:+d}", f"brightness x{1 + pct / 100:g}",
-                           enhance(ImageEnhance.Brightness, 1 + pct / 100)) for pct in (-10, -5, 5, 10)]
-    items += [Perturbation(f"contrast{pct:+d}", f"contrast x{1 + pct / 100:g}",
-                           enhance(ImageEnhance.Contrast, 1 + pct / 100)) for pct in (-10, 10)]
+    items += [
+        Perturbation(
+            f"brightness{pct:+d}", f"brightness x{1 + pct / 100:g}", enhance(ImageEnhance.Brightness, 1 + pct / 100)
+        )
+        for pct in (-10, -5, 5, 10)
+    ]
+    items += [
+        Perturbation(f"contrast{pct:+d}", f"contrast x{1 + pct / 100:g}", enhance(ImageEnhance.Contrast, 1 + pct / 100))
+        for pct in (-10, 10)
+    ]
     items += [Perturbation(f"gamma{g:g}", f"gamma {g:g}", gamma(g)) for g in (0.8, 1.2)]
     items += [Perturbation(f"rotate{d:+d}", f"rotation {d:+d} degrees", rotation(d)) for d in (-5, 5)]
     return tuple(items)
@@ -108,5 +127,6 @@ def perturb_batch(images: np.ndarray, item: Perturbation, seed: int, first_index
     """``item`` applied to each image of a uint8 NHWC batch; image ``i`` of the whole set uses
     a generator seeded by ``(seed, crc32(name), first_index + i)``."""
     key = zlib.crc32(item.name.encode())
-    return np.stack([item.apply(image, np.random.default_rng([seed, key, first_index + i]))
-                     for i, image in enumerate(images)])
+    return np.stack(
+        [item.apply(image, np.random.default_rng([seed, key, first_index + i])) for i, image in enumerate(images)]
+    )

@@ -3,8 +3,8 @@ object API: no pyplot, no global backend state."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,8 +42,15 @@ def plot_history(history: pd.DataFrame, out: str | Path, title: str = "") -> Pat
     return save_figure(fig, out)
 
 
-def save_image_grid(images, out: str | Path, titles: Sequence[str] | None = None, title: str = "",
-                    columns: int = 4, title_colors: Sequence[str] | None = None, decorate=None) -> Path:
+def save_image_grid(
+    images,
+    out: str | Path,
+    titles: Sequence[str] | None = None,
+    title: str = "",
+    columns: int = 4,
+    title_colors: Sequence[str] | None = None,
+    decorate=None,
+) -> Path:
     """A grid of 0-255 images (N, H, W, 3) with optional per-image titles; ``decorate(fig, axes)``
     adds to the figure before it is saved (a colour bar)."""
     images = np.clip(np.asarray(images, dtype=np.float32), 0, 255).astype(np.uint8)

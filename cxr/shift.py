@@ -15,20 +15,21 @@ from typing import Any
 
 import numpy as np
 
-ALPHA = 0.01        # the p-value under which a run is called shifted
+ALPHA = 0.01  # the p-value under which a run is called shifted
 MIN_IMAGES = 10
-EXACT_LIMIT = 100_000   # n x m up to which the KS p-value is computed exactly
+EXACT_LIMIT = 100_000  # n x m up to which the KS p-value is computed exactly
 NOT_TESTED = f"data shift: not tested (fewer than {MIN_IMAGES} images with a domain score)"
 
 
 @dataclass(frozen=True)
 class ShiftVerdict:
     """The set-level test of one run against the training reference."""
+
     n_images: int
     n_reference: int
-    statistic: float          # the KS distance: 0 = the same distribution, 1 = no overlap
+    statistic: float  # the KS distance: 0 = the same distribution, 1 = no overlap
     p_value: float
-    n_flagged: int            # images the guard flagged one by one
+    n_flagged: int  # images the guard flagged one by one
     expected_flag_rate: float  # the guard's false-flag rate on validation images
     alpha: float = ALPHA
 
@@ -48,20 +49,29 @@ class ShiftVerdict:
         return f"data shift: none detected ({p}; {flagged})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "shifted": self.shifted, "flagged_share": self.flagged_share, "verdict": self.line(),
-                "test": "one-sided two-sample Kolmogorov-Smirnov (higher domain scores) against the validation "
-                        "reference"}
+        return {
+            **asdict(self),
+            "shifted": self.shifted,
+            "flagged_share": self.flagged_share,
+            "verdict": self.line(),
+            "test": "one-sided two-sample Kolmogorov-Smirnov (higher domain scores) against the validation reference",
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "ShiftVerdict | None":
+    def from_dict(cls, data: dict[str, Any] | None) -> ShiftVerdict | None:
         if not data:
             return None
         fields = ("n_images", "n_reference", "statistic", "p_value", "n_flagged", "expected_flag_rate", "alpha")
         return cls(**{k: data[k] for k in fields if k in data})
 
 
-def shift_test(scores: np.ndarray, reference: np.ndarray | tuple[float, ...], threshold: float,
-               expected_flag_rate: float, alpha: float = ALPHA) -> ShiftVerdict | None:
+def shift_test(
+    scores: np.ndarray,
+    reference: np.ndarray | tuple[float, ...],
+    threshold: float,
+    expected_flag_rate: float,
+    alpha: float = ALPHA,
+) -> ShiftVerdict | None:
     """The verdict for ``scores`` (NaN ignored), or None with fewer than MIN_IMAGES of them."""
     from scipy.stats import ks_2samp
 
@@ -74,5 +84,12 @@ def shift_test(scores: np.ndarray, reference: np.ndarray | tuple[float, ...], th
     # asymptotic distribution for large ones (scipy's exact one-sided calculation gives up there).
     method = "exact" if len(scores) * len(reference) <= EXACT_LIMIT else "asymp"
     result = ks_2samp(scores, reference, alternative="less", method=method)
-    return ShiftVerdict(int(len(scores)), int(len(reference)), float(result.statistic), float(result.pvalue),
-                        int((scores > threshold).sum()), float(expected_flag_rate), alpha)
+    return ShiftVerdict(
+        int(len(scores)),
+        int(len(reference)),
+        float(result.statistic),
+        float(result.pvalue),
+        int((scores > threshold).sum()),
+        float(expected_flag_rate),
+        alpha,
+    )

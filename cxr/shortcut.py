@@ -67,16 +67,23 @@ def original_size(path: str | Path) -> tuple[float, float]:
 
 def image_features(image: np.ndarray) -> dict[str, float]:
     gray = image[..., 0].astype(np.float64)
-    return {"noise_sigma": immerkaer_sigma(gray), "hf_energy": high_frequency_share(gray),
-            "mean": float(gray.mean()), "std": float(gray.std())}
+    return {
+        "noise_sigma": immerkaer_sigma(gray),
+        "hf_energy": high_frequency_share(gray),
+        "mean": float(gray.mean()),
+        "std": float(gray.std()),
+    }
 
 
 def feature_table(paths: list[str], size: int = ANALYSIS_SIZE, workers: int = 0) -> pd.DataFrame:
     """One row of features per path (NaN for files that do not decode)."""
     rows = []
     for path, (image, _) in zip(paths, decoded_stream(paths, size, workers, chunk=32)):
-        features = image_features(image) if image is not None else dict.fromkeys(("noise_sigma", "hf_energy",
-                                                                                  "mean", "std"), float("nan"))
+        features = (
+            image_features(image)
+            if image is not None
+            else dict.fromkeys(("noise_sigma", "hf_energy", "mean", "std"), float("nan"))
+        )
         features["width"], features["height"] = original_size(path)
         rows.append(features)
     return pd.DataFrame(rows)
@@ -98,8 +105,9 @@ def _cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed:
     return float(roc_auc_score(y, scores))
 
 
-def _group_result(features: pd.DataFrame, columns: tuple[str, ...], y: np.ndarray, groups: np.ndarray,
-                  seed: int) -> dict[str, Any]:
+def _group_result(
+    features: pd.DataFrame, columns: tuple[str, ...], y: np.ndarray, groups: np.ndarray, seed: int
+) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
 
     data = features[list(columns)]
@@ -108,31 +116,59 @@ def _group_result(features: pd.DataFrame, columns: tuple[str, ...], y: np.ndarra
         return {"features": list(columns), "n": int(usable.sum()), "cv_auc": None, "note": "unknown for these files"}
     values = data[usable].to_numpy()
     if np.allclose(values, values[0]):
-        return {"features": list(columns), "n": int(usable.sum()), "cv_auc": None,
-                "note": f"the same for every image ({', '.join(f'{v:g}' for v in values[0])}): carries no class "
-                        "information here"}
+        return {
+            "features": list(columns),
+            "n": int(usable.sum()),
+            "cv_auc": None,
+            "note": f"the same for every image ({', '.join(f'{v:g}' for v in values[0])}): carries no class "
+            "information here",
+        }
     univariate = {c: float(roc_auc_score(y[usable], data.loc[usable, c])) for c in columns}
     medians = {cls: {c: float(data.loc[usable & (y == cls), c].median()) for c in columns} for cls in (0, 1)}
-    return {"features": list(columns), "n": int(usable.sum()),
-            "cv_auc": _cross_validated_auc(values, y[usable], groups[usable], seed),
-            "univariate_auc": univariate, "median_negative": medians[0], "median_positive": medians[1]}
+    return {
+        "features": list(columns),
+        "n": int(usable.sum()),
+        "cv_auc": _cross_validated_auc(values, y[usable], groups[usable], seed),
+        "univariate_auc": univariate,
+        "median_negative": medians[0],
+        "median_positive": medians[1],
+    }
 
 
-def shortcut_check(paths: list[str], labels: list[str], patient_ids: list[str], classes: list[str] | tuple[str, ...],
-                   *, seed: int = 0, workers: int = 0, size: int = ANALYSIS_SIZE) -> dict[str, Any]:
+def shortcut_check(
+    paths: list[str],
+    labels: list[str],
+    patient_ids: list[str],
+    classes: list[str] | tuple[str, ...],
+    *,
+    seed: int = 0,
+    workers: int = 0,
+    size: int = ANALYSIS_SIZE,
+) -> dict[str, Any]:
     """Cross-validated AUC of each feature group, with a verdict per group and overall."""
     y = np.array([int(label == classes[1]) for label in labels])
     groups = np.asarray(patient_ids)
     features = feature_table(list(paths), size, workers)
-    result = {"n_images": len(paths), "classes": list(classes), "analysis_size": size, "risk_auc": RISK_AUC,
-              "method": "logistic regression on standardised log-features, StratifiedGroupKFold(5) by patient",
-              "groups": {}}
+    result = {
+        "n_images": len(paths),
+        "classes": list(classes),
+        "analysis_size": size,
+        "risk_auc": RISK_AUC,
+        "method": "logistic regression on standardised log-features, StratifiedGroupKFold(5) by patient",
+        "groups": {},
+    }
     for name, columns in FEATURE_GROUPS.items():
         result["groups"][name] = _group_result(features, columns, y, groups, seed)
-    risky = [f"{name} (AUC {g['cv_auc']:.2f})" for name, g in result["groups"].items()
-             if g.get("cv_auc") is not None and g["cv_auc"] >= RISK_AUC]
-    result["verdict"] = (f"SHORTCUT RISK: {', '.join(risky)} separate the classes without looking at anatomy"
-                         if risky else f"no trivial image statistic reaches AUC {RISK_AUC}")
+    risky = [
+        f"{name} (AUC {g['cv_auc']:.2f})"
+        for name, g in result["groups"].items()
+        if g.get("cv_auc") is not None and g["cv_auc"] >= RISK_AUC
+    ]
+    result["verdict"] = (
+        f"SHORTCUT RISK: {', '.join(risky)} separate the classes without looking at anatomy"
+        if risky
+        else f"no trivial image statistic reaches AUC {RISK_AUC}"
+    )
     result["findings"] = findings(result)
     return result
 
@@ -146,9 +182,11 @@ def findings(result: dict[str, Any]) -> list[str]:
     if texture.get("cv_auc") is not None:
         lo, hi = texture["median_negative"]["noise_sigma"], texture["median_positive"]["noise_sigma"]
         smoother, other = (negative, positive) if lo < hi else (positive, negative)
-        lines.append(f"at the model input ({result['analysis_size']} px) {smoother} images are the smoother class: "
-                     f"noise estimate {min(lo, hi):.3g} vs {max(lo, hi):.3g} grey levels for {other} "
-                     f"(texture AUC {texture['cv_auc']:.2f})")
+        lines.append(
+            f"at the model input ({result['analysis_size']} px) {smoother} images are the smoother class: "
+            f"noise estimate {min(lo, hi):.3g} vs {max(lo, hi):.3g} grey levels for {other} "
+            f"(texture AUC {texture['cv_auc']:.2f})"
+        )
     size = result["groups"]["original size (width, height)"]
     if size.get("cv_auc") is not None:
         lines.append(_size_finding(size, negative, positive))
@@ -162,14 +200,20 @@ def _size_finding(size: dict[str, Any], negative: str, positive: str) -> str:
     auc = size["cv_auc"]
     separates = abs(auc - 0.5) >= 0.1
     if (n["width"], n["height"]) != (p["width"], p["height"]):
-        return (f"original sizes differ by class: median {n['width']:.0f}x{n['height']:.0f} ({negative}) vs "
-                f"{p['width']:.0f}x{p['height']:.0f} ({positive}) (size AUC {auc:.2f}), so each class is "
-                "downscaled by a different factor to the same input")
+        return (
+            f"original sizes differ by class: median {n['width']:.0f}x{n['height']:.0f} ({negative}) vs "
+            f"{p['width']:.0f}x{p['height']:.0f} ({positive}) (size AUC {auc:.2f}), so each class is "
+            "downscaled by a different factor to the same input"
+        )
     if separates:
-        return (f"original sizes: the same median {n['width']:.0f}x{n['height']:.0f} in both classes, but their "
-                f"spread differs by class (size AUC {auc:.2f})")
-    return (f"original sizes: the same median {n['width']:.0f}x{n['height']:.0f} in both classes, and they do not "
-            f"separate the classes (size AUC {auc:.2f})")
+        return (
+            f"original sizes: the same median {n['width']:.0f}x{n['height']:.0f} in both classes, but their "
+            f"spread differs by class (size AUC {auc:.2f})"
+        )
+    return (
+        f"original sizes: the same median {n['width']:.0f}x{n['height']:.0f} in both classes, and they do not "
+        f"separate the classes (size AUC {auc:.2f})"
+    )
 
 
 def describe(result: dict[str, Any]) -> list[str]:
@@ -179,10 +223,13 @@ def describe(result: dict[str, Any]) -> list[str]:
         if group.get("cv_auc") is None:
             lines.append(f"  {name}: {group['note']}")
             continue
-        medians = ", ".join(f"{c} {group['median_negative'][c]:.3g} vs {group['median_positive'][c]:.3g}"
-                            for c in group["features"])
-        lines.append(f"  {name}: cross-validated AUC {group['cv_auc']:.3f} (medians {result['classes'][0]} vs "
-                     f"{result['classes'][1]}: {medians})")
+        medians = ", ".join(
+            f"{c} {group['median_negative'][c]:.3g} vs {group['median_positive'][c]:.3g}" for c in group["features"]
+        )
+        lines.append(
+            f"  {name}: cross-validated AUC {group['cv_auc']:.3f} (medians {result['classes'][0]} vs "
+            f"{result['classes'][1]}: {medians})"
+        )
     lines.append(f"  verdict: {result['verdict']}")
     lines += [f"  finding: {line}" for line in result.get("findings", [])]
     return lines

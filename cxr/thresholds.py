@@ -41,12 +41,15 @@ def _positives_needed(n_positive: int, target_recall: float, rule: str, confiden
     for needed in range(max(1, int(np.ceil(target_recall * n_positive))), n_positive + 1):
         if wilson_interval(needed, n_positive, confidence)[0] >= target_recall:
             return needed
-    raise ThresholdError(f"{n_positive} validation positives are too few for a {confidence:.0%} Wilson lower bound "
-                         f"of recall to reach {target_recall}; use --threshold-rule point or more validation data")
+    raise ThresholdError(
+        f"{n_positive} validation positives are too few for a {confidence:.0%} Wilson lower bound "
+        f"of recall to reach {target_recall}; use --threshold-rule point or more validation data"
+    )
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray, target_recall: float, rule: str = "wilson",
-                     confidence: float = CONFIDENCE) -> dict[str, Any]:
+def choose_threshold(
+    y: np.ndarray, p: np.ndarray, target_recall: float, rule: str = "wilson", confidence: float = CONFIDENCE
+) -> dict[str, Any]:
     """The threshold and the facts of its rule, for labels ``y`` (1 = positive) and P(positive) ``p``."""
     if rule not in THRESHOLD_RULES:
         raise ThresholdError(f"unknown threshold rule {rule!r}; choose one of {THRESHOLD_RULES}")
@@ -59,10 +62,17 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, target_recall: float, rule: s
     reached = int((positives >= threshold).sum())  # ties at the threshold count too
     low, high = wilson_interval(reached, len(positives), confidence)
     negatives = p[y == 0]
-    return {"threshold": threshold, "rule": rule, "target_recall": float(target_recall), "confidence": confidence,
-            "n_positive": int(len(positives)), "n_negative": int(len(negatives)),
-            "val_recall": reached / len(positives), "val_recall_wilson95": [low, high],
-            "val_specificity": float((negatives < threshold).mean()) if len(negatives) else float("nan")}
+    return {
+        "threshold": threshold,
+        "rule": rule,
+        "target_recall": float(target_recall),
+        "confidence": confidence,
+        "n_positive": int(len(positives)),
+        "n_negative": int(len(negatives)),
+        "val_recall": reached / len(positives),
+        "val_recall_wilson95": [low, high],
+        "val_specificity": float((negatives < threshold).mean()) if len(negatives) else float("nan"),
+    }
 
 
 def describe_rule(facts: dict[str, Any]) -> str:
@@ -70,12 +80,16 @@ def describe_rule(facts: dict[str, Any]) -> str:
     if facts.get("rule") == "fixed":
         return f"fixed at {facts['threshold']:g} (not chosen on data)"
     if facts.get("rule") not in THRESHOLD_RULES:
-        return f"{facts['threshold']:g}; how it was chosen is not recorded in the model (exported before cxr recorded it)"
+        return (
+            f"{facts['threshold']:g}; how it was chosen is not recorded in the model (exported before cxr recorded it)"
+        )
     low, high = facts["val_recall_wilson95"]
     margin = "lower bound of the 95% Wilson interval" if facts["rule"] == "wilson" else "point estimate"
-    return (f"highest threshold whose validation recall {margin} reaches {facts['target_recall']:g}: "
-            f"{facts['threshold']:.4g} (validation recall {facts['val_recall']:.3f}, 95% CI {low:.3f}-{high:.3f}, "
-            f"{facts['n_positive']} positives; specificity {facts['val_specificity']:.3f})")
+    return (
+        f"highest threshold whose validation recall {margin} reaches {facts['target_recall']:g}: "
+        f"{facts['threshold']:.4g} (validation recall {facts['val_recall']:.3f}, 95% CI {low:.3f}-{high:.3f}, "
+        f"{facts['n_positive']} positives; specificity {facts['val_specificity']:.3f})"
+    )
 
 
 def choose_val_threshold(val_predictions: str | Path, target_recall: float, rule: str = "wilson") -> dict[str, Any]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr.artifacts.model_contract import FEATURE_LAYER, HEAD_LAYERS as HEAD_DENSE
+from cxr.artifacts.model_contract import FEATURE_LAYER
+from cxr.artifacts.model_contract import HEAD_LAYERS as HEAD_DENSE
 
 
 def _normalise(cam):

@@ -66,24 +66,40 @@ def build_contract(config: dict, run: dict, threshold: float, threshold_rule: di
     """The model's contract: what inference needs, plus the facts of its training."""
     recalibration = run.get("bn_recalibration")
     facts = {
-        "variant": config["variant"], "backbone": config["backbone"], "weights": str(config["weights"]),
-        "augment_policy": augment_policy_of(config), "backend": run.get("backend", "tensorflow"),
+        "variant": config["variant"],
+        "backbone": config["backbone"],
+        "weights": str(config["weights"]),
+        "augment_policy": augment_policy_of(config),
+        "backend": run.get("backend", "tensorflow"),
         "training_precision": run.get("precision", "float32"),
-        "freeze_bn": bool(config.get("freeze_bn", False)), "epochs_run": run.get("epochs_run"),
-        "training_finished": bool(run.get("finished")), "best_epoch": run.get("best_epoch"),
+        "freeze_bn": bool(config.get("freeze_bn", False)),
+        "epochs_run": run.get("epochs_run"),
+        "training_finished": bool(run.get("finished")),
+        "best_epoch": run.get("best_epoch"),
         "bn_recalibration": {k: v for k, v in recalibration.items() if not k.startswith("val_")}
-        if recalibration else None,
-        "config_sha256": run["config_sha256"], "manifest_sha256": run["manifest_sha256"],
-        "training_config": config, "versions": package_versions(),
+        if recalibration
+        else None,
+        "config_sha256": run["config_sha256"],
+        "manifest_sha256": run["manifest_sha256"],
+        "training_config": config,
+        "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return ModelContract(tuple(config["classes"]), float(threshold), int(config["input_size"]), "uint8", RESIZE_RULE,
-                         threshold_rule, facts)
+    return ModelContract(
+        tuple(config["classes"]),
+        float(threshold),
+        int(config["input_size"]),
+        "uint8",
+        RESIZE_RULE,
+        threshold_rule,
+        facts,
+    )
 
 
 def _serving_function(model, input_size: int):
     """A tf.function taking uint8 NHWC pixels: P(positive), and the Grad-CAM map where the head allows."""
     import tensorflow as tf
+
     from cxr.export.gradcam import has_gradcam_head, probability_and_cam
 
     spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.uint8, name=INPUT_NAME),)
@@ -109,8 +125,11 @@ def _frozen_onnx(serve, opset: int):
 
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     proto, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs], opset=opset)
+        frozen.graph.as_graph_def(),
+        input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs],
+        opset=opset,
+    )
     return proto
 
 
@@ -125,8 +144,10 @@ def _apply_contract(proto, with_cam: bool, metadata: dict[str, str]) -> None:
     del proto.metadata_props[:]
     for key, value in sorted(metadata.items()):
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = ("cxr pneumonia classifier: uint8 NHWC pixels 0-255 in; outputs 'probability' = P(positive "
-                        "class) and, where the head allows, 'cam' = Grad-CAM of the positive logit (N, h, w) in 0..1")
+    proto.doc_string = (
+        "cxr pneumonia classifier: uint8 NHWC pixels 0-255 in; outputs 'probability' = P(positive "
+        "class) and, where the head allows, 'cam' = Grad-CAM of the positive logit (N, h, w) in 0..1"
+    )
 
 
 def convert(model, input_size: int, opset: int, out_path: Path, metadata: dict[str, str]) -> None:
@@ -159,8 +180,9 @@ def parity_batch(paths: list[str], input_size: int, n_synthetic: int, seed: int)
     if paths:
         return np.stack([decode_image(p, input_size) for p in paths]), f"{len(paths)} real images"
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n_synthetic, input_size, input_size, 3), dtype=np.uint8), \
-        f"{n_synthetic} synthetic images"
+    return rng.integers(
+        0, 256, (n_synthetic, input_size, input_size, 3), dtype=np.uint8
+    ), f"{n_synthetic} synthetic images"
 
 
 def _onnx_outputs(onnx_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -172,8 +194,9 @@ def _onnx_outputs(onnx_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})))
 
 
-def check_parity(keras_model, onnx_path: Path, images: np.ndarray, threshold: float,
-                 tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
+def check_parity(
+    keras_model, onnx_path: Path, images: np.ndarray, threshold: float, tolerance: float = PARITY_TOLERANCE
+) -> dict[str, Any]:
     from cxr.export.gradcam import gradcam_keras, has_gradcam_head
 
     p_keras = keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0).reshape(-1).astype(np.float64)
@@ -181,14 +204,25 @@ def check_parity(keras_model, onnx_path: Path, images: np.ndarray, threshold: fl
     p_onnx = outputs[OUTPUT_NAME].reshape(-1).astype(np.float64)
     diff = np.abs(p_keras - p_onnx)
     labels_differ = int(np.sum((p_keras >= threshold) != (p_onnx >= threshold)))
-    result = {"n_images": int(len(images)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-              "labels_differ": labels_differ, "tolerance": tolerance, "threshold": threshold,
-              "passed": bool(diff.max() <= tolerance and labels_differ == 0)}
+    result = {
+        "n_images": int(len(images)),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "labels_differ": labels_differ,
+        "tolerance": tolerance,
+        "threshold": threshold,
+        "passed": bool(diff.max() <= tolerance and labels_differ == 0),
+    }
     if CAM_NAME in outputs and has_gradcam_head(keras_model):
         _, cam_reference = gradcam_keras(keras_model, images[:8].astype(np.float32))
         cam_diff = float(np.abs(outputs[CAM_NAME][:8] - cam_reference).max())
-        result.update({"cam_max_abs_diff": cam_diff, "cam_tolerance": CAM_TOLERANCE,
-                       "passed": result["passed"] and cam_diff <= CAM_TOLERANCE})
+        result.update(
+            {
+                "cam_max_abs_diff": cam_diff,
+                "cam_tolerance": CAM_TOLERANCE,
+                "passed": result["passed"] and cam_diff <= CAM_TOLERANCE,
+            }
+        )
     return result
 
 
@@ -205,10 +239,18 @@ def default_parity_paths(run: dict, n: int, seed: int) -> list[str]:
     return val.sample(n=min(n, len(val)), random_state=seed)["abspath"].tolist() if len(val) else []
 
 
-def export_onnx(run_dir: str | Path, out_path: str | Path, *, parity_paths: list[str] | None = None,
-                n_parity: int = 32, threshold: float = 0.5, threshold_rule: dict | None = None,
-                opset: int = DEFAULT_OPSET,
-                tolerance: float = PARITY_TOLERANCE, seed: int = 0) -> ExportResult:
+def export_onnx(
+    run_dir: str | Path,
+    out_path: str | Path,
+    *,
+    parity_paths: list[str] | None = None,
+    n_parity: int = 32,
+    threshold: float = 0.5,
+    threshold_rule: dict | None = None,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = PARITY_TOLERANCE,
+    seed: int = 0,
+) -> ExportResult:
     """Convert ``run_dir/best.keras`` to ``out_path`` (+ ``<stem>.parity.json``) behind the parity gate."""
     run_dir, out_path = Path(run_dir), Path(out_path)
     folder = RunFolder(run_dir)
@@ -228,10 +270,15 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, *, parity_paths: list
         parity = check_parity(model, tmp, images, threshold, tolerance)
         parity.update({"source": source, "opset": opset})
         if not parity["passed"]:
-            cam = (f", Grad-CAM max |d| {parity['cam_max_abs_diff']:.3g} (tolerance {parity['cam_tolerance']:g})"
-                   if "cam_max_abs_diff" in parity else "")
-            raise ParityError(f"parity gate failed: max |dp| {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
-                              f"{parity['labels_differ']} labels differ{cam}; no model written")
+            cam = (
+                f", Grad-CAM max |d| {parity['cam_max_abs_diff']:.3g} (tolerance {parity['cam_tolerance']:g})"
+                if "cam_max_abs_diff" in parity
+                else ""
+            )
+            raise ParityError(
+                f"parity gate failed: max |dp| {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
+                f"{parity['labels_differ']} labels differ{cam}; no model written"
+            )
         parity["model_sha256"] = sha256_file(tmp)
     record = Parity.from_dict({"model": out_path.name, "run": str(run_dir), **parity})
     parity_path = record.write(Parity.path_for(out_path))

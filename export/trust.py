@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cxr.calibration import expected_calibration_error
-from cxr.export.graph_edit import GraphEditError, _node, activation_taps, logit_name, pooled_statistics
+from cxr.export.graph_edit import GraphEditError, _node, logit_name, pooled_statistics
 
 DOMAIN_OUTPUT = "domain_score"
 GUARD_METHOD = "mahalanobis-multi-depth"
@@ -37,6 +37,7 @@ REFERENCE_DECIMALS = 4
 @dataclass(frozen=True)
 class GuardFit:
     """A fitted guard: per tap (name, mean, precision square root, training median distance)."""
+
     taps: tuple[str, ...]
     means: tuple[np.ndarray, ...]
     roots: tuple[np.ndarray, ...]
@@ -48,14 +49,22 @@ class GuardFit:
 
     def scores(self, features: list[np.ndarray]) -> np.ndarray:
         """The guard's score from pooled features (one array per tap), as the graph computes it."""
-        logs = [np.log(np.maximum(((f - m) @ r) ** 2, 0).sum(1) / med)
-                for f, m, r, med in zip(features, self.means, self.roots, self.medians)]
+        logs = [
+            np.log(np.maximum(((f - m) @ r) ** 2, 0).sum(1) / med)
+            for f, m, r, med in zip(features, self.means, self.roots, self.medians)
+        ]
         return np.exp(np.mean(logs, axis=0))
 
     def metadata(self) -> dict[str, Any]:
-        return {"method": GUARD_METHOD, "output": DOMAIN_OUTPUT, "threshold": self.threshold,
-                "false_flag_rate": self.false_flag_rate, "taps": list(self.taps),
-                "reference_scores": [round(float(v), REFERENCE_DECIMALS) for v in self.reference], **self.facts}
+        return {
+            "method": GUARD_METHOD,
+            "output": DOMAIN_OUTPUT,
+            "threshold": self.threshold,
+            "false_flag_rate": self.false_flag_rate,
+            "taps": list(self.taps),
+            "reference_scores": [round(float(v), REFERENCE_DECIMALS) for v in self.reference],
+            **self.facts,
+        }
 
 
 def guard_taps(proto, count: int = GUARD_TAPS) -> list[tuple[str, int]]:
@@ -65,8 +74,12 @@ def guard_taps(proto, count: int = GUARD_TAPS) -> list[tuple[str, int]]:
     from cxr.export.graph_edit import ACTIVATION, _shapes
 
     shapes = _shapes(proto)
-    acts = [(name, shapes[name]) for node in proto.graph.node for name in node.output
-            if ACTIVATION.search(name) and len(shapes.get(name, [])) == 4]
+    acts = [
+        (name, shapes[name])
+        for node in proto.graph.node
+        for name in node.output
+        if ACTIVATION.search(name) and len(shapes.get(name, [])) == 4
+    ]
     sides = sorted({int(shape[2]) for _, shape in acts if isinstance(shape[2], int) and shape[2] > 0})
     if not sides:
         raise GraphEditError("the guard needs backbone activations of known size; this graph has none")
@@ -82,7 +95,7 @@ def feature_model(proto, taps: list[tuple[str, int]], with_logit: bool = True):
     from cxr.export.graph_edit import with_feature_outputs
 
     probe = with_feature_outputs(proto, taps)
-    del probe.graph.output[:len(proto.graph.output)]
+    del probe.graph.output[: len(proto.graph.output)]
     if with_logit:
         probe.graph.node.append(_node("Identity", [logit_name(probe)], "logit"))
         probe.graph.output.append(helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1]))
@@ -95,8 +108,9 @@ def run_features(probe, images: np.ndarray, batch: int = 64) -> tuple[list[np.nd
 
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    outs = [session.run(names, {session.get_inputs()[0].name: images[i:i + batch]})
-            for i in range(0, len(images), batch)]
+    outs = [
+        session.run(names, {session.get_inputs()[0].name: images[i : i + batch]}) for i in range(0, len(images), batch)
+    ]
     joined = [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in range(len(names))]
     logits = joined[-1].reshape(-1) if names[-1] == "logit" else np.empty(0)
     return [j for n, j in zip(names, joined) if n != "logit"], logits
@@ -110,8 +124,10 @@ def fit_guard(taps: list[str], train: list[np.ndarray], val: list[np.ndarray], f
     from sklearn.covariance import LedoitWolf
 
     if len(val[0]) < MIN_GUARD_VAL:
-        raise GraphEditError(f"the domain guard sets its threshold on at least {MIN_GUARD_VAL} validation images; "
-                             f"this split has {len(val[0])} (export with --no-guard)")
+        raise GraphEditError(
+            f"the domain guard sets its threshold on at least {MIN_GUARD_VAL} validation images; "
+            f"this split has {len(val[0])} (export with --no-guard)"
+        )
 
     means, roots, medians = [], [], []
     for features in train:
@@ -123,9 +139,21 @@ def fit_guard(taps: list[str], train: list[np.ndarray], val: list[np.ndarray], f
     draft = GuardFit(tuple(taps), tuple(means), tuple(roots), tuple(medians), 0.0, false_flags, ())
     val_scores = np.sort(draft.scores(val))
     threshold = float(np.quantile(val_scores, 1.0 - false_flags))
-    return GuardFit(draft.taps, draft.means, draft.roots, draft.medians, threshold, false_flags,
-                    tuple(val_scores.tolist()), {"fitted_on": "training split", "threshold_on": "validation split",
-                                                 "n_train": int(len(train[0])), "n_val": int(len(val[0]))})
+    return GuardFit(
+        draft.taps,
+        draft.means,
+        draft.roots,
+        draft.medians,
+        threshold,
+        false_flags,
+        tuple(val_scores.tolist()),
+        {
+            "fitted_on": "training split",
+            "threshold_on": "validation split",
+            "n_train": int(len(train[0])),
+            "n_val": int(len(val[0])),
+        },
+    )
 
 
 def attach_guard(proto, fit: GuardFit) -> None:
@@ -137,22 +165,31 @@ def attach_guard(proto, fit: GuardFit) -> None:
         prefix = f"guard{index}"
         nodes, stats = pooled_statistics(proto, tap, prefix)
         proto.graph.node.extend(nodes)
-        proto.graph.initializer.extend([
-            numpy_helper.from_array(mean.astype(np.float32), f"{prefix}_location"),
-            numpy_helper.from_array(root.astype(np.float32), f"{prefix}_root"),
-            numpy_helper.from_array(np.array([median], np.float32), f"{prefix}_median")])
-        proto.graph.node.extend([
-            _node("Sub", [stats, f"{prefix}_location"], f"{prefix}_centred"),
-            _node("MatMul", [f"{prefix}_centred", f"{prefix}_root"], f"{prefix}_whitened"),
-            _node("ReduceSumSquare", [f"{prefix}_whitened"], f"{prefix}_d2", axes=[1], keepdims=0),
-            _node("Div", [f"{prefix}_d2", f"{prefix}_median"], f"{prefix}_ratio"),
-            _node("Log", [f"{prefix}_ratio"], f"{prefix}_log")])
+        proto.graph.initializer.extend(
+            [
+                numpy_helper.from_array(mean.astype(np.float32), f"{prefix}_location"),
+                numpy_helper.from_array(root.astype(np.float32), f"{prefix}_root"),
+                numpy_helper.from_array(np.array([median], np.float32), f"{prefix}_median"),
+            ]
+        )
+        proto.graph.node.extend(
+            [
+                _node("Sub", [stats, f"{prefix}_location"], f"{prefix}_centred"),
+                _node("MatMul", [f"{prefix}_centred", f"{prefix}_root"], f"{prefix}_whitened"),
+                _node("ReduceSumSquare", [f"{prefix}_whitened"], f"{prefix}_d2", axes=[1], keepdims=0),
+                _node("Div", [f"{prefix}_d2", f"{prefix}_median"], f"{prefix}_ratio"),
+                _node("Log", [f"{prefix}_ratio"], f"{prefix}_log"),
+            ]
+        )
         logs.append(f"{prefix}_log")
-    proto.graph.node.extend([
-        _node("Concat", logs, "guard_logs_flat", axis=0),
-        _node("Reshape", ["guard_logs_flat", "guard_shape"], "guard_logs"),
-        _node("ReduceMean", ["guard_logs"], "guard_mean_log", axes=[0], keepdims=0),
-        _node("Exp", ["guard_mean_log"], DOMAIN_OUTPUT)])
+    proto.graph.node.extend(
+        [
+            _node("Concat", logs, "guard_logs_flat", axis=0),
+            _node("Reshape", ["guard_logs_flat", "guard_shape"], "guard_logs"),
+            _node("ReduceMean", ["guard_logs"], "guard_mean_log", axes=[0], keepdims=0),
+            _node("Exp", ["guard_mean_log"], DOMAIN_OUTPUT),
+        ]
+    )
     proto.graph.initializer.append(numpy_helper.from_array(np.array([len(logs), -1], np.int64), "guard_shape"))
     proto.graph.output.append(helper.make_tensor_value_info(DOMAIN_OUTPUT, TensorProto.FLOAT, ["batch"]))
 
@@ -179,8 +216,10 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray, method: str = "platt") ->
     a = float(result.x[0])
     b = float(result.x[1]) if method == "platt" else 0.0
     if not (np.isfinite(a) and a > 0):
-        raise GraphEditError(f"calibration failed: slope {a:.4g} (the validation logits do not rank the classes); "
-                             "export with --calibration none to keep the model's own probabilities")
+        raise GraphEditError(
+            f"calibration failed: slope {a:.4g} (the validation logits do not rank the classes); "
+            "export with --calibration none to keep the model's own probabilities"
+        )
     return a, b
 
 
@@ -194,10 +233,18 @@ def attach_calibration(proto, a: float, b: float) -> None:
 
     sigmoid = next(node for node in proto.graph.node if node.op_type == "Sigmoid")
     logit = sigmoid.input[0]
-    proto.graph.initializer.extend([numpy_helper.from_array(np.array([a], np.float32), "calibration_a"),
-                                    numpy_helper.from_array(np.array([b], np.float32), "calibration_b")])
-    proto.graph.node.extend([_node("Mul", [logit, "calibration_a"], "calibration_scaled"),
-                             _node("Add", ["calibration_scaled", "calibration_b"], "calibrated_logit")])
+    proto.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([a], np.float32), "calibration_a"),
+            numpy_helper.from_array(np.array([b], np.float32), "calibration_b"),
+        ]
+    )
+    proto.graph.node.extend(
+        [
+            _node("Mul", [logit, "calibration_a"], "calibration_scaled"),
+            _node("Add", ["calibration_scaled", "calibration_b"], "calibrated_logit"),
+        ]
+    )
     sigmoid.input[0] = "calibrated_logit"
 
 
@@ -229,6 +276,7 @@ EDIT_TOLERANCE = 1e-4
 class TrustResult:
     """What ``add_trust`` wrote and measured (validation figures; the test split is measured by
     ``make results``)."""
+
     model_path: Any
     threshold_rule: dict[str, Any]
     guard: GuardFit | None
@@ -281,9 +329,18 @@ def _split_images(manifest, split: str, size: int, positive: str) -> tuple[np.nd
         raise GraphEditError(f"manifest {manifest}: {exc}") from None
 
 
-def add_trust(model_path, out_path, manifest, *, guard: bool = True, calibration: str | None = "platt",
-              false_flags: float = DEFAULT_FALSE_FLAGS, threshold: str | None = None, threshold_rule: str = "wilson",
-              target_recall: float = 0.95) -> TrustResult:
+def add_trust(
+    model_path,
+    out_path,
+    manifest,
+    *,
+    guard: bool = True,
+    calibration: str | None = "platt",
+    false_flags: float = DEFAULT_FALSE_FLAGS,
+    threshold: str | None = None,
+    threshold_rule: str = "wilson",
+    target_recall: float = 0.95,
+) -> TrustResult:
     """Fit the guard (training split) and the calibration (validation split) of an exported model,
     fold them into its graph, choose the threshold on the calibrated validation probabilities, and
     write ``out_path`` after checking the new graph against the fitted numbers. An earlier guard and
@@ -313,9 +370,14 @@ def add_trust(model_path, out_path, manifest, *, guard: bool = True, calibration
     if calibration:
         a, b = fit_calibration(val_logits, y_val, calibration)
         p_val_cal = calibrated(val_logits, a, b)
-        calib = {"method": calibration, "a": a, "b": b, "fitted_on": "validation split",
-                 "val_ece_before": expected_calibration_error(y_val, p_val),
-                 "val_ece_after": expected_calibration_error(y_val, p_val_cal)}
+        calib = {
+            "method": calibration,
+            "a": a,
+            "b": b,
+            "fitted_on": "validation split",
+            "val_ece_before": expected_calibration_error(y_val, p_val),
+            "val_ece_after": expected_calibration_error(y_val, p_val_cal),
+        }
         p_val = p_val_cal
     rule = _threshold_rule(contract, raw, calib, y_val, p_val, manifest, threshold, threshold_rule, target_recall)
     if calib:
@@ -338,8 +400,10 @@ def _fit_guard(proto, taps, manifest, contract, val_features, false_flags) -> Gu
     train_features, _ = run_features(feature_model(proto, taps, with_logit=False), train_images)
     fit = fit_guard([t for t, _ in taps], train_features, val_features, false_flags)
     if fit.facts["n_train"] < MIN_GUARD_TRAIN:
-        fit.facts["warning"] = (f"fitted on only {fit.facts['n_train']} training images (fewer than "
-                                f"{MIN_GUARD_TRAIN}): its scores and threshold are rough")
+        fit.facts["warning"] = (
+            f"fitted on only {fit.facts['n_train']} training images (fewer than "
+            f"{MIN_GUARD_TRAIN}): its scores and threshold are rough"
+        )
     return fit
 
 
@@ -352,8 +416,11 @@ def _threshold_rule(contract, raw: float, calib, y_val, p_val, manifest, thresho
         threshold, rule_name, target_recall = "val", old["rule"], float(old["target_recall"])
     try:
         if threshold == "val":
-            return {**choose_threshold(y_val, p_val, target_recall, rule_name),
-                    "source": f"validation split of {manifest}", "n_val": int(len(y_val))}
+            return {
+                **choose_threshold(y_val, p_val, target_recall, rule_name),
+                "source": f"validation split of {manifest}",
+                "n_val": int(len(y_val)),
+            }
     except ThresholdError as exc:
         raise GraphEditError(str(exc)) from None
     if threshold is not None:
@@ -379,7 +446,8 @@ def _write_metadata(proto, contract, rule, fit, calib) -> None:
         meta["calibration"] = calib
     try:
         new_contract = ModelContract.from_metadata(
-            {f"{METADATA_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+            {f"{METADATA_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+        )
     except ModelContractError as exc:
         raise GraphEditError(f"the calibrated model breaks its contract: {exc}") from None
     del proto.metadata_props[:]
@@ -387,8 +455,9 @@ def _write_metadata(proto, contract, rule, fit, calib) -> None:
         proto.metadata_props.add(key=key, value=value)
 
 
-def _check_edit(path, images: np.ndarray, expected_p: np.ndarray, fit: GuardFit | None,
-                features: list[np.ndarray]) -> float:
+def _check_edit(
+    path, images: np.ndarray, expected_p: np.ndarray, fit: GuardFit | None, features: list[np.ndarray]
+) -> float:
     """The edited graph must give the fitted numbers: probabilities within EDIT_TOLERANCE and guard
     scores within 0.1% (float32 against float64)."""
     import onnxruntime as ort

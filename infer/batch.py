@@ -9,8 +9,8 @@ import numpy as np
 from cxr.imaging import decode_or_error
 from cxr.infer.model import ModelLoadError, OnnxClassifier, predict_with_domain
 
-UNIFORM_SD = 2.0          # pixel sd (grey levels) under which an image is flagged as uniform
-COLOUR_LEVELS = 6.0       # mean |channel - grey| (grey levels) above which an image is a colour image
+UNIFORM_SD = 2.0  # pixel sd (grey levels) under which an image is flagged as uniform
+COLOUR_LEVELS = 6.0  # mean |channel - grey| (grey levels) above which an image is a colour image
 
 
 _WORKER_MODELS: dict[str, OnnxClassifier] = {}  # filled lazily in CPU-plan worker processes
@@ -45,8 +45,9 @@ def qc_flag(image: np.ndarray) -> str:
     return f"colour image (mean channel difference {colour:.1f})" if colour > COLOUR_LEVELS else ""
 
 
-def predict_where(model: OnnxClassifier, images: np.ndarray, ok: np.ndarray, tta: bool
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def predict_where(
+    model: OnnxClassifier, images: np.ndarray, ok: np.ndarray, tta: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """(P(positive), domain score) per file of a batch: ``images`` holds the decoded files (those
     where ``ok``), and a file that did not decode gets NaN for both."""
     probs, domains = np.full(len(ok), np.nan), np.full(len(ok), np.nan)
@@ -69,9 +70,10 @@ def errors_and_flags(decoded: list, paths: list | None = None) -> tuple[list[str
     from cxr.imaging import source_flags
 
     errors = [message if image is None else "" for image, message in decoded]
-    flags = ["; ".join(f for f in (qc_flag(image), note) if f) if image is not None else ""
-             for image, note in decoded]
+    flags = ["; ".join(f for f in (qc_flag(image), note) if f) if image is not None else "" for image, note in decoded]
     if paths is not None:
-        flags = ["; ".join(f for f in (flag, source_flags(path) if image is not None and path else "") if f)
-                 for flag, path, (image, _) in zip(flags, paths, decoded)]
+        flags = [
+            "; ".join(f for f in (flag, source_flags(path) if image is not None and path else "") if f)
+            for flag, path, (image, _) in zip(flags, paths, decoded)
+        ]
     return errors, flags

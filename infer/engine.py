@@ -40,8 +40,18 @@ from cxr.messages import first_line
 from cxr.shift import shift_test
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
-RESUME_KEYS = ("model_sha256", "tta", "threshold", "classes", "input_size", "resize_rule", "precision",
-               "labels_sha256", "selection_sha256", "foreign")
+RESUME_KEYS = (
+    "model_sha256",
+    "tta",
+    "threshold",
+    "classes",
+    "input_size",
+    "resize_rule",
+    "precision",
+    "labels_sha256",
+    "selection_sha256",
+    "foreign",
+)
 FOREIGN_POLICIES = ("flag", "skip")  # an image outside the training domain: scored and flagged, or left unscored
 ENGINES = ("local", "ray")
 
@@ -63,6 +73,7 @@ class RunInterrupted(Unavailable, RuntimeError):
 @dataclass
 class GroundTruth:
     """Labels and patient ids by escaped relative path (or bare file name), and where they came from."""
+
     labels: dict[str, str] | None = None
     patient_ids: dict[str, str] = field(default_factory=dict)
     source: str = "folder names"
@@ -100,12 +111,30 @@ class ScoreResult:
         return self.n_scored_now / self.seconds if self.seconds > 0 else float("nan")
 
     @classmethod
-    def of(cls, csv_path: Path, predictions: pd.DataFrame, provider: str, settings: dict[str, Any], *,
-           n_scored_now: int = 0, seconds: float = 0.0, already_complete: bool = False) -> ScoreResult:
+    def of(
+        cls,
+        csv_path: Path,
+        predictions: pd.DataFrame,
+        provider: str,
+        settings: dict[str, Any],
+        *,
+        n_scored_now: int = 0,
+        seconds: float = 0.0,
+        already_complete: bool = False,
+    ) -> ScoreResult:
         """The result of a run whose ``predictions`` (one row per file) are written."""
         n_errors = int((predictions["error"] != "").sum())
-        return cls(csv_path, len(predictions), n_errors, n_scored_now, provider, seconds, predictions, settings,
-                   already_complete)
+        return cls(
+            csv_path,
+            len(predictions),
+            n_errors,
+            n_scored_now,
+            provider,
+            seconds,
+            predictions,
+            settings,
+            already_complete,
+        )
 
 
 @dataclass(frozen=True)
@@ -113,6 +142,7 @@ class Targets:
     """What to score: escaped row paths (the ``path`` column) and where each file is read from
     (a local path or a URI), in output order; the source as the settings name it, and each file's
     ``size:mtime_ns`` where the engine checks on resume that a file is unchanged (the local one)."""
+
     rels: list[str]
     locations: list[str]
     source: str = ""
@@ -122,6 +152,7 @@ class Targets:
 @dataclass
 class Job:
     """One run once the shared steps are done: what an engine's own scoring needs."""
+
     model: OnnxClassifier
     out_csv: Path
     targets: Targets
@@ -143,6 +174,7 @@ class Job:
 @dataclass(frozen=True)
 class Engine(ABC):
     """A scoring engine. Its dataclass fields are its options; ``score`` is the same call on each."""
+
     name: ClassVar[str] = ""
     native_logs: ClassVar[bool] = False  # native code writes to the process's stderr (Ray's core worker)
 
@@ -151,10 +183,22 @@ class Engine(ABC):
         """The options this engine takes."""
         return tuple(f.name for f in fields(cls))
 
-    def score(self, source: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int | None = None,
-              truth: GroundTruth | None = None, resume: bool = False, progress: ProgressFn | None = None,
-              only: list[str] | None = None, tta: bool = False, exclude: str | Path | None = None,
-              foreign: str = "flag", device: str = "auto") -> ScoreResult:
+    def score(
+        self,
+        source: str | Path,
+        model: OnnxClassifier,
+        out_csv: str | Path,
+        *,
+        batch_size: int | None = None,
+        truth: GroundTruth | None = None,
+        resume: bool = False,
+        progress: ProgressFn | None = None,
+        only: list[str] | None = None,
+        tta: bool = False,
+        exclude: str | Path | None = None,
+        foreign: str = "flag",
+        device: str = "auto",
+    ) -> ScoreResult:
         """Score ``source`` (or just the escaped relative paths in ``only``) into ``out_csv`` and its
         settings sidecar. ``exclude``: a folder inside it not to score (the output folder);
         ``device``: the one ``model`` was loaded for (an engine that loads its own sessions uses it)."""
@@ -164,8 +208,21 @@ class Engine(ABC):
         if resume and (complete := already_complete(out_csv, settings, len(targets.rels))) is not None:
             return ScoreResult.of(out_csv, complete, model.provider, settings, already_complete=True)
         other_engine(out_csv, resume, ours=self.name)
-        return self._score(Job(model, out_csv, targets, settings, truth, resume=resume, tta=tta, foreign=foreign,
-                               batch_size=batch_size, device=device, progress=progress))
+        return self._score(
+            Job(
+                model,
+                out_csv,
+                targets,
+                settings,
+                truth,
+                resume=resume,
+                tta=tta,
+                foreign=foreign,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            )
+        )
 
     @abstractmethod
     def _list(self, source: str | Path, only: list[str] | None, exclude: Path | None) -> Targets:
@@ -199,8 +256,9 @@ def make_engine(name: str, **options: Any) -> Engine:
     unknown = [key for key in options if key not in chosen.options()]
     if unknown:
         takes = ", ".join(chosen.options()) or "none"
-        raise EngineOptionError(f"the {name} engine does not take {', '.join(map(repr, unknown))} "
-                                f"(its options: {takes})")
+        raise EngineOptionError(
+            f"the {name} engine does not take {', '.join(map(repr, unknown))} (its options: {takes})"
+        )
     return chosen(**options)
 
 
@@ -225,8 +283,10 @@ def read_labels_csv(path: str | Path, classes: list[str]) -> GroundTruth:
     conflicting = frame.groupby("path")["label"].nunique()
     conflicting = conflicting[conflicting > 1]
     if len(conflicting):
-        raise ScoreInputError(f"labels file {path} gives {len(conflicting)} path(s) two different labels (first: "
-                              f"{conflicting.index[0]}); keep one label per path")
+        raise ScoreInputError(
+            f"labels file {path} gives {len(conflicting)} path(s) two different labels (first: "
+            f"{conflicting.index[0]}); keep one label per path"
+        )
     return GroundTruth(dict(zip(frame["path"], frame["label"])), {}, f"labels file {Path(path).name}")
 
 
@@ -237,29 +297,60 @@ def check_labels_match(truth: GroundTruth, rels: list[str], classes: list[str], 
     matched = sum(1 for rel in rels if truth.label_for(rel, classes))
     if matched == 0:
         example = next(iter(truth.labels))
-        raise ScoreInputError(f"the {truth.source} labels none of the {len(rels)} files under {source} (its paths, "
-                              f"e.g. {example!r}, must be relative to that folder, or bare file names)")
+        raise ScoreInputError(
+            f"the {truth.source} labels none of the {len(rels)} files under {source} (its paths, "
+            f"e.g. {example!r}, must be relative to that folder, or bare file names)"
+        )
     return matched
 
 
-def scoring_settings(model: OnnxClassifier, tta: bool, truth: GroundTruth, selection: list[str] | None,
-                     foreign: str = "flag", source: str = "") -> dict[str, Any]:
+def scoring_settings(
+    model: OnnxClassifier,
+    tta: bool,
+    truth: GroundTruth,
+    selection: list[str] | None,
+    foreign: str = "flag",
+    source: str = "",
+) -> dict[str, Any]:
     info = model.info
-    chosen = hashlib.sha256("\n".join(selection).encode("utf-8", "surrogateescape")).hexdigest() if selection \
-        is not None else "whole folder"
-    return {"format": 2, "cxr_version": __version__, "source": source, "model": info.path.name,
-            "model_sha256": info.sha256,
-            "tta": bool(tta), "threshold": info.threshold, "threshold_rule": info.contract.threshold_rule,
-            "classes": info.classes, "input_size": info.input_size, "resize_rule": info.resize_rule,
-            "precision": model.precision, "labels_source": truth.source, "labels_sha256": truth.sha256(),
-            "selection_sha256": chosen, "foreign": foreign,
-            "guard": None if model.guard is None else {"method": model.guard.method,
-                                                       "threshold": model.guard.threshold,
-                                                       "false_flag_rate": model.guard.false_flag_rate},
-            "calibration": None if model.info.contract.calibration is None else {
-                "method": model.info.contract.calibration.method, "a": model.info.contract.calibration.a,
-                "b": model.info.contract.calibration.b},
-            **{k: v for k, v in model.execution.items() if k != "precision"}}
+    chosen = (
+        hashlib.sha256("\n".join(selection).encode("utf-8", "surrogateescape")).hexdigest()
+        if selection is not None
+        else "whole folder"
+    )
+    return {
+        "format": 2,
+        "cxr_version": __version__,
+        "source": source,
+        "model": info.path.name,
+        "model_sha256": info.sha256,
+        "tta": bool(tta),
+        "threshold": info.threshold,
+        "threshold_rule": info.contract.threshold_rule,
+        "classes": info.classes,
+        "input_size": info.input_size,
+        "resize_rule": info.resize_rule,
+        "precision": model.precision,
+        "labels_source": truth.source,
+        "labels_sha256": truth.sha256(),
+        "selection_sha256": chosen,
+        "foreign": foreign,
+        "guard": None
+        if model.guard is None
+        else {
+            "method": model.guard.method,
+            "threshold": model.guard.threshold,
+            "false_flag_rate": model.guard.false_flag_rate,
+        },
+        "calibration": None
+        if model.info.contract.calibration is None
+        else {
+            "method": model.info.contract.calibration.method,
+            "a": model.info.contract.calibration.a,
+            "b": model.info.contract.calibration.b,
+        },
+        **{k: v for k, v in model.execution.items() if k != "precision"},
+    }
 
 
 def list_targets(folder: Path, only: list[str] | None, exclude: Path | None) -> tuple[list[str], list[Path]]:
@@ -279,9 +370,11 @@ def other_engine(out_csv: Path, resume: bool, ours: str) -> None:
     if not left.exists():
         return
     if resume:
-        raise ScoreInputError(f"--resume: the interrupted run in {out_csv.parent} used --engine {theirs} "
-                              f"({left.name} is its unfinished work); resume it with --engine {theirs}, or rerun "
-                              "without --resume")
+        raise ScoreInputError(
+            f"--resume: the interrupted run in {out_csv.parent} used --engine {theirs} "
+            f"({left.name} is its unfinished work); resume it with --engine {theirs}, or rerun "
+            "without --resume"
+        )
     if left.is_dir():
         shutil.rmtree(left, ignore_errors=True)
     else:
@@ -318,16 +411,19 @@ def finished_rows(out_csv: Path) -> tuple[dict[str, Any] | None, dict[str, dict]
     return before, {row["path"]: row for row in frame.to_dict("records")}
 
 
-def kept_rows(before: dict[str, Any] | None, rows: dict[str, dict], settings: dict[str, Any],
-              rel_set: set[str]) -> dict[str, dict]:
+def kept_rows(
+    before: dict[str, Any] | None, rows: dict[str, dict], settings: dict[str, Any], rel_set: set[str]
+) -> dict[str, dict]:
     """The rows an interrupted run left (both engines) that ``--resume`` keeps: none without its
     settings, a ScoreInputError when they differ from this run's, else those still to be scored."""
     if before is None:
         return {}
     differences = settings_differences(before, settings, RESUME_KEYS)
     if differences:
-        raise ScoreInputError(f"--resume: the interrupted run used other settings ({'; '.join(differences)}); "
-                              "rerun without --resume, or with the same settings")
+        raise ScoreInputError(
+            f"--resume: the interrupted run used other settings ({'; '.join(differences)}); "
+            "rerun without --resume, or with the same settings"
+        )
     return {rel: row for rel, row in rows.items() if rel in rel_set}
 
 
@@ -351,9 +447,17 @@ def model_label(model: OnnxClassifier, tta: bool) -> str:
     return model.info.path.name + ("+tta" if tta else "")
 
 
-def prediction_rows(model: OnnxClassifier, rels: list[str], probs: np.ndarray, domains: np.ndarray,
-                    errors: list[str], qcs: list[str], truth: GroundTruth, tta: bool,
-                    foreign: str = "flag") -> list[dict[str, str]]:
+def prediction_rows(
+    model: OnnxClassifier,
+    rels: list[str],
+    probs: np.ndarray,
+    domains: np.ndarray,
+    errors: list[str],
+    qcs: list[str],
+    truth: GroundTruth,
+    tta: bool,
+    foreign: str = "flag",
+) -> list[dict[str, str]]:
     """The predictions rows of scored files (both engines): a probability, or an error message. An
     image the domain guard flags gets the reason in ``qc``, and with ``foreign='skip'`` no probability."""
     info, classes = model.info, model.info.classes
@@ -364,15 +468,27 @@ def prediction_rows(model: OnnxClassifier, rels: list[str], probs: np.ndarray, d
         if outside:
             qc = "; ".join(f for f in (qc, model.guard.reason(float(domain))) if f)
         keep = not error and not (outside and foreign == "skip")
-        rows.append(Predictions.row(rel, float(p) if keep else None, classes, info.threshold,
-                                    true_label=truth.label_for(rel, classes), patient_id=truth.patient_for(rel),
-                                    error=error, qc=qc, model=name, model_sha256=info.sha256,
-                                    domain_score=None if error else float(domain)))
+        rows.append(
+            Predictions.row(
+                rel,
+                float(p) if keep else None,
+                classes,
+                info.threshold,
+                true_label=truth.label_for(rel, classes),
+                patient_id=truth.patient_for(rel),
+                error=error,
+                qc=qc,
+                model=name,
+                model_sha256=info.sha256,
+                domain_score=None if error else float(domain),
+            )
+        )
     return rows
 
 
-def write_predictions(rows: dict[str, dict[str, str]], out_csv: Path, rels: list[str], positive: str,
-                      settings: dict[str, Any], guard=None) -> pd.DataFrame:
+def write_predictions(
+    rows: dict[str, dict[str, str]], out_csv: Path, rels: list[str], positive: str, settings: dict[str, Any], guard=None
+) -> pd.DataFrame:
     """The final CSV (one row per file, in ``rels`` order) and its settings sidecar, atomically;
     both engines end here. With the model's ``guard``, the set-level shift test joins the sidecar."""
     missing = [rel for rel in rels if rel not in rows]
@@ -380,22 +496,31 @@ def write_predictions(rows: dict[str, dict[str, str]], out_csv: Path, rels: list
         raise RuntimeError(f"{len(missing)} of {len(rels)} files have no row (first: {missing[0]})")
     frame = pd.DataFrame([rows[rel] for rel in rels], columns=Predictions.columns(positive))
     Predictions.write_csv(frame, out_csv)
-    counts = {"n_files": len(rels), "n_errors": int((frame["error"] != "").sum()),
-              "n_qc_flagged": int((frame["qc"] != "").sum()),
-              "n_outside_domain": int(frame["qc"].str.contains("outside training domain", regex=False).sum())}
+    counts = {
+        "n_files": len(rels),
+        "n_errors": int((frame["error"] != "").sum()),
+        "n_qc_flagged": int((frame["qc"] != "").sum()),
+        "n_outside_domain": int(frame["qc"].str.contains("outside training domain", regex=False).sum()),
+    }
     if guard is not None:
-        verdict = shift_test(pd.to_numeric(frame["domain_score"], errors="coerce").to_numpy(), guard.reference_scores,
-                             guard.threshold, guard.false_flag_rate)
+        verdict = shift_test(
+            pd.to_numeric(frame["domain_score"], errors="coerce").to_numpy(),
+            guard.reference_scores,
+            guard.threshold,
+            guard.false_flag_rate,
+        )
         counts["shift"] = verdict.to_dict() if verdict else None
     Predictions.write_settings(out_csv, {**settings, **counts})
     return frame
 
 
-def finish(job: Job, rows: dict[str, dict[str, str]], n_scored_now: int, seconds: float, provider: str,
-           **recorded: Any) -> ScoreResult:
+def finish(
+    job: Job, rows: dict[str, dict[str, str]], n_scored_now: int, seconds: float, provider: str, **recorded: Any
+) -> ScoreResult:
     """Write ``predictions.csv`` from ``rows`` (``recorded`` joins the sidecar only) and return the
     run's result: both engines end here."""
     model = job.model
-    frame = write_predictions(rows, job.out_csv, job.targets.rels, model.info.positive_class,
-                              {**job.settings, **recorded}, model.guard)
+    frame = write_predictions(
+        rows, job.out_csv, job.targets.rels, model.info.positive_class, {**job.settings, **recorded}, model.guard
+    )
     return ScoreResult.of(job.out_csv, frame, provider, job.settings, n_scored_now=n_scored_now, seconds=seconds)

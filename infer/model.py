@@ -43,6 +43,7 @@ class ModelOutputError(InputError, ValueError):
 @dataclass(frozen=True)
 class ModelInfo:
     """A loaded model file: its path, content hash and contract (the validated metadata)."""
+
     path: Path
     sha256: str
     contract: ModelContract
@@ -102,8 +103,10 @@ def choose_providers(device: str, precision: str = "fp32") -> list:
         return ["CPUExecutionProvider"]
     has_cuda = "CUDAExecutionProvider" in available
     if device == "cuda" and not has_cuda:
-        raise ProviderError("--device cuda: this onnxruntime has no CUDAExecutionProvider "
-                            f"(available: {', '.join(available)}); install onnxruntime-gpu (extra [gpu])")
+        raise ProviderError(
+            "--device cuda: this onnxruntime has no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu (extra [gpu])"
+        )
     if not has_cuda:
         return ["CPUExecutionProvider"]
     if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from the nvidia-* wheels
@@ -142,7 +145,9 @@ class OnnxClassifier:
             raise ModelLoadError(f"cannot load {self.path} as an ONNX model: {first_line(exc)[:300]}") from None
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
-            raise ProviderError(f"--device cuda: onnxruntime fell back to {self.provider} (no usable GPU/CUDA libraries)")
+            raise ProviderError(
+                f"--device cuda: onnxruntime fell back to {self.provider} (no usable GPU/CUDA libraries)"
+            )
         self.provider_options = self.session.get_provider_options().get(self.provider, {})
         self.precision = precision if self.provider == "CUDAExecutionProvider" else "fp32"
         try:
@@ -157,16 +162,21 @@ class OnnxClassifier:
         self.has_cam = CAM_NAME in outputs
         self.guard = contract.guard
         if (self.guard is not None) != (DOMAIN_NAME in outputs):
-            raise ModelLoadError(f"{self.path}: its metadata and its graph disagree about the domain guard "
-                                 f"('{DOMAIN_NAME}' output {'missing' if self.guard else 'without metadata'})")
+            raise ModelLoadError(
+                f"{self.path}: its metadata and its graph disagree about the domain guard "
+                f"('{DOMAIN_NAME}' output {'missing' if self.guard else 'without metadata'})"
+            )
 
     @property
     def execution(self) -> dict[str, Any]:
         """The provider facts a run records (metrics.json, evaluation history, predictions.meta.json)."""
         keep = ("use_tf32", "cudnn_conv_algo_search", "device_id")
-        return {"provider": self.provider, "precision": self.precision,
-                "provider_options": {k: v for k, v in self.provider_options.items() if k in keep},
-                "parallel_runs": self.parallel_runs}
+        return {
+            "provider": self.provider,
+            "precision": self.precision,
+            "provider_options": {k: v for k, v in self.provider_options.items() if k in keep},
+            "parallel_runs": self.parallel_runs,
+        }
 
     def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
         """``session.run`` on ``batch``; with ``parallel_runs > 1`` split into that many parts
@@ -189,12 +199,12 @@ class OnnxClassifier:
         shape = inputs[0].shape
         size = self.info.input_size
         if len(shape) != 4 or list(shape[1:]) != [size, size, 3]:
-            raise ModelLoadError(f"{self.path}: input shape {shape} does not match its metadata "
-                                 f"(NHWC {size}x{size}x3)")
+            raise ModelLoadError(f"{self.path}: input shape {shape} does not match its metadata (NHWC {size}x{size}x3)")
         want = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}.get(self.info.input_dtype)
         if inputs[0].type != want:
-            raise ModelLoadError(f"{self.path}: input type {inputs[0].type} does not match its metadata "
-                                 f"({self.info.input_dtype})")
+            raise ModelLoadError(
+                f"{self.path}: input type {inputs[0].type} does not match its metadata ({self.info.input_dtype})"
+            )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """P(positive class) for a (N, size, size, 3) uint8 batch of 0-255 pixels."""
@@ -208,8 +218,10 @@ class OnnxClassifier:
             return self.predict(batch), np.full(len(batch), np.nan)
         batch = np.ascontiguousarray(batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32)
         p, domain = self._run([self.output_name, DOMAIN_NAME], batch)
-        return (checked_probabilities(p.reshape(-1).astype(np.float64), len(batch), self.path),
-                domain.reshape(-1).astype(np.float64))
+        return (
+            checked_probabilities(p.reshape(-1).astype(np.float64), len(batch), self.path),
+            domain.reshape(-1).astype(np.float64),
+        )
 
     def explain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(positive), Grad-CAM maps (N, h, w) in 0..1) from a model exported with its 'cam' output."""
@@ -226,8 +238,10 @@ def checked_probabilities(p: np.ndarray, n: int, source: Path) -> np.ndarray:
         raise ModelOutputError(f"{source} returned {p.size} values for {n} images; not a cxr model output")
     bad = ~np.isfinite(p) | (p < -OUTPUT_TOLERANCE) | (p > 1 + OUTPUT_TOLERANCE)
     if bad.any():
-        raise ModelOutputError(f"{source} returned {p[bad][0]:.6g}, which is not a probability in [0, 1]; "
-                               "its graph does not match its cxr metadata")
+        raise ModelOutputError(
+            f"{source} returned {p[bad][0]:.6g}, which is not a probability in [0, 1]; "
+            "its graph does not match its cxr metadata"
+        )
     return np.clip(p, 0.0, 1.0)
 
 
@@ -238,17 +252,17 @@ def tta_views(batch: np.ndarray, shift: int) -> list[np.ndarray]:
     padded = np.pad(batch, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
     h, w = batch.shape[1:3]
     for dy, dx in ((0, -shift), (0, shift), (-shift, 0), (shift, 0)):
-        views.append(padded[:, shift + dy:shift + dy + h, shift + dx:shift + dx + w])
+        views.append(padded[:, shift + dy : shift + dy + h, shift + dx : shift + dx + w])
     return views
 
 
-def predict_tta(model: "OnnxClassifier", batch: np.ndarray) -> np.ndarray:
+def predict_tta(model: OnnxClassifier, batch: np.ndarray) -> np.ndarray:
     """Mean P(positive) over the TTA views (6 model calls per batch)."""
     shift = max(1, model.info.input_size // 32)
     return np.mean([model.predict(view) for view in tta_views(batch, shift)], axis=0)
 
 
-def predict_with_domain(model: "OnnxClassifier", batch: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+def predict_with_domain(model: OnnxClassifier, batch: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
     """(P(positive), domain score): with TTA the probability is the mean over the views and the domain
     score is the unaltered image's."""
     p, domain = model.predict_with_domain(batch)

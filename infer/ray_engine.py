@@ -37,12 +37,24 @@ import numpy as np
 from cxr.artifacts import Predictions, escape_path, unescape_path
 from cxr.imaging import IMAGE_EXTENSIONS, decode_or_error
 from cxr.infer.batch import errors_and_flags, predict_where
+from cxr.infer.engine import (
+    Engine,
+    GroundTruth,
+    Job,
+    ProgressFn,
+    RunInterrupted,
+    ScoreInputError,
+    ScoreResult,
+    Targets,
+    finish,
+    kept_rows,
+    list_targets,
+    prediction_rows,
+)
 from cxr.infer.model import OnnxClassifier
-from cxr.infer.engine import (Engine, GroundTruth, Job, ProgressFn, RunInterrupted, ScoreInputError, ScoreResult,
-                              Targets, finish, kept_rows, list_targets, prediction_rows)
 from cxr.messages import first_line
 
-DECODE_CHUNK = 64          # files per decode task (and per shard on CPUs)
+DECODE_CHUNK = 64  # files per decode task (and per shard on CPUs)
 URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://", "file://")
 
 
@@ -104,8 +116,11 @@ def _list_uri(uri: str, only: list[str] | None) -> Targets:
     except (OSError, ValueError) as exc:
         raise ScoreInputError(f"cannot list {uri}: {exc}") from None
     base = uri.rstrip("/")
-    rels = sorted(info.path[len(root.rstrip("/")) + 1:] for info in infos
-                  if info.type == pafs.FileType.File and Path(info.path).suffix.lower() in IMAGE_EXTENSIONS)
+    rels = sorted(
+        info.path[len(root.rstrip("/")) + 1 :]
+        for info in infos
+        if info.type == pafs.FileType.File and Path(info.path).suffix.lower() in IMAGE_EXTENSIONS
+    )
     if only is not None:
         wanted = {unescape_path(rel) for rel in only}
         rels = [rel for rel in rels if rel in wanted]
@@ -138,16 +153,22 @@ def decode_block(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
         if image is not None:
             images[index], ok[index] = image, True
     errors, qcs = errors_and_flags(decoded, [None if is_uri(str(loc)) else str(loc) for loc in batch["location"]])
-    return {"rel": batch["rel"], "image": images, "ok": ok, "error": np.array(errors, dtype=object),
-            "qc": np.array(qcs, dtype=object)}
+    return {
+        "rel": batch["rel"],
+        "image": images,
+        "ok": ok,
+        "error": np.array(errors, dtype=object),
+        "qc": np.array(qcs, dtype=object),
+    }
 
 
 class ScoringActor:
     """Ray actor: one onnxruntime session for its whole life (the model travels as bytes, so the
     workers need no shared file system); the local engine's provider choice and checks."""
 
-    def __init__(self, model_bytes: bytes, model_name: str, device: str, precision: str, threads: int | None,
-                 tta: bool):
+    def __init__(
+        self, model_bytes: bytes, model_name: str, device: str, precision: str, threads: int | None, tta: bool
+    ):
         folder = Path(tempfile.mkdtemp(prefix="cxr-ray-model-"))
         path = folder / model_name
         try:
@@ -161,8 +182,14 @@ class ScoringActor:
         ok = np.asarray(batch["ok"], bool)
         probs, domains = predict_where(self.model, np.asarray(batch["image"])[ok], ok, self.tta)
         provider = np.array([self.model.provider] * len(ok), dtype=object)
-        return {"rel": batch["rel"], "probability": probs, "domain": domains, "error": batch["error"], "qc": batch["qc"],
-                "provider": provider}
+        return {
+            "rel": batch["rel"],
+            "probability": probs,
+            "domain": domains,
+            "error": batch["error"],
+            "qc": batch["qc"],
+            "provider": provider,
+        }
 
 
 def _start_shards(shards: Path, settings: dict[str, Any], resume: bool, rel_set: set[str]) -> dict[str, dict]:
@@ -194,8 +221,10 @@ def check_reachable(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S)
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as exc:
-        raise RayRunFailed(f"cannot reach the Ray cluster at {address} within {timeout:g} s "
-                           f"({exc.strerror or type(exc).__name__}); is it running?") from None
+        raise RayRunFailed(
+            f"cannot reach the Ray cluster at {address} within {timeout:g} s "
+            f"({exc.strerror or type(exc).__name__}); is it running?"
+        ) from None
 
 
 def _user_error_inside(exc: BaseException) -> BaseException | None:
@@ -227,8 +256,10 @@ def _readable_shards(shards: Path) -> tuple[dict[str, Any] | None, dict[str, dic
     try:
         settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else None
     except (OSError, ValueError):
-        raise ScoreInputError(f"--resume: {settings_file} is damaged, so the interrupted run's settings cannot be "
-                              "checked; rerun without --resume") from None
+        raise ScoreInputError(
+            f"--resume: {settings_file} is damaged, so the interrupted run's settings cannot be "
+            "checked; rerun without --resume"
+        ) from None
     if not isinstance(settings, dict):
         return None, {}
     rows: dict[str, dict[str, str]] = {}
@@ -254,11 +285,14 @@ def connect(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> bool
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=True)
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True
+        )
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RayEngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise RayEngineError(
+            f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     return True
 
 
@@ -271,8 +305,13 @@ def actor_plan(device: str, gpus_per_actor: float | None) -> dict[str, Any]:
     gpus, cpus = float(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     if device != "cpu" and gpus > 0:
         share = gpus_per_actor or 1.0
-        return {"actors": max(1, int(gpus / share)), "num_gpus": share, "num_cpus": 1, "threads": None,
-                "device": "cuda" if device == "cuda" else "auto"}
+        return {
+            "actors": max(1, int(gpus / share)),
+            "num_gpus": share,
+            "num_cpus": 1,
+            "threads": None,
+            "device": "cuda" if device == "cuda" else "auto",
+        }
     # Ray fuses the CPU decode into the actors here: each actor decodes and scores on its own core.
     return {"actors": max(1, cpus), "num_gpus": 0, "num_cpus": 1, "threads": 1, "device": "cpu"}
 
@@ -281,6 +320,7 @@ def actor_plan(device: str, gpus_per_actor: float | None) -> dict[str, Any]:
 class RayEngine(Engine):
     """A Ray cluster: ``address`` to join (default: a running instance, else a new local one),
     reachable within ``timeout`` seconds; ``gpus_per_actor`` GPUs for each scoring actor."""
+
     address: str | None = None
     gpus_per_actor: float | None = None
     timeout: float = RAY_CONNECT_TIMEOUT_S
@@ -315,16 +355,40 @@ class RayEngine(Engine):
         return result
 
 
-def score_with_ray(source: str, model: OnnxClassifier, out_csv: str | Path, *, address: str | None = None,
-                   batch_size: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
-                   progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
-                   exclude: str | Path | None = None, device: str = "auto",
-                   gpus_per_actor: float | None = None, foreign: str = "flag",
-                   timeout: float = RAY_CONNECT_TIMEOUT_S) -> ScoreResult:
+def score_with_ray(
+    source: str,
+    model: OnnxClassifier,
+    out_csv: str | Path,
+    *,
+    address: str | None = None,
+    batch_size: int | None = None,
+    truth: GroundTruth | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    only: list[str] | None = None,
+    tta: bool = False,
+    exclude: str | Path | None = None,
+    device: str = "auto",
+    gpus_per_actor: float | None = None,
+    foreign: str = "flag",
+    timeout: float = RAY_CONNECT_TIMEOUT_S,
+) -> ScoreResult:
     """Score ``source`` on Ray; the same outputs and result as ``score_folder``."""
     engine = RayEngine(address=address, gpus_per_actor=gpus_per_actor, timeout=timeout)
-    return engine.score(source, model, out_csv, batch_size=batch_size, truth=truth, resume=resume, progress=progress,
-                        only=only, tta=tta, exclude=exclude, foreign=foreign, device=device)
+    return engine.score(
+        source,
+        model,
+        out_csv,
+        batch_size=batch_size,
+        truth=truth,
+        resume=resume,
+        progress=progress,
+        only=only,
+        tta=tta,
+        exclude=exclude,
+        foreign=foreign,
+        device=device,
+    )
 
 
 def _run_on_cluster(job: Job, todo: list[int], shards: Path, gpus_per_actor: float | None) -> set[str]:
@@ -338,8 +402,10 @@ def _run_on_cluster(job: Job, todo: list[int], shards: Path, gpus_per_actor: flo
         user_error = _user_error_inside(exc)
         if user_error is not None:  # the model's own fault, not the cluster's: as the local engine says
             raise ScoreInputError(str(user_error)) from None
-        raise RayRunFailed(f"the Ray run failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
-                           f"finished shards are kept in {shards}: rerun with --resume") from None
+        raise RayRunFailed(
+            f"the Ray run failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
+            f"finished shards are kept in {shards}: rerun with --resume"
+        ) from None
 
 
 def _run(job: Job, todo: list[int], shards: Path, gpus_per_actor: float | None) -> set[str]:
@@ -357,9 +423,11 @@ def _run(job: Job, todo: list[int], shards: Path, gpus_per_actor: float | None) 
     batch_size = job.batch_size or (256 if plan["num_gpus"] else DECODE_CHUNK)
     chunk = min(DECODE_CHUNK, batch_size)  # files per decode task and per block (a shard on CPUs)
     items = [{"rel": job.targets.rels[i], "location": job.targets.locations[i]} for i in todo]
-    dataset = (ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // chunk)))
-               .map_batches(decode_block, fn_kwargs={"size": job.model.info.input_size}, batch_size=chunk, num_cpus=1)
-               .map_batches(ScoringActor, batch_size=batch_size, **_actor_pool(job, plan)))
+    dataset = (
+        ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // chunk)))
+        .map_batches(decode_block, fn_kwargs={"size": job.model.info.input_size}, batch_size=chunk, num_cpus=1)
+        .map_batches(ScoringActor, batch_size=batch_size, **_actor_pool(job, plan))
+    )
     providers: set[str] = set()
     for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         _write_block(job, block, shards)
@@ -372,18 +440,34 @@ def _actor_pool(job: Job, plan: dict[str, Any]) -> dict[str, Any]:
     from ray.data import ActorPoolStrategy
 
     model = job.model
-    return {"num_cpus": plan["num_cpus"], "num_gpus": plan["num_gpus"],
-            "compute": ActorPoolStrategy(size=plan["actors"]),
-            "fn_constructor_kwargs": {"model_bytes": model.info.path.read_bytes(), "model_name": model.info.path.name,
-                                      "device": plan["device"], "precision": model.precision,
-                                      "threads": plan["threads"], "tta": job.tta}}
+    return {
+        "num_cpus": plan["num_cpus"],
+        "num_gpus": plan["num_gpus"],
+        "compute": ActorPoolStrategy(size=plan["actors"]),
+        "fn_constructor_kwargs": {
+            "model_bytes": model.info.path.read_bytes(),
+            "model_name": model.info.path.name,
+            "device": plan["device"],
+            "precision": model.precision,
+            "threads": plan["threads"],
+            "tta": job.tta,
+        },
+    }
 
 
 def _write_block(job: Job, block: dict[str, np.ndarray], shards: Path) -> None:
     """A finished block's rows, as the local engine makes them, written as one shard."""
     rels = [str(rel) for rel in block["rel"]]
-    rows = prediction_rows(job.model, rels, np.asarray(block["probability"], float), np.asarray(block["domain"], float),
-                           [str(e) for e in block["error"]], [str(q) for q in block["qc"]], job.truth, job.tta,
-                           job.foreign)
+    rows = prediction_rows(
+        job.model,
+        rels,
+        np.asarray(block["probability"], float),
+        np.asarray(block["domain"], float),
+        [str(e) for e in block["error"]],
+        [str(q) for q in block["qc"]],
+        job.truth,
+        job.tta,
+        job.foreign,
+    )
     Predictions.write_shard(shards, rows, job.model.info.positive_class)
     job.tick(len(rels))

@@ -35,12 +35,32 @@ import numpy as np
 from cxr.artifacts import Predictions
 from cxr.imaging import decode_pool, decoded_stream
 from cxr.infer.batch import errors_and_flags, predict_batch, score_paths
-from cxr.infer.engine import (Engine, GroundTruth, Job, ProgressFn, RunInterrupted, ScoreInputError, ScoreResult,
-                              Targets, file_stamps, finish, finished_rows, kept_rows, list_targets, listing_sha256,
-                              prediction_rows)
-from cxr.infer.engine import (FOREIGN_POLICIES, RESUME_KEYS, already_complete,  # noqa: F401 - re-exported
-                              check_labels_match, model_label, other_engine, read_labels_csv, scoring_settings,
-                              write_predictions)
+from cxr.infer.engine import (  # noqa: F401 - re-exported
+    FOREIGN_POLICIES,
+    RESUME_KEYS,
+    Engine,
+    GroundTruth,
+    Job,
+    ProgressFn,
+    RunInterrupted,
+    ScoreInputError,
+    ScoreResult,
+    Targets,
+    already_complete,
+    check_labels_match,
+    file_stamps,
+    finish,
+    finished_rows,
+    kept_rows,
+    list_targets,
+    listing_sha256,
+    model_label,
+    other_engine,
+    prediction_rows,
+    read_labels_csv,
+    scoring_settings,
+    write_predictions,
+)
 from cxr.infer.model import ModelLoadError, OnnxClassifier, default_thread_count
 
 DEFAULT_BATCH = {"CPUExecutionProvider": 32, "CUDAExecutionProvider": 256}
@@ -51,6 +71,7 @@ QUEUE_BATCHES = 4
 class LocalEngine(Engine):
     """This machine: ``workers`` processes (default: the CPUs this process may use) decode, or on
     CPUs decode and score; see the module's docstring for the two plans."""
+
     workers: int | None = None
     name: ClassVar[str] = "local"
 
@@ -85,40 +106,66 @@ class LocalEngine(Engine):
         return result
 
 
-def _write_scored(job: Job, partial: Path, stamps: dict[str, str], todo: list[int], batch_size: int, workers: int,
-                  cpu_plan: bool) -> None:
+def _write_scored(
+    job: Job, partial: Path, stamps: dict[str, str], todo: list[int], batch_size: int, workers: int, cpu_plan: bool
+) -> None:
     """Score the ``todo`` files on the chosen plan, appending their rows to ``partial`` as batches finish."""
     plan = _scored_on_cpu_plan if cpu_plan else _scored_on_gpu_plan
     rels, paths = job.targets.rels, [Path(p) for p in job.targets.locations]
     with open(partial, "a", encoding="utf-8", newline="\n") as handle:
         try:
             for chunk, probs, domains, errors, qcs in plan(job.model, paths, todo, batch_size, workers, job.tta):
-                rows = prediction_rows(job.model, [rels[i] for i in chunk], probs, domains, errors, qcs, job.truth,
-                                       job.tta, job.foreign)
+                rows = prediction_rows(
+                    job.model, [rels[i] for i in chunk], probs, domains, errors, qcs, job.truth, job.tta, job.foreign
+                )
                 Predictions.append_rows(handle, [{**row, "_stamp": stamps[row["path"]]} for row in rows])
                 job.tick(len(chunk))
         except ModelLoadError as exc:  # from a CPU-plan worker
             raise ScoreInputError(str(exc)) from None
         except BrokenProcessPool:
-            raise RunInterrupted("a worker process died (killed by the system, perhaps out of memory); the rows "
-                                 "scored so far are kept: rerun with --resume (fewer --workers need less "
-                                 "memory)") from None
+            raise RunInterrupted(
+                "a worker process died (killed by the system, perhaps out of memory); the rows "
+                "scored so far are kept: rerun with --resume (fewer --workers need less "
+                "memory)"
+            ) from None
 
 
-def score_folder(folder: str | Path, model: OnnxClassifier, out_csv: str | Path, *, batch_size: int | None = None,
-                 workers: int | None = None, truth: GroundTruth | None = None, resume: bool = False,
-                 progress: ProgressFn | None = None, only: list[str] | None = None, tta: bool = False,
-                 exclude: str | Path | None = None, foreign: str = "flag") -> ScoreResult:
+def score_folder(
+    folder: str | Path,
+    model: OnnxClassifier,
+    out_csv: str | Path,
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    truth: GroundTruth | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    only: list[str] | None = None,
+    tta: bool = False,
+    exclude: str | Path | None = None,
+    foreign: str = "flag",
+) -> ScoreResult:
     """Score all images under ``folder`` (or just the escaped relative paths in ``only``); write
     ``out_csv`` and its settings sidecar. ``exclude``: a folder inside ``folder`` not to score
     (the output folder). A listed file that is missing gets an error row."""
-    return LocalEngine(workers=workers).score(folder, model, out_csv, batch_size=batch_size, truth=truth,
-                                              resume=resume, progress=progress, only=only, tta=tta, exclude=exclude,
-                                              foreign=foreign)
+    return LocalEngine(workers=workers).score(
+        folder,
+        model,
+        out_csv,
+        batch_size=batch_size,
+        truth=truth,
+        resume=resume,
+        progress=progress,
+        only=only,
+        tta=tta,
+        exclude=exclude,
+        foreign=foreign,
+    )
 
 
-def _resume_rows(partial: Path, out_csv: Path, settings: dict[str, Any], stamps: dict[str, str],
-                 resume: bool) -> dict[str, dict]:
+def _resume_rows(
+    partial: Path, out_csv: Path, settings: dict[str, Any], stamps: dict[str, str], resume: bool
+) -> dict[str, dict]:
     """The rows an earlier run left that are still good: from the interrupted run's partial file,
     else from the finished CSV; only for files still there and unchanged (same size and time)."""
     if not resume:
@@ -128,8 +175,11 @@ def _resume_rows(partial: Path, out_csv: Path, settings: dict[str, Any], stamps:
         before, rows = finished_rows(out_csv)
     kept = kept_rows(before, rows, settings, set(stamps))
     recorded = (before or {}).get("file_stamps") or {}
-    return {rel: row for rel, row in kept.items()
-            if row.get("_stamp", recorded.get(rel)) in (stamps[rel], None) or not stamps[rel]}
+    return {
+        rel: row
+        for rel, row in kept.items()
+        if row.get("_stamp", recorded.get(rel)) in (stamps[rel], None) or not stamps[rel]
+    }
 
 
 def _threaded(items: Iterable, maxsize: int) -> Iterator:
@@ -168,7 +218,7 @@ def _threaded(items: Iterable, maxsize: int) -> Iterator:
 def _batches(indices: list[int], paths: list[Path], size: int, workers: int, batch_size: int):
     stream = decoded_stream([paths[i] for i in indices], size, workers)
     for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
+        chunk = indices[start : start + batch_size]
         yield chunk, [next(stream) for _ in chunk]
 
 
@@ -176,18 +226,21 @@ def _batches(indices: list[int], paths: list[Path], size: int, workers: int, bat
 ScoredBatch = tuple[list[int], np.ndarray, np.ndarray, list[str], list[str]]
 
 
-def _scored_on_gpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int,
-                        tta: bool) -> Iterator[ScoredBatch]:
+def _scored_on_gpu_plan(
+    model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int, tta: bool
+) -> Iterator[ScoredBatch]:
     """Decode pool -> batching thread -> session thread; the caller's thread takes the results."""
     batches = _threaded(_batches(todo, paths, model.info.input_size, workers, batch_size), QUEUE_BATCHES)
-    scored = _threaded(((chunk, decoded, predict_batch(model, decoded, tta)) for chunk, decoded in batches),
-                       QUEUE_BATCHES)
+    scored = _threaded(
+        ((chunk, decoded, predict_batch(model, decoded, tta)) for chunk, decoded in batches), QUEUE_BATCHES
+    )
     for chunk, decoded, (probs, domains) in scored:
         yield chunk, probs, domains, *errors_and_flags(decoded, [paths[i] for i in chunk])
 
 
-def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int,
-                        tta: bool) -> Iterator[ScoredBatch]:
+def _scored_on_cpu_plan(
+    model: OnnxClassifier, paths: list[Path], todo: list[int], batch_size: int, workers: int, tta: bool
+) -> Iterator[ScoredBatch]:
     """Each of ``workers`` processes decodes and scores whole batches; at most two batches per
     worker are in flight, and results come back in order."""
     from collections import deque
@@ -197,7 +250,7 @@ def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int
     pending: deque = deque()
     try:
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
+            chunk = todo[start : start + batch_size]
             pending.append((chunk, pool.submit(score_paths, (model_path, sha256, [str(paths[i]) for i in chunk], tta))))
             if len(pending) >= 2 * workers:
                 chunk, future = pending.popleft()
@@ -214,8 +267,11 @@ def _scored_on_cpu_plan(model: OnnxClassifier, paths: list[Path], todo: list[int
 def plan_facts(cpu_plan: bool, workers: int) -> dict[str, Any]:
     """How a run was scheduled, for its settings record."""
     if cpu_plan:
-        return {"plan": "cpu: each worker process decodes and scores (1 intra-op thread)", "workers": workers,
-                "parallel_runs": workers}
+        return {
+            "plan": "cpu: each worker process decodes and scores (1 intra-op thread)",
+            "workers": workers,
+            "parallel_runs": workers,
+        }
     return {"plan": "decode pool, session thread, writer", "workers": workers}
 
 

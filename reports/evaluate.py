@@ -34,7 +34,7 @@ class GateResult:
     data_changed: bool = False
     messages: list[str] = field(default_factory=list)
     files_failed: int = 0
-    compared: bool = False   # anything gated: a baseline, robustness limits or a shift limit
+    compared: bool = False  # anything gated: a baseline, robustness limits or a shift limit
 
     @property
     def passed(self) -> bool:
@@ -54,9 +54,9 @@ class GateResult:
 
 
 def parse_max_drop(spec: str) -> dict[str, float]:
-    """``roc_auc=0.01,recall=0.02`` -> {'roc_auc': 0.01, 'recall': 0.02} (``auc`` is read as ``roc_auc``).
-    An empty spec, a NaN or a negative allowance, or a metric named twice is refused: a gate must never be switched off or
-    overridden silently."""
+    """``roc_auc=0.01,recall=0.02`` -> {'roc_auc': 0.01, 'recall': 0.02} (``auc`` is read as
+    ``roc_auc``). An empty spec, a NaN or a negative allowance, or a metric named twice is refused:
+    a gate must never be switched off or overridden silently."""
     limits = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, sep, value = item.partition("=")
@@ -82,8 +82,11 @@ def folder_data_sha256(folder: str | Path, only: list[str] | None = None, exclud
     inside, such as the evaluation's own output, that is not data)."""
     digest = hashlib.sha256()
     root = Path(folder)
-    rels = sorted(only) if only is not None else [escape_path(p.relative_to(root).as_posix())
-                                                  for p in list_images(root, exclude=exclude)]
+    rels = (
+        sorted(only)
+        if only is not None
+        else [escape_path(p.relative_to(root).as_posix()) for p in list_images(root, exclude=exclude)]
+    )
     for rel in rels:
         path = root / unescape_path(rel)
         content = sha256_file(path) if path.is_file() else "missing"
@@ -91,8 +94,9 @@ def folder_data_sha256(folder: str | Path, only: list[str] | None = None, exclud
     return digest.hexdigest()
 
 
-def load_baseline(path: str | Path, limits: dict[str, float], model_sha256: str = "",
-                  model_name: str | None = None) -> dict[str, float]:
+def load_baseline(
+    path: str | Path, limits: dict[str, float], model_sha256: str = "", model_name: str | None = None
+) -> dict[str, float]:
     """The baseline's gated metrics as finite numbers, from the entry of this model (by name, or by
     the sha256 of the model file, or the only entry); a one-line GateSpecError otherwise (checked
     before anything is scored)."""
@@ -134,8 +138,9 @@ def check_history_file(history_path: str | Path) -> None:
         raise GateSpecError(str(exc)) from None
 
 
-def check_gate(current: dict[str, float], baseline: dict[str, Any], limits: dict[str, float],
-               data_sha: str, allow_new_data: bool) -> GateResult:
+def check_gate(
+    current: dict[str, float], baseline: dict[str, Any], limits: dict[str, float], data_sha: str, allow_new_data: bool
+) -> GateResult:
     gate = GateResult()
     for name, allowed in limits.items():
         before, now = baseline[name], current.get(name, float("nan"))
@@ -147,8 +152,10 @@ def check_gate(current: dict[str, float], baseline: dict[str, Any], limits: dict
     baseline_data_sha = baseline.get("data_sha256")
     if baseline_data_sha and baseline_data_sha != data_sha and not allow_new_data:
         gate.data_changed = True
-        gate.messages.append(f"data changed: baseline data {baseline_data_sha[:12]}, now {data_sha[:12]} "
-                             "(pass --allow-new-data if intended)")
+        gate.messages.append(
+            f"data changed: baseline data {baseline_data_sha[:12]}, now {data_sha[:12]} "
+            "(pass --allow-new-data if intended)"
+        )
     return gate
 
 
@@ -187,27 +194,44 @@ class EvaluationRun:
 
 
 def history_record(report: dict[str, Any], run: EvaluationRun, gate: GateResult) -> EvalRecord:
-    return EvalRecord(model_sha256=run.model_sha256, data_sha256=run.data_sha256, verdict=gate.verdict,
-                      metrics=MetricsReport.headline(report), n_files=run.n_files, n_errors=run.n_errors,
-                      provider=run.execution.get("provider", ""),
-                      execution_precision=run.execution.get("precision", ""))
+    return EvalRecord(
+        model_sha256=run.model_sha256,
+        data_sha256=run.data_sha256,
+        verdict=gate.verdict,
+        metrics=MetricsReport.headline(report),
+        n_files=run.n_files,
+        n_errors=run.n_errors,
+        provider=run.execution.get("provider", ""),
+        execution_precision=run.execution.get("precision", ""),
+    )
 
 
-def finish_evaluation(report: dict[str, Any], out_dir: Path, run: EvaluationRun,
-                      gate: GateResult | None = None) -> GateResult:
+def finish_evaluation(
+    report: dict[str, Any], out_dir: Path, run: EvaluationRun, gate: GateResult | None = None
+) -> GateResult:
     """Gate the report against the baseline, record data hash, gate and execution in metrics.json,
     append the history."""
     gate = gate or GateResult()
     gate.files_failed = run.n_errors
     if run.baseline_metrics is not None:
-        metrics_gate = check_gate(MetricsReport.headline(report), run.baseline_metrics, run.limits,
-                                  run.data_sha256, run.allow_new_data)
+        metrics_gate = check_gate(
+            MetricsReport.headline(report), run.baseline_metrics, run.limits, run.data_sha256, run.allow_new_data
+        )
         gate.messages = metrics_gate.messages + gate.messages
         gate.regressions = metrics_gate.regressions + gate.regressions
         gate.data_changed = metrics_gate.data_changed
-    report.update({"data_sha256": run.data_sha256, "execution": dict(run.execution),
-                   "gate": {"passed": gate.passed, "verdict": gate.verdict, "messages": gate.messages,
-                            "baseline": str(run.baseline_path) if run.baseline_path else None}})
+    report.update(
+        {
+            "data_sha256": run.data_sha256,
+            "execution": dict(run.execution),
+            "gate": {
+                "passed": gate.passed,
+                "verdict": gate.verdict,
+                "messages": gate.messages,
+                "baseline": str(run.baseline_path) if run.baseline_path else None,
+            },
+        }
+    )
     MetricsReport.write(out_dir / MetricsReport.FILE, report)
     EvalHistory.append(run.history_path, history_record(report, run, gate))
     return gate

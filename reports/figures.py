@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from cxr.plots import plot_history, save_figure as _save, save_image_grid, subplots as _subplots
+from cxr.plots import plot_history, save_image_grid
+from cxr.plots import save_figure as _save
+from cxr.plots import subplots as _subplots
 
-__all__ = ["plot_history", "save_image_grid", "plot_confusion", "plot_curve", "plot_reliability", "cam_overlay",
-           "save_explanation", "cam_colorbar", "plot_probability_distribution", "plot_roc"]
+__all__ = [
+    "plot_history",
+    "save_image_grid",
+    "plot_confusion",
+    "plot_curve",
+    "plot_reliability",
+    "cam_overlay",
+    "save_explanation",
+    "cam_colorbar",
+    "plot_probability_distribution",
+    "plot_roc",
+]
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: str | Path, title: str = "") -> Path:
     """Confusion matrix as counts and row-normalised rates, side by side."""
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     fig, axes = _subplots(1, 2, figsize=(10.5, 3.8))
-    for ax, data, fmt, name in ((axes[0], matrix, "{:d}", "counts"), (axes[1], rates, "{:.1%}", "rates (per true class)")):
+    for ax, data, fmt, name in (
+        (axes[0], matrix, "{:d}", "counts"),
+        (axes[1], rates, "{:.1%}", "rates (per true class)"),
+    ):
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         for (r, c), value in np.ndenumerate(data):
-            ax.text(c, r, fmt.format(value), ha="center", va="center",
-                    color="white" if rates[r, c] > 0.5 else "black", fontsize=12)
+            ax.text(
+                c,
+                r,
+                fmt.format(value),
+                ha="center",
+                va="center",
+                color="white" if rates[r, c] > 0.5 else "black",
+                fontsize=12,
+            )
         ax.set_xticks(range(len(classes)), [f"pred {c}" for c in classes])
         ax.set_yticks(range(len(classes)), [f"true {c}" for c in classes] if ax is axes[0] else [])
         ax.set_title(name)
@@ -29,8 +51,17 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: str | Path, 
     return _save(fig, out)
 
 
-def plot_curve(x: np.ndarray, y: np.ndarray, out: str | Path, *, xlabel: str, ylabel: str, title: str,
-               diagonal: bool = False, baseline: float | None = None) -> Path:
+def plot_curve(
+    x: np.ndarray,
+    y: np.ndarray,
+    out: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    diagonal: bool = False,
+    baseline: float | None = None,
+) -> Path:
     fig, ax = _subplots(figsize=(4.8, 4.4))
     ax.plot(x, y, lw=2)
     if diagonal:
@@ -46,9 +77,14 @@ def plot_curve(x: np.ndarray, y: np.ndarray, out: str | Path, *, xlabel: str, yl
     return _save(fig, out)
 
 
-def plot_reliability(mean_predicted: np.ndarray, fraction_positive: np.ndarray, counts: np.ndarray,
-                     out: str | Path, title: str = "reliability diagram",
-                     before: tuple[np.ndarray, np.ndarray, str] | None = None) -> Path:
+def plot_reliability(
+    mean_predicted: np.ndarray,
+    fraction_positive: np.ndarray,
+    counts: np.ndarray,
+    out: str | Path,
+    title: str = "reliability diagram",
+    before: tuple[np.ndarray, np.ndarray, str] | None = None,
+) -> Path:
     """The reliability diagram; ``before``: (mean predicted, fraction positive, label) of the same
     images before calibration, drawn beside the model's."""
     fig, (ax, hist) = _subplots(2, 1, figsize=(4.8, 5.6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
@@ -90,8 +126,15 @@ def cam_colorbar(fig, axes) -> None:
     bar.set_label("Grad-CAM weight (1 = strongest)")
 
 
-def save_explanation(image: np.ndarray, cam: np.ndarray, probability: float, classes: Sequence[str],
-                     threshold: float, out: str | Path, title: str = "") -> Path:
+def save_explanation(
+    image: np.ndarray,
+    cam: np.ndarray,
+    probability: float,
+    classes: Sequence[str],
+    threshold: float,
+    out: str | Path,
+    title: str = "",
+) -> Path:
     """Image | Grad-CAM overlay with its colour bar; the title says the label called, P(positive)
     and the threshold."""
     positive = classes[-1]
@@ -100,8 +143,9 @@ def save_explanation(image: np.ndarray, cam: np.ndarray, probability: float, cla
     axes[0].imshow(image)
     axes[0].set_title("image")
     axes[1].imshow(cam_overlay(image, cam))
-    axes[1].set_title(f"Grad-CAM: called {label}\nP({positive}) = {probability:.3f}, threshold {threshold:.3g}",
-                      fontsize=9)
+    axes[1].set_title(
+        f"Grad-CAM: called {label}\nP({positive}) = {probability:.3f}, threshold {threshold:.3g}", fontsize=9
+    )
     for ax in axes:
         ax.axis("off")
     cam_colorbar(fig, axes[1])
@@ -123,14 +167,20 @@ def plot_probability_distribution(p: np.ndarray, threshold: float, positive: str
     return _save(fig, out)
 
 
-def plot_roc(fpr: np.ndarray, tpr: np.ndarray, operating: tuple[float, float], threshold: float, auc: float,
-             out: str | Path) -> Path:
+def plot_roc(
+    fpr: np.ndarray, tpr: np.ndarray, operating: tuple[float, float], threshold: float, auc: float, out: str | Path
+) -> Path:
     """The ROC curve with the operating point (1 - specificity, sensitivity at ``threshold``) marked."""
     fig, ax = _subplots(figsize=(4.0, 3.8))
     ax.plot(fpr, tpr, lw=2)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.plot(*operating, "o", color="tab:red", ms=8,
-            label=f"threshold {threshold:.3g}:\nsens {operating[1]:.3f}, spec {1 - operating[0]:.3f}")
+    ax.plot(
+        *operating,
+        "o",
+        color="tab:red",
+        ms=8,
+        label=f"threshold {threshold:.3g}:\nsens {operating[1]:.3f}, spec {1 - operating[0]:.3f}",
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("1 - specificity")

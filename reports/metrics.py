@@ -5,14 +5,14 @@ ROC AUC and PR AUC always come from probabilities, never from hard labels.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-
-from cxr.calibration import expected_calibration_error
 from sklearn import metrics as skm
 
 from cxr.artifacts import METRIC_NAMES  # the one list, owned by the metrics.json artifact
+from cxr.calibration import expected_calibration_error
 
 METRIC_ORDER = METRIC_NAMES
 
@@ -75,10 +75,17 @@ def weighted_metrics(w: np.ndarray, y: np.ndarray, p: np.ndarray, threshold: flo
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
         denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
         mcc = np.where(denom > 0, (tp * tn - fp * fn) / denom, 0.0)
-    out = {"loss": w @ -(y * np.log(pc) + (1 - y) * np.log(1 - pc)) / total,
-           "accuracy": (tp + tn) / total, "precision": precision, "recall": recall, "specificity": specificity,
-           "f1": f1, "balanced_accuracy": (recall + specificity) / 2, "mcc": mcc,
-           "brier": w @ (p - y) ** 2 / total}
+    out = {
+        "loss": w @ -(y * np.log(pc) + (1 - y) * np.log(1 - pc)) / total,
+        "accuracy": (tp + tn) / total,
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+        "f1": f1,
+        "balanced_accuracy": (recall + specificity) / 2,
+        "mcc": mcc,
+        "brier": w @ (p - y) ** 2 / total,
+    }
     out["roc_auc"], out["pr_auc"] = _ranked(w, y, p, pos, neg)
     bins = np.minimum((p * ECE_BINS).astype(int), ECE_BINS - 1)
     onehot = np.eye(ECE_BINS)[bins]
@@ -90,7 +97,7 @@ def _ranked(w, y, p, pos, neg):
     """Weighted ROC AUC (ties count half) and average precision (sklearn's step rule)."""
     order = np.argsort(-p, kind="stable")
     ps = p[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(ps)) + 1]          # tie groups, highest p first
+    starts = np.r_[0, np.flatnonzero(np.diff(ps)) + 1]  # tie groups, highest p first
     wp, wn = w[:, order] * y[order], w[:, order] * (1 - y[order])
     gp, gn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
     ctp, cfp = np.cumsum(gp, 1), np.cumsum(gn, 1)
@@ -102,8 +109,9 @@ def _ranked(w, y, p, pos, neg):
     return auc, ap
 
 
-def bootstrap_ci(y, p, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> dict[str, list[float]]:
+def bootstrap_ci(
+    y, p, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, list[float]]:
     """Percentile bootstrap CIs. With ``groups`` (patient ids) whole patients are resampled. All
     resamples at once in numpy (image weights, rank-based AUC); resamples holding one class only
     are left out."""
@@ -114,8 +122,11 @@ def bootstrap_ci(y, p, threshold: float, groups: Sequence[str] | None = None, n_
     result = {}
     for name in METRIC_ORDER:
         v = values[name][keep]
-        result[name] = ([float(np.nanpercentile(v, 100 * alpha / 2)), float(np.nanpercentile(v, 100 * (1 - alpha / 2)))]
-                        if len(v) and np.isfinite(v).any() else [float("nan"), float("nan")])
+        result[name] = (
+            [float(np.nanpercentile(v, 100 * alpha / 2)), float(np.nanpercentile(v, 100 * (1 - alpha / 2)))]
+            if len(v) and np.isfinite(v).any()
+            else [float("nan"), float("nan")]
+        )
     return result
 
 
@@ -138,12 +149,17 @@ def _proportions(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, tu
     pred = p >= threshold
     pos, neg = y == 1, y == 0
     tp, tn, fp = int((pred & pos).sum()), int((~pred & neg).sum()), int((pred & neg).sum())
-    return {"accuracy": (tp + tn, len(y)), "recall": (tp, int(pos.sum())), "specificity": (tn, int(neg.sum())),
-            "precision": (tp, tp + fp)}
+    return {
+        "accuracy": (tp + tn, len(y)),
+        "recall": (tp, int(pos.sum())),
+        "specificity": (tn, int(neg.sum())),
+        "precision": (tp, tp + fp),
+    }
 
 
-def confidence_intervals(y, p, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000,
-                         seed: int = 0, alpha: float = 0.05) -> tuple[dict[str, list[float] | None], dict[str, str]]:
+def confidence_intervals(
+    y, p, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[dict[str, list[float] | None], dict[str, str]]:
     """(ci95, method) of every headline metric: Wilson for proportions (accuracy, precision, recall,
     specificity), the patient bootstrap for the rest (ROC AUC, Brier, ECE, ...). No interval
     (``None``, method "too few") when the set holds fewer than ``MIN_PER_CLASS`` positives or
@@ -168,8 +184,12 @@ def threshold_table(y: np.ndarray, p: np.ndarray, thresholds: Sequence[float]) -
     rows = []
     for t in thresholds:
         m = binary_metrics(y, p, t)
-        rows.append({"threshold": round(float(t), 4), **{k: m[k] for k in
-                     ("recall", "specificity", "precision", "f1", "accuracy")}})
+        rows.append(
+            {
+                "threshold": round(float(t), 4),
+                **{k: m[k] for k in ("recall", "specificity", "precision", "f1", "accuracy")},
+            }
+        )
     return rows
 
 

@@ -10,19 +10,24 @@ from typing import Any
 from cxr.thresholds import describe_rule
 
 WARNINGS_SHOWN = 10
-GATE_WORDS = {"pass": "PASSED", "regression": "FAILED", "data_changed": "FAILED: the evaluation data changed",
-              "partial": "PARTIAL: the gate held, but some files could not be scored",
-              "not_compared": "no baseline: nothing compared"}
+GATE_WORDS = {
+    "pass": "PASSED",
+    "regression": "FAILED",
+    "data_changed": "FAILED: the evaluation data changed",
+    "partial": "PARTIAL: the gate held, but some files could not be scored",
+    "not_compared": "no baseline: nothing compared",
+}
 
 
 @dataclass(frozen=True)
 class SummaryPanel:
     """What the first screen of a report says."""
+
     verdict: str
     model: str
     identity: tuple[tuple[str, str], ...]
     data: tuple[tuple[str, str], ...]
-    headline: tuple[tuple[str, str, str], ...]   # (figure, value, 95% interval)
+    headline: tuple[tuple[str, str, str], ...]  # (figure, value, 95% interval)
     warnings: tuple[str, ...]
     roc_figure: str | None
     others: tuple[tuple[str, str, str, str], ...]  # (model, sensitivity, specificity, ROC AUC) of the rest
@@ -52,27 +57,41 @@ def _identity(result: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     rule_text = describe_rule({"threshold": threshold, **rule}) if "rule" in rule else "not recorded"
     guard = settings.get("guard")
     calibration = settings.get("calibration")
-    return (("model file", str(settings.get("model") or "(not recorded)")),
-            ("sha256", str(result.get("model_sha256") or settings.get("model_sha256") or "(not recorded)")),
-            ("threshold and rule", f"{_fmt(threshold)}: {rule_text}" if threshold is not None else "-"),
-            ("calibration / domain guard", f"{calibration['method'] if calibration else 'none'} / "
-                                           f"{guard['method'] if guard else 'none'}"),
-            ("cxr version", str(settings.get("cxr_version") or "(not recorded)")))
+    return (
+        ("model file", str(settings.get("model") or "(not recorded)")),
+        ("sha256", str(result.get("model_sha256") or settings.get("model_sha256") or "(not recorded)")),
+        ("threshold and rule", f"{_fmt(threshold)}: {rule_text}" if threshold is not None else "-"),
+        (
+            "calibration / domain guard",
+            f"{calibration['method'] if calibration else 'none'} / {guard['method'] if guard else 'none'}",
+        ),
+        ("cxr version", str(settings.get("cxr_version") or "(not recorded)")),
+    )
 
 
 def _data(result: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     settings = result.get("settings") or {}
-    rows = [("data folder", str(settings.get("source") or "(not recorded)")),
-            ("files", f"{result['n_rows']} ({result['n_scored']} scored, {result['n_errors']} could not be read)")]
+    rows = [
+        ("data folder", str(settings.get("source") or "(not recorded)")),
+        ("files", f"{result['n_rows']} ({result['n_scored']} scored, {result['n_errors']} could not be read)"),
+    ]
     block = result.get("at_model_threshold")
     if block is None:
         rows.append(("labels", "none: no accuracy can be measured"))
         return tuple(rows)
     negative, positive = result["classes"]
-    counts = (f"{block['n_positive']} {positive}, {block['n_negative']} {negative}" if "n_positive" in block
-              else f"{result['n_labelled']}")
-    rows.append(("labelled images", f"{counts} ({result['n_patients']} patients; labels from "
-                                    f"{settings.get('labels_source') or 'folder names'})"))
+    counts = (
+        f"{block['n_positive']} {positive}, {block['n_negative']} {negative}"
+        if "n_positive" in block
+        else f"{result['n_labelled']}"
+    )
+    rows.append(
+        (
+            "labelled images",
+            f"{counts} ({result['n_patients']} patients; labels from "
+            f"{settings.get('labels_source') or 'folder names'})",
+        )
+    )
     return tuple(rows)
 
 
@@ -80,12 +99,19 @@ def _headline(result: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
     block = result.get("at_model_threshold")
     if block is None:
         positive = result["classes"][-1]
-        return ((f"called {positive} at {_fmt(result['threshold'])}", f"{result['n_called_positive']} of "
-                 f"{result['n_scored']}", "no labels"),)
+        return (
+            (
+                f"called {positive} at {_fmt(result['threshold'])}",
+                f"{result['n_called_positive']} of {result['n_scored']}",
+                "no labels",
+            ),
+        )
     m = block["metrics"]
-    return (("sensitivity (recall)", _fmt(m["recall"]), _interval(block, "recall")),
-            ("specificity", _fmt(m["specificity"]), _interval(block, "specificity")),
-            ("ROC AUC", _fmt(m["roc_auc"]), _interval(block, "roc_auc")))
+    return (
+        ("sensitivity (recall)", _fmt(m["recall"]), _interval(block, "recall")),
+        ("specificity", _fmt(m["specificity"]), _interval(block, "specificity")),
+        ("ROC AUC", _fmt(m["roc_auc"]), _interval(block, "roc_auc")),
+    )
 
 
 def model_warnings(name: str, result: dict[str, Any]) -> list[str]:
@@ -93,11 +119,15 @@ def model_warnings(name: str, result: dict[str, Any]) -> list[str]:
     out = []
     settings = result.get("settings") or {}
     if result.get("n_errors"):
-        out.append(f"{name}: {result['n_errors']} file(s) could not be scored (see the 'error' column of "
-                   f"{result.get('predictions', 'predictions.csv')})")
+        out.append(
+            f"{name}: {result['n_errors']} file(s) could not be scored (see the 'error' column of "
+            f"{result.get('predictions', 'predictions.csv')})"
+        )
     if result.get("n_unscored_outside_domain"):
-        out.append(f"{name}: {result['n_unscored_outside_domain']} image(s) left unscored as outside the training "
-                   "domain (--foreign skip)")
+        out.append(
+            f"{name}: {result['n_unscored_outside_domain']} image(s) left unscored as outside the training "
+            "domain (--foreign skip)"
+        )
     domain = result.get("domain") or {}
     if domain.get("n_flagged"):
         rate = (domain.get("guard") or {}).get("false_flag_rate")
@@ -122,7 +152,8 @@ def report_warnings(report: dict[str, Any], name: str) -> list[str]:
         gate = section.get("gate") or {}
         if gate and not gate.get("passed", True):
             out += [f"{model}: robustness: {line}" for line in gate.get("messages", [])] or [
-                f"{model}: the robustness gate failed"]
+                f"{model}: the robustness gate failed"
+            ]
     for check in report.get("shortcut") or []:
         if str(check.get("verdict", "")).startswith("SHORTCUT RISK"):
             out.append(f"data {check.get('source', '')}: {check['verdict']}")
@@ -143,12 +174,16 @@ def _verdict(report: dict[str, Any], name: str, n_warnings: int) -> str:
     block = result.get("at_model_threshold")
     if block is None:
         positive = result["classes"][-1]
-        return (f"{prefix}{name} called {result['n_called_positive']} of {result['n_scored']} scored images "
-                f"{positive} at threshold {_fmt(result['threshold'])}; no labels, so no accuracy: {tail}.")
+        return (
+            f"{prefix}{name} called {result['n_called_positive']} of {result['n_scored']} scored images "
+            f"{positive} at threshold {_fmt(result['threshold'])}; no labels, so no accuracy: {tail}."
+        )
     m = block["metrics"]
-    return (f"{prefix}{name} at threshold {block['threshold']:.3g}: sensitivity {_fmt(m['recall'])}, specificity "
-            f"{_fmt(m['specificity'])}, ROC AUC {_fmt(m['roc_auc'])} on {result['n_labelled']} labelled images; "
-            f"{tail}.")
+    return (
+        f"{prefix}{name} at threshold {block['threshold']:.3g}: sensitivity {_fmt(m['recall'])}, specificity "
+        f"{_fmt(m['specificity'])}, ROC AUC {_fmt(m['roc_auc'])} on {result['n_labelled']} labelled images; "
+        f"{tail}."
+    )
 
 
 def _others(report: dict[str, Any], name: str) -> tuple[tuple[str, str, str, str], ...]:
@@ -169,10 +204,17 @@ def summary_panel(report: dict[str, Any]) -> SummaryPanel:
     result = report["models"][name]
     warnings = report_warnings(report, name)
     if len(warnings) > WARNINGS_SHOWN:
-        warnings = warnings[:WARNINGS_SHOWN - 1] + [f"and {len(warnings) - WARNINGS_SHOWN + 1} more in the "
-                                                     "sections below"]
+        warnings = warnings[: WARNINGS_SHOWN - 1] + [
+            f"and {len(warnings) - WARNINGS_SHOWN + 1} more in the sections below"
+        ]
     shipped = name in (report.get("shipped") or [])
-    return SummaryPanel(verdict=_verdict(report, name, len(report_warnings(report, name))),
-                        model=f"{name} (shipped)" if shipped else name, identity=_identity(result),
-                        data=_data(result), headline=_headline(result), warnings=tuple(warnings),
-                        roc_figure=(result.get("figures") or {}).get("roc"), others=_others(report, name))
+    return SummaryPanel(
+        verdict=_verdict(report, name, len(report_warnings(report, name))),
+        model=f"{name} (shipped)" if shipped else name,
+        identity=_identity(result),
+        data=_data(result),
+        headline=_headline(result),
+        warnings=tuple(warnings),
+        roc_figure=(result.get("figures") or {}).get("roc"),
+        others=_others(report, name),
+    )

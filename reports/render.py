@@ -15,8 +15,10 @@ from cxr.thresholds import describe_rule
 
 HEADLINE = METRIC_NAMES
 COMPARE = ("accuracy", "precision", "recall", "f1", "roc_auc")
-INTERVALS_NOTE = ("95% intervals: Wilson for proportions, patient bootstrap for the rest; none from fewer than "
-                  "10 positives or negatives")
+INTERVALS_NOTE = (
+    "95% intervals: Wilson for proportions, patient bootstrap for the rest; none from fewer than "
+    "10 positives or negatives"
+)
 METRIC_HEADER = ["metric", "value", "95% interval", "interval method"]
 
 
@@ -33,14 +35,16 @@ def ci_text(block: dict[str, Any], name: str, sep: str = "–") -> str:
 
 
 def value_with_ci(block: dict[str, Any], name: str) -> str:
-    """"0.950 (0.910–0.975)", or "0.950 (too few)"."""
+    """ "0.950 (0.910–0.975)", or "0.950 (too few)"."""
     return f"{_fmt(block['metrics'][name])} ({ci_text(block, name)})"
 
 
 def _metric_rows(block: dict[str, Any]) -> list[list[str]]:
     methods = block.get("ci_method") or {}
-    return [[name, _fmt(block["metrics"][name]), ci_text(block, name), methods.get(name, "patient bootstrap")]
-            for name in HEADLINE]
+    return [
+        [name, _fmt(block["metrics"][name]), ci_text(block, name), methods.get(name, "patient bootstrap")]
+        for name in HEADLINE
+    ]
 
 
 def _label(report: dict[str, Any], name: str) -> str:
@@ -53,18 +57,20 @@ def _comparison_rows(report: dict[str, Any]) -> list[list[str]]:
         if "at_0.5" not in result:
             continue
         block = result["at_model_threshold"]
-        rows.append([_label(report, name), f"{block['threshold']:.3g}"]
-                    + [value_with_ci(block, k) for k in COMPARE])
+        rows.append([_label(report, name), f"{block['threshold']:.3g}"] + [value_with_ci(block, k) for k in COMPARE])
     return rows
 
 
 def _published_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = [[f"{pub['name']} (published)", pub["split"]] + [_fmt(pub[k]) for k in COMPARE]
-            for pub in report["published"]]
+    rows = [
+        [f"{pub['name']} (published)", pub["split"]] + [_fmt(pub[k]) for k in COMPARE] for pub in report["published"]
+    ]
     for name, result in report["models"].items():
         if "at_0.5" in result:
-            rows.append([f"{_label(report, name)} (these predictions, threshold 0.5)", "this run"]
-                        + [value_with_ci(result["at_0.5"], k) for k in COMPARE])
+            rows.append(
+                [f"{_label(report, name)} (these predictions, threshold 0.5)", "this run"]
+                + [value_with_ci(result["at_0.5"], k) for k in COMPARE]
+            )
     return rows
 
 
@@ -75,14 +81,26 @@ def _sections(report: dict[str, Any]) -> list[Section]:
     """(title, header, rows, figure files) for every table of the report, published figures last."""
     sections = []
     if len(report["models"]) > 1:
-        sections.append(("Models compared, each at its own threshold",
-                         ["model", "threshold"] + list(COMPARE), _comparison_rows(report), []))
+        sections.append(
+            (
+                "Models compared, each at its own threshold",
+                ["model", "threshold"] + list(COMPARE),
+                _comparison_rows(report),
+                [],
+            )
+        )
     for name, result in report["models"].items():
         sections += _unlabelled_sections(name, result) if "at_0.5" not in result else _model_sections(report, name)
     sections += _shared_sections(report)
     if any("at_0.5" in result for result in report["models"].values()):
-        sections.append(("Published figures (from other data splits: for context, not directly comparable)",
-                         ["model", "data / split"] + list(COMPARE), _published_rows(report), []))
+        sections.append(
+            (
+                "Published figures (from other data splits: for context, not directly comparable)",
+                ["model", "data / split"] + list(COMPARE),
+                _published_rows(report),
+                [],
+            )
+        )
     return sections
 
 
@@ -90,34 +108,59 @@ def _unlabelled_sections(name: str, result: dict[str, Any]) -> list[Section]:
     q = result["p_quantiles"]
     positive = result["classes"][-1]
     figs = result.get("figures") or {}
-    counts = [["files", str(result["n_rows"])], ["scored", str(result["n_scored"])],
-              ["could not be read", str(result["n_errors"])],
-              [f"called {positive} (P at or above {result['threshold']:.3g})", str(result["n_called_positive"])],
-              [f"called {result['classes'][0]}", str(result["n_called_negative"])],
-              ["flagged outside the training domain", str(result["n_outside_domain"])],
-              ["with any quality flag", str(result["n_qc_flagged"])]]
+    counts = [
+        ["files", str(result["n_rows"])],
+        ["scored", str(result["n_scored"])],
+        ["could not be read", str(result["n_errors"])],
+        [f"called {positive} (P at or above {result['threshold']:.3g})", str(result["n_called_positive"])],
+        [f"called {result['classes'][0]}", str(result["n_called_negative"])],
+        ["flagged outside the training domain", str(result["n_outside_domain"])],
+        ["with any quality flag", str(result["n_qc_flagged"])],
+    ]
     spread = [[f"{float(k):.0%}", f"{v:.4f}"] for k, v in q.items()]
     suspicious = [[item["path"], f"{item['p']:.4f}", item["qc"]] for item in result["suspicious"]]
-    return [(f"{name}: what was called (no labels)", ["", ""], counts, []),
-            (f"{name}: distribution of P({positive})", ["quantile", f"P({positive})"], spread,
-             [figs["distribution"]] if "distribution" in figs else []),
-            (f"{name}: images to review first (highest P({positive}))", ["path", f"P({positive})", "qc"], suspicious,
-             [figs["suspicious"]] if "suspicious" in figs else [])]
+    return [
+        (f"{name}: what was called (no labels)", ["", ""], counts, []),
+        (
+            f"{name}: distribution of P({positive})",
+            ["quantile", f"P({positive})"],
+            spread,
+            [figs["distribution"]] if "distribution" in figs else [],
+        ),
+        (
+            f"{name}: images to review first (highest P({positive}))",
+            ["path", f"P({positive})", "qc"],
+            suspicious,
+            [figs["suspicious"]] if "suspicious" in figs else [],
+        ),
+    ]
 
 
 def _shared_sections(report: dict[str, Any]) -> list[Section]:
     sections = []
     for name, section in (report.get("robustness") or {}).items():
         header, rows = robustness_rows(section)
-        sections.append((f"{name}: robustness suite ({section['n_images']} images, threshold "
-                         f"{section['threshold']:.4g}; flips: share of labels that change against the clean image; "
-                         "seeded, see cxr.perturb)", header, rows, [section["figure"]] if section.get("figure") else []))
+        sections.append(
+            (
+                f"{name}: robustness suite ({section['n_images']} images, threshold "
+                f"{section['threshold']:.4g}; flips: share of labels that change against the clean image; "
+                "seeded, see cxr.perturb)",
+                header,
+                rows,
+                [section["figure"]] if section.get("figure") else [],
+            )
+        )
     for check in report.get("shortcut") or []:
         sections.append(_shortcut_section(check))
     if report.get("checklist"):
-        sections.append(("Reporting checklist (TRIPOD+AI 2024, CLAIM 2024): each item answered from this run's facts",
-                         ["item", "guideline", "answer"],
-                         [[row["item"], row["guideline"], row["answer"]] for row in report["checklist"]], []))
+        sections.append(
+            (
+                "Reporting checklist (TRIPOD+AI 2024, CLAIM 2024): each item answered from this run's facts",
+                ["item", "guideline", "answer"],
+                [[row["item"], row["guideline"], row["answer"]] for row in report["checklist"]],
+                [],
+            )
+        )
     if report["figures"]:
         sections.append(("Training curves", [], [], list(report["figures"].values())))
     return sections
@@ -128,28 +171,47 @@ def _model_sections(report: dict[str, Any], name: str) -> list[Section]:
     threshold, the trade-off, the domain guard, subgroups and failures."""
     result = report["models"][name]
     label = _label(report, name)
-    counts = (f"{result['n_rows']} files, {result['n_scored']} scored, {result['n_errors']} errors, "
-              f"{result['n_labelled']} labelled, {result['n_patients']} patients; {INTERVALS_NOTE}, "
-              f"bootstrap n={result['bootstrap']['n']}")
+    counts = (
+        f"{result['n_rows']} files, {result['n_scored']} scored, {result['n_errors']} errors, "
+        f"{result['n_labelled']} labelled, {result['n_patients']} patients; {INTERVALS_NOTE}, "
+        f"bootstrap n={result['bootstrap']['n']}"
+    )
     model_t = result["at_model_threshold"]["threshold"]
     rule = (result.get("settings") or {}).get("threshold_rule")
     rule_note = f"; rule: {describe_rule({'threshold': model_t, **rule})}" if rule and "rule" in rule else ""
-    sections = [(f"{label}: metrics at its threshold {model_t:.4g} ({counts}{rule_note})", METRIC_HEADER,
-                 _metric_rows(result["at_model_threshold"]), [])]
+    sections = [
+        (
+            f"{label}: metrics at its threshold {model_t:.4g} ({counts}{rule_note})",
+            METRIC_HEADER,
+            _metric_rows(result["at_model_threshold"]),
+            [],
+        )
+    ]
     if model_t != 0.5:
         sections.append((f"{label}: metrics at threshold 0.5", METRIC_HEADER, _metric_rows(result["at_0.5"]), []))
     val = report.get("val_threshold")
     if "at_val_threshold" in result:
-        sections.append((f"{label}: metrics at the validation threshold {val['threshold']:.4f} "
-                         f"(target recall {val['target_recall']})", METRIC_HEADER,
-                         _metric_rows(result["at_val_threshold"]), []))
+        sections.append(
+            (
+                f"{label}: metrics at the validation threshold {val['threshold']:.4f} "
+                f"(target recall {val['target_recall']})",
+                METRIC_HEADER,
+                _metric_rows(result["at_val_threshold"]),
+                [],
+            )
+        )
     table = result["threshold_table"]
     figs = dict(result.get("figures", {}))
     failure_figs = {k: figs.pop(k) for k in ("false_positives", "false_negatives", "error_p") if k in figs}
     figs.pop("domain_flagged", None)  # shown in the domain section
-    sections.append((f"{label}: threshold trade-off", list(table[0].keys()),
-                     [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
-                     list(figs.values())))
+    sections.append(
+        (
+            f"{label}: threshold trade-off",
+            list(table[0].keys()),
+            [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
+            list(figs.values()),
+        )
+    )
     if result.get("domain"):
         sections.extend(_domain_sections(name, result))
     if result.get("subgroups"):
@@ -164,26 +226,46 @@ def _domain_sections(name: str, result: dict[str, Any]) -> list[tuple]:
     domain = result["domain"]
     guard, shift = domain["guard"], domain.get("shift")
     verdict = shift["verdict"] if shift else "data shift: not tested (fewer than 10 images with a domain score)"
-    rows = [["images with a domain score", str(domain["n_with_score"])],
-            ["flagged outside the training domain", f"{domain['n_flagged']} (threshold {guard['threshold']:.3f}, "
-             f"{guard.get('false_flag_rate', 0):.0%} of validation images flagged)"],
-            ["flagged images", "scored and flagged" if domain.get("foreign") == "flag" else "left unscored"],
-            ["set-level shift test", verdict]]
+    rows = [
+        ["images with a domain score", str(domain["n_with_score"])],
+        [
+            "flagged outside the training domain",
+            f"{domain['n_flagged']} (threshold {guard['threshold']:.3f}, "
+            f"{guard.get('false_flag_rate', 0):.0%} of validation images flagged)",
+        ],
+        ["flagged images", "scored and flagged" if domain.get("foreign") == "flag" else "left unscored"],
+        ["set-level shift test", verdict],
+    ]
     figs = [f for key, f in (result.get("figures") or {}).items() if key == "domain_flagged"]
     sections = [(f"{name}: domain guard and data shift", ["", ""], rows, figs)]
     if domain.get("flagged"):
-        sections.append((f"{name}: images outside the training domain (highest score first, at most 24)",
-                         ["path", "domain score", "P(positive)", "qc"],
-                         [[f["path"], f"{f['domain_score']:.3f}", "-" if f["p"] is None else f"{f['p']:.3f}", f["qc"]]
-                          for f in domain["flagged"]],
-                         []))
+        sections.append(
+            (
+                f"{name}: images outside the training domain (highest score first, at most 24)",
+                ["path", "domain score", "P(positive)", "qc"],
+                [
+                    [f["path"], f"{f['domain_score']:.3f}", "-" if f["p"] is None else f"{f['p']:.3f}", f["qc"]]
+                    for f in domain["flagged"]
+                ],
+                [],
+            )
+        )
     if domain.get("in_domain"):
         block = domain["in_domain"]
-        compare = ("all scored labelled images above" if domain.get("foreign") == "flag" else
-                   "the labelled images above, which already leave out the unscored flagged ones")
-        sections.append((f"{name}: metrics on the {block['n']} in-domain labelled images only (threshold "
-                         f"{block['threshold']:.4g}; compare with {compare})",
-                         METRIC_HEADER, _metric_rows(block), []))
+        compare = (
+            "all scored labelled images above"
+            if domain.get("foreign") == "flag"
+            else "the labelled images above, which already leave out the unscored flagged ones"
+        )
+        sections.append(
+            (
+                f"{name}: metrics on the {block['n']} in-domain labelled images only (threshold "
+                f"{block['threshold']:.4g}; compare with {compare})",
+                METRIC_HEADER,
+                _metric_rows(block),
+                [],
+            )
+        )
     return sections
 
 
@@ -195,11 +277,25 @@ def _with_ci(row: dict[str, Any], name: str) -> str:
 
 def _subgroup_section(name: str, result: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
     threshold = result["at_model_threshold"]["threshold"]
-    rows = [[f"{row['factor']}: {row['group']}", str(row["n_images"]), str(row["n_patients"]),
-             _with_ci(row, "recall"), _with_ci(row, "specificity"), _with_ci(row, "accuracy"),
-             _with_ci(row, "roc_auc"), row["flag"]] for row in result["subgroups"]]
-    return (f"{name}: subgroups at threshold {threshold:.4g} ({INTERVALS_NOTE})",
-            ["subgroup", "images", "patients", "recall", "specificity", "accuracy", "ROC AUC", "flag"], rows, [])
+    rows = [
+        [
+            f"{row['factor']}: {row['group']}",
+            str(row["n_images"]),
+            str(row["n_patients"]),
+            _with_ci(row, "recall"),
+            _with_ci(row, "specificity"),
+            _with_ci(row, "accuracy"),
+            _with_ci(row, "roc_auc"),
+            row["flag"],
+        ]
+        for row in result["subgroups"]
+    ]
+    return (
+        f"{name}: subgroups at threshold {threshold:.4g} ({INTERVALS_NOTE})",
+        ["subgroup", "images", "patients", "recall", "specificity", "accuracy", "ROC AUC", "flag"],
+        rows,
+        [],
+    )
 
 
 def _failure_section(name: str, result: dict[str, Any], figs: list[str]) -> tuple:
@@ -207,11 +303,18 @@ def _failure_section(name: str, result: dict[str, Any], figs: list[str]) -> tupl
     for part in result["failure_analysis"].values():
         q = part["p_quantiles"]
         spread = f"{q['0']:.3f} / {q['0.5']:.3f} / {q['1']:.3f}" if q else "-"
-        groups = "; ".join(f"{factor}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-                           for factor, counts in part["subgroups"].items() if counts)
+        groups = "; ".join(
+            f"{factor}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            for factor, counts in part["subgroups"].items()
+            if counts
+        )
         rows.append([part["description"], str(part["n"]), spread, groups])
-    return (f"{name}: failure analysis at threshold {result['at_model_threshold']['threshold']:.4g}",
-            ["error", "count", "p min / median / max", "subgroups"], rows, figs)
+    return (
+        f"{name}: failure analysis at threshold {result['at_model_threshold']['threshold']:.4g}",
+        ["error", "count", "p min / median / max", "subgroups"],
+        rows,
+        figs,
+    )
 
 
 def _shortcut_section(check: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
@@ -222,15 +325,18 @@ def _shortcut_section(check: dict[str, Any]) -> tuple[str, list[str], list[list[
         if group.get("cv_auc") is None:
             rows.append([name, "-", group.get("note", "")])
             continue
-        medians = "; ".join(f"{c}: {group['median_negative'][c]:.3g} vs {group['median_positive'][c]:.3g}"
-                            for c in group["features"])
+        medians = "; ".join(
+            f"{c}: {group['median_negative'][c]:.3g} vs {group['median_positive'][c]:.3g}" for c in group["features"]
+        )
         rows.append([name, _fmt(group["cv_auc"]), f"medians {negative} vs {positive}: {medians}"])
     rows.append(["verdict", "", check["verdict"]])
     rows += [["finding", "", line] for line in check.get("findings", [])]
     if check.get("cause"):
         rows.append(["cause", "", check["cause"]])
-    title = (f"Shortcut check of {check.get('source', 'the data')} ({check['n_images']} images; "
-             f"cross-validated ROC AUC of trivial statistics, {check['method']})")
+    title = (
+        f"Shortcut check of {check.get('source', 'the data')} ({check['n_images']} images; "
+        f"cross-validated ROC AUC of trivial statistics, {check['method']})"
+    )
     return title, ["statistics", "CV ROC AUC", "detail"], rows, []
 
 
@@ -264,18 +370,20 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:1em auto;padding:0 1em;font-size:14px}"
-         "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-         "td:first-child{text-align:left}th{background:#f0f0f0}"
-         "img{max-width:100%;margin:0.5em 0.5em 0.5em 0;display:inline-block;vertical-align:top}"
-         "#summary{border:2px solid #444;border-radius:6px;padding:0.6em 1em;margin-bottom:1em}"
-         "#summary .verdict{font-size:17px;font-weight:bold;margin:0.2em 0 0.5em}"
-         "#summary .columns{display:flex;gap:1.5em;align-items:flex-start}"
-         "#summary td{font-size:13px;padding:2px 6px;max-width:520px;overflow-wrap:anywhere;text-align:left}"
-         ".note{color:#444;font-size:13px;margin:0.2em 0}"
-         "#summary img{width:280px;margin:0}#summary ul{margin:0.4em 0;padding-left:1.2em;font-size:13px}"
-         ".warn{color:#a40000}details{margin:0.3em 0}summary{cursor:pointer}summary h2{display:inline;font-size:16px}"
-         "nav ol{columns:2;font-size:13px}")
+STYLE = (
+    "body{font-family:sans-serif;max-width:1300px;margin:1em auto;padding:0 1em;font-size:14px}"
+    "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "td:first-child{text-align:left}th{background:#f0f0f0}"
+    "img{max-width:100%;margin:0.5em 0.5em 0.5em 0;display:inline-block;vertical-align:top}"
+    "#summary{border:2px solid #444;border-radius:6px;padding:0.6em 1em;margin-bottom:1em}"
+    "#summary .verdict{font-size:17px;font-weight:bold;margin:0.2em 0 0.5em}"
+    "#summary .columns{display:flex;gap:1.5em;align-items:flex-start}"
+    "#summary td{font-size:13px;padding:2px 6px;max-width:520px;overflow-wrap:anywhere;text-align:left}"
+    ".note{color:#444;font-size:13px;margin:0.2em 0}"
+    "#summary img{width:280px;margin:0}#summary ul{margin:0.4em 0;padding-left:1.2em;font-size:13px}"
+    ".warn{color:#a40000}details{margin:0.3em 0}summary{cursor:pointer}summary h2{display:inline;font-size:16px}"
+    "nav ol{columns:2;font-size:13px}"
+)
 
 
 def _table_html(header: list[str], rows: list[list[str]], css: str = "") -> str:
@@ -294,16 +402,30 @@ def _img_html(name: str, folder: Path, embed_images: bool, css: str = "") -> str
 def _panel_html(panel: SummaryPanel, folder: Path, embed_images: bool) -> str:
     """The first screen: verdict, model and data, headline figures, ROC, warnings."""
     facts = _table_html([panel.model, ""], [list(row) for row in panel.identity + panel.data], "facts")
-    headline = _table_html(["at the operating threshold", "value", "95% interval"], [list(r) for r in panel.headline],
-                           "headline")
-    others = (_table_html(["other models", "sensitivity", "specificity", "ROC AUC"], [list(r) for r in panel.others],
-                          "others") if panel.others else "")
-    roc = (_img_html(panel.roc_figure, folder, embed_images, "roc")
-           if panel.roc_figure and (folder / panel.roc_figure).is_file() else "")
-    warnings = ("<ul class='warn'>" + "".join(f"<li>{html.escape(w)}</li>" for w in panel.warnings) + "</ul>"
-                if panel.warnings else "<p>No warnings.</p>")
-    return (f"<section id='summary'><p class='verdict'>{html.escape(panel.verdict)}</p><div class='columns'>"
-            f"<div>{facts}</div><div>{headline}{others}</div><div>{roc}</div></div>{warnings}</section>")
+    headline = _table_html(
+        ["at the operating threshold", "value", "95% interval"], [list(r) for r in panel.headline], "headline"
+    )
+    others = (
+        _table_html(
+            ["other models", "sensitivity", "specificity", "ROC AUC"], [list(r) for r in panel.others], "others"
+        )
+        if panel.others
+        else ""
+    )
+    roc = (
+        _img_html(panel.roc_figure, folder, embed_images, "roc")
+        if panel.roc_figure and (folder / panel.roc_figure).is_file()
+        else ""
+    )
+    warnings = (
+        "<ul class='warn'>" + "".join(f"<li>{html.escape(w)}</li>" for w in panel.warnings) + "</ul>"
+        if panel.warnings
+        else "<p>No warnings.</p>"
+    )
+    return (
+        f"<section id='summary'><p class='verdict'>{html.escape(panel.verdict)}</p><div class='columns'>"
+        f"<div>{facts}</div><div>{headline}{others}</div><div>{roc}</div></div>{warnings}</section>"
+    )
 
 
 def _split_title(title: str) -> tuple[str, str]:
@@ -319,21 +441,30 @@ def _anchor(index: int) -> str:
 def to_html(report: dict[str, Any], folder: Path, embed_images: bool = True) -> str:
     """report.html: the summary panel, a table of contents, then every section collapsed."""
     sections = _sections(report)
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cxr evaluation report</title>",
-             f"<style>{STYLE}</style></head><body><h1>cxr evaluation report</h1>",
-             _panel_html(summary_panel(report), folder, embed_images),
-             f"<p>Generated {html.escape(report['generated'])}.</p><nav id='contents'><h2>Contents</h2><ol>"]
-    parts += [f"<li><a href='#{_anchor(i)}'>{html.escape(_split_title(title)[0])}</a></li>"
-              for i, (title, *_) in enumerate(sections)]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>cxr evaluation report</title>",
+        f"<style>{STYLE}</style></head><body><h1>cxr evaluation report</h1>",
+        _panel_html(summary_panel(report), folder, embed_images),
+        f"<p>Generated {html.escape(report['generated'])}.</p><nav id='contents'><h2>Contents</h2><ol>",
+    ]
+    parts += [
+        f"<li><a href='#{_anchor(i)}'>{html.escape(_split_title(title)[0])}</a></li>"
+        for i, (title, *_) in enumerate(sections)
+    ]
     parts.append("</ol></nav>")
     gate = report.get("gate") or {}
     if gate.get("messages"):
-        parts.append("<h2>What the gate compared</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>"
-                                                                     for m in gate["messages"]) + "</ul>")
+        parts.append(
+            "<h2>What the gate compared</h2><ul>"
+            + "".join(f"<li>{html.escape(m)}</li>" for m in gate["messages"])
+            + "</ul>"
+        )
     for i, (title, header, rows, figs) in enumerate(sections):
         short, note = _split_title(title)
-        parts.append(f"<details id='{_anchor(i)}'><summary><h2>{html.escape(short)}</h2></summary>"
-                     + (f"<p class='note'>{html.escape(note)}</p>" if note else ""))
+        parts.append(
+            f"<details id='{_anchor(i)}'><summary><h2>{html.escape(short)}</h2></summary>"
+            + (f"<p class='note'>{html.escape(note)}</p>" if note else "")
+        )
         if header:
             parts.append(_table_html(header, rows))
         parts += [_img_html(f, folder, embed_images) for f in figs]
@@ -353,8 +484,9 @@ def readme_table(report: dict[str, Any], split_note: str) -> str:
     header = "| model | data / split | " + " | ".join(COMPARE) + " |"
     lines = [header, "|" + "---|" * (len(COMPARE) + 2)]
     for pub in report["published"]:
-        lines.append(f"| {pub['name']} (published) | {pub['split']} | "
-                     + " | ".join(_fmt(pub[k]) for k in COMPARE) + " |")
+        lines.append(
+            f"| {pub['name']} (published) | {pub['split']} | " + " | ".join(_fmt(pub[k]) for k in COMPARE) + " |"
+        )
     for name, result in report["models"].items():
         cells = [value_with_ci(result["at_0.5"], k) for k in COMPARE]
         lines.append(f"| {name} | {split_note} ({result['n_labelled']} images) | " + " | ".join(cells) + " |")
@@ -371,8 +503,10 @@ def readme_robustness_table(report: dict[str, Any]) -> str:
     PNEUMONIA clean vs under noise sd 2, the worst flip rate, and recall at the model's own
     threshold with its 95% patient-bootstrap CI."""
     sections = report.get("robustness") or {}
-    header = ("| model | threshold | recall at threshold (95% CI) | clean ROC AUC | lowest ROC AUC in the suite* "
-              "| noise5 / jpeg30 ROC AUC | NORMAL called PNEUMONIA: clean → noise2 | most flips (perturbation) |")
+    header = (
+        "| model | threshold | recall at threshold (95% CI) | clean ROC AUC | lowest ROC AUC in the suite* "
+        "| noise5 / jpeg30 ROC AUC | NORMAL called PNEUMONIA: clean → noise2 | most flips (perturbation) |"
+    )
     lines = [header, "|" + "---|" * 8]
     for name, section in sections.items():
         rows = section["perturbations"]
@@ -383,10 +517,12 @@ def readme_robustness_table(report: dict[str, Any]) -> str:
         block = report["models"].get(name, {}).get("at_model_threshold")
         recall = value_with_ci(block, "recall") if block else "-"
         fp = [rows[k]["classes"][negative]["called_other"] for k in ("clean", "noise2")]
-        lines.append(f"| {name} | {section['threshold']:.3f} | {recall} | {_fmt(rows['clean']['roc_auc'])} | "
-                     f"{_fmt(rows[lowest]['roc_auc'])} ({lowest}) | {_fmt(rows['noise5']['roc_auc'])} / "
-                     f"{_fmt(rows['jpeg30']['roc_auc'])} | {fp[0]:.1%} → {fp[1]:.1%} | "
-                     f"{rows[worst]['max_flip_rate']:.1%} ({worst}) |")
+        lines.append(
+            f"| {name} | {section['threshold']:.3f} | {recall} | {_fmt(rows['clean']['roc_auc'])} | "
+            f"{_fmt(rows[lowest]['roc_auc'])} ({lowest}) | {_fmt(rows['noise5']['roc_auc'])} / "
+            f"{_fmt(rows['jpeg30']['roc_auc'])} | {fp[0]:.1%} → {fp[1]:.1%} | "
+            f"{rows[worst]['max_flip_rate']:.1%} ({worst}) |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -394,32 +530,42 @@ def update_readme(report: dict[str, Any], *files: Path, write: bool = True) -> d
     """Rewrite the generated tables of README.md and docs/ from metrics.json, and return the texts.
 
     Blocks: ``<!-- results:start -->`` (README: the published rows and the shipped models, those
-    metrics.json marks as shipped, else model1 and model2), ``<!-- results-all:start -->`` (docs/results.md: every model) and
-    ``<!-- robustness:start -->`` (docs/robustness.md). Each block is rewritten in whichever of
-    ``files`` holds it; a block that none of them holds is an error (ValueError), so that a moved
-    block is never left stale. The published rows are named for readers ("original notebook").
-    With ``write=False`` nothing is written (tests compare the returned texts with the files)."""
+    metrics.json marks as shipped, else model1 and model2), ``<!-- results-all:start -->``
+    (docs/results.md: every model) and ``<!-- robustness:start -->`` (docs/robustness.md). Each
+    block is rewritten in whichever of ``files`` holds it; a block that none of them holds is an
+    error (ValueError), so that a moved block is never left stale. The published rows are named
+    for readers ("original notebook"). With ``write=False`` nothing is written (tests compare the
+    returned texts with the files)."""
     import re
 
     def plain(text: str) -> str:
         return text.replace("seed report", "original notebook").replace("seed's", "original notebook's")
 
-    readable = {**report, "published": [{**pub, "name": plain(pub["name"]), "split": plain(pub["split"])}
-                                         for pub in report.get("published", [])]}
+    readable = {
+        **report,
+        "published": [
+            {**pub, "name": plain(pub["name"]), "split": plain(pub["split"])} for pub in report.get("published", [])
+        ],
+    }
     names = report.get("shipped") or ("model1", "model2")
     shipped = {**readable, "models": {k: v for k, v in readable["models"].items() if k in names}}
-    tables = {"results": readme_table(shipped, README_SPLIT_NOTE),
-              "results-all": readme_table(readable, README_SPLIT_NOTE),
-              "robustness": readme_robustness_table(readable)}
+    tables = {
+        "results": readme_table(shipped, README_SPLIT_NOTE),
+        "results-all": readme_table(readable, README_SPLIT_NOTE),
+        "robustness": readme_robustness_table(readable),
+    }
     texts = {Path(f): Path(f).read_text(encoding="utf-8") for f in files}
     for tag, table in tables.items():
         block = re.compile(rf"<!-- {tag}:start -->\n.*?<!-- {tag}:end -->", flags=re.S)
         holders = [f for f, text in texts.items() if block.search(text)]
         if not holders:
-            raise ValueError(f"no <!-- {tag}:start --> ... <!-- {tag}:end --> block in "
-                             + (", ".join(str(f) for f in files) or "no file given"))
+            raise ValueError(
+                f"no <!-- {tag}:start --> ... <!-- {tag}:end --> block in "
+                + (", ".join(str(f) for f in files) or "no file given")
+            )
         for f in holders:
-            texts[f] = block.sub(lambda _: f"<!-- {tag}:start -->\n{table}<!-- {tag}:end -->", texts[f])
+            replacement = f"<!-- {tag}:start -->\n{table}<!-- {tag}:end -->"
+            texts[f] = block.sub(lambda _, text=replacement: text, texts[f])
     if write:
         for f, text in texts.items():
             write_text_atomic(f, text)
@@ -434,7 +580,7 @@ if __name__ == "__main__":
 
     loaded = json.loads(Path(sys.argv[1]).read_text())
     if "--update-readme" in sys.argv:
-        targets = [Path(a) for a in sys.argv[sys.argv.index("--update-readme") + 1:] if not a.startswith("--")]
+        targets = [Path(a) for a in sys.argv[sys.argv.index("--update-readme") + 1 :] if not a.startswith("--")]
         if not targets:
             sys.exit("--update-readme needs the files that hold the generated blocks")
         try:
@@ -442,5 +588,9 @@ if __name__ == "__main__":
         except ValueError as exc:
             sys.exit(str(exc))
     else:
-        print(readme_robustness_table(loaded) if "--robustness" in sys.argv[2:] else
-              readme_table(loaded, README_SPLIT_NOTE), end="")
+        print(
+            readme_robustness_table(loaded)
+            if "--robustness" in sys.argv[2:]
+            else readme_table(loaded, README_SPLIT_NOTE),
+            end="",
+        )

@@ -29,14 +29,21 @@ def _class_rates(y: np.ndarray, pred_clean: np.ndarray, pred: np.ndarray, classe
     for index, name in enumerate(classes):
         members = y == index
         n = int(members.sum())
-        rates[name] = {"n": n,
-                       "flip_rate": float((pred[members] != pred_clean[members]).mean()) if n else float("nan"),
-                       "called_other": float((pred[members] != index).mean()) if n else float("nan")}
+        rates[name] = {
+            "n": n,
+            "flip_rate": float((pred[members] != pred_clean[members]).mean()) if n else float("nan"),
+            "called_other": float((pred[members] != index).mean()) if n else float("nan"),
+        }
     return rates
 
 
-def robustness_metrics(y: np.ndarray, scores: dict[str, np.ndarray], threshold: float, classes: list[str],
-                       descriptions: dict[str, str] | None = None) -> dict[str, Any]:
+def robustness_metrics(
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    threshold: float,
+    classes: list[str],
+    descriptions: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Per perturbation (and clean): roc_auc, mean/p95 |dp|, per-class flip and called-other rates."""
     y = np.asarray(y).astype(int)
     clean = np.asarray(scores[CLEAN], dtype=np.float64)
@@ -47,14 +54,15 @@ def robustness_metrics(y: np.ndarray, scores: dict[str, np.ndarray], threshold: 
         p = np.asarray(p, dtype=np.float64)
         dp = np.abs(p - clean)
         per_class = _class_rates(y, pred_clean, (p >= threshold).astype(int), classes)
-        rows[name] = {"description": (descriptions or {}).get(name, "no perturbation" if name == CLEAN else name),
-                      "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
-                      "mean_abs_dp": float(dp.mean()) if len(dp) else float("nan"),
-                      "p95_abs_dp": float(np.percentile(dp, 95)) if len(dp) else float("nan"),
-                      "max_flip_rate": max(c["flip_rate"] for c in per_class.values()),
-                      "classes": per_class}
-    return {"threshold": float(threshold), "classes": list(classes), "n_images": int(len(y)),
-            "perturbations": rows}
+        rows[name] = {
+            "description": (descriptions or {}).get(name, "no perturbation" if name == CLEAN else name),
+            "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+            "mean_abs_dp": float(dp.mean()) if len(dp) else float("nan"),
+            "p95_abs_dp": float(np.percentile(dp, 95)) if len(dp) else float("nan"),
+            "max_flip_rate": max(c["flip_rate"] for c in per_class.values()),
+            "classes": per_class,
+        }
+    return {"threshold": float(threshold), "classes": list(classes), "n_images": int(len(y)), "perturbations": rows}
 
 
 def parse_max_flip(spec: str, known: tuple[str, ...]) -> dict[str, float]:
@@ -92,14 +100,24 @@ def check_flips(result: dict[str, Any], limits: dict[str, float]) -> tuple[list[
 def robustness_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the robustness table."""
     classes = result["classes"]
-    header = (["perturbation", "ROC AUC", "mean |dp|", "p95 |dp|"] + [f"{c} flips" for c in classes]
-              + [f"{c} called {classes[1 - i]}" for i, c in enumerate(classes)])
+    header = (
+        ["perturbation", "ROC AUC", "mean |dp|", "p95 |dp|"]
+        + [f"{c} flips" for c in classes]
+        + [f"{c} called {classes[1 - i]}" for i, c in enumerate(classes)]
+    )
     rows = []
     for name, row in result["perturbations"].items():
         per = row["classes"]
-        rows.append([f"{name} ({row['description']})", f"{row['roc_auc']:.3f}", f"{row['mean_abs_dp']:.4f}",
-                     f"{row['p95_abs_dp']:.4f}"] + [f"{per[c]['flip_rate']:.1%}" for c in classes]
-                    + [f"{per[c]['called_other']:.1%}" for c in classes])
+        rows.append(
+            [
+                f"{name} ({row['description']})",
+                f"{row['roc_auc']:.3f}",
+                f"{row['mean_abs_dp']:.4f}",
+                f"{row['p95_abs_dp']:.4f}",
+            ]
+            + [f"{per[c]['flip_rate']:.1%}" for c in classes]
+            + [f"{per[c]['called_other']:.1%}" for c in classes]
+        )
     return header, rows
 
 

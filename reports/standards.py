@@ -51,28 +51,34 @@ def read_groups_csv(path: str | Path) -> pd.DataFrame:
     return frame.drop_duplicates("path").set_index("path")
 
 
-def subgroup_columns(data: pd.DataFrame, negative: str, images_root: Path | None,
-                     groups: pd.DataFrame | None) -> dict[str, pd.Series]:
-    columns = {"pneumonia type (file name)": pd.Series([pneumonia_type(p, t, negative) for p, t in
-                                                        zip(data["path"], data["true_label"])], index=data.index)}
+def subgroup_columns(
+    data: pd.DataFrame, negative: str, images_root: Path | None, groups: pd.DataFrame | None
+) -> dict[str, pd.Series]:
+    columns = {
+        "pneumonia type (file name)": pd.Series(
+            [pneumonia_type(p, t, negative) for p, t in zip(data["path"], data["true_label"])], index=data.index
+        )
+    }
     if images_root is not None:
-        columns["original size band"] = pd.Series([size_band(Path(images_root) / unescape_path(p))
-                                                   for p in data["path"]], index=data.index)
-    for column in (groups.columns if groups is not None else []):
+        columns["original size band"] = pd.Series(
+            [size_band(Path(images_root) / unescape_path(p)) for p in data["path"]], index=data.index
+        )
+    for column in groups.columns if groups is not None else []:
         columns[column] = data["path"].map(groups[column]).fillna("(not in groups file)")
     return columns
 
 
 def _auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> tuple[float, list]:
-    from cxr.reports.metrics import bootstrap_ci
-
     from sklearn.metrics import roc_auc_score
+
+    from cxr.reports.metrics import bootstrap_ci
 
     return float(roc_auc_score(y, p)), bootstrap_ci(y, p, 0.5, patients, n_boot=n_boot, seed=seed)["roc_auc"]
 
 
-def subgroup_metrics(data: pd.DataFrame, threshold: float, columns: dict[str, pd.Series], *, n_boot: int = 1000,
-                     seed: int = 0) -> list[dict[str, Any]]:
+def subgroup_metrics(
+    data: pd.DataFrame, threshold: float, columns: dict[str, pd.Series], *, n_boot: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
     """Per subgroup: counts, recall / specificity / accuracy with Wilson intervals and ROC AUC with a
     patient-bootstrap interval. No interval from fewer than ``MIN_PER_CLASS`` trials (``flag`` says
     so), and no subgroup of a factor that puts every image in one group."""
@@ -87,12 +93,24 @@ def subgroup_metrics(data: pd.DataFrame, threshold: float, columns: dict[str, pd
 
 def _subgroup_row(part: pd.DataFrame, column: str, value: str, threshold: float, n_boot: int, seed: int) -> dict:
     y, p, patients = part["y"].to_numpy(), part["p"].to_numpy(), part["patient_id"].to_numpy()
-    row = {"factor": column, "group": value, "n_images": int(len(part)), "n_patients": len(set(patients)),
-           "n_positive": int(y.sum()), "n_negative": int((1 - y).sum()), "metrics": {}, "ci95": {}, "flag": ""}
+    row = {
+        "factor": column,
+        "group": value,
+        "n_images": int(len(part)),
+        "n_patients": len(set(patients)),
+        "n_positive": int(y.sum()),
+        "n_negative": int((1 - y).sum()),
+        "metrics": {},
+        "ci95": {},
+        "flag": "",
+    }
     pred = (p >= threshold).astype(int)
     too_few = []
-    for name, mask, hit in (("recall", y == 1, pred == 1), ("specificity", y == 0, pred == 0),
-                            ("accuracy", np.ones_like(y, bool), pred == y)):
+    for name, mask, hit in (
+        ("recall", y == 1, pred == 1),
+        ("specificity", y == 0, pred == 0),
+        ("accuracy", np.ones_like(y, bool), pred == y),
+    ):
         if mask.any():
             row["metrics"][name] = float(hit[mask].mean())
             if mask.sum() >= MIN_PER_CLASS:
@@ -110,8 +128,9 @@ def _subgroup_row(part: pd.DataFrame, column: str, value: str, threshold: float,
     return row
 
 
-def failure_analysis(data: pd.DataFrame, threshold: float, classes: list[str],
-                     columns: dict[str, pd.Series]) -> dict[str, Any]:
+def failure_analysis(
+    data: pd.DataFrame, threshold: float, classes: list[str], columns: dict[str, pd.Series]
+) -> dict[str, Any]:
     """Per error direction: count, the distribution of p, and the subgroups the errors fall in."""
     pred = (data["p"] >= threshold).astype(int)
     directions = {"false_positive": (data["y"] == 0) & (pred == 1), "false_negative": (data["y"] == 1) & (pred == 0)}
@@ -120,12 +139,16 @@ def failure_analysis(data: pd.DataFrame, threshold: float, classes: list[str],
         p = data.loc[mask, "p"].to_numpy()
         truth, called = (classes[0], classes[1]) if name == "false_positive" else (classes[1], classes[0])
         result[name] = {
-            "description": f"{truth} called {called}", "n": int(mask.sum()),
+            "description": f"{truth} called {called}",
+            "n": int(mask.sum()),
             "p_quantiles": {q: float(np.quantile(p, float(q))) for q in ("0", "0.25", "0.5", "0.75", "1")}
-            if len(p) else {},
+            if len(p)
+            else {},
             "p_values": [float(v) for v in np.sort(p)],
-            "subgroups": {factor: {str(k): int(v) for k, v in values[mask].value_counts().items()}
-                          for factor, values in columns.items()},
+            "subgroups": {
+                factor: {str(k): int(v) for k, v in values[mask].value_counts().items()}
+                for factor, values in columns.items()
+            },
         }
     return result
 
@@ -137,11 +160,20 @@ def external_data_sentence(name: str, result: dict[str, Any]) -> str:
     settings = result.get("settings") or {}
     source = settings.get("labels_source", "")
     if source.startswith("manifest"):
-        return (f"same source as training ({source}): a held-out, patient-disjoint split, so this is internal, "
-                "not external, validation")
+        return (
+            f"same source as training ({source}): a held-out, patient-disjoint split, so this is internal, "
+            "not external, validation"
+        )
     shift = (result.get("domain") or {}).get("shift") or settings.get("shift")
-    verdict = shift["verdict"] if shift else ("no shift test (the model has no domain guard)" if not
-                                              settings.get("guard") else "no shift test (too few images)")
+    verdict = (
+        shift["verdict"]
+        if shift
+        else (
+            "no shift test (the model has no domain guard)"
+            if not settings.get("guard")
+            else "no shift test (too few images)"
+        )
+    )
     return f"other source (images not from the training manifest; labels from {source or 'folder names'}); {verdict}"
 
 
@@ -159,51 +191,89 @@ def checklist(report: dict[str, Any]) -> list[dict[str, str]]:
     def add(item: str, ref: str, answer: str) -> None:
         rows.append({"item": item, "guideline": ref, "answer": answer})
 
-    add("Performance with CIs in key subgroups", "TRIPOD+AI 23a",
+    add(
+        "Performance with CIs in key subgroups",
+        "TRIPOD+AI 23a",
         "see the subgroup tables (95% intervals: Wilson for proportions, patient bootstrap for ROC AUC; "
-        f"no interval from fewer than {MIN_PER_CLASS} images, which the table flags)" if first.get("subgroups") else
-        "not available: no subgroup could be derived from these predictions")
+        f"no interval from fewer than {MIN_PER_CLASS} images, which the table flags)"
+        if first.get("subgroups")
+        else "not available: no subgroup could be derived from these predictions",
+    )
     rules = []
     for name, result in models.items():
         rule = (result.get("settings") or {}).get("threshold_rule")
         if rule and "rule" in rule:
             rules.append(f"{name}: {describe_rule({'threshold': result['at_model_threshold']['threshold'], **rule})}")
-    add("How the decision threshold was chosen", "TRIPOD+AI 15",
-        "; ".join(rules) if rules else "not available: the predictions carry no threshold rule (older files)")
+    add(
+        "How the decision threshold was chosen",
+        "TRIPOD+AI 15",
+        "; ".join(rules) if rules else "not available: the predictions carry no threshold rule (older files)",
+    )
     source = settings.get("labels_source", "")
-    add("Differences between development and evaluation data", "TRIPOD+AI 16",
+    add(
+        "Differences between development and evaluation data",
+        "TRIPOD+AI 16",
         f"evaluation data: {source or 'labels from folder names'}; "
-        + ("a held-out, patient-disjoint split of the development source: same centre, scanner mix and "
-           "preprocessing, so it measures internal, not external, validity" if "manifest" in source else
-           "its relation to the development data is not recorded in these predictions"))
+        + (
+            "a held-out, patient-disjoint split of the development source: same centre, scanner mix and "
+            "preprocessing, so it measures internal, not external, validity"
+            if "manifest" in source
+            else "its relation to the development data is not recorded in these predictions"
+        ),
+    )
     errors = sum(r["n_errors"] for r in models.values())
     flagged = sum((r.get("settings") or {}).get("n_qc_flagged", 0) or 0 for r in models.values())
     outside = sum((r.get("settings") or {}).get("n_outside_domain", 0) or 0 for r in models.values())
     unscored = sum(r.get("n_unscored_outside_domain", 0) or 0 for r in models.values())
-    add("Handling of poor-quality or unusable inputs", "TRIPOD+AI 27a",
+    add(
+        "Handling of poor-quality or unusable inputs",
+        "TRIPOD+AI 27a",
         f"every file gets a row; unreadable files get an error row and no prediction ({errors} across "
         f"{len(models)} prediction sets here); suspect images are flagged in the 'qc' column with the reason "
         f"({flagged} here, {outside} of them outside the training domain: uniform, colour, tiny, a DICOM header "
         f"against the model, a guessed bit depth, or unlike the training images)"
         + (f"; {unscored} flagged images were left unscored (--foreign skip)" if unscored else "")
-        + "; none is silently dropped")
-    add("Level at which partitions are disjoint", "CLAIM 20",
+        + "; none is silently dropped",
+    )
+    add(
+        "Level at which partitions are disjoint",
+        "CLAIM 20",
         f"split by {', '.join(split_levels)} (cxr data prepare: StratifiedGroupKFold grouped by patient)"
-        if split_levels else ("patient (manifest split from cxr data prepare)" if "manifest" in source else
-                              "not available: no split manifest was given for these predictions"))
+        if split_levels
+        else (
+            "patient (manifest split from cxr data prepare)"
+            if "manifest" in source
+            else "not available: no split manifest was given for these predictions"
+        ),
+    )
     robustness = report.get("robustness") or {}
-    add("Robustness analysis", "CLAIM 30",
+    add(
+        "Robustness analysis",
+        "CLAIM 30",
         f"robustness suite ({len(next(iter(robustness.values()))['perturbations']) - 1} seeded perturbations) "
-        f"for {', '.join(robustness)}; see the robustness tables" if robustness else
-        "not available: run cxr robustness (or cxr evaluate --robustness) and pass --robustness")
-    add("Failure analysis of misclassified cases", "CLAIM 39",
+        f"for {', '.join(robustness)}; see the robustness tables"
+        if robustness
+        else "not available: run cxr robustness (or cxr evaluate --robustness) and pass --robustness",
+    )
+    add(
+        "Failure analysis of misclassified cases",
+        "CLAIM 39",
         "see the failure analysis: per error direction the distribution of p, the subgroups, and Grad-CAM "
-        "overlays of the most confident errors" if first.get("failure_analysis") else "not available")
-    add("Intended use", "CLAIM 41 / TRIPOD+AI 4",
+        "overlays of the most confident errors"
+        if first.get("failure_analysis")
+        else "not available",
+    )
+    add(
+        "Intended use",
+        "CLAIM 41 / TRIPOD+AI 4",
         "research only: a second reader on pediatric AP/PA chest X-rays; not a medical device, not for triage "
-        "without a clinician")
+        "without a clinician",
+    )
     add("External testing", "CLAIM 33 / TRIPOD+AI 12", external_data_sentence(first_name, first))
     if summaries:
-        add("Shortcut (confounding) check", "CLAIM 9 / TRIPOD+AI 26",
-            "; ".join(f"{s.get('source', 'data')}: {s['verdict']}" for s in summaries))
+        add(
+            "Shortcut (confounding) check",
+            "CLAIM 9 / TRIPOD+AI 26",
+            "; ".join(f"{s.get('source', 'data')}: {s['verdict']}" for s in summaries),
+        )
     return rows

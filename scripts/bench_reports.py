@@ -40,8 +40,12 @@ def loop_bootstrap_ci(y, p, threshold, groups=None, n_boot=1000, seed=0, alpha=0
         if len(np.unique(y[idx])) == 2:
             for name, value in binary_metrics(y[idx], p[idx], threshold).items():
                 samples[name].append(value)
-    return {name: [float(np.nanpercentile(v, 100 * alpha / 2)), float(np.nanpercentile(v, 100 * (1 - alpha / 2)))]
-            if v else [float("nan"), float("nan")] for name, v in samples.items()}
+    return {
+        name: [float(np.nanpercentile(v, 100 * alpha / 2)), float(np.nanpercentile(v, 100 * (1 - alpha / 2)))]
+        if v
+        else [float("nan"), float("nan")]
+        for name, v in samples.items()
+    }
 
 
 def earlier_confidence_intervals(y, p, threshold, groups=None, n_boot=1000, seed=0, alpha=0.05):
@@ -69,10 +73,14 @@ def _run_measured(argv: list[str], loop: bool) -> None:
 
 
 def _timed(kind: str, loop: bool, preds: Path, out: Path) -> float:
-    argv = {"report": ["cxr", "report", "--preds", str(preds), "--out", str(out), "--n-boot", "1000"],
-            "demo": ["cxr", "infer", "examples", "--model", "models/model1.onnx", "--out", str(out), "-q"]}[kind]
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import bench_reports as b; "
-            f"b._run_measured({argv!r}, {loop!r})")
+    argv = {
+        "report": ["cxr", "report", "--preds", str(preds), "--out", str(out), "--n-boot", "1000"],
+        "demo": ["cxr", "infer", "examples", "--model", "models/model1.onnx", "--out", str(out), "-q"],
+    }[kind]
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import bench_reports as b; "
+        f"b._run_measured({argv!r}, {loop!r})"
+    )
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
     return time.perf_counter() - started
@@ -88,14 +96,18 @@ def bench_reports(preds: Path, rounds: int = 1) -> dict[str, dict[str, float]]:
                     seconds = _timed(kind, loop, preds, Path(tmp) / f"{kind}{int(loop)}_{i}")
                     results.setdefault(kind, {}).setdefault("earlier" if loop else "now", []).append(seconds)
     medians = {kind: {way: float(np.median(v)) for way, v in ways.items()} for kind, ways in results.items()}
-    print(f"\nReports ({preds}, 1,000 patient-bootstrap resamples; wall seconds, each in a fresh process, "
-          f"median of {rounds}):")
+    print(
+        f"\nReports ({preds}, 1,000 patient-bootstrap resamples; wall seconds, each in a fresh process, "
+        f"median of {rounds}):"
+    )
     labels = {"demo": "make demo (cxr-infer examples, 8 images)", "report": "cxr report on the test split"}
     for kind, ways in medians.items():
         ratio = ways["earlier"] / ways["now"]
         verdict = "meets" if ways["now"] < TARGET_S else "misses"
-        print(f"  {labels[kind]:42s} earlier bootstrap {ways['earlier']:7.2f} s  now {ways['now']:6.2f} s  "
-              f"speed-up x{ratio:.1f}  ({verdict} the {TARGET_S:.0f} s target)")
+        print(
+            f"  {labels[kind]:42s} earlier bootstrap {ways['earlier']:7.2f} s  now {ways['now']:6.2f} s  "
+            f"speed-up x{ratio:.1f}  ({verdict} the {TARGET_S:.0f} s target)"
+        )
     return medians
 
 

@@ -67,8 +67,12 @@ def extract(model: Path, sets: dict[str, list[str]]) -> dict[str, dict[str, np.n
     proto = onnx.load(str(model))
     strip_trust(proto)
     shapes = _shapes(proto)
-    every = [(name, int(shapes[name][1])) for node in proto.graph.node for name in node.output
-             if ACTIVATION.search(name) and len(shapes.get(name, [])) == 4]
+    every = [
+        (name, int(shapes[name][1]))
+        for node in proto.graph.node
+        for name in node.output
+        if ACTIVATION.search(name) and len(shapes.get(name, [])) == 4
+    ]
     stage_ends = {name for name, _ in activation_taps(proto)}
     # every activation: the stage ends are the tap0.. of the stage-end detectors, the others join as depth taps
     taps = [tap for tap in every if tap[0] in stage_ends] + [tap for tap in every if tap[0] not in stage_ends]
@@ -79,11 +83,12 @@ def extract(model: Path, sets: dict[str, list[str]]) -> dict[str, dict[str, np.n
     features = {}
     for name, paths in sets.items():
         images = decode_many(paths, size)
-        outs = [session.run(names, {"pixels": images[i:i + 64]}) for i in range(0, len(images), 64)]
+        outs = [session.run(names, {"pixels": images[i : i + 64]}) for i in range(0, len(images), 64)]
         record = {n: np.concatenate([o[k] for o in outs]) for k, n in enumerate(names)}
         grey = images[:, :, :, 0].astype(np.float32)
-        record["pixels32"] = grey.reshape(len(grey), 32, size // 32, 32, size // 32).mean(axis=(2, 4)).reshape(
-            len(grey), -1) / 255.0
+        record["pixels32"] = (
+            grey.reshape(len(grey), 32, size // 32, 32, size // 32).mean(axis=(2, 4)).reshape(len(grey), -1) / 255.0
+        )
         record["colour"] = np.abs(images.astype(np.int16) - images[:, :, :, :1]).mean(axis=(1, 2, 3))
         record["layer_names"] = np.array([name for name, _ in taps])
         features[name] = record
@@ -136,8 +141,9 @@ class Mahalanobis:
         return self
 
     def score(self, record):
-        return sum((self.models[t].mahalanobis(self._x(record, t)) - self.norm[t][0]) / self.norm[t][1]
-                   for t in self.taps)
+        return sum(
+            (self.models[t].mahalanobis(self._x(record, t)) - self.norm[t][0]) / self.norm[t][1] for t in self.taps
+        )
 
 
 class GeometricMahalanobis(Mahalanobis):
@@ -150,8 +156,11 @@ class GeometricMahalanobis(Mahalanobis):
         return self
 
     def score(self, record):
-        return np.exp(np.mean([np.log(self.models[t].mahalanobis(self._x(record, t)) / self.medians[t])
-                               for t in self.taps], axis=0))
+        return np.exp(
+            np.mean(
+                [np.log(self.models[t].mahalanobis(self._x(record, t)) / self.medians[t]) for t in self.taps], axis=0
+            )
+        )
 
 
 class KNN:
@@ -237,8 +246,9 @@ class OutlierExposure:
         x_out = np.concatenate([np.concatenate([r[t] for t in self.taps], 1) for r in self.outliers])
         x = np.concatenate([x_in, x_out])
         y = np.r_[np.zeros(len(x_in)), np.ones(len(x_out))]
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1,
-                                                                        class_weight="balanced")).fit(x, y)
+        self.model = make_pipeline(
+            StandardScaler(), LogisticRegression(max_iter=2000, C=0.1, class_weight="balanced")
+        ).fit(x, y)
         return self
 
     def score(self, record):
@@ -324,8 +334,11 @@ def main() -> None:
     parser.add_argument("--false-flags", type=float, default=0.01)
     parser.add_argument("--n-variants", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sweep", action="store_true",
-                        help="also the Mahalanobis distance at each depth alone (how the guard's taps were chosen)")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also the Mahalanobis distance at each depth alone (how the guard's taps were chosen)",
+    )
     args = parser.parse_args()
 
     sets = build_sets(args.manifest, args.other_sites, args.work / "sets", args.n_variants, args.seed)
@@ -350,26 +363,34 @@ def main() -> None:
         "autoencoder (MLP 256-32-256), pixels": Reconstruction("mlp"),
         "rotation/inversion head": TransformHead(taps, train_aug),
         "domain classifier, outlier exposure": OutlierExposure(taps, outliers),
-        "mahalanobis, last four 8x8 activations, geometric mean (the shipped guard)":
-            GeometricMahalanobis(shipped),
+        "mahalanobis, last four 8x8 activations, geometric mean (the shipped guard)": GeometricMahalanobis(shipped),
     }
     results = {}
     for name, detector in detectors.items():
         results[name] = evaluate(detector, evaluated, args.false_flags)
-        print(name, json.dumps({k: round(v, 3) for k, v in results[name].items() if not k.startswith("auroc")}),
-              file=sys.stderr, flush=True)
+        print(
+            name,
+            json.dumps({k: round(v, 3) for k, v in results[name].items() if not k.startswith("auroc")}),
+            file=sys.stderr,
+            flush=True,
+        )
     if args.sweep:
         results.update(depth_sweep(depths, evaluated, args.false_flags))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sizes = {k: len(v) for k, v in sets.items()}
-    args.out.write_text(json.dumps({"model": str(args.model), "false_flags_on_val": args.false_flags,
-                                    "set_sizes": sizes, "methods": results}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {"model": str(args.model), "false_flags_on_val": args.false_flags, "set_sizes": sizes, "methods": results},
+            indent=1,
+        )
+    )
     print_table(results, sizes)
 
 
 def print_table(results: dict, sizes: dict) -> None:
-    columns = [k for k in next(iter(results.values())) if k not in ("threshold", "fit_seconds")
-               and not k.startswith("auroc")]
+    columns = [
+        k for k in next(iter(results.values())) if k not in ("threshold", "fit_seconds") and not k.startswith("auroc")
+    ]
     print("| method | " + " | ".join(f"{c} ({sizes.get(c, '')})" for c in columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for name, row in results.items():

@@ -45,8 +45,12 @@ def flagged(frame: pd.DataFrame) -> np.ndarray:
 def draws(scores: np.ndarray, guard, rng: np.random.Generator) -> list[float]:
     from cxr.shift import shift_test
 
-    return [shift_test(rng.choice(scores, DRAW_SIZE, replace=False), guard.reference_scores, guard.threshold,
-                       guard.false_flag_rate).p_value for _ in range(DRAWS)]
+    return [
+        shift_test(
+            rng.choice(scores, DRAW_SIZE, replace=False), guard.reference_scores, guard.threshold, guard.false_flag_rate
+        ).p_value
+        for _ in range(DRAWS)
+    ]
 
 
 def calibration(frame: pd.DataFrame, contract) -> dict:
@@ -60,9 +64,16 @@ def calibration(frame: pd.DataFrame, contract) -> dict:
     p = rows[f"p_{contract.positive_class}"].astype(float).to_numpy()
     c = contract.calibration
     raw = uncalibrated(p, {"a": c.a, "b": c.b})
-    return {"method": c.method, "a": c.a, "b": c.b, "test_ece_before": expected_calibration_error(y, raw),
-            "test_ece_after": expected_calibration_error(y, p), "test_roc_auc_before": float(roc_auc_score(y, raw)),
-            "test_roc_auc_after": float(roc_auc_score(y, p)), "n_test": int(len(y))}
+    return {
+        "method": c.method,
+        "a": c.a,
+        "b": c.b,
+        "test_ece_before": expected_calibration_error(y, raw),
+        "test_ece_after": expected_calibration_error(y, p),
+        "test_roc_auc_before": float(roc_auc_score(y, raw)),
+        "test_roc_auc_after": float(roc_auc_score(y, p)),
+        "n_test": int(len(y)),
+    }
 
 
 def measure(model: Path, args, cxr_infer: str) -> dict:
@@ -71,48 +82,76 @@ def measure(model: Path, args, cxr_infer: str) -> dict:
     contract = ModelContract.from_file(model)
     guard = contract.guard
     out = args.work / "runs" / model.stem
-    runs = {"test split": score(cxr_infer, args.source, model, out / "test", "--manifest", str(args.manifest),
-                                "--split", "test"),
-            "other sites": score(cxr_infer, args.other_sites, model, out / "other_sites")}
+    runs = {
+        "test split": score(
+            cxr_infer, args.source, model, out / "test", "--manifest", str(args.manifest), "--split", "test"
+        ),
+        "other sites": score(cxr_infer, args.other_sites, model, out / "other_sites"),
+    }
     for name in SETS:
         runs[name] = score(cxr_infer, args.work / "sets" / name, model, out / name)
-    rates = {name: {"n": int(len(f)), "flagged": int(flagged(f).sum()), "rate": float(flagged(f).mean())}
-             for name, f in runs.items()}
+    rates = {
+        name: {"n": int(len(f)), "flagged": int(flagged(f).sum()), "rate": float(flagged(f).mean())}
+        for name, f in runs.items()
+    }
     sites = runs["other sites"]
     for collection, rows in sites.groupby(sites["path"].str.split("/").str[0]):
-        rates[f"other sites: {collection}"] = {"n": int(len(rows)), "flagged": int(flagged(rows).sum()),
-                                               "rate": float(flagged(rows).mean())}
+        rates[f"other sites: {collection}"] = {
+            "n": int(len(rows)),
+            "flagged": int(flagged(rows).sum()),
+            "rate": float(flagged(rows).mean()),
+        }
     rng = np.random.default_rng(args.seed)
     p_other = draws(sites["domain_score"].astype(float).to_numpy(), guard, rng)
     p_test = draws(runs["test split"]["domain_score"].astype(float).to_numpy(), guard, rng)
-    shift = {"draws": DRAWS, "size": DRAW_SIZE,
-             "other_sites_share_p_below_0.01": float(np.mean(np.array(p_other) < 0.01)),
-             "other_sites_median_p": float(np.median(p_other)),
-             "test_split_share_p_above_0.05": float(np.mean(np.array(p_test) > 0.05)),
-             "test_split_median_p": float(np.median(p_test))}
-    return {"model": model.name, "guard": {"method": guard.method, "threshold": guard.threshold,
-                                           "false_flag_rate_on_validation": guard.false_flag_rate,
-                                           "taps": guard.facts.get("taps")},
-            "flag_rates": rates, "shift": shift, "calibration": calibration(runs["test split"], contract)}
+    shift = {
+        "draws": DRAWS,
+        "size": DRAW_SIZE,
+        "other_sites_share_p_below_0.01": float(np.mean(np.array(p_other) < 0.01)),
+        "other_sites_median_p": float(np.median(p_other)),
+        "test_split_share_p_above_0.05": float(np.mean(np.array(p_test) > 0.05)),
+        "test_split_median_p": float(np.median(p_test)),
+    }
+    return {
+        "model": model.name,
+        "guard": {
+            "method": guard.method,
+            "threshold": guard.threshold,
+            "false_flag_rate_on_validation": guard.false_flag_rate,
+            "taps": guard.facts.get("taps"),
+        },
+        "flag_rates": rates,
+        "shift": shift,
+        "calibration": calibration(runs["test split"], contract),
+    }
 
 
 def tables(summary: dict) -> str:
     models = list(summary)
     kinds = list(next(iter(summary.values()))["flag_rates"])
-    lines = ["| input | images | " + " | ".join(f"{m}: flagged" for m in models) + " |",
-             "|---|---:|" + "---:|" * len(models)]
+    lines = [
+        "| input | images | " + " | ".join(f"{m}: flagged" for m in models) + " |",
+        "|---|---:|" + "---:|" * len(models),
+    ]
     for kind in kinds:
         n = summary[models[0]]["flag_rates"][kind]["n"]
-        lines.append(f"| {kind} | {n} | " + " | ".join(f"{summary[m]['flag_rates'][kind]['rate']:.1%}"
-                                                   for m in models) + " |")
-    lines += ["", "| model | shift found in 50 other-site images (p < 0.01) | no shift in 50 test images (p > 0.05) "
-                  "| calibration | test ECE before → after | test ROC AUC before → after |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {kind} | {n} | " + " | ".join(f"{summary[m]['flag_rates'][kind]['rate']:.1%}" for m in models) + " |"
+        )
+    lines += [
+        "",
+        "| model | shift found in 50 other-site images (p < 0.01) | no shift in 50 test images (p > 0.05) "
+        "| calibration | test ECE before → after | test ROC AUC before → after |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in models:
         s, c = summary[m]["shift"], summary[m]["calibration"]
-        lines.append(f"| {m} | {s['other_sites_share_p_below_0.01']:.0%} of {s['draws']} draws | "
-                     f"{s['test_split_share_p_above_0.05']:.0%} of {s['draws']} draws | {c['method']} | "
-                     f"{c['test_ece_before']:.3f} → {c['test_ece_after']:.3f} | "
-                     f"{c['test_roc_auc_before']:.4f} → {c['test_roc_auc_after']:.4f} |")
+        lines.append(
+            f"| {m} | {s['other_sites_share_p_below_0.01']:.0%} of {s['draws']} draws | "
+            f"{s['test_split_share_p_above_0.05']:.0%} of {s['draws']} draws | {c['method']} | "
+            f"{c['test_ece_before']:.3f} → {c['test_ece_after']:.3f} | "
+            f"{c['test_roc_auc_before']:.4f} → {c['test_roc_auc_after']:.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -125,9 +164,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("out/domain"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--update-doc", "--update-readme", dest="update_doc", type=Path, default=None,
-                        help="replace the file's block between <!-- domain:start --> and <!-- domain:end --> "
-                             "(docs/robustness.md)")
+    parser.add_argument(
+        "--update-doc",
+        "--update-readme",
+        dest="update_doc",
+        type=Path,
+        default=None,
+        help="replace the file's block between <!-- domain:start --> and <!-- domain:end --> (docs/robustness.md)",
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).parent))

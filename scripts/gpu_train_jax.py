@@ -37,8 +37,19 @@ def sh(*args: str, **kwargs) -> None:
 def install_wheels() -> None:
     wheels = sorted(str(p) for p in CARRY.glob("whl/*.whl"))
     if wheels:
-        sh(sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target",
-           str(SITE), *wheels)
+        sh(
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            str(SITE),
+            *wheels,
+        )
         sys.path.insert(0, str(SITE))
         os.environ["PYTHONPATH"] = f"{SITE}:{os.environ.get('PYTHONPATH', '')}"
 
@@ -106,8 +117,18 @@ def main() -> None:
     work = Path(os.environ.get("CXR_WORK", "/tmp/cxr_work"))
     work.mkdir(parents=True, exist_ok=True)
     source = unpack_inputs(work) if not opts.smoke else Path("../shared/data/chest_xray")
-    sh(sys.executable, "-m", "cxr.app.cli", "data", "prepare", "--source", str(source), "--out",
-       str(work / "splits"), "--no-shortcut-check")
+    sh(
+        sys.executable,
+        "-m",
+        "cxr.app.cli",
+        "data",
+        "prepare",
+        "--source",
+        str(source),
+        "--out",
+        str(work / "splits"),
+        "--no-shortcut-check",
+    )
     manifest = work / "splits" / "manifest.csv"
     if opts.smoke:
         manifest = smoke_manifest(manifest, 64)
@@ -118,24 +139,51 @@ def main() -> None:
     totals = {}
     for variant in ("model1", "model2"):
         start = time.perf_counter()
-        sh(sys.executable, "-m", "cxr.app.cli", "train", "--variant", variant, "--backbone", "efficientnet_lite2",
-           "--weights", "imagenet", "--backend", "jax", "--manifest", str(manifest), "--out", str(work / "runs" / variant),
-           "--cache-dir", str(work / "cache"), *epochs)
+        sh(
+            sys.executable,
+            "-m",
+            "cxr.app.cli",
+            "train",
+            "--variant",
+            variant,
+            "--backbone",
+            "efficientnet_lite2",
+            "--weights",
+            "imagenet",
+            "--backend",
+            "jax",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(work / "runs" / variant),
+            "--cache-dir",
+            str(work / "cache"),
+            *epochs,
+        )
         totals[variant] = time.perf_counter() - start
         info = json.loads((work / "runs" / variant / "run.json").read_text())
         seconds = info["fit_seconds_this_session"]
-        print(f"{variant}: {info['epochs_run']} epochs, {seconds:.1f} s fit, {seconds / info['epochs_run']:.2f} s/epoch, "
-              f"{totals[variant]:.1f} s with start-up; best epoch {info['best_epoch']}", flush=True)
+        print(
+            f"{variant}: {info['epochs_run']} epochs, {seconds:.1f} s fit, {seconds / info['epochs_run']:.2f} s/epoch, "
+            f"{totals[variant]:.1f} s with start-up; best epoch {info['best_epoch']}",
+            flush=True,
+        )
         n_train = info["n_train"]
         bound = model_only_bound(variant, manifest, steps=2 if opts.smoke else 20)
-        print(f"{variant}: end to end {n_train * info['epochs_run'] / seconds:.0f} img/s (training images per fit "
-              f"second, validation included) vs model-alone bound {bound:.0f} img/s", flush=True)
+        print(
+            f"{variant}: end to end {n_train * info['epochs_run'] / seconds:.0f} img/s (training images per fit "
+            f"second, validation included) vs model-alone bound {bound:.0f} img/s",
+            flush=True,
+        )
     print(f"total: {sum(totals.values()):.1f} s for both variants", flush=True)
     opts.out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(opts.out / "runs.tar", "w") as archive:
         for variant in ("model1", "model2"):
-            archive.add(work / "runs" / variant, arcname=f"runs/{variant}",
-                        filter=lambda info: None if "/backup" in info.name else info)
+            archive.add(
+                work / "runs" / variant,
+                arcname=f"runs/{variant}",
+                filter=lambda info: None if "/backup" in info.name else info,
+            )
     print(f"wrote {opts.out / 'runs.tar'}", flush=True)
 
 

@@ -7,12 +7,20 @@ from pathlib import Path
 import numpy as np
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, bits_stored: int = 12, photometric: str = "MONOCHROME2",
-                window: tuple[float, float] | None = None, voi_lut: np.ndarray | None = None,
-                rescale: tuple[float, float] | None = None, frames: int = 1, with_pixels: bool = True) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    voi_lut: np.ndarray | None = None,
+    rescale: tuple[float, float] | None = None,
+    frames: int = 1,
+    with_pixels: bool = True,
+) -> Path:
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.dataset import Dataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()

@@ -18,8 +18,9 @@ def synthetic_xray(rng: np.random.Generator, positive: bool, size: int = 64) -> 
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_dataset(root: Path, n_patients: int = 10, images_per_patient: int = 2, size: int = 64,
-                 layout: str = "kaggle", seed: int = 0) -> Path:
+def make_dataset(
+    root: Path, n_patients: int = 10, images_per_patient: int = 2, size: int = 64, layout: str = "kaggle", seed: int = 0
+) -> Path:
     """Kermany-named JPEGs: NORMAL 'IM-XXXX-000N', PNEUMONIA 'personN_bacteria_M'."""
     rng = np.random.default_rng(seed)
     for label in ("NORMAL", "PNEUMONIA"):
@@ -28,14 +29,18 @@ def make_dataset(root: Path, n_patients: int = 10, images_per_patient: int = 2, 
                 split = ("train", "test", "val")[patient % 3] if layout == "kaggle" else ""
                 folder = root / split / label
                 folder.mkdir(parents=True, exist_ok=True)
-                name = (f"IM-{patient:04d}-{image + 1:04d}.jpeg" if label == "NORMAL"
-                        else f"person{patient}_bacteria_{patient * 10 + image}.jpeg")
+                name = (
+                    f"IM-{patient:04d}-{image + 1:04d}.jpeg"
+                    if label == "NORMAL"
+                    else f"person{patient}_bacteria_{patient * 10 + image}.jpeg"
+                )
                 Image.fromarray(synthetic_xray(rng, label == "PNEUMONIA", size)).convert("RGB").save(folder / name)
     return root
 
 
-def make_gray_class_folders(root: Path, levels: dict[str, int], *, sigma: float, count: int,
-                            shape: tuple[int, int], name: str) -> Path:
+def make_gray_class_folders(
+    root: Path, levels: dict[str, int], *, sigma: float, count: int, shape: tuple[int, int], name: str
+) -> Path:
     """Class folders of noisy flat-grey images (mean ``levels[label]``); ``name`` is a format
     string with ``{i}``. Seeded, so the same arguments give the same files."""
     rng = np.random.default_rng(0)
@@ -47,8 +52,9 @@ def make_gray_class_folders(root: Path, levels: dict[str, int], *, sigma: float,
     return root
 
 
-def make_texture_classes(root: Path, count: int = 12, size: int = 32, noise_sd: tuple[float, float] = (0.5, 4.0),
-                         seed: int = 0) -> Path:
+def make_texture_classes(
+    root: Path, count: int = 12, size: int = 32, noise_sd: tuple[float, float] = (0.5, 4.0), seed: int = 0
+) -> Path:
     """Class folders whose images differ ONLY in noise: random smooth gradients of random
     brightness and contrast, NORMAL with noise sd ``noise_sd[0]``, PNEUMONIA with ``noise_sd[1]``.
     PNG, so the noise is kept exactly. One image per Kermany-named patient."""

@@ -14,8 +14,18 @@ from cxr.errors import InputError
 
 
 def test_parity_round_trips_and_keeps_unknown_fields(tmp_path: Path) -> None:
-    record = Parity(n_images=8, max_abs_diff=1e-7, mean_abs_diff=2e-8, labels_differ=0, tolerance=1e-4, threshold=0.5,
-                    passed=True, source="8 real images", opset=17, extra={"note": "kept"})
+    record = Parity(
+        n_images=8,
+        max_abs_diff=1e-7,
+        mean_abs_diff=2e-8,
+        labels_differ=0,
+        tolerance=1e-4,
+        threshold=0.5,
+        passed=True,
+        source="8 real images",
+        opset=17,
+        extra={"note": "kept"},
+    )
     model = tmp_path / "m.onnx"
     record.write(Parity.path_for(model))
     assert Parity.read(model) == record
@@ -26,8 +36,17 @@ def test_parity_round_trips_and_keeps_unknown_fields(tmp_path: Path) -> None:
 def test_eval_history_appends_records_in_order(tmp_path: Path) -> None:
     path = tmp_path / "h.csv"
     for verdict in ("not_compared", "pass"):
-        EvalHistory.append(path, EvalRecord(model_sha256="a" * 64, data_sha256="b" * 64, verdict=verdict,
-                                            metrics={"roc_auc": 0.98765432}, n_files=3, n_errors=0))
+        EvalHistory.append(
+            path,
+            EvalRecord(
+                model_sha256="a" * 64,
+                data_sha256="b" * 64,
+                verdict=verdict,
+                metrics={"roc_auc": 0.98765432},
+                n_files=3,
+                n_errors=0,
+            ),
+        )
     frame = EvalHistory.read(path)
     assert list(frame["verdict"]) == ["not_compared", "pass"] and frame["roc_auc"].iloc[0] == "0.987654"
     assert list(frame.columns[:3]) == ["time", "model_sha256", "data_sha256"]

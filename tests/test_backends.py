@@ -15,8 +15,10 @@ from click.testing import CliRunner
 from cxr.app.cli import cxr
 from tests.synthetic import make_dataset
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax not installed")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax not installed"),
+]
 XLA_CACHE = Path(tempfile.gettempdir()) / f"cxr-test-jax-cache-{os.getuid()}"
 TINY = ["--weights", "none", "--epochs", "1", "--input-size", "32", "--batch-size", "8"]
 
@@ -48,22 +50,42 @@ fit._callbacks = lambda *a, **k: original(*a, **k) + [Crash()]
 def train_in_subprocess(backend: str, *args: str, prelude: str = "") -> subprocess.CompletedProcess:
     # One JAX compilation cache for the module: runs with the same model and shapes (the resume test's
     # model2 and the fixture's) compile their step once, as a user's resumed run does.
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE)}
-    return subprocess.run([sys.executable, "-c", JAX_TRAIN.format(prelude=prelude), *args], capture_output=True,
-                          text=True, env=env, timeout=1200)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", JAX_TRAIN.format(prelude=prelude), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
 
 
 @pytest.fixture(scope="module")
 def jax_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("jax")
     data = make_dataset(root / "data", n_patients=6, images_per_patient=2)
-    prepared = CliRunner().invoke(cxr, ["data", "prepare", "--source", str(data), "--out", str(root / "splits"),
-                                        "--no-shortcut-check"])
+    prepared = CliRunner().invoke(
+        cxr, ["data", "prepare", "--source", str(data), "--out", str(root / "splits"), "--no-shortcut-check"]
+    )
     assert prepared.exit_code == 0, prepared.output
     manifest = root / "splits" / "manifest.csv"
-    proc = train_in_subprocess("jax", "--variant", "model2", "--manifest", str(manifest), "--out",
-                               str(root / "runs" / "model2"), "--cache-dir", str(root / "cache"), *TINY)
+    proc = train_in_subprocess(
+        "jax",
+        "--variant",
+        "model2",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(root / "runs" / "model2"),
+        "--cache-dir",
+        str(root / "cache"),
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"root": root, "manifest": manifest, "runs": root / "runs", "output": proc.stdout}
 
@@ -104,9 +126,21 @@ def test_seed_parameter_counts_hold_on_jax(jax_runs) -> None:
 
 def test_a_jax_run_exports_through_the_parity_gate(jax_runs, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(cxr, ["export", "--run", str(jax_runs["runs"] / "model2"), "--out", str(out),
-                                      "--n-parity", "8",
-                                      "--calibration", "none", "--no-guard"])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "export",
+            "--run",
+            str(jax_runs["runs"] / "model2"),
+            "--out",
+            str(out),
+            "--n-parity",
+            "8",
+            "--calibration",
+            "none",
+            "--no-guard",
+        ],
+    )
     assert result.exit_code == 0, result.output
     parity = json.loads(out.with_suffix(".parity.json").read_text())
     assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
@@ -117,9 +151,24 @@ def test_a_jax_run_exports_through_the_parity_gate(jax_runs, tmp_path: Path) -> 
 
 def test_jax_resume_after_a_kill_and_backend_mismatch_is_refused(jax_runs) -> None:
     run = jax_runs["root"] / "resume"
-    args = ["--variant", "model2", "--manifest", str(jax_runs["manifest"]), "--out", str(run), "--cache-dir",
-            str(jax_runs["root"] / "cache"), "--weights", "none", "--epochs", "2", "--input-size", "32",
-            "--batch-size", "8"]
+    args = [
+        "--variant",
+        "model2",
+        "--manifest",
+        str(jax_runs["manifest"]),
+        "--out",
+        str(run),
+        "--cache-dir",
+        str(jax_runs["root"] / "cache"),
+        "--weights",
+        "none",
+        "--epochs",
+        "2",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "8",
+    ]
     killed = train_in_subprocess("jax", *args, prelude=CRASH_AFTER_FIRST_EPOCH)
     assert killed.returncode == 9, killed.stderr[-2000:]
     assert (run / "backup").is_dir() and len((run / "history.csv").read_text().splitlines()) == 2
@@ -133,13 +182,26 @@ def test_jax_resume_after_a_kill_and_backend_mismatch_is_refused(jax_runs) -> No
 
 def test_mixed_bfloat16_trains_and_exports_a_float32_model(jax_runs, tmp_path: Path) -> None:
     run = tmp_path / "mixed"
-    proc = train_in_subprocess("jax", "--variant", "model2", "--manifest", str(jax_runs["manifest"]), "--out", str(run),
-                               "--cache-dir", str(jax_runs["root"] / "cache"), "--precision", "mixed_bfloat16", *TINY)
+    proc = train_in_subprocess(
+        "jax",
+        "--variant",
+        "model2",
+        "--manifest",
+        str(jax_runs["manifest"]),
+        "--out",
+        str(run),
+        "--cache-dir",
+        str(jax_runs["root"] / "cache"),
+        "--precision",
+        "mixed_bfloat16",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["precision"] == "mixed_bfloat16"
     out = tmp_path / "mixed.onnx"
-    result = CliRunner().invoke(cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8",
-                                      "--calibration", "none", "--no-guard"])
+    result = CliRunner().invoke(
+        cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8", "--calibration", "none", "--no-guard"]
+    )
     assert result.exit_code == 0, result.output
     import onnx
 

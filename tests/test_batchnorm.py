@@ -32,7 +32,7 @@ def test_moving_averages_become_the_mean_batch_statistics() -> None:
 
     features = np.asarray(model.get_layer("features")(images))
     order = np.random.default_rng(2).permutation(len(images))
-    batches = [features[np.sort(order[i:i + 16])] for i in range(0, 64, 16)]  # 4 full batches; 6 left out
+    batches = [features[np.sort(order[i : i + 16])] for i in range(0, 64, 16)]  # 4 full batches; 6 left out
     assert np.allclose(bn.moving_mean, np.mean([b.mean(0) for b in batches], axis=0), atol=1e-5)
     assert np.allclose(bn.moving_variance, np.mean([b.var(0) for b in batches], axis=0), rtol=1e-4)
     assert bn.momentum == pytest.approx(0.99) and model.layers[3].rate == 0.5  # settings restored

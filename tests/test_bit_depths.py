@@ -7,14 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from cxr.imaging import decode_or_error
 
 SIZE = 32
-LOSSLESS_TOLERANCE = 1    # grey levels: rounding of a rescale
-JPEG_TOLERANCE = 12       # grey levels: a CMYK JPEG is lossy
+LOSSLESS_TOLERANCE = 1  # grey levels: rounding of a rescale
+JPEG_TOLERANCE = 12  # grey levels: a CMYK JPEG is lossy
 
 
 def _png_with_sbit(image: Image.Image, path: Path, bits: int) -> None:
@@ -31,7 +32,8 @@ def _store(grey: np.ndarray, kind: str, folder: Path) -> Path:
         "8-bit bmp": lambda p: Image.fromarray(grey).save(p),
         "12-in-16-bit png": lambda p: Image.fromarray(np.rint(wide * 4095 / 255).astype(np.uint16)).save(p),
         "12-in-16-bit png with sBIT": lambda p: _png_with_sbit(
-            Image.fromarray(np.rint(wide * 4095 / 255).astype(np.uint16)), p, 12),
+            Image.fromarray(np.rint(wide * 4095 / 255).astype(np.uint16)), p, 12
+        ),
         "16-bit png": lambda p: Image.fromarray((wide * 257).astype(np.uint16)).save(p),
         "16-bit tiff": lambda p: Image.fromarray((wide * 257).astype(np.uint16)).save(p),
         "32-bit integer tiff": lambda p: Image.fromarray(np.rint(wide * 4095 / 255).astype(np.int32), mode="I").save(p),
@@ -42,15 +44,28 @@ def _store(grey: np.ndarray, kind: str, folder: Path) -> Path:
         "CMYK jpeg": lambda p: Image.fromarray(grey).convert("CMYK").save(p, quality=95),
     }
     suffix = {"bmp": ".bmp", "tiff": ".tif", "jpeg": ".jpg"}
-    path = folder / (kind.replace(" ", "_").replace(",", "").replace("[", "").replace("]", "") +
-                     next((v for k, v in suffix.items() if k in kind), ".png"))
+    path = folder / (
+        kind.replace(" ", "_").replace(",", "").replace("[", "").replace("]", "")
+        + next((v for k, v in suffix.items() if k in kind), ".png")
+    )
     makers[kind](path)
     return path
 
 
-KINDS = ("8-bit png", "8-bit bmp", "12-in-16-bit png", "12-in-16-bit png with sBIT", "16-bit png", "16-bit tiff",
-         "32-bit integer tiff", "float tiff in [0, 1]", "float tiff, any range", "palette png",
-         "grey with alpha (LA) png", "CMYK jpeg")
+KINDS = (
+    "8-bit png",
+    "8-bit bmp",
+    "12-in-16-bit png",
+    "12-in-16-bit png with sBIT",
+    "16-bit png",
+    "16-bit tiff",
+    "32-bit integer tiff",
+    "float tiff in [0, 1]",
+    "float tiff, any range",
+    "palette png",
+    "grey with alpha (LA) png",
+    "CMYK jpeg",
+)
 
 
 @st.composite
@@ -59,7 +74,7 @@ def grey_images(draw) -> np.ndarray:
     side = draw(st.integers(SIZE, 96))
     low = draw(st.integers(0, 120))
     high = draw(st.integers(low + 20, 255))
-    seed = draw(st.integers(0, 2 ** 16))
+    seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, side)[None, :] * np.linspace(0.5, 1, side)[:, None]
     image = low + (high - low) * np.clip(ramp + rng.normal(0, 0.05, (side, side)), 0, 1)
@@ -69,8 +84,9 @@ def grey_images(draw) -> np.ndarray:
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(grey=grey_images())
-def test_every_storage_decodes_to_the_8bit_reference_or_says_how_it_guessed(tmp_path: Path, kind: str,
-                                                                            grey: np.ndarray) -> None:
+def test_every_storage_decodes_to_the_8bit_reference_or_says_how_it_guessed(
+    tmp_path: Path, kind: str, grey: np.ndarray
+) -> None:
     reference, note = decode_or_error(_store(grey, "8-bit png", tmp_path), SIZE)
     assert note == ""
     decoded, note = decode_or_error(_store(grey, kind, tmp_path), SIZE)

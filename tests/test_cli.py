@@ -25,12 +25,15 @@ def _run(exc: Exception, capsys, monkeypatch, *args: str) -> tuple[int, str]:
     return exit_info.value.code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("exc", "code", "says"), [
-    (InputError("the labels file names no image"), 2, "Error: the labels file names no image"),
-    (Unavailable("the Ray cluster went away"), 69, "Error: the Ray cluster went away"),
-    (KeyError("p_PNEUMONIA"), 70, "internal error (a bug in cxr, not in your input): KeyError"),
-    (ValueError("unexpected"), 70, "internal error"),
-])
+@pytest.mark.parametrize(
+    ("exc", "code", "says"),
+    [
+        (InputError("the labels file names no image"), 2, "Error: the labels file names no image"),
+        (Unavailable("the Ray cluster went away"), 69, "Error: the Ray cluster went away"),
+        (KeyError("p_PNEUMONIA"), 70, "internal error (a bug in cxr, not in your input): KeyError"),
+        (ValueError("unexpected"), 70, "internal error"),
+    ],
+)
 def test_each_kind_of_failure_has_its_exit_code_and_one_line(exc, code, says, capsys, monkeypatch) -> None:
     exit_code, err = _run(exc, capsys, monkeypatch)
     assert exit_code == code and says in err and len(err.strip().splitlines()) == 1
@@ -57,8 +60,19 @@ def test_every_one_line_error_of_the_stages_is_an_input_error() -> None:
     from cxr.reports.summary import ReportInputError
     from cxr.thresholds import ThresholdError
 
-    for cls in (MetricsReportError, PredictionsError, DataPrepError, ModelLoadError, ModelOutputError, ProviderError,
-                ScoreInputError, GateSpecError, RobustnessSpecError, ReportInputError, ThresholdError):
+    for cls in (
+        MetricsReportError,
+        PredictionsError,
+        DataPrepError,
+        ModelLoadError,
+        ModelOutputError,
+        ProviderError,
+        ScoreInputError,
+        GateSpecError,
+        RobustnessSpecError,
+        ReportInputError,
+        ThresholdError,
+    ):
         assert issubclass(cls, InputError), cls
     assert issubclass(RunInterrupted, Unavailable)
 
@@ -70,13 +84,17 @@ def test_a_report_from_an_unreadable_history_is_a_usage_error(tmp_path: Path) ->
 
     preds = tmp_path / "p.csv"
     rows = ["path,p_PNEUMONIA,pred_label,threshold,true_label,error"]
-    rows += [f"{c}/person{i}_x.png,{0.2 + 0.6 * (c == 'PNEUMONIA'):.3f},{c},0.5,{c}," for i in range(12)
-             for c in ("NORMAL", "PNEUMONIA")]
+    rows += [
+        f"{c}/person{i}_x.png,{0.2 + 0.6 * (c == 'PNEUMONIA'):.3f},{c},0.5,{c},"
+        for i in range(12)
+        for c in ("NORMAL", "PNEUMONIA")
+    ]
     preds.write_text("\n".join(rows) + "\n")
     history = tmp_path / "history.csv"
     history.write_bytes(b"\xff\xfe\x00garbage")
-    result = CliRunner().invoke(report, ["--preds", str(preds), "--out", str(tmp_path / "r"), "--history",
-                                         str(history), "--n-boot", "20"])
+    result = CliRunner().invoke(
+        report, ["--preds", str(preds), "--out", str(tmp_path / "r"), "--history", str(history), "--n-boot", "20"]
+    )
     assert result.exit_code == 2 and "cannot read the history" in result.output, result.output
 
 

@@ -12,11 +12,17 @@ from cxr.app.cli import cxr
 from cxr.data import DataPrepError, load_manifest, patient_id_from_name, prepare_splits
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("person123_bacteria_45.jpeg", "person123"), ("person1_virus_6.jpeg", "person1"),
-    ("IM-0115-0001.jpeg", "IM-0115"), ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
-    ("NORMAL2-IM-0246-0001-0002.jpeg", "NORMAL2-IM-0246"), ("scan_07.png", "scan_07"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("person123_bacteria_45.jpeg", "person123"),
+        ("person1_virus_6.jpeg", "person1"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
+        ("NORMAL2-IM-0246-0001-0002.jpeg", "NORMAL2-IM-0246"),
+        ("scan_07.png", "scan_07"),
+    ],
+)
 def test_patient_id_from_name(name: str, expected: str) -> None:
     assert patient_id_from_name(name) == expected
 
@@ -84,8 +90,9 @@ def test_image_split_warns_about_patient_leakage(tmp_path: Path) -> None:
 
     root = make_dataset(tmp_path / "many", n_patients=12, images_per_patient=4)
     runner = CliRunner()
-    result = runner.invoke(cxr, ["data", "prepare", "--source", str(root), "--out", str(tmp_path / "s"),
-                                 "--split-by", "image"])
+    result = runner.invoke(
+        cxr, ["data", "prepare", "--source", str(root), "--out", str(tmp_path / "s"), "--split-by", "image"]
+    )
     assert result.exit_code == 0
     leaked = json.loads((tmp_path / "s" / "summary.json").read_text())["patients_on_several_splits"]
     assert leaked > 0 and f"puts {leaked} patients on more than one side" in result.output
@@ -116,14 +123,20 @@ def test_patient_ids_agree_with_the_shared_manifest(shared_data: Path) -> None:
     assert (ours == reference["patient_id"]).all() and len(reference) == 5206
 
 
-@pytest.mark.parametrize("neg,pos,auc,says", [
-    ((224, 224), (224, 224), 0.24, "the same median 224x224 in both classes, but their spread differs"),
-    ((224, 224), (224, 224), 0.52, "do not separate the classes"),
-    ((1800, 1500), (1200, 900), 0.80, "original sizes differ by class: median 1800x1500 (NORMAL) vs 1200x900"),
-])
+@pytest.mark.parametrize(
+    "neg,pos,auc,says",
+    [
+        ((224, 224), (224, 224), 0.24, "the same median 224x224 in both classes, but their spread differs"),
+        ((224, 224), (224, 224), 0.52, "do not separate the classes"),
+        ((1800, 1500), (1200, 900), 0.80, "original sizes differ by class: median 1800x1500 (NORMAL) vs 1200x900"),
+    ],
+)
 def test_size_finding_never_says_equal_sizes_differ(neg, pos, auc, says) -> None:
     from cxr.shortcut import _size_finding
 
-    size = {"median_negative": {"width": neg[0], "height": neg[1]},
-            "median_positive": {"width": pos[0], "height": pos[1]}, "cv_auc": auc}
+    size = {
+        "median_negative": {"width": neg[0], "height": neg[1]},
+        "median_positive": {"width": pos[0], "height": pos[1]},
+        "cv_auc": auc,
+    }
     assert says in _size_finding(size, "NORMAL", "PNEUMONIA")

@@ -15,7 +15,7 @@ from tests.dicom_fixtures import write_dicom  # noqa: E402
 
 def _ramp(bits: int) -> np.ndarray:
     """A 64x48 horizontal ramp over the full `bits` range."""
-    row = np.linspace(0, 2 ** bits - 1, 48)
+    row = np.linspace(0, 2**bits - 1, 48)
     return np.rint(np.tile(row, (64, 1))).astype(np.uint16)
 
 
@@ -105,8 +105,10 @@ def test_real_images_as_dicom_predict_like_their_png(shared_data: Path, tmp_path
     from cxr.dicom import read_dicom_8bit
 
     model = OnnxClassifier(model_path)
-    sources = sorted((shared_data / "chest_xray" / "test" / "PNEUMONIA").iterdir())[:3] + \
-        sorted((shared_data / "chest_xray" / "test" / "NORMAL").iterdir())[:3]
+    sources = (
+        sorted((shared_data / "chest_xray" / "test" / "PNEUMONIA").iterdir())[:3]
+        + sorted((shared_data / "chest_xray" / "test" / "NORMAL").iterdir())[:3]
+    )
     for source in sources:
         gray = np.asarray(Image.open(source).convert("L"))
         dcm = dicom_from_8bit(gray, tmp_path / f"{source.stem}.dcm")

@@ -56,7 +56,8 @@ def _links(page: Path) -> list[str]:
 def test_cli_docs_are_up_to_date() -> None:
     assert CLI_MD.is_file(), "docs/cli.md is missing: run `make docs`"
     assert CLI_MD.read_text(encoding="utf-8") == _gen_cli_docs().render(), (
-        "docs/cli.md is out of date with the commands' --help: run `make docs`")
+        "docs/cli.md is out of date with the commands' --help: run `make docs`"
+    )
 
 
 def test_cli_docs_cover_every_console_script() -> None:
@@ -103,9 +104,10 @@ def test_a_long_docs_page_opens_with_a_table_of_contents(page: Path) -> None:
     lines = page.read_text(encoding="utf-8").splitlines()
     if len(lines) <= 100:
         return
-    opening = lines[:next(i for i, line in enumerate(lines) if line.startswith("## "))]
+    opening = lines[: next(i for i, line in enumerate(lines) if line.startswith("## "))]
     assert sum(bool(re.match(r"- \[.*\]\(#[^)]+\)$", line)) for line in opening) >= 2, (
-        f"{page.name} has {len(lines)} lines: open it with a short table of contents")
+        f"{page.name} has {len(lines)} lines: open it with a short table of contents"
+    )
 
 
 # Words for the people who built cxr, not for its readers. ("seed" alone is fine: a random seed.)
@@ -116,6 +118,10 @@ PLAIN_PAGES = [p for p in PAGES if p != CLI_MD]
 
 @pytest.mark.parametrize("page", PLAIN_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_pages_are_in_plain_words(page: Path) -> None:
-    found = [f"line {n}: {m.group(0)!r}" for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
-             for pattern in JARGON for m in re.finditer(pattern, line, flags=re.I)]
+    found = [
+        f"line {n}: {m.group(0)!r}"
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        for pattern in JARGON
+        for m in re.finditer(pattern, line, flags=re.I)
+    ]
     assert not found, f"{page.relative_to(ROOT)}: " + "; ".join(found)

@@ -109,10 +109,14 @@ def test_both_engines_implement_the_one_engine_interface() -> None:
     assert "cxr.infer.score" not in imports_of(ROOT / "infer" / "ray_engine.py")
 
 
-@pytest.mark.parametrize(("name", "options", "refused"), [("ray", {"workers": 2}, "'workers'"),
-                                                          ("local", {"address": "auto", "timeout": 5},
-                                                           "'address', 'timeout'"),
-                                                          ("local", {"gpus_per_actor": 1.0}, "'gpus_per_actor'")])
+@pytest.mark.parametrize(
+    ("name", "options", "refused"),
+    [
+        ("ray", {"workers": 2}, "'workers'"),
+        ("local", {"address": "auto", "timeout": 5}, "'address', 'timeout'"),
+        ("local", {"gpus_per_actor": 1.0}, "'gpus_per_actor'"),
+    ],
+)
 def test_make_engine_refuses_an_option_the_engine_does_not_take(name: str, options: dict, refused: str) -> None:
     from cxr.infer.engine import EngineOptionError, make_engine
     from cxr.infer.score import ScoreInputError
@@ -132,9 +136,11 @@ def test_given_options_leave_out_only_what_was_not_set() -> None:
     from cxr.infer.engine import given_options
 
     assert given_options(workers=None, address=None, gpus_per_actor=None, timeout=60.0) == {}
-    assert given_options(workers=0, address=None, gpus_per_actor=0.5, timeout=5) == {"workers": 0,
-                                                                                    "gpus_per_actor": 0.5,
-                                                                                    "timeout": 5}
+    assert given_options(workers=0, address=None, gpus_per_actor=0.5, timeout=5) == {
+        "workers": 0,
+        "gpus_per_actor": 0.5,
+        "timeout": 5,
+    }
 
 
 def test_an_option_of_the_other_engine_is_a_one_line_usage_error(tmp_path: Path) -> None:
@@ -143,8 +149,10 @@ def test_an_option_of_the_other_engine_is_a_one_line_usage_error(tmp_path: Path)
     folder = make_dataset(tmp_path / "data", n_patients=2, images_per_patient=1)
     model = make_tiny_model(tmp_path / "m.onnx")
     base = [str(folder), "--model", str(model), "-q", "--no-report"]
-    for extra, refused in ((["--engine", "ray", "--workers", "2"], "the ray engine does not take 'workers'"),
-                           (["--ray-address", "auto"], "the local engine does not take 'address'")):
+    for extra, refused in (
+        (["--engine", "ray", "--workers", "2"], "the ray engine does not take 'workers'"),
+        (["--ray-address", "auto"], "the local engine does not take 'address'"),
+    ):
         out = tmp_path / f"o{len(extra)}"
         result = CliRunner().invoke(infer, [*base, "--out", str(out), *extra])
         assert result.exit_code == 2 and refused in result.output, result.output

@@ -15,8 +15,8 @@ def test_the_equaliser_is_a_gaussian_blur_and_sigma_zero_is_the_identity() -> No
     images = np.random.default_rng(0).uniform(0, 255, (2, 24, 24, 3)).astype("float32")
     blurred = np.asarray(AcquisitionEqualiser(1.0)(images))
     reference = gaussian_filter(images, sigma=(0, 1, 1, 0), mode="mirror", truncate=3.0)
-    assert np.abs(blurred - reference)[:, 3:-3, 3:-3].max() < 1e-3   # away from the mirrored border
-    assert blurred.std() < images.std() * 0.6                          # white noise loses most of its power
+    assert np.abs(blurred - reference)[:, 3:-3, 3:-3].max() < 1e-3  # away from the mirrored border
+    assert blurred.std() < images.std() * 0.6  # white noise loses most of its power
     assert np.array_equal(np.asarray(AcquisitionEqualiser(0.0)(images)), images)
 
 
@@ -25,8 +25,9 @@ def test_it_sits_before_the_backbone_has_no_weights_and_does_not_shift_the_freez
     from cxr.train.config import load_config, resolve_variant
     from cxr.train.model import build_classifier
 
-    config = resolve_variant(load_config(), "model1", {"backbone": "efficientnet_lite2", "weights": "none",
-                                                        "input_size": 32})
+    config = resolve_variant(
+        load_config(), "model1", {"backbone": "efficientnet_lite2", "weights": "none", "input_size": 32}
+    )
     with_eq, facts = build_classifier({**config, "equalise_sigma": 1.0})
     without, facts0 = build_classifier({**config, "equalise_sigma": 0.0})
     assert with_eq.layers[1].name == EQUALISER_NAME and not with_eq.layers[1].weights

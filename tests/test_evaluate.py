@@ -18,8 +18,14 @@ from tests.synthetic import make_gray_class_folders
 
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
-    return make_gray_class_folders(tmp_path / "data", {"NORMAL": 60, "PNEUMONIA": 110}, sigma=25, count=8,
-                                   shape=(40, 40), name="person{i}_x_{i}.png")
+    return make_gray_class_folders(
+        tmp_path / "data",
+        {"NORMAL": 60, "PNEUMONIA": 110},
+        sigma=25,
+        count=8,
+        shape=(40, 40),
+        name="person{i}_x_{i}.png",
+    )
 
 
 def _run(*args: str):
@@ -28,6 +34,7 @@ def _run(*args: str):
 
 def _two_model_baseline(tmp_path: Path, sha_first: str, sha_second: str) -> Path:
     """A metrics.json with two models (as `make results` writes), the first with impossible values."""
+
     def entry(sha: str, auc: float) -> dict:
         return {"model_sha256": sha, "at_model_threshold": {"metrics": {"roc_auc": auc, "recall": 0.5}}}
 
@@ -41,15 +48,33 @@ def test_a_baseline_of_several_models_is_read_for_this_model(tmp_path: Path, fol
 
     model = make_tiny_model(tmp_path / "m.onnx")
     baseline = _two_model_baseline(tmp_path, "0" * 64, sha256_file(model))
-    common = ["--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv"),
-              "--baseline", str(baseline)]
+    common = [
+        "--model",
+        str(model),
+        "--data",
+        str(folder),
+        "--history",
+        str(tmp_path / "h.csv"),
+        "--baseline",
+        str(baseline),
+    ]
     mine = _run(*common, "--out", str(tmp_path / "a"))
     assert mine.exit_code == 0 and "PASSED" in mine.output, mine.output  # compared with 'second', not 'first'
     named = _run(*common, "--out", str(tmp_path / "b"), "--baseline-model", "first")
     assert named.exit_code == 1, named.output
     other = _two_model_baseline(tmp_path, "0" * 64, "1" * 64)
-    refused = _run("--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv"),
-                   "--baseline", str(other), "--out", str(tmp_path / "c"))
+    refused = _run(
+        "--model",
+        str(model),
+        "--data",
+        str(folder),
+        "--history",
+        str(tmp_path / "h.csv"),
+        "--baseline",
+        str(other),
+        "--out",
+        str(tmp_path / "c"),
+    )
     assert refused.exit_code == 2 and "--baseline-model" in refused.output
     assert not (tmp_path / "c").exists()  # refused before anything was scored
 
@@ -75,8 +100,16 @@ def test_bad_output_files_are_refused_before_scoring(tmp_path: Path, folder: Pat
         place.chmod(0o500)
     paths = {"--history": str(tmp_path / "h.csv"), "--metrics-file": None}
     paths[option] = str(place / "file")
-    args = ["--model", str(model), "--data", str(folder), "--out", str(tmp_path / "o"), "--history",
-            paths["--history"]] + (["--metrics-file", paths["--metrics-file"]] if paths["--metrics-file"] else [])
+    args = [
+        "--model",
+        str(model),
+        "--data",
+        str(folder),
+        "--out",
+        str(tmp_path / "o"),
+        "--history",
+        paths["--history"],
+    ] + (["--metrics-file", paths["--metrics-file"]] if paths["--metrics-file"] else [])
     result = _run(*args)
     assert result.exit_code == 2 and option in result.output, result.output
     assert not (tmp_path / "o").exists() and not (tmp_path / "h.csv").exists()
@@ -85,41 +118,76 @@ def test_bad_output_files_are_refused_before_scoring(tmp_path: Path, folder: Pat
 def test_a_garbage_history_file_is_refused(tmp_path: Path, folder: Path) -> None:
     history = tmp_path / "h.csv"
     history.write_text("a,b\n1,2\n")
-    result = _run("--model", str(make_tiny_model(tmp_path / "m.onnx")), "--data", str(folder), "--out",
-                  str(tmp_path / "o"), "--history", str(history))
+    result = _run(
+        "--model",
+        str(make_tiny_model(tmp_path / "m.onnx")),
+        "--data",
+        str(folder),
+        "--out",
+        str(tmp_path / "o"),
+        "--history",
+        str(history),
+    )
     assert result.exit_code == 2 and "not a cxr evaluation history" in result.output
 
 
-@pytest.mark.parametrize("spec,message", [(",", "gates nothing"), ("auc=0.01,auc=1", "twice"),
-                                          ("auc=0.01,roc_auc=0.5", "twice")])
-def test_gate_specs_that_gate_nothing_or_twice_are_refused(tmp_path: Path, folder: Path, spec: str,
-                                                           message: str) -> None:
-    result = _run("--model", str(make_tiny_model(tmp_path / "m.onnx")), "--data", str(folder), "--out",
-                  str(tmp_path / "o"), "--history", str(tmp_path / "h.csv"), "--max-drop", spec)
+@pytest.mark.parametrize(
+    "spec,message", [(",", "gates nothing"), ("auc=0.01,auc=1", "twice"), ("auc=0.01,roc_auc=0.5", "twice")]
+)
+def test_gate_specs_that_gate_nothing_or_twice_are_refused(
+    tmp_path: Path, folder: Path, spec: str, message: str
+) -> None:
+    result = _run(
+        "--model",
+        str(make_tiny_model(tmp_path / "m.onnx")),
+        "--data",
+        str(folder),
+        "--out",
+        str(tmp_path / "o"),
+        "--history",
+        str(tmp_path / "h.csv"),
+        "--max-drop",
+        spec,
+    )
     assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_a_partial_evaluation_does_not_say_passed(tmp_path: Path, folder: Path) -> None:
     (folder / "NORMAL" / "broken.png").write_text("not a png")
     model = make_tiny_model(tmp_path / "m.onnx")
-    first = _run("--model", str(model), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "a"),
-                 "--history", str(tmp_path / "h.csv"), "--metrics-file", str(tmp_path / "m.prom"))
+    first = _run(
+        "--model",
+        str(model),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "a"),
+        "--history",
+        str(tmp_path / "h.csv"),
+        "--metrics-file",
+        str(tmp_path / "m.prom"),
+    )
     assert first.exit_code == 4 and "PASSED" not in first.output and "PARTIAL" in first.output
     assert "cxr_evaluate_passed 0.0" in (tmp_path / "m.prom").read_text()
     assert list(pd.read_csv(tmp_path / "h.csv")["verdict"]) == ["partial"]
 
 
-def test_earlier_outputs_inside_the_data_are_not_scored_and_out_cannot_be_the_data(tmp_path: Path,
-                                                                                   folder: Path) -> None:
+def test_earlier_outputs_inside_the_data_are_not_scored_and_out_cannot_be_the_data(
+    tmp_path: Path, folder: Path
+) -> None:
     from cxr.app.infer import infer
 
     model = make_tiny_model(tmp_path / "m.onnx")
     n_images = len(list(folder.rglob("*.png")))
-    first = CliRunner().invoke(infer, [str(folder), "--model", str(model), "--out", str(folder / "run1"), "-q",
-                                       "--workers", "0", "--n-boot", "20"])
+    first = CliRunner().invoke(
+        infer,
+        [str(folder), "--model", str(model), "--out", str(folder / "run1"), "-q", "--workers", "0", "--n-boot", "20"],
+    )
     assert first.exit_code == 0 and list((folder / "run1").glob("*.png")), first.output  # report figures
-    second = CliRunner().invoke(infer, [str(folder), "--model", str(model), "--out", str(tmp_path / "run2"), "-q",
-                                        "--workers", "0", "--n-boot", "20"])
+    second = CliRunner().invoke(
+        infer,
+        [str(folder), "--model", str(model), "--out", str(tmp_path / "run2"), "-q", "--workers", "0", "--n-boot", "20"],
+    )
     assert second.exit_code == 0, second.output
     assert len(pd.read_csv(tmp_path / "run2" / "predictions.csv")) == n_images  # run1's figures skipped
     same = CliRunner().invoke(infer, [str(folder), "--model", str(model), "--out", str(folder), "-q"])
@@ -128,8 +196,11 @@ def test_earlier_outputs_inside_the_data_are_not_scored_and_out_cannot_be_the_da
 
 LABEL_ATTACKS = {  # labels file content -> what the user is told
     "no path matches": ("path,label\nelsewhere/a.png,NORMAL\n", 2, "labels none of the"),
-    "conflicting duplicates": ("path,label\nNORMAL/person0_x_0.png,NORMAL\nNORMAL/person0_x_0.png,PNEUMONIA\n", 2,
-                               "two different labels"),
+    "conflicting duplicates": (
+        "path,label\nNORMAL/person0_x_0.png,NORMAL\nNORMAL/person0_x_0.png,PNEUMONIA\n",
+        2,
+        "two different labels",
+    ),
     "some paths match": ("path,label\nNORMAL/person0_x_0.png,NORMAL\n", 0, "labels 1 of the"),
 }
 
@@ -141,14 +212,29 @@ def test_labels_files_that_do_not_fit_the_folder_are_said(tmp_path: Path, folder
     text, code, message = LABEL_ATTACKS[attack]
     labels = tmp_path / "labels.csv"
     labels.write_text(text)
-    result = CliRunner().invoke(infer, [str(folder), "--model", str(make_tiny_model(tmp_path / "m.onnx")), "--out",
-                                        str(tmp_path / "o"), "--labels", str(labels), "-q", "--workers", "0",
-                                        "--n-boot", "20"])
+    result = CliRunner().invoke(
+        infer,
+        [
+            str(folder),
+            "--model",
+            str(make_tiny_model(tmp_path / "m.onnx")),
+            "--out",
+            str(tmp_path / "o"),
+            "--labels",
+            str(labels),
+            "-q",
+            "--workers",
+            "0",
+            "--n-boot",
+            "20",
+        ],
+    )
     assert result.exit_code == code and message in result.output, result.output
 
 
-def test_resume_after_the_folder_changed_scores_what_is_new_and_drops_what_is_gone(tmp_path: Path,
-                                                                                  folder: Path) -> None:
+def test_resume_after_the_folder_changed_scores_what_is_new_and_drops_what_is_gone(
+    tmp_path: Path, folder: Path
+) -> None:
     """The attack: after a finished run, delete one file and add another (same count), --resume."""
     import shutil
 
@@ -197,9 +283,13 @@ def _readme_baseline_command(model: Path, folder: Path, baseline: Path) -> str:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Evaluate on a schedule", 1)[1].split("```cron", 1)[0]
     command = section.split("```bash", 1)[1].split("```", 1)[0].strip()
-    mapping = {".venv/bin/cxr": f"{shlex.quote(sys.executable)} -m cxr.app.cli", "models/model1.onnx": str(model),
-               "/data/cxr/eval": str(folder), "results/eval_baseline.json": str(baseline),
-               "evaluations/baseline": str(baseline.parent / "baseline_run")}
+    mapping = {
+        ".venv/bin/cxr": f"{shlex.quote(sys.executable)} -m cxr.app.cli",
+        "models/model1.onnx": str(model),
+        "/data/cxr/eval": str(folder),
+        "results/eval_baseline.json": str(baseline),
+        "evaluations/baseline": str(baseline.parent / "baseline_run"),
+    }
     for old, new in mapping.items():
         assert old in command, old
         command = command.replace(old, new)
@@ -223,12 +313,16 @@ def test_the_readme_cron_recipe_writes_only_json_to_stderr(tmp_path: Path, folde
     assert "baseline written" in baseline_run.stdout + baseline_run.stderr
     command = _readme_cron_command()
     log = tmp_path / "evaluate.jsonl"
-    mapping = {".venv/bin/cxr": f"{shlex.quote(sys.executable)} -m cxr.app.cli",
-               "models/model1.onnx": str(model), "/data/cxr/eval": str(folder),
-               "results/eval_baseline.json": str(tmp_path / "eval_baseline.json"
-                                                 if case != "baseline missing" else tmp_path / "none.json"),
-               "/var/lib/node_exporter/textfile/cxr.prom": str(tmp_path / "cxr.prom"),
-               "/var/log/cxr/evaluate.jsonl": str(log)}
+    mapping = {
+        ".venv/bin/cxr": f"{shlex.quote(sys.executable)} -m cxr.app.cli",
+        "models/model1.onnx": str(model),
+        "/data/cxr/eval": str(folder),
+        "results/eval_baseline.json": str(
+            tmp_path / "eval_baseline.json" if case != "baseline missing" else tmp_path / "none.json"
+        ),
+        "/var/lib/node_exporter/textfile/cxr.prom": str(tmp_path / "cxr.prom"),
+        "/var/log/cxr/evaluate.jsonl": str(log),
+    }
     for old, new in mapping.items():
         assert old in command, old
         command = command.replace(old, new)
@@ -249,17 +343,40 @@ def test_write_baseline_is_refused_when_the_gate_fails(tmp_path: Path, folder: P
     """A failing evaluation never becomes the next baseline; report.md opens with the verdict."""
     model = make_tiny_model(tmp_path / "m.onnx")
     impossible = tmp_path / "impossible.json"
-    impossible.write_text(json.dumps({"models": {"m": {"at_model_threshold": {"metrics": {"roc_auc": 2.0,
-                                                                                         "recall": 2.0}}}}}))
+    impossible.write_text(
+        json.dumps({"models": {"m": {"at_model_threshold": {"metrics": {"roc_auc": 2.0, "recall": 2.0}}}}})
+    )
     out = tmp_path / "baseline.json"
-    failed = _run("--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv"), "--out",
-                  str(tmp_path / "e"), "--baseline", str(impossible), "--write-baseline", str(out))
+    failed = _run(
+        "--model",
+        str(model),
+        "--data",
+        str(folder),
+        "--history",
+        str(tmp_path / "h.csv"),
+        "--out",
+        str(tmp_path / "e"),
+        "--baseline",
+        str(impossible),
+        "--write-baseline",
+        str(out),
+    )
     assert failed.exit_code == 1 and not out.exists() and "baseline not written" in failed.output
     report_md = (tmp_path / "e" / "report.md").read_text()
     assert report_md.splitlines()[2].startswith("**Gate: FAILED")
     assert "What the gate compared" in report_md
-    missing_folder = _run("--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv"),
-                          "--out", str(tmp_path / "e2"), "--write-baseline", str(tmp_path / "no" / "b.json"))
+    missing_folder = _run(
+        "--model",
+        str(model),
+        "--data",
+        str(folder),
+        "--history",
+        str(tmp_path / "h.csv"),
+        "--out",
+        str(tmp_path / "e2"),
+        "--write-baseline",
+        str(tmp_path / "no" / "b.json"),
+    )
     assert missing_folder.exit_code == 2 and "--write-baseline" in missing_folder.output
     assert not (tmp_path / "e2").exists()
 
@@ -269,8 +386,15 @@ def test_a_passing_gate_writes_the_next_baseline(tmp_path: Path, folder: Path) -
     common = ["--model", str(model), "--data", str(folder), "--history", str(tmp_path / "h.csv")]
     first = _run(*common, "--out", str(tmp_path / "a"), "--write-baseline", str(tmp_path / "b1.json"))
     assert first.exit_code == 0 and "baseline written" in first.output, first.output
-    second = _run(*common, "--out", str(tmp_path / "b"), "--baseline", str(tmp_path / "b1.json"), "--write-baseline",
-                  str(tmp_path / "b2.json"))
+    second = _run(
+        *common,
+        "--out",
+        str(tmp_path / "b"),
+        "--baseline",
+        str(tmp_path / "b1.json"),
+        "--write-baseline",
+        str(tmp_path / "b2.json"),
+    )
     assert second.exit_code == 0 and "PASSED" in second.output and (tmp_path / "b2.json").is_file(), second.output
     assert (tmp_path / "b" / "report.md").read_text().splitlines()[2].startswith("**Gate: PASSED")
     assert json.loads((tmp_path / "b2.json").read_text())["gate"]["verdict"] == "pass"

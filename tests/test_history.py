@@ -47,14 +47,20 @@ def test_replayed_state_matches_keras_after_every_epoch() -> None:
     assert history["learning_rate"].nunique() > 2  # the trace does lower the rate, down to the floor
     for n, expected in enumerate(states, start=1):
         state = monitor_state(history.iloc[:n], reduce_lr_patience=PATIENCE, min_lr=MIN_LR)
-        got = (state.early_stopping_best, state.early_stopping_wait, state.early_stopping_best_epoch,
-               state.reduce_lr_best, state.reduce_lr_wait)
+        got = (
+            state.early_stopping_best,
+            state.early_stopping_wait,
+            state.early_stopping_best_epoch,
+            state.reduce_lr_best,
+            state.reduce_lr_wait,
+        )
         assert got == pytest.approx(expected), f"after epoch {n}"
 
 
 def test_history_facts_name_the_best_epoch(tmp_path: Path) -> None:
-    pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [0.5, 0.3, 0.4, 0.35]}).to_csv(tmp_path / "history.csv",
-                                                                                   index=False)
+    pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [0.5, 0.3, 0.4, 0.35]}).to_csv(
+        tmp_path / "history.csv", index=False
+    )
     assert RunFolder(tmp_path).history_facts() == {"epochs_run": 4, "best_epoch": 2, "best_val_loss": 0.3}
 
 
@@ -63,8 +69,9 @@ def test_resumed_callbacks_start_from_the_logged_state(tmp_path: Path) -> None:
     from cxr.train.config import load_config, resolve_variant
     from cxr.train.fit import _callbacks
 
-    pd.DataFrame({"epoch": range(5), "learning_rate": [1e-4] * 5,
-                  "val_loss": [0.6, 0.5, 0.55, 0.56, 0.57]}).to_csv(tmp_path / "history.csv", index=False)
+    pd.DataFrame({"epoch": range(5), "learning_rate": [1e-4] * 5, "val_loss": [0.6, 0.5, 0.55, 0.56, 0.57]}).to_csv(
+        tmp_path / "history.csv", index=False
+    )
     callbacks = _callbacks(resolve_variant(load_config(), "model2", {}), tmp_path, True, classifier=None)
     names = [type(c).__name__ for c in callbacks]
     early, reduce = callbacks[names.index("EarlyStopping")], callbacks[names.index("ReduceLROnPlateau")]

@@ -31,13 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    return make_gray_class_folders(tmp_path / "in", {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=6,
-                                   shape=(40, 40), name="img{i}.png")
+    return make_gray_class_folders(
+        tmp_path / "in", {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=6, shape=(40, 40), name="img{i}.png"
+    )
 
 
 def run_infer(folder: Path, model: Path, out: Path, *extra: str):
-    return CliRunner().invoke(infer, [str(folder), "--model", str(model), "--out", str(out), "-q", "--workers", "0",
-                                      "--n-boot", "20", *extra])
+    return CliRunner().invoke(
+        infer, [str(folder), "--model", str(model), "--out", str(out), "-q", "--workers", "0", "--n-boot", "20", *extra]
+    )
 
 
 def rows_of(out: Path) -> pd.DataFrame:
@@ -57,8 +59,10 @@ def kill_after(out: Path, n_rows: int, cut: int | None = None) -> None:
 
 # 1. a file name that is not UTF-8 -------------------------------------------------------------------
 
-def test_attack_non_utf8_file_name_is_scored_and_written_reversibly(tmp_path: Path, folder: Path,
-                                                                     tiny_model: Path) -> None:
+
+def test_attack_non_utf8_file_name_is_scored_and_written_reversibly(
+    tmp_path: Path, folder: Path, tiny_model: Path
+) -> None:
     raw = os.fsencode(folder / "NORMAL") + b"/IM-0500-\xe9.png"
     Image.fromarray(np.full((40, 40), 40, np.uint8)).save(os.fsdecode(raw))
     out = tmp_path / "out"
@@ -76,8 +80,9 @@ def test_attack_non_utf8_name_in_data_prepare(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "d", n_patients=6, images_per_patient=1)
     name = next((data / "train" / "NORMAL").iterdir())
     os.rename(name, os.fsencode(name.parent) + b"/IM-0099-\xff-0001.jpeg")
-    result = CliRunner().invoke(cxr, ["data", "prepare", "--source", str(data), "--out", str(tmp_path / "s"),
-                                      "--no-shortcut-check"])
+    result = CliRunner().invoke(
+        cxr, ["data", "prepare", "--source", str(data), "--out", str(tmp_path / "s"), "--no-shortcut-check"]
+    )
     assert result.exit_code == 0, result.output
     manifest = pd.read_csv(tmp_path / "s" / "manifest.csv", dtype=str)
     assert "train/NORMAL/IM-0099-\\xff-0001.jpeg" in set(manifest["path"])
@@ -85,9 +90,11 @@ def test_attack_non_utf8_name_in_data_prepare(tmp_path: Path) -> None:
 
 # 2. --resume with other settings --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("change", [["--tta"], ["--labels", "LABELS"]])
-def test_attack_resume_with_other_settings_is_refused(tmp_path: Path, folder: Path, tiny_model: Path,
-                                                      change: list[str]) -> None:
+def test_attack_resume_with_other_settings_is_refused(
+    tmp_path: Path, folder: Path, tiny_model: Path, change: list[str]
+) -> None:
     out = tmp_path / "out"
     assert run_infer(folder, tiny_model, out).exit_code == 0
     kill_after(out, 4)
@@ -111,13 +118,28 @@ def test_attack_resume_on_a_finished_run_scores_nothing(tmp_path: Path, folder: 
     out = tmp_path / "out"
     assert run_infer(folder, tiny_model, out).exit_code == 0
     before = (out / "predictions.csv").read_bytes()
-    result = CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "--resume",
-                                        "--workers", "0", "--no-report", "--n-boot", "20"])
+    result = CliRunner().invoke(
+        infer,
+        [
+            str(folder),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+            "--resume",
+            "--workers",
+            "0",
+            "--no-report",
+            "--n-boot",
+            "20",
+        ],
+    )
     assert result.exit_code == 0 and "already complete" in result.output
     assert (out / "predictions.csv").read_bytes() == before
 
 
 # 3. evaluate must never call its own crash a regression ---------------------------------------------
+
 
 def _baseline(tmp_path: Path, metrics: dict) -> Path:
     path = tmp_path / "baseline.json"
@@ -125,25 +147,55 @@ def _baseline(tmp_path: Path, metrics: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize("metrics", [{"recall": 0.9}, {"roc_auc": None, "recall": 0.9},
-                                     {"roc_auc": "high", "recall": 0.9}])
-def test_attack_baseline_with_missing_null_or_string_metric(tmp_path: Path, folder: Path, tiny_model: Path,
-                                                            metrics: dict) -> None:
+@pytest.mark.parametrize(
+    "metrics", [{"recall": 0.9}, {"roc_auc": None, "recall": 0.9}, {"roc_auc": "high", "recall": 0.9}]
+)
+def test_attack_baseline_with_missing_null_or_string_metric(
+    tmp_path: Path, folder: Path, tiny_model: Path, metrics: dict
+) -> None:
     out = tmp_path / "eval"
-    result = CliRunner().invoke(cxr, ["evaluate", "--model", str(tiny_model), "--data", str(folder), "--baseline",
-                                      str(_baseline(tmp_path, metrics)), "--out", str(out), "--history",
-                                      str(tmp_path / "h.csv"), "-q"])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(folder),
+            "--baseline",
+            str(_baseline(tmp_path, metrics)),
+            "--out",
+            str(out),
+            "--history",
+            str(tmp_path / "h.csv"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2 and "roc_auc" in result.output
     assert not (out / "predictions.csv").exists()  # refused before scoring
 
 
-def test_attack_baseline_that_is_not_json_is_refused_before_scoring(tmp_path: Path, folder: Path,
-                                                                    tiny_model: Path) -> None:
+def test_attack_baseline_that_is_not_json_is_refused_before_scoring(
+    tmp_path: Path, folder: Path, tiny_model: Path
+) -> None:
     bad = tmp_path / "baseline.json"
     bad.write_text("{not json")
     out = tmp_path / "eval"
-    result = CliRunner().invoke(cxr, ["evaluate", "--model", str(tiny_model), "--data", str(folder), "--baseline",
-                                      str(bad), "--out", str(out), "-q"])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(folder),
+            "--baseline",
+            str(bad),
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2 and not (out / "predictions.csv").exists()
 
 
@@ -151,24 +203,44 @@ def test_attack_corrupt_history_is_refused_before_scoring(tmp_path: Path, folder
     history = tmp_path / "h.csv"
     history.write_text('a,b\n"unterminated,1\n')
     out = tmp_path / "eval"
-    result = CliRunner().invoke(cxr, ["evaluate", "--model", str(tiny_model), "--data", str(folder), "--history",
-                                      str(history), "--out", str(out), "-q"])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(folder),
+            "--history",
+            str(history),
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2 and "history" in result.output and not (out / "metrics.json").exists()
 
 
 def test_attack_a_bug_exits_70_not_1(tmp_path: Path, folder: Path, tiny_model: Path) -> None:
-    code = ("import sys\nimport cxr.reports.evaluate as e\n"
-            "def boom(*a, **k):\n    raise KeyError('planted bug')\n"
-            "e.finish_evaluation = boom\nfrom cxr.app.cli import main\n"
-            "sys.argv = ['cxr', 'evaluate', '--model', sys.argv[1], '--data', sys.argv[2], '--out', sys.argv[3],"
-            " '--history', sys.argv[4], '-q', '--workers', '0', '--n-boot', '20']\nmain()\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tiny_model), str(folder), str(tmp_path / "o"),
-                           str(tmp_path / "h.csv")], capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys\nimport cxr.reports.evaluate as e\n"
+        "def boom(*a, **k):\n    raise KeyError('planted bug')\n"
+        "e.finish_evaluation = boom\nfrom cxr.app.cli import main\n"
+        "sys.argv = ['cxr', 'evaluate', '--model', sys.argv[1], '--data', sys.argv[2], '--out', sys.argv[3],"
+        " '--history', sys.argv[4], '-q', '--workers', '0', '--n-boot', '20']\nmain()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_model), str(folder), str(tmp_path / "o"), str(tmp_path / "h.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 70, proc.stderr
     assert "internal error" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # 4. two runs into one --out -------------------------------------------------------------------------
+
 
 def test_attack_second_run_into_a_locked_out_folder(tmp_path: Path, folder: Path, tiny_model: Path) -> None:
     from filelock import FileLock
@@ -183,10 +255,21 @@ def test_attack_second_run_into_a_locked_out_folder(tmp_path: Path, folder: Path
 
 # 5. model metadata is validated, outputs are checked ------------------------------------------------
 
-@pytest.mark.parametrize("metadata", [{"threshold": "abc"}, {"input_size": "abc"}, {"classes": ["PNEUMONIA"]},
-                                      {"threshold": float("nan")}, {"threshold": 2}, {"classes": "PNEU"},
-                                      {"resize_rule": "crop-center"}, {"classes": ["A", "A"]},
-                                      {"positive_class": "NORMAL"}])
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"threshold": "abc"},
+        {"input_size": "abc"},
+        {"classes": ["PNEUMONIA"]},
+        {"threshold": float("nan")},
+        {"threshold": 2},
+        {"classes": "PNEU"},
+        {"resize_rule": "crop-center"},
+        {"classes": ["A", "A"]},
+        {"positive_class": "NORMAL"},
+    ],
+)
 def test_attack_bad_model_metadata_is_a_usage_error(tmp_path: Path, folder: Path, metadata: dict) -> None:
     model = make_tiny_model(tmp_path / "bad.onnx", metadata=metadata)
     result = run_infer(folder, model, tmp_path / "out")
@@ -212,13 +295,15 @@ def test_attack_foreign_graph_with_copied_metadata(tmp_path: Path, folder: Path)
 
 # 6. the output folder inside the scored folder ------------------------------------------------------
 
+
 def test_attack_out_folder_inside_the_scored_folder(folder: Path, tiny_model: Path) -> None:
     out = folder / "results"
     assert run_infer(folder, tiny_model, out).exit_code == 0
     first = rows_of(out)
     assert run_infer(folder, tiny_model, out).exit_code == 0  # its report PNGs are not scored
-    assert list(rows_of(out)["path"]) == list(first["path"]) and not any(p.startswith("results/")
-                                                                         for p in first["path"])
+    assert list(rows_of(out)["path"]) == list(first["path"]) and not any(
+        p.startswith("results/") for p in first["path"]
+    )
 
 
 # 7. resume from any truncation, with hostile names (property-based) ---------------------------------
@@ -241,7 +326,8 @@ def model_16(tmp_path_factory) -> Path:
 
 
 def test_property_resume_after_any_cut_gives_one_row_per_file(tmp_path_factory, model_16: Path) -> None:
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 
     from cxr.infer.model import OnnxClassifier
     from cxr.infer.score import score_folder
@@ -249,17 +335,21 @@ def test_property_resume_after_any_cut_gives_one_row_per_file(tmp_path_factory, 
     model = OnnxClassifier(model_16, device="cpu")
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(names=st.lists(st.lists(st.sampled_from(NAME_PARTS), min_size=1, max_size=6).map("".join),
-                          min_size=1, max_size=6),
-           cut=st.floats(0.0, 1.0))
+    @given(
+        names=st.lists(
+            st.lists(st.sampled_from(NAME_PARTS), min_size=1, max_size=6).map("".join), min_size=1, max_size=6
+        ),
+        cut=st.floats(0.0, 1.0),
+    )
     def check(names: list[str], cut: float) -> None:
         root = tmp_path_factory.mktemp("prop")
         _write_named_images(root / "in", names)
         out = root / "out" / "predictions.csv"
         full = score_folder(root / "in", model, out, workers=0).predictions
         partial = Predictions.partial_path(out)
-        lines = [json.dumps({"settings": Predictions.read_settings(out)})] + [json.dumps(r) for r in
-                                                                              full.to_dict("records")]
+        lines = [json.dumps({"settings": Predictions.read_settings(out)})] + [
+            json.dumps(r) for r in full.to_dict("records")
+        ]
         text = "\n".join(lines) + "\n"
         partial.write_text(text[: int(len(text) * cut)])
         out.unlink()
@@ -277,7 +367,8 @@ def test_escaped_paths_round_trip(text: str) -> None:
 
 
 def test_property_escape_round_trips_any_bytes() -> None:
-    from hypothesis import given, strategies as st
+    from hypothesis import given
+    from hypothesis import strategies as st
 
     @given(st.binary(min_size=1, max_size=40).filter(lambda b: b"\x00" not in b))
     def check(raw: bytes) -> None:
@@ -290,14 +381,29 @@ def test_property_escape_round_trips_any_bytes() -> None:
 
 # 8. the gate cannot be switched off silently --------------------------------------------------------
 
+
 @pytest.mark.parametrize("spec", ["", " , ", "auc=nan", "auc=-1", "auc=inf"])
 def test_attack_max_drop_that_gates_nothing(tmp_path: Path, folder: Path, tiny_model: Path, spec: str) -> None:
-    result = CliRunner().invoke(cxr, ["evaluate", "--model", str(tiny_model), "--data", str(folder), "--max-drop",
-                                      spec, "--out", str(tmp_path / "o"), "-q"])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(folder),
+            "--max-drop",
+            spec,
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2, result.output
 
 
 # 9. the smaller ones --------------------------------------------------------------------------------
+
 
 def test_attack_too_few_patients_for_a_grouped_split(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "d", n_patients=3, images_per_patient=2)
@@ -310,7 +416,10 @@ def test_attack_explain_two_images_with_one_name() -> None:
 
     used: set[str] = set()
     assert [_unique_name(Path(p), used) for p in ("a/x.jpeg", "b/x.jpeg", "c/x.png")] == [
-        "x_gradcam.png", "x-2_gradcam.png", "x-3_gradcam.png"]
+        "x_gradcam.png",
+        "x-2_gradcam.png",
+        "x-3_gradcam.png",
+    ]
 
 
 def test_attack_report_with_a_wrong_val_preds_csv(tmp_path: Path, folder: Path, tiny_model: Path) -> None:
@@ -318,8 +427,10 @@ def test_attack_report_with_a_wrong_val_preds_csv(tmp_path: Path, folder: Path, 
     assert run_infer(folder, tiny_model, out).exit_code == 0
     wrong = tmp_path / "val.csv"
     wrong.write_text("a,b\n1,2\n")
-    result = CliRunner().invoke(cxr, ["report", "--preds", str(out / "predictions.csv"), "--val-preds", str(wrong),
-                                      "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        cxr,
+        ["report", "--preds", str(out / "predictions.csv"), "--val-preds", str(wrong), "--out", str(tmp_path / "r")],
+    )
     assert result.exit_code == 2 and "val_predictions" in result.output
 
 
@@ -382,12 +493,27 @@ def test_attack_probabilities_keep_enough_digits_to_rank(tmp_path: Path, folder:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 def test_attack_kill_9_leaves_no_decode_worker(tmp_path: Path, tiny_model: Path) -> None:
-    folder = make_gray_class_folders(tmp_path / "many", {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=400,
-                                     shape=(600, 600), name="img{i}.png")
+    folder = make_gray_class_folders(
+        tmp_path / "many", {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=400, shape=(600, 600), name="img{i}.png"
+    )
     stderr = open(tmp_path / "stderr.txt", "w")  # noqa: SIM115 - held by the killed process and its children
-    proc = subprocess.Popen([sys.executable, "-c", "from cxr.app.cli import infer_main; infer_main()", str(folder),
-                             "--model", str(tiny_model), "--out", str(tmp_path / "o"), "-q", "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=stderr)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cxr.app.cli import infer_main; infer_main()",
+            str(folder),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and len(_descendants(proc.pid)) < 3:  # forkserver + 2 workers
         time.sleep(0.2)
@@ -430,13 +556,29 @@ def _alive(pid: int) -> bool:
 
 # observability for scheduled jobs -------------------------------------------------------------------
 
-def test_prometheus_file_parses_and_marks_success_only_on_success(tmp_path: Path, folder: Path,
-                                                                  tiny_model: Path) -> None:
+
+def test_prometheus_file_parses_and_marks_success_only_on_success(
+    tmp_path: Path, folder: Path, tiny_model: Path
+) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     metrics_file = tmp_path / "cxr.prom"
-    base_args = ["evaluate", "--model", str(tiny_model), "--data", str(folder), "--history", str(tmp_path / "h.csv"),
-                 "--metrics-file", str(metrics_file), "--n-boot", "20", "-q", "--workers", "0"]
+    base_args = [
+        "evaluate",
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(folder),
+        "--history",
+        str(tmp_path / "h.csv"),
+        "--metrics-file",
+        str(metrics_file),
+        "--n-boot",
+        "20",
+        "-q",
+        "--workers",
+        "0",
+    ]
     first = CliRunner().invoke(cxr, [*base_args, "--out", str(tmp_path / "a")])
     assert first.exit_code == 0, first.output
     assert "no baseline: nothing compared" in first.output and "PASSED" not in first.output
@@ -444,13 +586,19 @@ def test_prometheus_file_parses_and_marks_success_only_on_success(tmp_path: Path
     assert families["cxr_evaluate_compared"].samples[0].value == 0
     assert families["cxr_evaluate_passed"].samples[0].value == 0
     assert "cxr_evaluate_last_success_timestamp_seconds" not in families  # nothing was compared
-    same = CliRunner().invoke(cxr, [*base_args, "--out", str(tmp_path / "b"), "--baseline",
-                                    str(tmp_path / "a" / "metrics.json")])
+    same = CliRunner().invoke(
+        cxr, [*base_args, "--out", str(tmp_path / "b"), "--baseline", str(tmp_path / "a" / "metrics.json")]
+    )
     assert same.exit_code == 0 and "PASSED" in same.output, same.output
     families = {f.name: f for f in text_string_to_metric_families(metrics_file.read_text())}
-    for name in ("cxr_evaluate_verdict", "cxr_evaluate_metric", "cxr_evaluate_images_scored",
-                 "cxr_evaluate_images_failed", "cxr_evaluate_duration_seconds",
-                 "cxr_evaluate_last_success_timestamp_seconds"):
+    for name in (
+        "cxr_evaluate_verdict",
+        "cxr_evaluate_metric",
+        "cxr_evaluate_images_scored",
+        "cxr_evaluate_images_failed",
+        "cxr_evaluate_duration_seconds",
+        "cxr_evaluate_last_success_timestamp_seconds",
+    ):
         assert name in families, name
     success = families["cxr_evaluate_last_success_timestamp_seconds"].samples[0].value
     assert abs(success - time.time()) < 120
@@ -466,16 +614,50 @@ def test_prometheus_file_parses_and_marks_success_only_on_success(tmp_path: Path
 
 def test_partly_failed_scoring_has_its_own_evaluate_exit_code(tmp_path: Path, folder: Path, tiny_model: Path) -> None:
     (folder / "NORMAL" / "broken.png").write_text("not a png")
-    result = CliRunner().invoke(cxr, ["evaluate", "--model", str(tiny_model), "--data", str(folder), "--out",
-                                      str(tmp_path / "o"), "--history", str(tmp_path / "h.csv"), "-q", "--workers", "0",
-                                      "--n-boot", "20"])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "o"),
+            "--history",
+            str(tmp_path / "h.csv"),
+            "-q",
+            "--workers",
+            "0",
+            "--n-boot",
+            "20",
+        ],
+    )
     assert result.exit_code == 4, result.output
 
 
 def test_json_log_format_is_one_object_per_line(tmp_path: Path, folder: Path, tiny_model: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", "from cxr.app.cli import infer_main; infer_main()", str(folder),
-                           "--model", str(tiny_model), "--out", str(tmp_path / "o"), "--log-format", "json",
-                           "--workers", "0", "--n-boot", "20"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from cxr.app.cli import infer_main; infer_main()",
+            str(folder),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "o"),
+            "--log-format",
+            "json",
+            "--workers",
+            "0",
+            "--n-boot",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
     assert {"model", "scored"} <= {e["event"] for e in events}
@@ -499,8 +681,18 @@ def test_resume_on_100k_files_gives_one_row_per_file(tmp_path: Path, tiny_model:
     out = tmp_path / "out" / "predictions.csv"
     out.parent.mkdir()
     rels = [f"d{i // 1000:03d}/f{i:06d}.png" for i in range(n)]
-    done = [Predictions.row(rel, None, model.info.classes, model.info.threshold, error="done before the kill",
-                            model=model.path.name, model_sha256=model.info.sha256) for rel in rels[::2]]
+    done = [
+        Predictions.row(
+            rel,
+            None,
+            model.info.classes,
+            model.info.threshold,
+            error="done before the kill",
+            model=model.path.name,
+            model_sha256=model.info.sha256,
+        )
+        for rel in rels[::2]
+    ]
     Predictions.start_partial(Predictions.partial_path(out), scoring_settings(model, False, GroundTruth(), None), done)
     result = score_folder(root, model, out, resume=True, workers=0, batch_size=1024)
     assert result.n_files == n and result.n_scored_now == n // 2
@@ -512,13 +704,19 @@ def test_resume_on_100k_files_gives_one_row_per_file(tmp_path: Path, tiny_model:
 
 def test_attack_full_disk_is_one_line_and_exit_2(tmp_path: Path, folder: Path, tiny_model: Path) -> None:
     """A disk that fills while writing (ENOSPC from the atomic writer) is the environment, not a bug."""
-    code = ("import errno, sys\nimport cxr.artifacts.predictions as p\n"
-            "def full(*a, **k):\n    raise OSError(errno.ENOSPC, 'No space left on device', 'predictions.csv')\n"
-            "p.Predictions.write_csv = staticmethod(full)\nfrom cxr.app.cli import infer_main\n"
-            "sys.argv = ['cxr-infer', sys.argv[1], '--model', sys.argv[2], '--out', sys.argv[3], '-q', '--workers', '0']\n"
-            "infer_main()\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(folder), str(tiny_model), str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "import errno, sys\nimport cxr.artifacts.predictions as p\n"
+        "def full(*a, **k):\n    raise OSError(errno.ENOSPC, 'No space left on device', 'predictions.csv')\n"
+        "p.Predictions.write_csv = staticmethod(full)\nfrom cxr.app.cli import infer_main\n"
+        "sys.argv = ['cxr-infer', sys.argv[1], '--model', sys.argv[2], '--out', sys.argv[3], '-q', '--workers', '0']\n"
+        "infer_main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder), str(tiny_model), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == "Error: No space left on device (predictions.csv)"
     assert Predictions.partial_path(tmp_path / "o" / "predictions.csv").is_file()  # nothing lost: --resume goes on

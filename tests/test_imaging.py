@@ -11,13 +11,27 @@ from cxr.imaging import ImageDecodeError, decode_image, decode_or_error, list_im
 
 
 def _gray(size=(80, 60)) -> np.ndarray:
-    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
     return ((xx * 3 + yy * 2) % 256).astype(np.uint8)
 
 
-@pytest.mark.parametrize("mode,ext", [("L", "png"), ("L", "jpg"), ("RGB", "png"), ("RGB", "jpeg"),
-                                      ("RGBA", "png"), ("P", "png"), ("CMYK", "jpg"), ("LA", "png"),
-                                      ("1", "png"), ("I;16", "png"), ("RGB", "bmp"), ("L", "tif")])
+@pytest.mark.parametrize(
+    "mode,ext",
+    [
+        ("L", "png"),
+        ("L", "jpg"),
+        ("RGB", "png"),
+        ("RGB", "jpeg"),
+        ("RGBA", "png"),
+        ("P", "png"),
+        ("CMYK", "jpg"),
+        ("LA", "png"),
+        ("1", "png"),
+        ("I;16", "png"),
+        ("RGB", "bmp"),
+        ("L", "tif"),
+    ],
+)
 def test_formats_decode_to_uint8_rgb(tmp_path: Path, mode: str, ext: str) -> None:
     base = Image.fromarray(_gray())
     image = Image.fromarray(_gray().astype(np.uint16) * 257) if mode == "I;16" else base.convert(mode)
@@ -68,6 +82,28 @@ def test_draft_decode_stays_close_to_full_decode(tmp_path: Path) -> None:
     diff = np.abs(fast - full)
     assert diff.mean() <= 1.5
     assert np.percentile(diff, 99) <= 8
+
+
+@pytest.mark.parametrize("oversample, scale", [(None, 4), (1, 4), (2, 2)])
+def test_jpegs_decode_at_the_smallest_dct_scale_that_covers_the_target(
+    tmp_path: Path, monkeypatch, oversample, scale
+) -> None:
+    """A 1000x700 JPEG for a 128 px input: the default rule (>= 1x the target) decodes it at 1/4
+    (250x175 pixels), the earlier rule (>= 2x) at 1/2 (results/decode_scale.md)."""
+    from PIL import JpegImagePlugin
+
+    real, used = JpegImagePlugin.JpegImageFile.draft, []
+
+    def spy(self, mode, size):
+        found = real(self, mode, size)
+        used.append(self.decoderconfig[0])
+        return found
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    path = tmp_path / "wide.jpg"
+    Image.fromarray(_gray((1000, 700))).save(path, quality=92)
+    assert decode_image(path, 128, oversample=oversample).shape == (128, 128, 3)
+    assert used == [scale]
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00garbage"])

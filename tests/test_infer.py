@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr.imaging import decode_image
 from cxr.app.infer import infer
+from cxr.imaging import decode_image
 from cxr.infer.model import ModelLoadError, OnnxClassifier, ProviderError, choose_providers
 from cxr.infer.score import score_folder
 from tests.onnx_fixtures import make_tiny_model
@@ -21,14 +21,15 @@ from tests.synthetic import make_gray_class_folders
 
 def _mixed_folder(root: Path) -> tuple[Path, int, int]:
     """Good images under class folders plus broken and odd files. Returns (root, files, bad)."""
-    make_gray_class_folders(root, {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=5, shape=(48, 40),
-                            name="img{i}.jpeg")
+    make_gray_class_folders(
+        root, {"NORMAL": 40, "PNEUMONIA": 140}, sigma=10, count=5, shape=(48, 40), name="img{i}.jpeg"
+    )
     odd = root / "odd"
     odd.mkdir()
     Image.fromarray(np.full((30, 30, 4), 90, np.uint8), "RGBA").save(odd / "rgba.png")
     Image.fromarray(np.full((30, 30), 90, np.uint8)).convert("P").save(odd / "palette.PNG")
     Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).convert("CMYK").save(odd / "cmyk.jpg")
-    Image.fromarray((np.full((30, 30), 90, np.uint16) * 257)).save(odd / "sixteen.png")
+    Image.fromarray(np.full((30, 30), 90, np.uint16) * 257).save(odd / "sixteen.png")
     bad = root / "bad"
     bad.mkdir()
     (bad / "zero.jpg").write_bytes(b"")
@@ -45,8 +46,23 @@ def _mixed_folder(root: Path) -> tuple[Path, int, int]:
 def test_one_row_per_file_and_exit_code_1_on_errors(tmp_path: Path, tiny_model: Path) -> None:
     folder, n_files, n_bad = _mixed_folder(tmp_path / "in")
     out = tmp_path / "out"
-    result = CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "--quiet",
-                                        "--workers", "2", "--batch-size", "4", "--n-boot", "50"])
+    result = CliRunner().invoke(
+        infer,
+        [
+            str(folder),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+            "--quiet",
+            "--workers",
+            "2",
+            "--batch-size",
+            "4",
+            "--n-boot",
+            "50",
+        ],
+    )
     assert result.exit_code == 1, result.output
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert len(rows) == n_files and rows["path"].is_unique
@@ -64,7 +80,9 @@ def test_all_good_exits_0_labels_from_folders_and_report(tmp_path: Path, tiny_mo
         for f in (folder / extra).iterdir():
             f.unlink()
     out = tmp_path / "out"
-    result = CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--n-boot", "50"])
+    result = CliRunner().invoke(
+        infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--n-boot", "50"]
+    )
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert set(rows["true_label"]) == {"NORMAL", "PNEUMONIA"}
@@ -76,7 +94,9 @@ def test_all_good_exits_0_labels_from_folders_and_report(tmp_path: Path, tiny_mo
 def test_no_report_writes_metrics_json_only(tmp_path: Path, tiny_model: Path) -> None:
     folder, _, _ = _mixed_folder(tmp_path / "in")
     out = tmp_path / "out"
-    CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--no-report", "--n-boot", "50"])
+    CliRunner().invoke(
+        infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--no-report", "--n-boot", "50"]
+    )
     assert (out / "metrics.json").is_file() and not (out / "report.html").exists()
 
 
@@ -87,8 +107,9 @@ def test_labels_csv_overrides_folders(tmp_path: Path, tiny_model: Path) -> None:
     model = OnnxClassifier(tiny_model, device="cpu")
     from cxr.infer.score import read_labels_csv
 
-    result = score_folder(folder, model, tmp_path / "p.csv", truth=read_labels_csv(labels, model.info.classes),
-                          workers=0)
+    result = score_folder(
+        folder, model, tmp_path / "p.csv", truth=read_labels_csv(labels, model.info.classes), workers=0
+    )
     truth = dict(zip(result.predictions["path"], result.predictions["true_label"]))
     assert truth["NORMAL/img0.jpeg"] == "PNEUMONIA" and truth["NORMAL/img1.jpeg"] == "NORMAL"
     assert truth["PNEUMONIA/img2.jpeg"] == ""
@@ -160,27 +181,48 @@ def test_predictions_use_the_shared_preprocessing(tmp_path: Path, tiny_model: Pa
 
 def test_inference_path_never_imports_tensorflow(tmp_path: Path, tiny_model: Path) -> None:
     folder, _, _ = _mixed_folder(tmp_path / "in")
-    code = ("import sys\nfrom cxr.app.cli import infer_main as main\n"
-            "sys.argv=['cxr-infer', sys.argv[1], '--model', sys.argv[2], '--out', sys.argv[3], '-q', '--n-boot', '20']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]\n"
-            "print('IMPORTED', bad)\nsys.exit(1 if bad else 0)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(folder), str(tiny_model), str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys\nfrom cxr.app.cli import infer_main as main\n"
+        "sys.argv=['cxr-infer', sys.argv[1], '--model', sys.argv[2], '--out', sys.argv[3], '-q', '--n-boot', '20']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]\n"
+        "print('IMPORTED', bad)\nsys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder), str(tiny_model), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "o" / "predictions.csv").is_file()
 
 
-def test_manifest_split_scores_only_that_split_with_its_labels(tmp_path: Path, tiny_model: Path,
-                                                                 kaggle_folder: Path) -> None:
+def test_manifest_split_scores_only_that_split_with_its_labels(
+    tmp_path: Path, tiny_model: Path, kaggle_folder: Path
+) -> None:
     from cxr.data import prepare_splits
 
     result = prepare_splits(kaggle_folder, tmp_path / "splits")
     test_rows = result.manifest[result.manifest["split"] == "test"]
     out = tmp_path / "out"
-    run = CliRunner().invoke(infer, [str(kaggle_folder), "--model", str(tiny_model), "--out", str(out),
-                                     "--manifest", str(result.manifest_path), "--split", "test", "-q",
-                                     "--n-boot", "20"])
+    run = CliRunner().invoke(
+        infer,
+        [
+            str(kaggle_folder),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+            "--manifest",
+            str(result.manifest_path),
+            "--split",
+            "test",
+            "-q",
+            "--n-boot",
+            "20",
+        ],
+    )
     assert run.exit_code == 0, run.output
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert sorted(rows["path"]) == sorted(test_rows["path"])
@@ -200,8 +242,10 @@ def test_tta_averages_flip_and_shift_views(tmp_path: Path, tiny_model: Path) -> 
     assert np.allclose(predict_tta(model, batch), expected)
     folder, _, _ = _mixed_folder(tmp_path / "in")
     out = tmp_path / "out"
-    result = CliRunner().invoke(infer, [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--tta",
-                                        "--no-report", "--n-boot", "20"])
+    result = CliRunner().invoke(
+        infer,
+        [str(folder), "--model", str(tiny_model), "--out", str(out), "-q", "--tta", "--no-report", "--n-boot", "20"],
+    )
     assert result.exit_code == 1
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert (rows["model"] == "tiny.onnx+tta").all()
@@ -270,8 +314,9 @@ def test_a_model_replaced_during_a_run_is_refused_by_the_workers(tiny_model: Pat
         _worker_model(str(tiny_model), "0" * 64)
 
 
-def test_a_killed_worker_is_one_line_and_exit_69_and_resume_finishes(tmp_path: Path, tiny_model: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_worker_is_one_line_and_exit_69_and_resume_finishes(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A worker process killed by the system (out of memory, say) is not a bug in cxr: one line,
     exit 69, the rows so far kept; --resume finishes the run."""
     from concurrent.futures.process import BrokenProcessPool
@@ -289,8 +334,19 @@ def test_a_killed_worker_is_one_line_and_exit_69_and_resume_finishes(tmp_path: P
 
     monkeypatch.setattr(score, "_scored_on_cpu_plan", dies_after_one_batch)
     out = tmp_path / "out"
-    args = [str(folder), "--model", str(tiny_model), "--out", str(out), "--quiet", "--workers", "2",
-            "--batch-size", "4", "--no-report"]
+    args = [
+        str(folder),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--quiet",
+        "--workers",
+        "2",
+        "--batch-size",
+        "4",
+        "--no-report",
+    ]
     result = CliRunner().invoke(infer, args)
     assert result.exit_code == 69, result.output
     assert "worker process died" in result.output and "Traceback" not in result.output

@@ -76,8 +76,12 @@ def _real_modules(names: set[str]) -> set[str]:
 
 
 def stage_offences(stage: str) -> list[str]:
-    return [f"{path.relative_to(ROOT)} imports {name}" for path in sources(stage)
-            for name in sorted(_real_modules(imports_of(path))) if layer_of(name) not in (None, "core", stage)]
+    return [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sources(stage)
+        for name in sorted(_real_modules(imports_of(path)))
+        if layer_of(name) not in (None, "core", stage)
+    ]
 
 
 def heavy_offences() -> list[str]:
@@ -104,15 +108,22 @@ def test_a_stage_imports_only_the_core_and_itself(stage: str) -> None:
 
 
 def test_the_core_imports_no_stage_no_app_and_no_click() -> None:
-    offences = [f"{path.relative_to(ROOT)} imports {name}" for path in sources("cxr")
-                for name in sorted(_real_modules(imports_of(path)))
-                if layer_of(name) not in (None, "core") or name.split(".")[0] == "click"]
+    offences = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sources("cxr")
+        for name in sorted(_real_modules(imports_of(path)))
+        if layer_of(name) not in (None, "core") or name.split(".")[0] == "click"
+    ]
     assert not offences, "\n".join(offences)
 
 
 def test_click_lives_in_the_app_layer_alone() -> None:
-    offences = [str(path.relative_to(ROOT)) for folder in ("cxr", *STAGES) for path in sources(folder)
-                if any(name.split(".")[0] == "click" for name in imports_of(path))]
+    offences = [
+        str(path.relative_to(ROOT))
+        for folder in ("cxr", *STAGES)
+        for path in sources(folder)
+        if any(name.split(".")[0] == "click" for name in imports_of(path))
+    ]
     assert not offences, offences
 
 
@@ -135,10 +146,12 @@ def test_the_rules_catch_planted_violations() -> None:
 
 def test_stage_modules_live_under_the_cxr_namespace(tmp_path: Path) -> None:
     """Outside the repo, only `cxr` is importable: no bare train/export/infer/reports/app."""
-    code = ("import importlib.util as u, sys\n"
-            "bare = [n for n in ('train', 'export', 'infer', 'reports', 'app') if u.find_spec(n) is not None]\n"
-            "import cxr.train, cxr.export, cxr.infer, cxr.reports, cxr.app\n"
-            "print(bare); sys.exit(1 if bare else 0)\n")
+    code = (
+        "import importlib.util as u, sys\n"
+        "bare = [n for n in ('train', 'export', 'infer', 'reports', 'app') if u.find_spec(n) is not None]\n"
+        "import cxr.train, cxr.export, cxr.infer, cxr.reports, cxr.app\n"
+        "print(bare); sys.exit(1 if bare else 0)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr.reports.metrics import (binary_metrics, bootstrap_ci, expected_calibration_error,
-                                 threshold_table)
+from cxr.reports.metrics import binary_metrics, bootstrap_ci, expected_calibration_error, threshold_table
 
 
 @pytest.fixture
@@ -138,8 +137,9 @@ def test_the_validation_threshold_reads_what_a_run_folder_writes(tmp_path) -> No
     rng = np.random.default_rng(0)
     labels = ["NORMAL"] * 60 + ["PNEUMONIA"] * 140
     p = np.clip(np.where(np.array(labels) == "PNEUMONIA", 0.8, 0.2) + rng.normal(0, 0.15, 200), 0, 1)
-    rows = pd.DataFrame({"path": [f"x/{i}.jpeg" for i in range(200)], "label": labels,
-                         "patient_id": [f"P{i}" for i in range(200)]})
+    rows = pd.DataFrame(
+        {"path": [f"x/{i}.jpeg" for i in range(200)], "label": labels, "patient_id": [f"P{i}" for i in range(200)]}
+    )
     run = RunFolder(tmp_path / "run")
     run.path.mkdir(parents=True)
     written = run.write_val_predictions(rows, p, ["NORMAL", "PNEUMONIA"])

@@ -63,8 +63,9 @@ def read(csv: Path) -> pd.DataFrame:
 
 def test_ray_and_local_engines_write_the_same_rows_errors_included(ray_instance, hostile_folder, model, tmp_path):
     local_code, _ = run_infer(str(hostile_folder), "--model", str(model), "--out", str(tmp_path / "local"))
-    ray_code, output = run_infer(str(hostile_folder), "--model", str(model), "--out", str(tmp_path / "ray"),
-                                 "--engine", "ray")
+    ray_code, output = run_infer(
+        str(hostile_folder), "--model", str(model), "--out", str(tmp_path / "ray"), "--engine", "ray"
+    )
     assert local_code == ray_code == 1, output  # partial: some files are error rows
     local, remote = read(tmp_path / "local" / "predictions.csv"), read(tmp_path / "ray" / "predictions.csv")
     assert list(local.columns) == list(remote.columns) and list(local["path"]) == list(remote["path"])
@@ -80,12 +81,20 @@ def test_ray_and_local_engines_write_the_same_rows_errors_included(ray_instance,
 def test_a_csv_list_and_a_file_uri_are_sources_of_the_ray_engine(ray_instance, hostile_folder, model, tmp_path):
     listed = sorted(str(p.relative_to(hostile_folder)) for p in hostile_folder.rglob("*.jpeg"))[:5]
     (hostile_folder.parent / "list.csv").write_text("path\n" + "\n".join(listed) + "\n")
-    code, output = run_infer(str(hostile_folder.parent / "list.csv"), "--model", str(model), "--out",
-                             str(tmp_path / "csv"), "--engine", "ray")
+    code, output = run_infer(
+        str(hostile_folder.parent / "list.csv"),
+        "--model",
+        str(model),
+        "--out",
+        str(tmp_path / "csv"),
+        "--engine",
+        "ray",
+    )
     assert code in (0, 1), output
     assert list(read(tmp_path / "csv" / "predictions.csv")["path"]) == listed
-    code, output = run_infer(hostile_folder.as_uri(), "--model", str(model), "--out", str(tmp_path / "uri"),
-                             "--engine", "ray")
+    code, output = run_infer(
+        hostile_folder.as_uri(), "--model", str(model), "--out", str(tmp_path / "uri"), "--engine", "ray"
+    )
     assert code == 1, output
     uri_rows = read(tmp_path / "uri" / "predictions.csv")
     assert len(uri_rows) == 35 and (uri_rows["error"] != "").sum() == 3
@@ -109,11 +118,27 @@ infer_main()
 def test_resume_after_the_driver_is_killed_keeps_finished_shards(ray_instance, model, tmp_path):
     folder = make_dataset(tmp_path / "many", n_patients=60, images_per_patient=2, layout="flat")
     out = tmp_path / "out"
-    args = [str(folder), "--model", str(model), "--out", str(out), "--engine", "ray", "--ray-address", ray_instance,
-            "--batch-size", "8", "--no-report", "-q", "--n-boot", "10"]
+    args = [
+        str(folder),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_instance,
+        "--batch-size",
+        "8",
+        "--no-report",
+        "-q",
+        "--n-boot",
+        "10",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, *args], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 180
     while not list((out / "shards").glob("shard-*.parquet")) and time.monotonic() < deadline:
         assert driver.poll() is None, driver.stdout.read().decode()[-2000:]
@@ -122,8 +147,13 @@ def test_resume_after_the_driver_is_killed_keeps_finished_shards(ray_instance, m
     driver.wait()
     finished = {p for shard in (out / "shards").glob("shard-*.parquet") for p in pd.read_parquet(shard)["path"]}
     assert 0 < len(finished) < 240
-    resumed = subprocess.run([sys.executable, "-c", DRIVER, *args, "--resume", "--log-format", "json"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-c", DRIVER, *args, "--resume", "--log-format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     rows = read(out / "predictions.csv")
     assert len(rows) == 240 and rows["path"].is_unique and (rows["error"] == "").all()
@@ -174,8 +204,13 @@ def test_a_worker_killed_on_a_two_node_cluster_loses_and_duplicates_nothing(mode
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(CLUSTER), str(folder), str(model), str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CLUSTER), str(folder), str(model), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "KILLED 1 ROWS 200 ERRORS 0" in proc.stdout, proc.stdout[-2000:]
     rows = read(out / "predictions.csv")
@@ -185,24 +220,47 @@ def test_a_worker_killed_on_a_two_node_cluster_loses_and_duplicates_nothing(mode
 
 
 def test_the_local_engine_and_an_inference_install_never_import_ray() -> None:
-    code = ("import sys, cxr.app.infer, cxr.infer.ray_engine, cxr.infer.score\n"
-            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, cxr.app.infer, cxr.infer.ray_engine, cxr.infer.score\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
 
 
 @pytest.mark.slow
-def test_evaluate_on_the_ray_engine_gives_the_local_metrics_and_exit_code(ray_instance, hostile_folder, model,
-                                                                          tmp_path):
+def test_evaluate_on_the_ray_engine_gives_the_local_metrics_and_exit_code(
+    ray_instance, hostile_folder, model, tmp_path
+):
     from cxr.app.evaluate import evaluate
 
     codes, metrics = {}, {}
     for engine in ("local", "ray"):
         out = tmp_path / engine
-        result = CliRunner().invoke(evaluate, ["--model", str(model), "--data", str(hostile_folder), "--out", str(out),
-                                               "--history", str(tmp_path / f"{engine}.csv"), "--n-boot", "10", "-q",
-                                               "--engine", engine])
+        result = CliRunner().invoke(
+            evaluate,
+            [
+                "--model",
+                str(model),
+                "--data",
+                str(hostile_folder),
+                "--out",
+                str(out),
+                "--history",
+                str(tmp_path / f"{engine}.csv"),
+                "--n-boot",
+                "10",
+                "-q",
+                "--engine",
+                engine,
+            ],
+        )
         codes[engine] = result.exit_code
         metrics[engine] = json.loads((out / "metrics.json").read_text())["models"]
     assert codes["local"] == codes["ray"] == 4, codes  # gate passed (no baseline), some files failed
@@ -221,14 +279,34 @@ def test_a_model_output_that_is_not_a_probability_is_a_usage_error_on_ray(ray_in
     proto.graph.node.remove(next(n for n in proto.graph.node if n.op_type == "Sigmoid"))
     proto.graph.node.append(helper.make_node("ReduceMean", ["x"], ["probability"], axes=[1, 2, 3], keepdims=0))
     onnx.save(proto, str(broken))
-    code, output = run_infer(str(hostile_folder), "--model", str(broken), "--out", str(tmp_path / "o"),
-                             "--engine", "ray", "--ray-address", ray_instance)
+    code, output = run_infer(
+        str(hostile_folder),
+        "--model",
+        str(broken),
+        "--out",
+        str(tmp_path / "o"),
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_instance,
+    )
     assert code == 2 and "not a probability" in output, output
 
 
 def test_an_unreachable_cluster_is_one_line_and_exit_69(hostile_folder, model, tmp_path):
-    code, output = run_infer(str(hostile_folder), "--model", str(model), "--out", str(tmp_path / "o"),
-                             "--engine", "ray", "--ray-address", "127.0.0.1:1", "--ray-timeout", "5")
+    code, output = run_infer(
+        str(hostile_folder),
+        "--model",
+        str(model),
+        "--out",
+        str(tmp_path / "o"),
+        "--engine",
+        "ray",
+        "--ray-address",
+        "127.0.0.1:1",
+        "--ray-timeout",
+        "5",
+    )
     assert code == 69 and "cannot reach the Ray cluster at 127.0.0.1:1" in output, output
 
 
@@ -236,9 +314,29 @@ def test_an_unreachable_cluster_is_one_line_and_exit_69(hostile_folder, model, t
 def test_json_logs_on_ray_hold_only_json_lines(hostile_folder, model, tmp_path):
     """Ray's native log lines (its C++ core worker writes to the process's stderr) become JSON events
     under --log-format json, like every line cxr writes."""
-    proc = subprocess.run([sys.executable, "-m", "cxr.app.cli", "infer", str(hostile_folder), "--model", str(model),
-                           "--out", str(tmp_path / "o"), "--engine", "ray", "--log-format", "json", "-q",
-                           "--no-report"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr.app.cli",
+            "infer",
+            str(hostile_folder),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "o"),
+            "--engine",
+            "ray",
+            "--log-format",
+            "json",
+            "-q",
+            "--no-report",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]  # three files cannot be read
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]  # raises on any line that is not JSON

@@ -31,10 +31,30 @@ def _predictions(path: Path, images_root: Path | None = None, n: int = 120, seed
         if images_root is not None:
             (images_root / label).mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((24, 24), int(pi * 255), np.uint8)).save(images_root / rel)
-        rows.append({"path": rel, "p_PNEUMONIA": f"{pi:.6f}", "pred_label": ("NORMAL", "PNEUMONIA")[int(pi >= 0.5)],
-                     "threshold": 0.5, "true_label": label, "error": "", "model": "m.onnx", "model_sha256": "a" * 64})
-    rows.append({"path": "broken.jpeg", "p_PNEUMONIA": "", "pred_label": "", "threshold": 0.5, "true_label": "",
-                 "error": "not a recognised image file", "model": "m.onnx", "model_sha256": "a" * 64})
+        rows.append(
+            {
+                "path": rel,
+                "p_PNEUMONIA": f"{pi:.6f}",
+                "pred_label": ("NORMAL", "PNEUMONIA")[int(pi >= 0.5)],
+                "threshold": 0.5,
+                "true_label": label,
+                "error": "",
+                "model": "m.onnx",
+                "model_sha256": "a" * 64,
+            }
+        )
+    rows.append(
+        {
+            "path": "broken.jpeg",
+            "p_PNEUMONIA": "",
+            "pred_label": "",
+            "threshold": 0.5,
+            "true_label": "",
+            "error": "not a recognised image file",
+            "model": "m.onnx",
+            "model_sha256": "a" * 64,
+        }
+    )
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
@@ -42,15 +62,43 @@ def _predictions(path: Path, images_root: Path | None = None, n: int = 120, seed
 def test_report_writes_metrics_figures_and_self_contained_html(tmp_path: Path) -> None:
     preds = _predictions(tmp_path / "preds.csv", images_root=tmp_path / "images")
     history = tmp_path / "history.csv"
-    pd.DataFrame({"epoch": [0, 1], "accuracy": [0.6, 0.7], "loss": [0.7, 0.6], "val_accuracy": [0.6, 0.65],
-                  "val_loss": [0.69, 0.66]}).to_csv(history, index=False)
+    pd.DataFrame(
+        {
+            "epoch": [0, 1],
+            "accuracy": [0.6, 0.7],
+            "loss": [0.7, 0.6],
+            "val_accuracy": [0.6, 0.65],
+            "val_loss": [0.69, 0.66],
+        }
+    ).to_csv(history, index=False)
     val = tmp_path / "val.csv"
-    pd.DataFrame({"path": ["a", "b", "c", "d"], "label": ["NORMAL", "PNEUMONIA", "PNEUMONIA", "NORMAL"],
-                  "p_PNEUMONIA": [0.2, 0.9, 0.4, 0.5]}).to_csv(val, index=False)
+    pd.DataFrame(
+        {
+            "path": ["a", "b", "c", "d"],
+            "label": ["NORMAL", "PNEUMONIA", "PNEUMONIA", "NORMAL"],
+            "p_PNEUMONIA": [0.2, 0.9, 0.4, 0.5],
+        }
+    ).to_csv(val, index=False)
     out = tmp_path / "report"
-    result = CliRunner().invoke(report, ["--preds", str(preds), "--out", str(out), "--history", str(history),
-                                         "--val-preds", str(val), "--threshold-rule", "point", "--images-root", str(tmp_path / "images"),
-                                         "--n-boot", "50"])
+    result = CliRunner().invoke(
+        report,
+        [
+            "--preds",
+            str(preds),
+            "--out",
+            str(out),
+            "--history",
+            str(history),
+            "--val-preds",
+            str(val),
+            "--threshold-rule",
+            "point",
+            "--images-root",
+            str(tmp_path / "images"),
+            "--n-boot",
+            "50",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     model = metrics["models"]["m"]
@@ -91,14 +139,31 @@ def test_html_renders_in_headless_chromium_with_images_loaded(tmp_path: Path) ->
     summarize([preds], tmp_path / "r", n_boot=20)
     probe = tmp_path / "probe.html"
     html = (tmp_path / "r" / "report.html").read_text()
-    script = ("<script>window.onload=()=>{const imgs=[...document.images];"
-              "document.title='IMAGES '+imgs.length+' LOADED '+imgs.filter(i=>i.complete&&i.naturalWidth>0).length;}"
-              "</script>")
+    script = (
+        "<script>window.onload=()=>{const imgs=[...document.images];"
+        "document.title='IMAGES '+imgs.length+' LOADED '+imgs.filter(i=>i.complete&&i.naturalWidth>0).length;}"
+        "</script>"
+    )
     probe.write_text(html.replace("</body>", script + "</body>"))
-    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-                           probe.as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     match = re.search(r"<title>IMAGES (\d+) LOADED (\d+)</title>", proc.stdout)
     assert match, proc.stderr[-2000:]
     n_img_tags = len(re.findall(r"<img\b", html))  # every figure the report embeds, whatever their number
@@ -115,8 +180,9 @@ def test_parse_max_drop() -> None:
 
 
 def _labelled_folder(root: Path) -> Path:
-    return make_gray_class_folders(root, {"NORMAL": 60, "PNEUMONIA": 110}, sigma=25, count=8, shape=(40, 40),
-                                   name="person{i}_x_{i}.png")
+    return make_gray_class_folders(
+        root, {"NORMAL": 60, "PNEUMONIA": 110}, sigma=25, count=8, shape=(40, 40), name="person{i}_x_{i}.png"
+    )
 
 
 @pytest.mark.slow
@@ -129,24 +195,42 @@ def test_evaluate_gate_exit_codes(tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     assert "no baseline: nothing compared" in first.output and "PASSED" not in first.output
     baseline = tmp_path / "e1" / "metrics.json"
-    same = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e2"), "--baseline", str(baseline),
-                                    *common])
+    same = runner.invoke(
+        evaluate, ["--model", str(good), "--out", str(tmp_path / "e2"), "--baseline", str(baseline), *common]
+    )
     assert same.exit_code == 0 and "PASSED" in same.output
     # planted regression: a model whose scores barely depend on the image
     worse = make_tiny_model(tmp_path / "worse.onnx", scale=0.0005, centre=200.0)
-    regressed = runner.invoke(evaluate, ["--model", str(worse), "--out", str(tmp_path / "e3"),
-                                         "--baseline", str(baseline), "--max-drop", "recall=0.02", *common])
+    regressed = runner.invoke(
+        evaluate,
+        [
+            "--model",
+            str(worse),
+            "--out",
+            str(tmp_path / "e3"),
+            "--baseline",
+            str(baseline),
+            "--max-drop",
+            "recall=0.02",
+            *common,
+        ],
+    )
     assert regressed.exit_code == 1 and "FAILED" in regressed.output and "failed: recall" in regressed.output
     (folder / "NORMAL" / "person0_x_0.png").unlink()
-    changed = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e4"),
-                                       "--baseline", str(baseline), *common])
+    changed = runner.invoke(
+        evaluate, ["--model", str(good), "--out", str(tmp_path / "e4"), "--baseline", str(baseline), *common]
+    )
     assert changed.exit_code == 3 and "data changed" in changed.output
-    allowed = runner.invoke(evaluate, ["--model", str(good), "--out", str(tmp_path / "e5"),
-                                       "--baseline", str(baseline), "--allow-new-data", *common])
+    allowed = runner.invoke(
+        evaluate,
+        ["--model", str(good), "--out", str(tmp_path / "e5"), "--baseline", str(baseline), "--allow-new-data", *common],
+    )
     assert allowed.exit_code == 0
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history["verdict"]) == ["not_compared", "pass", "regression", "data_changed", "pass"]
-    assert {"time", "model_sha256", "data_sha256", "roc_auc", "precision", "execution_precision"} <= set(history.columns)
+    assert {"time", "model_sha256", "data_sha256", "roc_auc", "precision", "execution_precision"} <= set(
+        history.columns
+    )
     assert history["precision"].astype(float).between(0, 1).all()  # the metric, not the execution precision
     assert set(history["execution_precision"]) == {"fp32"}
 
@@ -158,9 +242,24 @@ def test_evaluate_usage_errors(tmp_path: Path) -> None:
     folder = _labelled_folder(tmp_path / "data")
     bad_baseline = tmp_path / "b.json"
     bad_baseline.write_text("{}")
-    result = CliRunner().invoke(evaluate, ["--model", str(good), "--data", str(folder), "--baseline",
-                                           str(bad_baseline), "--out", str(tmp_path / "o"), "--history",
-                                           str(tmp_path / "h.csv"), "--n-boot", "20", "-q"])
+    result = CliRunner().invoke(
+        evaluate,
+        [
+            "--model",
+            str(good),
+            "--data",
+            str(folder),
+            "--baseline",
+            str(bad_baseline),
+            "--out",
+            str(tmp_path / "o"),
+            "--history",
+            str(tmp_path / "h.csv"),
+            "--n-boot",
+            "20",
+            "-q",
+        ],
+    )
     assert result.exit_code == 2 and "not a cxr metrics.json" in result.output
 
 
@@ -170,9 +269,24 @@ def test_linked_images_and_grids_for_chosen_models(tmp_path: Path) -> None:
     second = tmp_path / "b.csv"
     pd.read_csv(first, dtype=str, keep_default_na=False).assign(model="other.onnx").to_csv(second, index=False)
     out = tmp_path / "report"
-    result = CliRunner().invoke(report, ["--preds", str(first), "--preds", str(second), "--out", str(out),
-                                         "--images-root", str(root), "--image-grids-for", "m", "--link-images",
-                                         "--n-boot", "20"])
+    result = CliRunner().invoke(
+        report,
+        [
+            "--preds",
+            str(first),
+            "--preds",
+            str(second),
+            "--out",
+            str(out),
+            "--images-root",
+            str(root),
+            "--image-grids-for",
+            "m",
+            "--link-images",
+            "--n-boot",
+            "20",
+        ],
+    )
     assert result.exit_code == 0, result.output
     html = (out / "report.html").read_text()
     assert "data:image/png" not in html and "src='m_roc.png'" in html
@@ -189,10 +303,26 @@ def _chromium_dom(html_path: Path, tmp_path: Path, script: str) -> str:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     probe = tmp_path / "probe.html"
     probe.write_text(html_path.read_text().replace("</body>", f"<script>{script}</script></body>"))
-    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-                           probe.as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1400,900",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return proc.stdout + proc.stderr[-2000:]
 
 
@@ -200,22 +330,48 @@ def test_the_summary_panel_fits_the_first_screen(tmp_path: Path) -> None:
     """At 1400x900 the verdict, model identity, data, headline figures with intervals, the ROC and the
     warnings all lie within the first 900 px."""
     preds = _predictions(tmp_path / "preds.csv", images_root=tmp_path / "images", n=200)
-    summarize([preds], tmp_path / "r", n_boot=50, images_root=tmp_path / "images",
-              shortcut=[{"source": "synthetic", "n_images": 10, "method": "x", "groups": {},
-                         "classes": ["NORMAL", "PNEUMONIA"],
-                         "verdict": "SHORTCUT RISK: size separates the classes", "findings": []}])
-    script = ("window.onload=()=>{const s=document.querySelector('#summary');"
-              "const parts=[...s.querySelectorAll('.verdict, table, img, li')];"
-              "const bottom=Math.max(...parts.map(e=>e.getBoundingClientRect().bottom));"
-              "document.title='PARTS '+parts.length+' BOTTOM '+Math.ceil(bottom)+' VH '+window.innerHeight;}")
+    summarize(
+        [preds],
+        tmp_path / "r",
+        n_boot=50,
+        images_root=tmp_path / "images",
+        shortcut=[
+            {
+                "source": "synthetic",
+                "n_images": 10,
+                "method": "x",
+                "groups": {},
+                "classes": ["NORMAL", "PNEUMONIA"],
+                "verdict": "SHORTCUT RISK: size separates the classes",
+                "findings": [],
+            }
+        ],
+    )
+    script = (
+        "window.onload=()=>{const s=document.querySelector('#summary');"
+        "const parts=[...s.querySelectorAll('.verdict, table, img, li')];"
+        "const bottom=Math.max(...parts.map(e=>e.getBoundingClientRect().bottom));"
+        "document.title='PARTS '+parts.length+' BOTTOM '+Math.ceil(bottom)+' VH '+window.innerHeight;}"
+    )
     dom = _chromium_dom(tmp_path / "r" / "report.html", tmp_path, script)
     match = re.search(r"<title>PARTS (\d+) BOTTOM (\d+) VH (\d+)</title>", dom)
     assert match, dom[-2000:]
     assert int(match.group(1)) >= 5 and int(match.group(2)) <= 900, match.group(0)
     html = (tmp_path / "r" / "report.html").read_text()
     summary = html.split("<section id='summary'>", 1)[1].split("</section>", 1)[0]
-    for fact in ("sha256", "a" * 64, "threshold and rule", "cxr version", "data folder", "sensitivity", "specificity",
-                 "ROC AUC", "SHORTCUT RISK", "could not be scored", "<img"):
+    for fact in (
+        "sha256",
+        "a" * 64,
+        "threshold and rule",
+        "cxr version",
+        "data folder",
+        "sensitivity",
+        "specificity",
+        "ROC AUC",
+        "SHORTCUT RISK",
+        "could not be scored",
+        "<img",
+    ):
         assert fact in summary, fact
     assert html.index("id='summary'") < html.index("id='contents'") < html.index("<details")
     last = html.rsplit("<details", 1)[1]  # published figures come last
@@ -255,8 +411,10 @@ def test_a_factor_with_one_group_is_not_a_subgroup(tmp_path: Path) -> None:
 
 def test_the_shipped_model_is_marked_and_opens_the_summary(tmp_path: Path) -> None:
     a, b = _two_models(tmp_path)
-    result = CliRunner().invoke(report, ["--preds", str(a), "--preds", str(b), "--out", str(tmp_path / "r"),
-                                         "--shipped", "model2", "--n-boot", "20"])
+    result = CliRunner().invoke(
+        report,
+        ["--preds", str(a), "--preds", str(b), "--out", str(tmp_path / "r"), "--shipped", "model2", "--n-boot", "20"],
+    )
     assert result.exit_code == 0, result.output
     html = (tmp_path / "r" / "report.html").read_text()
     summary = html.split("<section id='summary'>", 1)[1].split("</section>", 1)[0]
@@ -278,10 +436,23 @@ def test_every_run_gets_a_report(tmp_path: Path, layout: str) -> None:
         rng = np.random.default_rng(level)
         for i in range(12):
             Image.fromarray(np.clip(rng.normal(level, 25, (40, 40)), 0, 255).astype(np.uint8)).save(
-                folder / f"person{i}_{level}_{i}.png")
+                folder / f"person{i}_{level}_{i}.png"
+            )
     model = make_tiny_model(tmp_path / "m.onnx")
-    result = CliRunner().invoke(infer, [str(tmp_path / "data"), "--model", str(model), "--out",
-                                        str(tmp_path / "out"), "--n-boot", "20", "--workers", "0"])
+    result = CliRunner().invoke(
+        infer,
+        [
+            str(tmp_path / "data"),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "out"),
+            "--n-boot",
+            "20",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     html = (tmp_path / "out" / "report.html").read_text()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

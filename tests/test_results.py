@@ -37,7 +37,8 @@ def test_the_results_tables_match_metrics_json() -> None:
     for path in GENERATED_DOCS:
         assert path.read_text(encoding="utf-8") == expected[path], (
             f"{path.relative_to(ROOT)} is out of date: run `python -m cxr.reports.render results/metrics.json "
-            "--update-readme README.md docs/results.md docs/robustness.md` (part of `make results`)")
+            "--update-readme README.md docs/results.md docs/robustness.md` (part of `make results`)"
+        )
 
 
 def test_the_readme_results_table_is_the_shipped_rows_of_the_full_table() -> None:
@@ -60,7 +61,8 @@ def test_the_domain_tables_match_the_domain_summary() -> None:
         sys.path.remove(str(ROOT / "scripts"))
     block = _block((ROOT / "docs" / "robustness.md").read_text(encoding="utf-8"), "domain")
     assert block == tables(json.loads(DOMAIN_SUMMARY.read_text())) + "\n", (
-        "docs/robustness.md's domain tables are out of date: run `make domain`")
+        "docs/robustness.md's domain tables are out of date: run `make domain`"
+    )
 
 
 def test_shipped_model_reproduces_example_predictions(tmp_path: Path) -> None:

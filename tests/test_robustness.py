@@ -14,9 +14,28 @@ from cxr.perturb import SUITE, SUITE_NAMES, perturb_batch, perturbation
 from tests.onnx_fixtures import make_tiny_model
 from tests.synthetic import make_texture_classes
 
-REQUIRED = {"noise1", "noise2", "noise3", "noise5", "noise2rgb", "blur", "downscale0.5", "jpeg30", "jpeg50", "jpeg75",
-            "brightness-10", "brightness-5", "brightness+5", "brightness+10", "contrast-10", "contrast+10",
-            "gamma0.8", "gamma1.2", "rotate-5", "rotate+5"}
+REQUIRED = {
+    "noise1",
+    "noise2",
+    "noise3",
+    "noise5",
+    "noise2rgb",
+    "blur",
+    "downscale0.5",
+    "jpeg30",
+    "jpeg50",
+    "jpeg75",
+    "brightness-10",
+    "brightness-5",
+    "brightness+5",
+    "brightness+10",
+    "contrast-10",
+    "contrast+10",
+    "gamma0.8",
+    "gamma1.2",
+    "rotate-5",
+    "rotate+5",
+}
 
 
 @pytest.fixture
@@ -69,33 +88,64 @@ def test_noise_has_the_named_strength() -> None:
 def test_robustness_run_is_deterministic(tmp_path: Path, texture_set: Path, brittle_model: Path) -> None:
     runs = []
     for name in ("a", "b"):
-        result = CliRunner().invoke(cxr, ["robustness", "--model", str(brittle_model), "--data", str(texture_set),
-                                          "--out", str(tmp_path / name), "--workers", "0", "-q"])
+        result = CliRunner().invoke(
+            cxr,
+            [
+                "robustness",
+                "--model",
+                str(brittle_model),
+                "--data",
+                str(texture_set),
+                "--out",
+                str(tmp_path / name),
+                "--workers",
+                "0",
+                "-q",
+            ],
+        )
         assert result.exit_code == 0, result.output
         runs.append(json.loads((tmp_path / name / "robustness.json").read_text())["perturbations"])
     assert runs[0] == runs[1]
     assert (tmp_path / "a" / "robustness.png").is_file() and "noise2" in (tmp_path / "a" / "robustness.md").read_text()
 
 
-def test_gate_fails_a_brittle_model_and_passes_a_steady_one(tmp_path: Path, texture_set: Path, brittle_model: Path,
-                                                           steady_model: Path) -> None:
+def test_gate_fails_a_brittle_model_and_passes_a_steady_one(
+    tmp_path: Path, texture_set: Path, brittle_model: Path, steady_model: Path
+) -> None:
     args = ["--data", str(texture_set), "--max-flip", "noise2=0.02", "--workers", "0", "-q"]
-    brittle = CliRunner().invoke(cxr, ["robustness", "--model", str(brittle_model), "--out", str(tmp_path / "b"),
-                                       *args])
+    brittle = CliRunner().invoke(
+        cxr, ["robustness", "--model", str(brittle_model), "--out", str(tmp_path / "b"), *args]
+    )
     assert brittle.exit_code == 1, brittle.output
     flips = json.loads((tmp_path / "b" / "robustness.json").read_text())["perturbations"]["noise2"]["classes"]
     assert flips["NORMAL"]["flip_rate"] > 0.5 and flips["NORMAL"]["called_other"] > 0.5
-    steady = CliRunner().invoke(cxr, ["robustness", "--model", str(steady_model), "--out", str(tmp_path / "s"),
-                                      *args])
+    steady = CliRunner().invoke(cxr, ["robustness", "--model", str(steady_model), "--out", str(tmp_path / "s"), *args])
     assert steady.exit_code == 0, steady.output
 
 
-def test_evaluate_gates_on_flips_and_reports_the_suite(tmp_path: Path, texture_set: Path,
-                                                       brittle_model: Path) -> None:
+def test_evaluate_gates_on_flips_and_reports_the_suite(tmp_path: Path, texture_set: Path, brittle_model: Path) -> None:
     out = tmp_path / "eval"
-    result = CliRunner().invoke(cxr, ["evaluate", "--model", str(brittle_model), "--data", str(texture_set),
-                                      "--out", str(out), "--history", str(tmp_path / "h.csv"), "--max-flip",
-                                      "noise2=0.02", "--workers", "0", "--n-boot", "20", "-q"])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "evaluate",
+            "--model",
+            str(brittle_model),
+            "--data",
+            str(texture_set),
+            "--out",
+            str(out),
+            "--history",
+            str(tmp_path / "h.csv"),
+            "--max-flip",
+            "noise2=0.02",
+            "--workers",
+            "0",
+            "--n-boot",
+            "20",
+            "-q",
+        ],
+    )
     assert result.exit_code == 1, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["robustness"]["brittle"]["perturbations"]["noise2"]["max_flip_rate"] > 0.02
@@ -106,8 +156,20 @@ def test_evaluate_gates_on_flips_and_reports_the_suite(tmp_path: Path, texture_s
 
 def test_bad_max_flip_is_a_usage_error(tmp_path: Path, texture_set: Path, brittle_model: Path) -> None:
     for spec in ("noise9=0.1", "noise2", "noise2=abc", "noise2=nan", "noise2=1.5"):
-        result = CliRunner().invoke(cxr, ["robustness", "--model", str(brittle_model), "--data", str(texture_set),
-                                          "--out", str(tmp_path / "o"), "--max-flip", spec])
+        result = CliRunner().invoke(
+            cxr,
+            [
+                "robustness",
+                "--model",
+                str(brittle_model),
+                "--data",
+                str(texture_set),
+                "--out",
+                str(tmp_path / "o"),
+                "--max-flip",
+                spec,
+            ],
+        )
         assert result.exit_code == 2, (spec, result.output)
 
 
@@ -117,8 +179,13 @@ def test_shortcut_check_flags_classes_that_differ_only_in_noise(texture_set: Pat
     from cxr.shortcut import shortcut_check
 
     paths = list_images(texture_set)
-    result = shortcut_check([str(p) for p in paths], [p.parent.name for p in paths],
-                            [patient_id_from_name(p.name) for p in paths], ("NORMAL", "PNEUMONIA"), size=32)
+    result = shortcut_check(
+        [str(p) for p in paths],
+        [p.parent.name for p in paths],
+        [patient_id_from_name(p.name) for p in paths],
+        ("NORMAL", "PNEUMONIA"),
+        size=32,
+    )
     texture = result["groups"]["noise / high-frequency texture"]
     assert texture["cv_auc"] > 0.9
     assert texture["median_positive"]["noise_sigma"] > texture["median_negative"]["noise_sigma"]
@@ -131,8 +198,11 @@ def test_data_prepare_prints_and_stores_the_shortcut_check(tmp_path: Path, kaggl
     assert result.exit_code == 0, result.output
     assert "shortcut check" in result.output and "verdict" in result.output
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
-    assert set(summary["shortcut_check"]["groups"]) == {"noise / high-frequency texture", "intensity (mean, std)",
-                                                        "original size (width, height)"}
+    assert set(summary["shortcut_check"]["groups"]) == {
+        "noise / high-frequency texture",
+        "intensity (mean, std)",
+        "original size (width, height)",
+    }
 
 
 def test_immerkaer_estimate_recovers_the_noise_of_a_flat_image() -> None:
@@ -143,21 +213,43 @@ def test_immerkaer_estimate_recovers_the_noise_of_a_flat_image() -> None:
         assert immerkaer_sigma(100 + rng.normal(0, sd, (256, 256))) == pytest.approx(sd, rel=0.05)
 
 
-def test_files_of_a_manifest_that_are_missing_are_said_and_make_the_run_partial(tmp_path: Path, texture_set: Path,
-                                                                              steady_model: Path) -> None:
+def test_files_of_a_manifest_that_are_missing_are_said_and_make_the_run_partial(
+    tmp_path: Path, texture_set: Path, steady_model: Path
+) -> None:
     import pandas as pd
 
     present = sorted(p.relative_to(texture_set).as_posix() for p in texture_set.rglob("*.png"))
-    rows = [{"path": rel, "label": rel.split("/")[0], "split": "test", "patient_id": f"p{i}", "sha256": "0" * 64}
-            for i, rel in enumerate(present)]
-    rows += [{"path": f"NORMAL/gone{i}.png", "label": "NORMAL", "split": "test", "patient_id": f"g{i}",
-              "sha256": "0" * 64} for i in range(3)]
+    rows = [
+        {"path": rel, "label": rel.split("/")[0], "split": "test", "patient_id": f"p{i}", "sha256": "0" * 64}
+        for i, rel in enumerate(present)
+    ]
+    rows += [
+        {"path": f"NORMAL/gone{i}.png", "label": "NORMAL", "split": "test", "patient_id": f"g{i}", "sha256": "0" * 64}
+        for i in range(3)
+    ]
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
-    result = CliRunner().invoke(cxr, ["robustness", "--model", str(steady_model), "--data", str(texture_set),
-                                      "--manifest", str(manifest), "--out", str(tmp_path / "r"), "--workers", "0", "-q"])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "robustness",
+            "--model",
+            str(steady_model),
+            "--data",
+            str(texture_set),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(tmp_path / "r"),
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 4, result.output
-    assert f"3 of {len(present) + 3} files were left out of the suite (first: NORMAL/gone0.png: file not found)" \
+    assert (
+        f"3 of {len(present) + 3} files were left out of the suite (first: NORMAL/gone0.png: file not found)"
         in result.output
+    )
     saved = json.loads((tmp_path / "r" / "robustness.json").read_text())
     assert saved["skipped_files"] == 3 and saved["left_out"][0]["why"] == "file not found"

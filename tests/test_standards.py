@@ -22,15 +22,33 @@ def _two_subgroup_predictions(path: Path, seed: int = 0) -> Path:
     worse on viral pneumonia."""
     rng = np.random.default_rng(seed)
     rows = []
-    for kind, label, centre in (("normal", "NORMAL", 0.2), ("bacteria", "PNEUMONIA", 0.85), ("virus", "PNEUMONIA", 0.6)):
+    for kind, label, centre in (
+        ("normal", "NORMAL", 0.2),
+        ("bacteria", "PNEUMONIA", 0.85),
+        ("virus", "PNEUMONIA", 0.6),
+    ):
         for patient in range(12):
             for image in range(2):
-                name = (f"NORMAL/IM-{patient:04d}-{image + 1:04d}.jpeg" if kind == "normal"
-                        else f"PNEUMONIA/person{patient + (100 if kind == 'virus' else 0)}_{kind}_{image}.jpeg")
+                name = (
+                    f"NORMAL/IM-{patient:04d}-{image + 1:04d}.jpeg"
+                    if kind == "normal"
+                    else f"PNEUMONIA/person{patient + (100 if kind == 'virus' else 0)}_{kind}_{image}.jpeg"
+                )
                 p = float(np.clip(rng.normal(centre, 0.15), 0.001, 0.999))
-                rows.append({"path": name, "p_PNEUMONIA": f"{p:.9g}", "pred_label": "", "threshold": 0.5,
-                             "true_label": label, "patient_id": "", "error": "", "qc": "", "model": "tiny.onnx",
-                             "model_sha256": "b" * 64})
+                rows.append(
+                    {
+                        "path": name,
+                        "p_PNEUMONIA": f"{p:.9g}",
+                        "pred_label": "",
+                        "threshold": 0.5,
+                        "true_label": label,
+                        "patient_id": "",
+                        "error": "",
+                        "qc": "",
+                        "model": "tiny.onnx",
+                        "model_sha256": "b" * 64,
+                    }
+                )
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
@@ -60,7 +78,8 @@ def test_small_subgroups_are_flagged_not_dropped(tmp_path: Path) -> None:
     groups = tmp_path / "groups.csv"
     frame = pd.read_csv(preds)
     pd.DataFrame({"path": frame["path"], "site": ["rare" if i < 6 else "common" for i in range(len(frame))]}).to_csv(
-        groups, index=False)
+        groups, index=False
+    )
     from cxr.reports.standards import read_groups_csv
 
     report = summarize([preds], tmp_path / "r", n_boot=50, with_figures=False, groups=read_groups_csv(groups))
@@ -70,8 +89,17 @@ def test_small_subgroups_are_flagged_not_dropped(tmp_path: Path) -> None:
 
 def test_checklist_answers_each_item_from_the_run(rendered) -> None:
     items = {row["guideline"]: row["answer"] for row in rendered["report"]["checklist"]}
-    for ref in ("TRIPOD+AI 23a", "TRIPOD+AI 15", "TRIPOD+AI 16", "TRIPOD+AI 27a", "CLAIM 20", "CLAIM 30", "CLAIM 39",
-                "CLAIM 41 / TRIPOD+AI 4", "CLAIM 33 / TRIPOD+AI 12"):
+    for ref in (
+        "TRIPOD+AI 23a",
+        "TRIPOD+AI 15",
+        "TRIPOD+AI 16",
+        "TRIPOD+AI 27a",
+        "CLAIM 20",
+        "CLAIM 30",
+        "CLAIM 39",
+        "CLAIM 41 / TRIPOD+AI 4",
+        "CLAIM 33 / TRIPOD+AI 12",
+    ):
         assert items[ref], ref
     assert items["CLAIM 30"].startswith("not available")  # no robustness section was given
     # computed from the run: predictions without a manifest and without a domain guard
@@ -97,9 +125,19 @@ def test_card_yaml_parses_and_bundle_metadata_validates(rendered) -> None:
     metrics = front["model-index"][0]["results"][0]["metrics"]
     assert [m["type"] for m in metrics] == list(CARD_METRICS)
     assert all(len(m["args"]["ci95"]) == 2 for m in metrics)
-    for heading in ("## Intended use", "## Out-of-scope use", "## Training data and split", "## Preprocessing contract",
-                    "## Factors (subgroups)", "## Calibration", "## Limitations", "## Versions",
-                    "## How to get started", "## Citation", "## References"):
+    for heading in (
+        "## Intended use",
+        "## Out-of-scope use",
+        "## Training data and split",
+        "## Preprocessing contract",
+        "## Factors (subgroups)",
+        "## Calibration",
+        "## Limitations",
+        "## Versions",
+        "## How to get started",
+        "## Citation",
+        "## References",
+    ):
         assert heading in text
     for key in ("base_model", "datasets", "pipeline_tag", "license", "model_version", "model_date"):
         assert front[key], key

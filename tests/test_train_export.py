@@ -24,18 +24,43 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     runner = CliRunner()
     prepared = runner.invoke(cxr, ["data", "prepare", "--source", str(data), "--out", str(root / "splits")])
     assert prepared.exit_code == 0, prepared.output
-    result = runner.invoke(cxr, ["train", "--variant", "all", "--manifest", str(root / "splits" / "manifest.csv"),
-                                 "--out", str(root / "runs"), "--cache-dir", str(root / "cache"), *TINY])
+    result = runner.invoke(
+        cxr,
+        [
+            "train",
+            "--variant",
+            "all",
+            "--manifest",
+            str(root / "splits" / "manifest.csv"),
+            "--out",
+            str(root / "runs"),
+            "--cache-dir",
+            str(root / "cache"),
+            *TINY,
+        ],
+    )
     assert result.exit_code == 0, result.output
-    return {"root": root, "data": data, "manifest": root / "splits" / "manifest.csv", "runs": root / "runs",
-            "output": result.output}
+    return {
+        "root": root,
+        "data": data,
+        "manifest": root / "splits" / "manifest.csv",
+        "runs": root / "runs",
+        "output": result.output,
+    }
 
 
 def test_both_variants_write_every_artifact(trained) -> None:
     for variant in ("model1", "model2"):
         run = trained["runs"] / variant
-        for name in ("best.keras", "history.csv", "config.json", "run.json", "augment_grid.png", "curves.png",
-                     "val_predictions.csv"):
+        for name in (
+            "best.keras",
+            "history.csv",
+            "config.json",
+            "run.json",
+            "augment_grid.png",
+            "curves.png",
+            "val_predictions.csv",
+        ):
             assert (run / name).is_file(), f"{variant}: {name} missing"
         info = json.loads((run / "run.json").read_text())
         assert info["finished"] and info["epochs_run"] == 1 and info["seed"] == 42
@@ -60,15 +85,38 @@ def test_frozen_random_base_warns_and_is_recorded(trained) -> None:
 
 
 def test_existing_run_needs_resume(trained) -> None:
-    result = CliRunner().invoke(cxr, ["train", "--variant", "model1", "--manifest", str(trained["manifest"]),
-                                      "--out", str(trained["runs"] / "model1"), *TINY])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "train",
+            "--variant",
+            "model1",
+            "--manifest",
+            str(trained["manifest"]),
+            "--out",
+            str(trained["runs"] / "model1"),
+            *TINY,
+        ],
+    )
     assert result.exit_code == 2 and "--resume" in result.output
 
 
 def test_resuming_finished_runs_changes_nothing(trained) -> None:
     histories = {v: (trained["runs"] / v / "history.csv").read_text() for v in ("model1", "model2")}
-    result = CliRunner().invoke(cxr, ["train", "--variant", "all", "--manifest", str(trained["manifest"]),
-                                      "--out", str(trained["runs"]), "--resume", *TINY])
+    result = CliRunner().invoke(
+        cxr,
+        [
+            "train",
+            "--variant",
+            "all",
+            "--manifest",
+            str(trained["manifest"]),
+            "--out",
+            str(trained["runs"]),
+            "--resume",
+            *TINY,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("already finished") == 2
     assert histories == {v: (trained["runs"] / v / "history.csv").read_text() for v in histories}
@@ -87,15 +135,13 @@ def test_interrupted_run_resumes_from_last_finished_epoch(trained, monkeypatch) 
 
     original = fit._callbacks
     monkeypatch.setattr(fit, "_callbacks", lambda *a: original(*a) + [Crash()])
-    cfg = resolve_variant(load_config(), "model2", {"weights": "none", "epochs": 2, "input_size": 64,
-                                                    "batch_size": 8})
+    cfg = resolve_variant(load_config(), "model2", {"weights": "none", "epochs": 2, "input_size": 64, "batch_size": 8})
     run = trained["root"] / "resume"
     with pytest.raises(KeyboardInterrupt):
         fit.fit_variant(cfg, trained["manifest"], run, cache_dir=trained["root"] / "cache", verbose=0)
     assert (run / "backup").is_dir() and len(pd.read_csv(run / "history.csv")) == 1
     monkeypatch.setattr(fit, "_callbacks", original)
-    result = fit.fit_variant(cfg, trained["manifest"], run, resume=True, cache_dir=trained["root"] / "cache",
-                             verbose=0)
+    result = fit.fit_variant(cfg, trained["manifest"], run, resume=True, cache_dir=trained["root"] / "cache", verbose=0)
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [0, 1] and result.run_info["epochs_run"] == 2
 
@@ -104,30 +150,30 @@ def test_time_budget_stops_cleanly_and_resume_continues(trained) -> None:
     from cxr.train import fit
     from cxr.train.config import load_config, resolve_variant
 
-    cfg = resolve_variant(load_config(), "model2", {"weights": "none", "epochs": 3, "input_size": 64,
-                                                    "batch_size": 8})
+    cfg = resolve_variant(load_config(), "model2", {"weights": "none", "epochs": 3, "input_size": 64, "batch_size": 8})
     run = trained["root"] / "budget"
-    first = fit.fit_variant(cfg, trained["manifest"], run, cache_dir=trained["root"] / "cache", verbose=0,
-                            max_minutes=0.1)
+    first = fit.fit_variant(
+        cfg, trained["manifest"], run, cache_dir=trained["root"] / "cache", verbose=0, max_minutes=0.1
+    )
     assert first.run_info["epochs_run"] == 1 and not first.run_info["finished"]
     assert "time budget" in first.run_info["stopped_reason"] and (run / "val_predictions.csv").is_file()
     assert (run / "backup").is_dir()
-    second = fit.fit_variant(cfg, trained["manifest"], run, resume=True, cache_dir=trained["root"] / "cache",
-                             verbose=0)
+    second = fit.fit_variant(cfg, trained["manifest"], run, resume=True, cache_dir=trained["root"] / "cache", verbose=0)
     assert second.run_info["epochs_run"] == 3 and second.run_info["finished"] and not (run / "backup").exists()
 
 
 def test_export_metadata_parity_and_round_trip(trained, tmp_path: Path) -> None:
     import onnx
 
+    from cxr.app.infer import infer
     from cxr.export.onnx_export import load_keras_model
     from cxr.imaging import decode_image, list_images
-    from cxr.app.infer import infer
 
     run = trained["runs"] / "model1"
     out = tmp_path / "models" / "model1.onnx"
-    result = CliRunner().invoke(cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8",
-                                      "--calibration", "none", "--no-guard"])
+    result = CliRunner().invoke(
+        cxr, ["export", "--run", str(run), "--out", str(out), "--n-parity", "8", "--calibration", "none", "--no-guard"]
+    )
     assert result.exit_code == 0, result.output
     assert "max |dp|" in result.output
     model = onnx.load(str(out))
@@ -149,13 +195,17 @@ def test_export_metadata_parity_and_round_trip(trained, tmp_path: Path) -> None:
 
     # export -> cxr-infer round trip against Keras on the same decoded images
     scored = tmp_path / "scored"
-    infer_result = CliRunner().invoke(infer, [str(trained["data"]), "--model", str(out), "--out", str(scored),
-                                              "-q", "--n-boot", "20"])
+    infer_result = CliRunner().invoke(
+        infer, [str(trained["data"]), "--model", str(out), "--out", str(scored), "-q", "--n-boot", "20"]
+    )
     assert infer_result.exit_code == 0, infer_result.output
     rows = pd.read_csv(scored / "predictions.csv")
     paths = list_images(trained["data"])
-    keras_p = load_keras_model(run / "best.keras").predict(
-        np.stack([decode_image(p, 64) for p in paths]).astype("float32"), verbose=0).reshape(-1)
+    keras_p = (
+        load_keras_model(run / "best.keras")
+        .predict(np.stack([decode_image(p, 64) for p in paths]).astype("float32"), verbose=0)
+        .reshape(-1)
+    )
     assert np.abs(rows["p_PNEUMONIA"].to_numpy() - keras_p).max() <= 1e-4
 
 
@@ -185,8 +235,9 @@ def test_lite2_backbone_builds_with_the_same_contract() -> None:
     from cxr.train.model import build_classifier
 
     for variant, frozen in (("model1", 10), ("model2", None)):
-        cfg = resolve_variant(load_config(), variant, {"backbone": "efficientnet_lite2", "weights": "none",
-                                                       "input_size": 64})
+        cfg = resolve_variant(
+            load_config(), variant, {"backbone": "efficientnet_lite2", "weights": "none", "input_size": 64}
+        )
         model, facts = build_classifier(cfg)
         assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 1)
         assert facts["frozen_base_layers"] == (frozen or int(facts["base_layers"] * 0.7))
@@ -203,8 +254,9 @@ def _toy_lesion_model(size: int = 64):
     x = keras.layers.AveragePooling2D(8, name="pool")(inputs)
     x = keras.layers.Conv2D(4, 1, activation="relu", name="top_activation")(x)
     model = add_head(keras.Model(inputs, x), "toy")
-    model.get_layer("top_activation").set_weights([np.full((1, 1, 3, 4), 1 / 3, "float32"),
-                                                   np.full(4, -90.0, "float32")])
+    model.get_layer("top_activation").set_weights(
+        [np.full((1, 1, 3, 4), 1 / 3, "float32"), np.full(4, -90.0, "float32")]
+    )
     for name, shape in (("head_dense128", (4, 128)), ("head_dense64", (128, 64)), ("p_positive", (64, 1))):
         model.get_layer(name).set_weights([np.full(shape, 0.05, "float32"), np.full(shape[1], 0.1, "float32")])
     return model
@@ -290,11 +342,19 @@ def test_batchnorm_mode_gap_scores_validation_both_ways(trained) -> None:
 
 
 def test_recalibrate_bn_writes_an_exportable_run(trained, tmp_path: Path) -> None:
-    import onnx
 
     out = tmp_path / "recalibrated"
-    args = ["recalibrate-bn", "--run", str(trained["runs"] / "model1"), "--out", str(out), "--batch-size", "4",
-            "--cache-dir", str(trained["root"] / "cache")]
+    args = [
+        "recalibrate-bn",
+        "--run",
+        str(trained["runs"] / "model1"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--cache-dir",
+        str(trained["root"] / "cache"),
+    ]
     result = CliRunner().invoke(cxr, args)
     assert result.exit_code == 0, result.output
     assert "validation ROC AUC" in result.output

@@ -35,8 +35,14 @@ def _labelled_set(root: Path, model: Path, n: int = 120, seed: int = 0) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(path)
         images.append(np.repeat(np.asarray(Image.fromarray(image).resize((SIZE, SIZE)))[:, :, None], 3, 2))
-        rows.append({"path": f"images/{path.name}", "split": ("train", "train", "val", "test")[(index // 2) % 4],
-                     "patient_id": f"p{index:03d}", "sha256": "0" * 64})
+        rows.append(
+            {
+                "path": f"images/{path.name}",
+                "split": ("train", "train", "val", "test")[(index // 2) % 4],
+                "patient_id": f"p{index:03d}",
+                "sha256": "0" * 64,
+            }
+        )
     p = OnnxClassifier(model, device="cpu").predict(np.stack(images))
     labels = p > np.median(p)
     labels ^= rng.random(n) < 0.1
@@ -52,8 +58,20 @@ def fitted(tmp_path: Path) -> tuple[Path, Path]:
     base = make_tiny_backbone(tmp_path / "base.onnx", SIZE)
     manifest = _labelled_set(tmp_path, base)
     out = tmp_path / "trusted.onnx"
-    result = CliRunner().invoke(cxr_cli, ["export", "--from-onnx", str(base), "--manifest", str(manifest),
-                                          "--out", str(out), "--guard-false-flags", "0.05"])
+    result = CliRunner().invoke(
+        cxr_cli,
+        [
+            "export",
+            "--from-onnx",
+            str(base),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--guard-false-flags",
+            "0.05",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "domain guard: 4 taps" in result.output and "calibration: platt" in result.output
     return out, manifest
@@ -99,8 +117,14 @@ def test_calibration_keeps_the_ranking_and_reruns_the_threshold_rule(tmp_path: P
     onnx.save(proto, str(tmp_path / "bare.onnx"))
     bare = OnnxClassifier(tmp_path / "bare.onnx", device="cpu")
     rng = np.random.default_rng(0)
-    batch = np.stack([np.repeat(np.asarray(Image.fromarray(synthetic_xray(rng, bool(i % 2), 96)).resize(
-        (SIZE, SIZE)))[:, :, None], 3, 2) for i in range(16)])
+    batch = np.stack(
+        [
+            np.repeat(
+                np.asarray(Image.fromarray(synthetic_xray(rng, bool(i % 2), 96)).resize((SIZE, SIZE)))[:, :, None], 3, 2
+            )
+            for i in range(16)
+        ]
+    )
     order = np.argsort(bare.predict(batch), kind="stable")
     assert (np.diff(trusted.predict(batch)[order]) >= -1e-5).all()  # the same ranking (float32 rounding)
     c = trusted.info.contract.calibration
@@ -116,8 +140,20 @@ def test_refitting_an_already_fitted_model_replaces_its_guard(tmp_path: Path, fi
     import onnx
 
     again = tmp_path / "again.onnx"
-    result = CliRunner().invoke(cxr_cli, ["export", "--from-onnx", str(fitted[0]), "--manifest", str(fitted[1]),
-                                          "--out", str(again), "--guard-false-flags", "0.05"])
+    result = CliRunner().invoke(
+        cxr_cli,
+        [
+            "export",
+            "--from-onnx",
+            str(fitted[0]),
+            "--manifest",
+            str(fitted[1]),
+            "--out",
+            str(again),
+            "--guard-false-flags",
+            "0.05",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(onnx.load(str(again)).graph.node) == len(onnx.load(str(fitted[0])).graph.node)
 
@@ -126,8 +162,21 @@ def test_no_guard_and_no_calibration_are_options(tmp_path: Path, fitted) -> None
     from cxr.infer.model import OnnxClassifier
 
     out = tmp_path / "plain.onnx"
-    result = CliRunner().invoke(cxr_cli, ["export", "--from-onnx", str(fitted[0]), "--manifest", str(fitted[1]),
-                                          "--out", str(out), "--no-guard", "--calibration", "temperature"])
+    result = CliRunner().invoke(
+        cxr_cli,
+        [
+            "export",
+            "--from-onnx",
+            str(fitted[0]),
+            "--manifest",
+            str(fitted[1]),
+            "--out",
+            str(out),
+            "--no-guard",
+            "--calibration",
+            "temperature",
+        ],
+    )
     assert result.exit_code == 0, result.output
     model = OnnxClassifier(out, device="cpu")
     assert model.guard is None and model.info.contract.calibration.method == "temperature"
@@ -138,8 +187,9 @@ def test_export_needs_a_manifest_and_one_source(tmp_path: Path, fitted) -> None:
     runner = CliRunner()
     missing = runner.invoke(cxr_cli, ["export", "--from-onnx", str(fitted[0]), "--out", str(tmp_path / "x.onnx")])
     assert missing.exit_code == 2 and "--manifest" in missing.output
-    both = runner.invoke(cxr_cli, ["export", "--from-onnx", str(fitted[0]), "--run", str(tmp_path),
-                                   "--out", str(tmp_path / "x.onnx")])
+    both = runner.invoke(
+        cxr_cli, ["export", "--from-onnx", str(fitted[0]), "--run", str(tmp_path), "--out", str(tmp_path / "x.onnx")]
+    )
     assert both.exit_code == 2 and "one of them" in both.output
 
 
@@ -163,8 +213,9 @@ def test_every_row_says_when_an_image_is_foreign_and_the_run_reports_a_shift(tmp
 
 def test_foreign_skip_keeps_the_row_and_the_reason_but_no_probability(tmp_path: Path, fitted) -> None:
     folder = _foreign_folder(tmp_path)
-    result = CliRunner().invoke(infer_main, [str(folder), "--model", str(fitted[0]), "--out", str(tmp_path / "o"),
-                                             "--foreign", "skip"])
+    result = CliRunner().invoke(
+        infer_main, [str(folder), "--model", str(fitted[0]), "--out", str(tmp_path / "o"), "--foreign", "skip"]
+    )
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype=str, keep_default_na=False)
     outside = rows["qc"].str.contains("outside training domain")
@@ -175,8 +226,10 @@ def test_foreign_skip_keeps_the_row_and_the_reason_but_no_probability(tmp_path: 
 
 def test_in_domain_images_are_rarely_flagged_and_show_no_shift(tmp_path: Path, fitted) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(infer_main, [str(tmp_path), "--model", str(fitted[0]), "--out", str(out),
-                                             "--manifest", str(fitted[1]), "--split", "test"])
+    result = CliRunner().invoke(
+        infer_main,
+        [str(tmp_path), "--model", str(fitted[0]), "--out", str(out), "--manifest", str(fitted[1]), "--split", "test"],
+    )
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert rows["qc"].str.contains("outside training domain").mean() <= 0.2
@@ -184,8 +237,9 @@ def test_in_domain_images_are_rarely_flagged_and_show_no_shift(tmp_path: Path, f
 
 
 def test_a_model_without_a_guard_says_so(tmp_path: Path, tiny_model: Path, kaggle_folder: Path) -> None:
-    result = CliRunner().invoke(infer_main, [str(kaggle_folder), "--model", str(tiny_model), "--out",
-                                             str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        infer_main, [str(kaggle_folder), "--model", str(tiny_model), "--out", str(tmp_path / "o")]
+    )
     assert "domain guard: this model has none" in result.output
     rows = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype=str, keep_default_na=False)
     assert (rows["domain_score"] == "").all()
@@ -212,8 +266,20 @@ def test_evaluate_gates_on_data_shift(tmp_path: Path, fitted, tiny_model: Path) 
     for index, path in enumerate(sorted(folder.glob("*.png"))):
         path.rename(folder / ("NORMAL", "PNEUMONIA")[index % 2] / path.name)
     args = ["evaluate", "--data", str(folder), "--history", str(tmp_path / "h.csv"), "--n-boot", "20"]
-    shifted = CliRunner().invoke(cxr_cli, [*args, "--model", str(fitted[0]), "--out", str(tmp_path / "e"),
-                                           "--max-shift", "0.2", "--metrics-file", str(tmp_path / "m.prom")])
+    shifted = CliRunner().invoke(
+        cxr_cli,
+        [
+            *args,
+            "--model",
+            str(fitted[0]),
+            "--out",
+            str(tmp_path / "e"),
+            "--max-shift",
+            "0.2",
+            "--metrics-file",
+            str(tmp_path / "m.prom"),
+        ],
+    )
     assert shifted.exit_code == 1, shifted.output
     assert "KS distance" in shifted.output
     prom = (tmp_path / "m.prom").read_text()
@@ -223,14 +289,16 @@ def test_evaluate_gates_on_data_shift(tmp_path: Path, fitted, tiny_model: Path) 
     assert domain["shift"]["shifted"] and domain["n_flagged"] >= 1 and domain["flagged"]
     external = [r for r in metrics["checklist"] if r["item"] == "External testing"][0]["answer"]
     assert external.startswith("other source") and "differ from the training data" in external
-    unguarded = CliRunner().invoke(cxr_cli, [*args, "--model", str(tiny_model), "--out", str(tmp_path / "u"),
-                                             "--max-shift", "0.2"])
+    unguarded = CliRunner().invoke(
+        cxr_cli, [*args, "--model", str(tiny_model), "--out", str(tmp_path / "u"), "--max-shift", "0.2"]
+    )
     assert unguarded.exit_code == 2 and "needs a model with a domain guard" in unguarded.output
 
 
 # -- the set-level test, the file checks and the DICOM header (no model needed) ---------------------------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 def test_shift_test_tells_a_shifted_set_from_a_like_one() -> None:
@@ -247,8 +315,10 @@ def test_shift_test_tells_a_shifted_set_from_a_like_one() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(0.01, 100, allow_nan=False), min_size=10, max_size=200),
-       st.lists(st.floats(0.01, 100, allow_nan=False), min_size=10, max_size=200))
+@given(
+    st.lists(st.floats(0.01, 100, allow_nan=False), min_size=10, max_size=200),
+    st.lists(st.floats(0.01, 100, allow_nan=False), min_size=10, max_size=200),
+)
 def test_shift_verdict_is_a_probability_and_round_trips(scores: list[float], reference: list[float]) -> None:
     from cxr.shift import ShiftVerdict, shift_test
 
@@ -280,13 +350,16 @@ def test_file_checks_flag_what_cannot_be_a_chest_radiograph(tmp_path: Path, atta
     assert reason in flags[0]
 
 
-@pytest.mark.parametrize("tags,reason", [
-    ({"Modality": "CT"}, "DICOM Modality CT"),
-    ({"BodyPartExamined": "KNEE"}, "DICOM BodyPartExamined KNEE"),
-    ({"ViewPosition": "LL"}, "DICOM ViewPosition LL"),
-    ({"PatientAge": "054Y"}, "DICOM PatientAge 054Y outside the training population (1-5 years)"),
-    ({"PatientAge": "003M"}, "DICOM PatientAge 003M outside the training population"),
-])
+@pytest.mark.parametrize(
+    "tags,reason",
+    [
+        ({"Modality": "CT"}, "DICOM Modality CT"),
+        ({"BodyPartExamined": "KNEE"}, "DICOM BodyPartExamined KNEE"),
+        ({"ViewPosition": "LL"}, "DICOM ViewPosition LL"),
+        ({"PatientAge": "054Y"}, "DICOM PatientAge 054Y outside the training population (1-5 years)"),
+        ({"PatientAge": "003M"}, "DICOM PatientAge 003M outside the training population"),
+    ],
+)
 def test_dicom_header_against_the_model(tmp_path: Path, tags: dict, reason: str) -> None:
     import pydicom
 
@@ -316,10 +389,12 @@ def test_a_frontal_child_chest_dicom_gets_no_header_flag(tmp_path: Path) -> None
 
 # -- the shipped models on real data (skipped without ../shared) -------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["model1", "model2"])
-def test_shipped_guard_flags_other_sites_and_passes_the_test_split(tmp_path: Path, shared_data: Path,
-                                                                   model: str) -> None:
+def test_shipped_guard_flags_other_sites_and_passes_the_test_split(
+    tmp_path: Path, shared_data: Path, model: str
+) -> None:
     from cxr.infer.model import OnnxClassifier
     from cxr.infer.score import score_folder
 
@@ -328,8 +403,13 @@ def test_shipped_guard_flags_other_sites_and_passes_the_test_split(tmp_path: Pat
     sites = pd.read_csv(shared_data / "other_sites" / "MANIFEST.csv")["relpath"].tolist()[::8]  # 60 images
     other = score_folder(shared_data / "other_sites", shipped, tmp_path / "o.csv", only=sites, workers=0)
     test = pd.read_csv(shared_data / "chest_xray" / "MANIFEST.csv")
-    own = score_folder(shared_data / "chest_xray", shipped, tmp_path / "t.csv", workers=0,
-                       only=test.loc[test["kaggle_split"] == "test", "relpath"].tolist()[::6])
+    own = score_folder(
+        shared_data / "chest_xray",
+        shipped,
+        tmp_path / "t.csv",
+        workers=0,
+        only=test.loc[test["kaggle_split"] == "test", "relpath"].tolist()[::6],
+    )
     flagged = other.predictions["qc"].str.contains("outside training domain").mean()
     assert flagged >= 0.85, flagged
     assert own.predictions["qc"].str.contains("outside training domain").mean() <= 0.05
@@ -339,6 +419,7 @@ def test_shipped_guard_flags_other_sites_and_passes_the_test_split(tmp_path: Pat
 
 # -- refitting, options and mistakes of `cxr export --from-onnx` (found by a hostile review) --------------------
 
+
 def _export(*args: str):
     return CliRunner().invoke(cxr_cli, ["export", *args])
 
@@ -347,8 +428,12 @@ def test_refitting_a_fixed_threshold_does_not_move_it(tmp_path: Path, fitted) ->
     from cxr.artifacts import ModelContract
 
     fixed = tmp_path / "fixed.onnx"
-    assert _export("--from-onnx", str(fitted[0]), "--manifest", str(fitted[1]), "--out", str(fixed),
-                   "--threshold", "0.4").exit_code == 0
+    assert (
+        _export(
+            "--from-onnx", str(fitted[0]), "--manifest", str(fitted[1]), "--out", str(fixed), "--threshold", "0.4"
+        ).exit_code
+        == 0
+    )
     thresholds = [ModelContract.from_file(fixed).threshold]
     for _ in range(2):
         result = _export("--from-onnx", str(fixed), "--manifest", str(fitted[1]), "--out", str(fixed))
@@ -361,8 +446,20 @@ def test_threshold_options_apply_to_from_onnx(tmp_path: Path, fitted) -> None:
     from cxr.artifacts import ModelContract
 
     out = tmp_path / "o.onnx"
-    result = _export("--from-onnx", str(fitted[0]), "--manifest", str(fitted[1]), "--out", str(out), "--threshold",
-                     "val", "--threshold-rule", "point", "--target-recall", "0.5")
+    result = _export(
+        "--from-onnx",
+        str(fitted[0]),
+        "--manifest",
+        str(fitted[1]),
+        "--out",
+        str(out),
+        "--threshold",
+        "val",
+        "--threshold-rule",
+        "point",
+        "--target-recall",
+        "0.5",
+    )
     assert result.exit_code == 0, result.output
     rule = ModelContract.from_file(out).threshold_rule
     assert rule["rule"] == "point" and rule["target_recall"] == 0.5
@@ -372,15 +469,25 @@ def test_neither_guard_nor_calibration_takes_them_out(tmp_path: Path, fitted) ->
     from cxr.infer.model import OnnxClassifier
 
     out = tmp_path / "bare.onnx"
-    result = _export("--from-onnx", str(fitted[0]), "--manifest", str(fitted[1]), "--out", str(out), "--no-guard",
-                     "--calibration", "none")
+    result = _export(
+        "--from-onnx",
+        str(fitted[0]),
+        "--manifest",
+        str(fitted[1]),
+        "--out",
+        str(out),
+        "--no-guard",
+        "--calibration",
+        "none",
+    )
     assert result.exit_code == 0 and "taken out" in result.output, result.output
     model = OnnxClassifier(out, device="cpu")
     assert model.guard is None and model.info.contract.calibration is None
 
 
-@pytest.mark.parametrize("attack", ["garbage manifest", "missing image", "garbage model", "no manifest",
-                                    "tiny validation split"])
+@pytest.mark.parametrize(
+    "attack", ["garbage manifest", "missing image", "garbage model", "no manifest", "tiny validation split"]
+)
 def test_export_mistakes_are_one_line_usage_errors(tmp_path: Path, fitted, attack: str) -> None:
     model, manifest = fitted
     frame = pd.read_csv(manifest)
@@ -421,8 +528,9 @@ def test_a_tampered_guard_is_refused(tmp_path: Path, fitted) -> None:
 
 def test_skipped_images_are_not_counted_as_scored(tmp_path: Path, fitted) -> None:
     folder = _foreign_folder(tmp_path)
-    result = CliRunner().invoke(infer_main, [str(folder), "--model", str(fitted[0]), "--out", str(tmp_path / "o"),
-                                             "--foreign", "skip"])
+    result = CliRunner().invoke(
+        infer_main, [str(folder), "--model", str(fitted[0]), "--out", str(tmp_path / "o"), "--foreign", "skip"]
+    )
     rows = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype=str, keep_default_na=False)
     skipped = int((rows["p_PNEUMONIA"] == "").sum())
     assert skipped and f"scored {len(rows) - skipped}/{len(rows)} files, {skipped} left unscored" in result.output
@@ -440,8 +548,20 @@ def test_training_images_are_not_a_shift(tmp_path: Path, fitted) -> None:
     frame = pd.read_csv(fitted[1])
     frame["split"] = frame["split"].replace({"train": "test", "test": "unused"})
     frame.to_csv(tmp_path / "as_test.csv", index=False)
-    result = CliRunner().invoke(infer_main, [str(tmp_path), "--model", str(fitted[0]), "--out", str(tmp_path / "o"),
-                                             "--manifest", str(tmp_path / "as_test.csv"), "--split", "test"])
+    result = CliRunner().invoke(
+        infer_main,
+        [
+            str(tmp_path),
+            "--model",
+            str(fitted[0]),
+            "--out",
+            str(tmp_path / "o"),
+            "--manifest",
+            str(tmp_path / "as_test.csv"),
+            "--split",
+            "test",
+        ],
+    )
     assert "data shift: none detected" in result.output, result.output
 
 

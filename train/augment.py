@@ -90,8 +90,12 @@ class RandomBlurOrDownscale(_RandomPerImage):
 
     def _down_up(self, images):
         height, width = images.shape[1], images.shape[2]
-        small = ops.image.resize(images, (max(1, int(height * self.scale)), max(1, int(width * self.scale))),
-                                 interpolation="bilinear", antialias=True)
+        small = ops.image.resize(
+            images,
+            (max(1, int(height * self.scale)), max(1, int(width * self.scale))),
+            interpolation="bilinear",
+            antialias=True,
+        )
         return ops.image.resize(small, (height, width), interpolation="bilinear")
 
     def augment(self, images):
@@ -126,10 +130,12 @@ def seed_layers(augment: dict[str, Any], seed: int) -> list[keras.layers.Layer]:
     zoom = float(augment["zoom"])
     layers = [
         keras.layers.RandomRotation(float(augment["rotation_degrees"]) / 360.0, fill_mode=fill, seed=seed),
-        keras.layers.RandomTranslation(float(augment["height_shift"]), float(augment["width_shift"]),
-                                       fill_mode=fill, seed=seed + 1),
-        keras.layers.RandomShear(x_factor=math.tan(math.radians(float(augment["shear_degrees"]))),
-                                 fill_mode=fill, seed=seed + 2),
+        keras.layers.RandomTranslation(
+            float(augment["height_shift"]), float(augment["width_shift"]), fill_mode=fill, seed=seed + 1
+        ),
+        keras.layers.RandomShear(
+            x_factor=math.tan(math.radians(float(augment["shear_degrees"]))), fill_mode=fill, seed=seed + 2
+        ),
         keras.layers.RandomZoom((-zoom, zoom), (-zoom, zoom), fill_mode=fill, seed=seed + 3),
     ]
     if augment.get("horizontal_flip", False):
@@ -143,10 +149,19 @@ def robust_layers(robust: dict[str, Any], seed: int) -> list[keras.layers.Layer]
         RandomGamma(*robust["gamma"], seed=seed + 10, name="random_gamma"),
         keras.layers.RandomContrast(float(robust["contrast"]), value_range=(0, 255), seed=seed + 11),
         keras.layers.RandomBrightness(float(robust["brightness"]), value_range=(0, 255), seed=seed + 12),
-        RandomBlurOrDownscale(float(robust["smooth_probability"]), float(robust["blur_sigma"]),
-                              float(robust["downscale"]), seed=seed + 13, name="random_blur_or_downscale"),
-        RandomGaussianNoise(float(robust["noise_probability"]), float(robust["noise_max_sd"]), seed=seed + 14,
-                            name="random_gaussian_noise"),
+        RandomBlurOrDownscale(
+            float(robust["smooth_probability"]),
+            float(robust["blur_sigma"]),
+            float(robust["downscale"]),
+            seed=seed + 13,
+            name="random_blur_or_downscale",
+        ),
+        RandomGaussianNoise(
+            float(robust["noise_probability"]),
+            float(robust["noise_max_sd"]),
+            seed=seed + 14,
+            name="random_gaussian_noise",
+        ),
     ]
 
 

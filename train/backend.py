@@ -31,8 +31,10 @@ def select_backend(name: str | None) -> str:
         import keras
 
         if keras.backend.backend() != wanted:
-            raise BackendError(f"Keras is already loaded with the {keras.backend.backend()} backend in this "
-                               f"process; start a new one with KERAS_BACKEND={wanted}")
+            raise BackendError(
+                f"Keras is already loaded with the {keras.backend.backend()} backend in this "
+                f"process; start a new one with KERAS_BACKEND={wanted}"
+            )
         return wanted
     os.environ["KERAS_BACKEND"] = wanted
     if wanted == "jax":
@@ -86,6 +88,7 @@ def set_precision(precision: str) -> None:
 def float32_copy(model):
     """The same network and weights with every layer in float32 (what a checkpoint holds after
     mixed-precision training, so export and inference never see bfloat16)."""
+
     def strip(value):
         if isinstance(value, dict):
             if value.get("class_name") == "DTypePolicy" or value.get("class_name") == "FloatDTypePolicy":

@@ -68,16 +68,22 @@ def _averages_kept(model) -> Iterator[None]:
 
 
 def _predict(model, images: np.ndarray, batch_size: int, batch_statistics: bool) -> np.ndarray:
-    chunks = [np.asarray(model(images[i:i + batch_size].astype("float32"), training=batch_statistics))
-              for i in range(0, len(images), batch_size)]
+    chunks = [
+        np.asarray(model(images[i : i + batch_size].astype("float32"), training=batch_statistics))
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(chunks).reshape(-1)
 
 
 def _spread(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
-    return {"roc_auc": float(roc_auc_score(labels, probs)), "p_min": float(probs.min()),
-            "p_max": float(probs.max()), "p_std": float(probs.std())}
+    return {
+        "roc_auc": float(roc_auc_score(labels, probs)),
+        "p_min": float(probs.min()),
+        "p_max": float(probs.max()),
+        "p_std": float(probs.std()),
+    }
 
 
 def _run_arrays(run_dir: Path, splits: tuple[str, ...], cache_dir: str | Path | None) -> tuple[dict, dict]:
@@ -89,8 +95,13 @@ def _run_arrays(run_dir: Path, splits: tuple[str, ...], cache_dir: str | Path | 
     return config, split_arrays(manifest_path, list(config["classes"]), int(config["input_size"]), cache_dir, splits)
 
 
-def _mode_gap(model, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-              ) -> tuple[dict[str, Any], np.ndarray]:
+def _mode_gap(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    seed: int,
+) -> tuple[dict[str, Any], np.ndarray]:
     """The gap summary, and the inference-mode probabilities in the images' order (they do not
     depend on how images are batched; batch statistics do, so those batches are shuffled)."""
     order = np.random.default_rng(seed).permutation(len(labels))  # mixed batches, as in training
@@ -98,13 +109,18 @@ def _mode_gap(model, images: np.ndarray, labels: np.ndarray, batch_size: int, se
         inference = _predict(model, images, batch_size, False)
         with _averages_kept(model):
             batch_stats = _predict(model, images[order], batch_size, True)
-    summary = {"n": int(len(labels)), "batch_size": batch_size, "moving_averages": _spread(inference, labels),
-               "batch_statistics": _spread(batch_stats, labels[order])}
+    summary = {
+        "n": int(len(labels)),
+        "batch_size": batch_size,
+        "moving_averages": _spread(inference, labels),
+        "batch_statistics": _spread(batch_stats, labels[order]),
+    }
     return summary, inference
 
 
-def batchnorm_mode_gap(run_dir: str | Path, batch_size: int = 64, seed: int = 0,
-                       cache_dir: str | Path | None = None) -> dict[str, Any]:
+def batchnorm_mode_gap(
+    run_dir: str | Path, batch_size: int = 64, seed: int = 0, cache_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Validation ROC AUC and probability spread of the run's best.keras with BatchNormalization
     using moving averages (inference, as exported) and batch statistics (as in training)."""
     run_dir = Path(run_dir)
@@ -121,11 +137,12 @@ def recalibrate_batchnorm(model, images: np.ndarray, batch_size: int = 64, seed:
     statistics over ``images`` (full shuffled batches, dropout off). Returns the layer count."""
     import keras
 
-    layers = [layer for layer in _all_layers(model)
-              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    layers = [
+        layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
     momenta = [layer.momentum for layer in layers]
     order = np.random.default_rng(seed).permutation(len(images))
-    batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     try:
         with _dropout_off(model):
             for k, batch in enumerate(batches):
@@ -138,8 +155,9 @@ def recalibrate_batchnorm(model, images: np.ndarray, batch_size: int = 64, seed:
     return len(layers)
 
 
-def recalibrate_run(run_dir: str | Path, out_dir: str | Path, batch_size: int = 64, seed: int = 0,
-                    cache_dir: str | Path | None = None) -> dict[str, Any]:
+def recalibrate_run(
+    run_dir: str | Path, out_dir: str | Path, batch_size: int = 64, seed: int = 0, cache_dir: str | Path | None = None
+) -> dict[str, Any]:
     """A copy of the run in ``out_dir`` whose best.keras has recalibrated BatchNorm averages;
     run.json records it, with the validation gap before and after."""
     import keras
@@ -161,8 +179,15 @@ def recalibrate_run(run_dir: str | Path, out_dir: str | Path, batch_size: int = 
             shutil.copy2(source.file(name), target.file(name))
     model.save(target.best)
     target.write_val_predictions(val_rows, val_probs, list(config["classes"]))
-    record = {"source_run": str(run_dir), "images": int(len(x_train)), "batch_size": batch_size, "seed": seed,
-              "layers": n_layers, "val_before": before, "val_after": after}
+    record = {
+        "source_run": str(run_dir),
+        "images": int(len(x_train)),
+        "batch_size": batch_size,
+        "seed": seed,
+        "layers": n_layers,
+        "val_before": before,
+        "val_after": after,
+    }
     target.write_info({**source.read_info(), "bn_recalibration": record})
     return record
 

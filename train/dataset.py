@@ -20,8 +20,12 @@ from cxr.imaging import RESIZE_RULE, decode_many
 DEFAULT_CACHE_DIR = Path("data/cache")
 
 
-def cached_images(paths: list[str], size: int, manifest_sha256: str, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                  ) -> np.ndarray:
+def cached_images(
+    paths: list[str],
+    size: int,
+    manifest_sha256: str,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+) -> np.ndarray:
     """The decoded images of ``paths`` (in manifest order), from the cache or decoded once now."""
     cache_file = Path(cache_dir) / f"{manifest_sha256[:16]}-{size}px-{RESIZE_RULE}.npy"
     if cache_file.is_file():
@@ -38,8 +42,9 @@ def cached_images(paths: list[str], size: int, manifest_sha256: str, cache_dir: 
 class ShuffledBatches(keras.utils.PyDataset):
     """uint8 images as float32 batches, reshuffled each epoch by a seeded generator (no augmentation)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = 0,
-                 shuffle: bool = True):
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = 0, shuffle: bool = True
+    ):
         super().__init__()
         self.images, self.labels = images, labels.astype("float32")
         self.batch_size, self.shuffle = batch_size, shuffle
@@ -50,7 +55,7 @@ class ShuffledBatches(keras.utils.PyDataset):
         return -(-len(self.images) // self.batch_size)
 
     def __getitem__(self, index: int):
-        picked = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        picked = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         return self.images[picked].astype("float32"), self.labels[picked]
 
     def on_epoch_end(self) -> None:
@@ -58,8 +63,9 @@ class ShuffledBatches(keras.utils.PyDataset):
             self.order = self.rng.permutation(len(self.images))
 
 
-def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augmenter: keras.Sequential | None,
-                  seed: int):
+def train_dataset(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, augmenter: keras.Sequential | None, seed: int
+):
     """Shuffled, augmented, prefetched tf.data pipeline over in-memory uint8 images."""
     import tensorflow as tf
 
@@ -76,4 +82,5 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int):
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype("float32"))).batch(batch_size)
     return ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE)
+        tf.data.AUTOTUNE
+    )

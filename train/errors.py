@@ -1,4 +1,5 @@
 """Errors of the training stage. Each message is one line."""
+
 from cxr.errors import InputError
 
 

@@ -18,14 +18,16 @@ from cxr.artifacts import RunFolder, augment_policy_of
 from cxr.data import load_manifest
 from cxr.environment import package_versions
 from cxr.files import sha256_file
-from cxr.train.config import config_sha256
 from cxr.train.backend import active_backend, float32_copy, seed_everything, set_precision
+from cxr.train.config import config_sha256
 from cxr.train.errors import RunAlreadyFinished, RunStateError
 from cxr.train.history import MonitorState, monitor_state
 
-FROZEN_RANDOM_WARNING = ("WARNING: {n} base layers are frozen but the base is randomly initialised "
-                         "(weights=none); frozen random features cannot learn. Use pretrained weights "
-                         "(--weights imagenet|PATH, or --backbone efficientnet_lite2) or expect poor results.")
+FROZEN_RANDOM_WARNING = (
+    "WARNING: {n} base layers are frozen but the base is randomly initialised "
+    "(weights=none); frozen random features cannot learn. Use pretrained weights "
+    "(--weights imagenet|PATH, or --backbone efficientnet_lite2) or expect poor results."
+)
 
 
 @dataclass
@@ -51,14 +53,16 @@ def _split_arrays(manifest: pd.DataFrame, images: np.ndarray, classes: list[str]
     return images[mask], labels.astype(np.int64), manifest.loc[mask].reset_index(drop=True)
 
 
-def split_arrays(manifest_path: str | Path, classes: list[str], size: int, cache_dir: str | Path | None,
-                 splits: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray, pd.DataFrame]]:
+def split_arrays(
+    manifest_path: str | Path, classes: list[str], size: int, cache_dir: str | Path | None, splits: tuple[str, ...]
+) -> dict[str, tuple[np.ndarray, np.ndarray, pd.DataFrame]]:
     """(images, label indices, manifest rows) of each split, decoded once into the image cache."""
     from cxr.train import dataset
 
     manifest = load_manifest(manifest_path)
-    images = dataset.cached_images(manifest["abspath"].tolist(), size, sha256_file(manifest_path),
-                                   cache_dir or dataset.DEFAULT_CACHE_DIR)
+    images = dataset.cached_images(
+        manifest["abspath"].tolist(), size, sha256_file(manifest_path), cache_dir or dataset.DEFAULT_CACHE_DIR
+    )
     return {split: _split_arrays(manifest, images, classes, split) for split in splits}
 
 
@@ -68,13 +72,17 @@ def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
             raise RunStateError(f"nothing to resume in {run.path} (no config.json)")
         info = run.read_info()
         if info.get("finished"):
-            raise RunAlreadyFinished(f"{run.path} already finished ({info.get('epochs_run')} epochs, "
-                                     f"{info.get('stopped_reason')}); nothing to resume")
+            raise RunAlreadyFinished(
+                f"{run.path} already finished ({info.get('epochs_run')} epochs, "
+                f"{info.get('stopped_reason')}); nothing to resume"
+            )
         started_with, now = info.get("backend", "tensorflow"), active_backend()
         if started_with != now:
-            raise RunStateError(f"{run.path} was trained with the {started_with} backend and this process runs "
-                                f"{now}; its optimizer state is backend-specific, so resume with "
-                                f"--backend {started_with} (or KERAS_BACKEND={started_with})")
+            raise RunStateError(
+                f"{run.path} was trained with the {started_with} backend and this process runs "
+                f"{now}; its optimizer state is backend-specific, so resume with "
+                f"--backend {started_with} (or KERAS_BACKEND={started_with})"
+            )
         return
     if run.has_config() or run.backup.exists():
         raise RunStateError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
@@ -127,17 +135,31 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool, classifier
     cb = resolved["callbacks"]
     run = RunFolder(run_dir)
     history = run.read_history() if resume else None
-    state = monitor_state(history, reduce_lr_patience=cb["reduce_lr_patience"],
-                          min_lr=cb["min_lr"]) if history is not None else None
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cb["reduce_lr_factor"],
-                                                  patience=cb["reduce_lr_patience"], min_lr=cb["min_lr"], verbose=1)
-    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cb["early_stopping_patience"],
-                                                   restore_best_weights=True, verbose=1)
+    state = (
+        monitor_state(history, reduce_lr_patience=cb["reduce_lr_patience"], min_lr=cb["min_lr"])
+        if history is not None
+        else None
+    )
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss",
+        factor=cb["reduce_lr_factor"],
+        patience=cb["reduce_lr_patience"],
+        min_lr=cb["min_lr"],
+        verbose=1,
+    )
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=cb["early_stopping_patience"], restore_best_weights=True, verbose=1
+    )
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run.backup), delete_checkpoint=False),  # removed when finished
-        _save_best_classifier(classifier, run.best, state.early_stopping_best if state else None,
-                              resolved.get("precision", "float32") != "float32"),
-        reduce_lr, early_stopping,
+        _save_best_classifier(
+            classifier,
+            run.best,
+            state.early_stopping_best if state else None,
+            resolved.get("precision", "float32") != "float32",
+        ),
+        reduce_lr,
+        early_stopping,
         keras.callbacks.CSVLogger(str(run.history_path), append=resume),
     ]
     if state is not None:  # after the two callbacks it sets: they reset themselves in on_train_begin
@@ -157,7 +179,7 @@ def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr, best_
             if best_checkpoint.is_file():
                 best = keras.models.load_model(best_checkpoint, compile=False).get_weights()
                 weights = self.model.get_weights()  # a wrapper holds the augmenter's state first
-                early_stopping.best_weights = weights[:len(weights) - len(best)] + best
+                early_stopping.best_weights = weights[: len(weights) - len(best)] + best
             reduce_lr.best, reduce_lr.wait = state.reduce_lr_best, state.reduce_lr_wait
 
     return RestoreMonitorState()
@@ -167,25 +189,45 @@ def compile_classifier(model, learning_rate: float) -> None:
     """Adam, binary cross-entropy and the logged metrics (the seed's compile)."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                  loss="binary_crossentropy",
-                  metrics=["accuracy", keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"),
-                           keras.metrics.Recall(name="recall")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=[
+            "accuracy",
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ],
+    )
 
 
 def _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, n_train, n_val) -> dict[str, Any]:
     import keras
 
-    return {"variant": resolved["variant"], "backbone": resolved["backbone"], "weights": str(resolved["weights"]),
-            "freeze_bn": bool(resolved.get("freeze_bn", False)), "seed": seed,
-            "augment_policy": augment_policy_of(resolved), "backend": keras.backend.backend(),
-            "precision": resolved.get("precision", "float32"),
-            "input_pipeline": "tf.data" if keras.backend.backend() == "tensorflow" else "PyDataset, augmentation in "
-                                                                                        "the training step",
-            "config_sha256": config_sha256(resolved), "manifest": str(manifest_path),
-            "manifest_sha256": sha256_file(manifest_path), "classes": resolved["classes"],
-            "input_size": int(resolved["input_size"]), "class_weight": class_weight,
-            "n_train": n_train, "n_val": n_val, **facts, "warnings": warnings, "versions": package_versions()}
+    return {
+        "variant": resolved["variant"],
+        "backbone": resolved["backbone"],
+        "weights": str(resolved["weights"]),
+        "freeze_bn": bool(resolved.get("freeze_bn", False)),
+        "seed": seed,
+        "augment_policy": augment_policy_of(resolved),
+        "backend": keras.backend.backend(),
+        "precision": resolved.get("precision", "float32"),
+        "input_pipeline": "tf.data"
+        if keras.backend.backend() == "tensorflow"
+        else "PyDataset, augmentation in the training step",
+        "config_sha256": config_sha256(resolved),
+        "manifest": str(manifest_path),
+        "manifest_sha256": sha256_file(manifest_path),
+        "classes": resolved["classes"],
+        "input_size": int(resolved["input_size"]),
+        "class_weight": class_weight,
+        "n_train": n_train,
+        "n_val": n_val,
+        **facts,
+        "warnings": warnings,
+        "versions": package_versions(),
+    }
 
 
 def _build_and_describe(resolved: dict[str, Any], log) -> tuple[Any, dict[str, Any], list[str]]:
@@ -198,9 +240,11 @@ def _build_and_describe(resolved: dict[str, Any], log) -> tuple[Any, dict[str, A
         warnings.append(FROZEN_RANDOM_WARNING.format(n=facts["frozen_base_layers"]))
     for warning in warnings:
         log(warning)
-    log(f"{resolved['variant']}: {facts['params']['trainable']:,} trainable / "
+    log(
+        f"{resolved['variant']}: {facts['params']['trainable']:,} trainable / "
         f"{facts['params']['non_trainable']:,} non-trainable params; "
-        f"{facts['frozen_base_layers']}/{facts['base_layers']} base layers frozen")
+        f"{facts['frozen_base_layers']}/{facts['base_layers']} base layers frozen"
+    )
     return model, facts, warnings
 
 
@@ -215,30 +259,49 @@ def fit_inputs(model, augmenter, arrays, batch_size: int, seed: int, pipeline: s
     (x_train, y_train, _), (x_val, y_val, _) = arrays["train"], arrays["val"]
     pipeline = pipeline or ("tf.data" if keras.backend.backend() == "tensorflow" else "in-model")
     if pipeline == "tf.data":
-        return (model, dataset.train_dataset(x_train, y_train, batch_size, augmenter, seed),
-                dataset.eval_dataset(x_val, y_val, batch_size), model)
+        return (
+            model,
+            dataset.train_dataset(x_train, y_train, batch_size, augmenter, seed),
+            dataset.eval_dataset(x_val, y_val, batch_size),
+            model,
+        )
     size = x_train.shape[1]
     wrapper = keras.Sequential([keras.Input((size, size, 3)), augmenter, model], name=f"{model.name}_training")
-    return (wrapper, dataset.ShuffledBatches(x_train, y_train, batch_size, seed),
-            dataset.ShuffledBatches(x_val, y_val, batch_size, shuffle=False), model)
+    return (
+        wrapper,
+        dataset.ShuffledBatches(x_train, y_train, batch_size, seed),
+        dataset.ShuffledBatches(x_val, y_val, batch_size, shuffle=False),
+        model,
+    )
 
 
-def _run_fit(model, resolved, run: RunFolder, arrays, class_weight, resume: bool, max_minutes: float | None,
-             verbose: int):
+def _run_fit(
+    model, resolved, run: RunFolder, arrays, class_weight, resume: bool, max_minutes: float | None, verbose: int
+):
     """model.fit with the seed's callbacks; returns the time-budget callback (or None)."""
     from cxr.plots import save_image_grid
     from cxr.train.augment import make_augmenter
 
     seed, batch_size = int(resolved["seed"]), int(resolved["batch_size"])
     augmenter = make_augmenter(resolved, seed)
-    save_image_grid(augmenter(arrays["train"][0][:16].astype("float32"), training=True), run.file(run.AUGMENT_GRID),
-                    title=f"training augmentation samples ({augment_policy_of(resolved)} policy)")
+    save_image_grid(
+        augmenter(arrays["train"][0][:16].astype("float32"), training=True),
+        run.file(run.AUGMENT_GRID),
+        title=f"training augmentation samples ({augment_policy_of(resolved)} policy)",
+    )
     fitted, train_data, val_data, classifier = fit_inputs(model, augmenter, arrays, batch_size, seed)
     compile_classifier(fitted, float(resolved["learning_rate"]))
     budget = _time_budget_callback(max_minutes) if max_minutes else None
     callbacks = _callbacks(resolved, run.path, resume, classifier)
-    fitted.fit(train_data, validation_data=val_data, epochs=int(resolved["epochs"]), class_weight=class_weight,
-               callbacks=callbacks + ([budget] if budget else []), verbose=verbose, shuffle=False)
+    fitted.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=int(resolved["epochs"]),
+        class_weight=class_weight,
+        callbacks=callbacks + ([budget] if budget else []),
+        verbose=verbose,
+        shuffle=False,
+    )
     return budget
 
 
@@ -257,18 +320,31 @@ def _finish_run(model, resolved, run: RunFolder, val_split, info: dict[str, Any]
     stopped_by_budget = bool(budget and budget.stopped_epoch)
     if not stopped_by_budget:
         shutil.rmtree(run.backup, ignore_errors=True)
-    info.update({**run.history_facts(), "fit_seconds_this_session": round(time.time() - started, 1),
-                 "finished": not stopped_by_budget,
-                 "stopped_reason": f"time budget of {budget.max_minutes} min (resume to continue)"
-                 if stopped_by_budget else ("early stopping" if len(history) < int(resolved["epochs"])
-                                            else "all epochs")})
+    info.update(
+        {
+            **run.history_facts(),
+            "fit_seconds_this_session": round(time.time() - started, 1),
+            "finished": not stopped_by_budget,
+            "stopped_reason": f"time budget of {budget.max_minutes} min (resume to continue)"
+            if stopped_by_budget
+            else ("early stopping" if len(history) < int(resolved["epochs"]) else "all epochs"),
+        }
+    )
     run.write_info(info)
     return info
 
 
-def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: str | Path, *, resume: bool = False,
-                cache_dir: str | Path | None = None, verbose: int = 2, log=print,
-                max_minutes: float | None = None) -> FitResult:
+def fit_variant(
+    resolved: dict[str, Any],
+    manifest_path: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+    verbose: int = 2,
+    log=print,
+    max_minutes: float | None = None,
+) -> FitResult:
     """Train one resolved variant config on the manifest's train split (val for callbacks).
 
     ``max_minutes``: stop cleanly after the last epoch that fits in this many minutes
@@ -278,12 +354,14 @@ def fit_variant(resolved: dict[str, Any], manifest_path: str | Path, run_dir: st
     seed = int(resolved["seed"])
     seed_everything(seed)
     set_precision(resolved.get("precision", "float32"))
-    arrays = split_arrays(manifest_path, list(resolved["classes"]), int(resolved["input_size"]), cache_dir,
-                          ("train", "val"))
+    arrays = split_arrays(
+        manifest_path, list(resolved["classes"]), int(resolved["input_size"]), cache_dir, ("train", "val")
+    )
     model, facts, warnings = _build_and_describe(resolved, log)
     class_weight = balanced_class_weight(arrays["train"][1])
-    info = _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, len(arrays["train"][1]),
-                     len(arrays["val"][1]))
+    info = _run_info(
+        resolved, facts, manifest_path, seed, warnings, class_weight, len(arrays["train"][1]), len(arrays["val"][1])
+    )
     if not resume:
         run.write_config(resolved)
     run.write_info(info)

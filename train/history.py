@@ -1,10 +1,12 @@
 """The state the val_loss callbacks had reached after a run's history.csv (read by
 ``RunFolder.read_history``), so a resumed run stops and lowers the learning rate exactly
 when the uninterrupted run would have."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -15,6 +17,7 @@ REDUCE_LR_MIN_DELTA = 1e-4
 @dataclass(frozen=True)
 class MonitorState:
     """val_loss bookkeeping after the epochs in a history, as Keras' callbacks keep it."""
+
     early_stopping_best: float | None
     early_stopping_wait: int
     early_stopping_best_epoch: int

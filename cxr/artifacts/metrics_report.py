@@ -20,8 +20,20 @@ from typing import Any
 from cxr.errors import InputError
 from cxr.files import read_json_file, write_json_atomic
 
-METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
-                "balanced_accuracy", "mcc", "brier", "ece")
+METRIC_NAMES = (
+    "loss",
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "balanced_accuracy",
+    "mcc",
+    "brier",
+    "ece",
+)
 LOWER_IS_BETTER = frozenset({"loss", "brier", "ece"})
 BLOCKS = ("at_0.5", "at_model_threshold", "at_val_threshold")
 
@@ -70,15 +82,18 @@ class MetricsReport:
             if name not in models:
                 raise MetricsReportError(f"it has no model {name!r} (it has {', '.join(models)})")
             return name
-        matching = [key for key, result in models.items() if isinstance(result, dict)
-                    and result.get("model_sha256") == sha256]
+        matching = [
+            key for key, result in models.items() if isinstance(result, dict) and result.get("model_sha256") == sha256
+        ]
         if len(matching) == 1:
             return matching[0]
         if len(models) == 1:
             return next(iter(models))
-        raise MetricsReportError(f"it holds {len(models)} models ({', '.join(models)}) and "
-                                 f"{'none' if not matching else 'several'} of them scored with this model file "
-                                 f"({sha256[:12]}); name one with --baseline-model")
+        raise MetricsReportError(
+            f"it holds {len(models)} models ({', '.join(models)}) and "
+            f"{'none' if not matching else 'several'} of them scored with this model file "
+            f"({sha256[:12]}); name one with --baseline-model"
+        )
 
     @classmethod
     def block(cls, report: dict[str, Any], name: str | None = None, which: str = "at_model_threshold") -> dict:
@@ -97,8 +112,9 @@ class MetricsReport:
         """A headline metric as a finite float; a one-line error when it is missing, null or not a number."""
         value = cls.headline(report, name).get(metric)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MetricsReportError(f"metric {metric!r} is {'missing' if value is None else repr(value)}, "
-                                     "not a number")
+            raise MetricsReportError(
+                f"metric {metric!r} is {'missing' if value is None else repr(value)}, not a number"
+            )
         if not math.isfinite(value):
             raise MetricsReportError(f"metric {metric!r} is {value}, not a finite number")
         return float(value)

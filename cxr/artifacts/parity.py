@@ -40,13 +40,14 @@ class Parity:
         return write_json_atomic(path, {**values, **self.extra})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Parity":
+    def from_dict(cls, data: dict[str, Any]) -> Parity:
         names = set(cls.__dataclass_fields__) - {"extra"}
-        return cls(**{k: v for k, v in data.items() if k in names},
-                   extra={k: v for k, v in data.items() if k not in names})
+        return cls(
+            **{k: v for k, v in data.items() if k in names}, extra={k: v for k, v in data.items() if k not in names}
+        )
 
     @classmethod
-    def read(cls, model_path: str | Path) -> "Parity | None":
+    def read(cls, model_path: str | Path) -> Parity | None:
         """The parity record beside a model, or None where there is none (a model exported elsewhere)."""
         path = cls.path_for(model_path)
         if not path.is_file():

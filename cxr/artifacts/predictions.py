@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ from cxr.files import atomic_path, write_json_atomic
 from cxr.messages import first_line
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-PROBABILITY_FORMAT = "{:.9f}"   # fixed decimals (no 6.49e-05 in a spreadsheet); 9 places keep float32 ranks
+PROBABILITY_FORMAT = "{:.9f}"  # fixed decimals (no 6.49e-05 in a spreadsheet); 9 places keep float32 ranks
 DOMAIN_FORMAT = "{:.4f}"
 
 
@@ -60,7 +61,7 @@ def unescape_path(text: str) -> str:
     """The file system path (``os.fsdecode`` form) of an escaped CSV path."""
     out, pos = bytearray(), 0
     for match in _ESCAPE.finditer(text):
-        out += text[pos:match.start()].encode("utf-8")
+        out += text[pos : match.start()].encode("utf-8")
         token = match.group(1)
         out += b"\\" if token == "\\" else bytes([int(token[1:], 16)])
         pos = match.end()
@@ -76,8 +77,19 @@ class Predictions:
 
     @staticmethod
     def columns(positive_class: str) -> list[str]:
-        return ["path", f"p_{positive_class}", "pred_label", "threshold", "true_label", "patient_id", "error", "qc",
-                "domain_score", "model", "model_sha256"]
+        return [
+            "path",
+            f"p_{positive_class}",
+            "pred_label",
+            "threshold",
+            "true_label",
+            "patient_id",
+            "error",
+            "qc",
+            "domain_score",
+            "model",
+            "model_sha256",
+        ]
 
     @staticmethod
     def probability_column(positive_class: str) -> str:
@@ -88,23 +100,53 @@ class Predictions:
         return PROBABILITY_FORMAT.format(float(p))
 
     @classmethod
-    def row(cls, path: str, probability: float | None, classes: list[str] | tuple[str, ...], threshold: float, *,
-            true_label: str = "", patient_id: str = "", error: str = "", qc: str = "", model: str = "",
-            model_sha256: str = "", domain_score: float | None = None) -> dict[str, str]:
+    def row(
+        cls,
+        path: str,
+        probability: float | None,
+        classes: list[str] | tuple[str, ...],
+        threshold: float,
+        *,
+        true_label: str = "",
+        patient_id: str = "",
+        error: str = "",
+        qc: str = "",
+        model: str = "",
+        model_sha256: str = "",
+        domain_score: float | None = None,
+    ) -> dict[str, str]:
         scored = probability is not None and not error and not np.isnan(probability)
         has_domain = domain_score is not None and not error and not np.isnan(domain_score)
-        return {"path": path, f"p_{classes[1]}": cls.format_probability(probability) if scored else "",
-                "pred_label": classes[int(probability >= threshold)] if scored else "",
-                "threshold": repr(float(threshold)), "true_label": true_label, "patient_id": patient_id,
-                "error": " ".join(error.split()), "qc": qc,
-                "domain_score": DOMAIN_FORMAT.format(domain_score) if has_domain else "", "model": model,
-                "model_sha256": model_sha256}
+        return {
+            "path": path,
+            f"p_{classes[1]}": cls.format_probability(probability) if scored else "",
+            "pred_label": classes[int(probability >= threshold)] if scored else "",
+            "threshold": repr(float(threshold)),
+            "true_label": true_label,
+            "patient_id": patient_id,
+            "error": " ".join(error.split()),
+            "qc": qc,
+            "domain_score": DOMAIN_FORMAT.format(domain_score) if has_domain else "",
+            "model": model,
+            "model_sha256": model_sha256,
+        }
 
     @classmethod
-    def frame_from_scores(cls, paths: list[str], probabilities: np.ndarray, classes: list[str], threshold: float, *,
-                          true_labels: list[str], patient_ids: list[str], model: str) -> pd.DataFrame:
-        rows = [cls.row(p, float(prob), classes, threshold, true_label=t, patient_id=pid, model=model)
-                for p, prob, t, pid in zip(paths, probabilities, true_labels, patient_ids)]
+    def frame_from_scores(
+        cls,
+        paths: list[str],
+        probabilities: np.ndarray,
+        classes: list[str],
+        threshold: float,
+        *,
+        true_labels: list[str],
+        patient_ids: list[str],
+        model: str,
+    ) -> pd.DataFrame:
+        rows = [
+            cls.row(p, float(prob), classes, threshold, true_label=t, patient_id=pid, model=model)
+            for p, prob, t, pid in zip(paths, probabilities, true_labels, patient_ids)
+        ]
         return pd.DataFrame(rows, columns=cls.columns(classes[1]))
 
     @staticmethod
@@ -121,8 +163,7 @@ class Predictions:
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise PredictionsError(f"cannot read predictions {path}: {first_line(exc) if str(exc) else exc}") \
-                from None
+            raise PredictionsError(f"cannot read predictions {path}: {first_line(exc) if str(exc) else exc}") from None
         if "true_label" not in frame.columns and "label" in frame.columns:
             frame = frame.rename(columns={"label": "true_label"})
         for column in ("error", "qc", "patient_id", "threshold", "model", "model_sha256", "domain_score"):

@@ -35,8 +35,9 @@ class RobustnessReport:
         data = read_json_file(path, RobustnessReportError)
         missing = [key for key in REQUIRED if not isinstance(data, dict) or key not in data]
         if missing:
-            raise RobustnessReportError(f"{path} is not a robustness.json from `cxr robustness` (no "
-                                        f"{', '.join(repr(k) for k in missing)})")
+            raise RobustnessReportError(
+                f"{path} is not a robustness.json from `cxr robustness` (no {', '.join(repr(k) for k in missing)})"
+            )
         if "clean" not in data["perturbations"]:
             raise RobustnessReportError(f"{path} has no 'clean' row to compare the perturbations with")
         return data

@@ -1,12 +1,12 @@
 """The training run folder: what ``cxr train`` writes and export, recalibrate-bn and resume read.
 
-    best.keras           the best checkpoint (lowest val_loss)
-    config.json          the resolved training config
-    run.json             facts: seed, versions, manifest sha256, parameter counts, epochs, backend, ...
-    history.csv          one row per epoch (Keras CSVLogger)
-    val_predictions.csv  the best checkpoint on the validation split, in the Predictions schema
-    curves.png, augment_grid.png
-    backup/              while a run is unfinished (Keras BackupAndRestore)
+best.keras           the best checkpoint (lowest val_loss)
+config.json          the resolved training config
+run.json             facts: seed, versions, manifest sha256, parameter counts, epochs, backend, ...
+history.csv          one row per epoch (Keras CSVLogger)
+val_predictions.csv  the best checkpoint on the validation split, in the Predictions schema
+curves.png, augment_grid.png
+backup/              while a run is unfinished (Keras BackupAndRestore)
 """
 
 from __future__ import annotations
@@ -120,8 +120,11 @@ class RunFolder:
         if history is None:
             return {}
         best_row = history["val_loss"].idxmin()
-        return {"epochs_run": int(len(history)), "best_epoch": int(history.loc[best_row, "epoch"]) + 1,
-                "best_val_loss": float(history.loc[best_row, "val_loss"])}
+        return {
+            "epochs_run": int(len(history)),
+            "best_epoch": int(history.loc[best_row, "epoch"]) + 1,
+            "best_val_loss": float(history.loc[best_row, "val_loss"]),
+        }
 
     def export_facts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(config, run facts) of a run with a checkpoint. A run stopped early (no 'finished')
@@ -138,7 +141,13 @@ class RunFolder:
         Predictions schema, threshold 0.5."""
         from cxr.artifacts.predictions import Predictions
 
-        frame = Predictions.frame_from_scores(rows["path"].tolist(), np.asarray(probabilities, dtype=np.float64),
-                                              classes, 0.5, true_labels=rows["label"].tolist(),
-                                              patient_ids=rows["patient_id"].tolist(), model=self.BEST)
+        frame = Predictions.frame_from_scores(
+            rows["path"].tolist(),
+            np.asarray(probabilities, dtype=np.float64),
+            classes,
+            0.5,
+            true_labels=rows["label"].tolist(),
+            patient_ids=rows["patient_id"].tolist(),
+            model=self.BEST,
+        )
         return Predictions.write_csv(frame, self.val_predictions)
