@@ -141,12 +141,12 @@ domain-methods: setup $(SPLITS)/manifest.csv
 		> $(RESULTS)/domain/$(m)_methods.md;)
 
 # The shipped guards, shift test and calibration measured end to end (results/domain/summary.*, and the
-# tables of docs/robustness.md).
+# tables in README.md).
 domain: setup $(SPLITS)/manifest.csv
 	rm -rf out/domain/runs
 	$(BIN)/python scripts/domain_results.py --models $(MODELS)/model1.onnx $(MODELS)/model2.onnx \
 		--manifest $(SPLITS)/manifest.csv --source $(SOURCE) --other-sites $(OTHER_SITES) --out $(RESULTS)/domain \
-		--update-doc docs/robustness.md
+		--update-doc README.md
 
 results: setup $(SPLITS)/manifest.csv previous-models $(MODELS)/model1.onnx $(MODELS)/model2.onnx training-facts
 	$(MAKE) $(foreach m,$(COMPARED),$(RESULTS)/$(m)/predictions.csv $(RESULTS)/robustness/$(m)/robustness.json) \

@@ -10,7 +10,7 @@ degrees, inverted, or halved (the sets of ``scripts/domain_methods.py``). It the
 sets of 50 images from the other sites and from the test split and runs the set-level shift test
 (``cxr.shift.shift_test``, as every run does) on each, and measures calibration on the test split
 (ECE before and after, from the model's own calibration facts). It writes ``summary.json`` and
-prints the tables that docs/robustness.md shows (``--update-doc docs/robustness.md`` writes them
+prints the tables that README.md shows (``--update-doc README.md`` writes them
 there, as ``make domain`` does).
 """
 
@@ -170,7 +170,7 @@ def main() -> None:
         dest="update_doc",
         type=Path,
         default=None,
-        help="replace the file's block between <!-- domain:start --> and <!-- domain:end --> (docs/robustness.md)",
+        help="replace the file's block between <!-- domain:start --> and <!-- domain:end --> (README.md)",
     )
     args = parser.parse_args()
 
@@ -189,7 +189,7 @@ def main() -> None:
 
 
 def update_doc(doc: Path, table: str) -> None:
-    """Replace the ``<!-- domain:start -->`` block of ``doc`` (docs/robustness.md) with ``table``."""
+    """Replace the ``<!-- domain:start -->`` block of ``doc`` (README.md) with ``table``."""
     text = doc.read_text(encoding="utf-8")
     start, end = "<!-- domain:start -->", "<!-- domain:end -->"
     if start not in text or end not in text:

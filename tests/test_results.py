@@ -49,7 +49,7 @@ def test_the_readme_results_table_is_the_shipped_rows_of_the_full_table() -> Non
 
 
 def test_the_domain_tables_match_the_domain_summary() -> None:
-    """docs/robustness.md holds the tables `make domain` writes from results/domain/summary.json."""
+    """README.md holds the tables `make domain` writes from results/domain/summary.json."""
     if not DOMAIN_SUMMARY.is_file():
         pytest.skip("no committed domain results yet")
     import sys
@@ -59,9 +59,9 @@ def test_the_domain_tables_match_the_domain_summary() -> None:
         from domain_results import tables
     finally:
         sys.path.remove(str(ROOT / "scripts"))
-    block = _block((ROOT / "docs" / "robustness.md").read_text(encoding="utf-8"), "domain")
+    block = _block((ROOT / "README.md").read_text(encoding="utf-8"), "domain")
     assert block == tables(json.loads(DOMAIN_SUMMARY.read_text())) + "\n", (
-        "docs/robustness.md's domain tables are out of date: run `make domain`"
+        "README.md's domain tables are out of date: run `make domain`"
     )
 
 
