@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast bench demo results gate-demo previous-models clean-venv training-facts trust domain domain-methods docs quantize int8-check
+.PHONY: setup data weights train export infer report test test-fast lint format bench demo results gate-demo previous-models clean-venv training-facts trust domain domain-methods docs quantize int8-check
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -49,11 +49,19 @@ infer: setup
 report: setup
 	$(BIN)/cxr report --preds $(OUT)/predictions.csv --out $(OUT)/report --images-root $(FOLDER)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup lint
 	$(BIN)/python -m pytest -m "not slow"
+
+# ruff: lint (pyproject [tool.ruff]) and formatting, checked; `make format` applies both.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: setup
 	$(BIN)/python benchmark.py

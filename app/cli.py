@@ -18,10 +18,9 @@ import click
 
 from cxr import __version__
 from cxr.app.errors import EXIT_INTERNAL, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
-from cxr.errors import InputError, Unavailable
 from cxr.app.options import seed_option
+from cxr.errors import InputError, Unavailable
 from cxr.messages import first_line
-
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
@@ -38,17 +37,31 @@ def data() -> None:
 
 
 @data.command("prepare")
-@click.option("--source", type=click.Path(path_type=Path), default=None,
-              help="Kaggle-layout folder or folder of class subfolders [default: ../shared/data/chest_xray].")
+@click.option(
+    "--source",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Kaggle-layout folder or folder of class subfolders [default: ../shared/data/chest_xray].",
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/splits"), show_default=True)
-@click.option("--split-by", type=click.Choice(["patient", "image"]), default="patient", show_default=True,
-              help="'image' reproduces the original notebook's leaky image-level split.")
+@click.option(
+    "--split-by",
+    type=click.Choice(["patient", "image"]),
+    default="patient",
+    show_default=True,
+    help="'image' reproduces the original notebook's leaky image-level split.",
+)
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="Class folder names, negative first.")
-@click.option("--shortcut-check/--no-shortcut-check", default=True, show_default=True,
-              help="Cross-validated AUC of trivial image statistics (noise, intensity, size) per class.")
+@click.option(
+    "--shortcut-check/--no-shortcut-check",
+    default=True,
+    show_default=True,
+    help="Cross-validated AUC of trivial image statistics (noise, intensity, size) per class.",
+)
 @seed_option
-def data_prepare(source: Path | None, out_dir: Path, split_by: str, classes: str, shortcut_check: bool,
-                 seed: int | None) -> None:
+def data_prepare(
+    source: Path | None, out_dir: Path, split_by: str, classes: str, shortcut_check: bool, seed: int | None
+) -> None:
     """Write data/splits/manifest.csv and summary.json (images are not copied)."""
     from cxr.data import DEFAULT_SOURCE, DataPrepError, prepare_splits
     from cxr.shortcut import describe
@@ -57,15 +70,23 @@ def data_prepare(source: Path | None, out_dir: Path, split_by: str, classes: str
     if len(names) != 2 or len(set(names)) != 2:
         raise UsageError(f"--classes needs two different names, negative first, not {classes!r}")
     try:
-        result = prepare_splits(source or DEFAULT_SOURCE, out_dir, classes=names, split_by=split_by,
-                                seed=42 if seed is None else seed, shortcut=shortcut_check)
+        result = prepare_splits(
+            source or DEFAULT_SOURCE,
+            out_dir,
+            classes=names,
+            split_by=split_by,
+            seed=42 if seed is None else seed,
+            shortcut=shortcut_check,
+        )
     except DataPrepError as exc:
         raise UsageError(str(exc)) from None
     s = result.summary
     for warning in result.warnings:
         click.echo(warning, err=True)
-    click.echo(f"found {s['files_found']} files: kept {s['images_kept']} images, dropped {s['duplicates_dropped']} "
-               f"duplicates, skipped {s['skipped']}, hidden {s['hidden_files_ignored']}")
+    click.echo(
+        f"found {s['files_found']} files: kept {s['images_kept']} images, dropped {s['duplicates_dropped']} "
+        f"duplicates, skipped {s['skipped']}, hidden {s['hidden_files_ignored']}"
+    )
     for split in ("train", "val", "test"):
         counts = ", ".join(f"{c} {n}" for c, n in s["counts"][split].items())
         click.echo(f"  {split:5s}: {counts}; {s['patients'][split]} patients")
@@ -88,8 +109,19 @@ def _register_commands() -> None:
     from cxr.app.robustness import robustness
     from cxr.app.train import recalibrate_bn, train, weights
 
-    for command in (train, recalibrate_bn, export, quantize, infer, report, evaluate, robustness, explain, card,
-                    weights):
+    for command in (
+        train,
+        recalibrate_bn,
+        export,
+        quantize,
+        infer,
+        report,
+        evaluate,
+        robustness,
+        explain,
+        card,
+        weights,
+    ):
         # -h too when a command runs alone (cxr-infer); click keeps the first help option it makes
         command.context_settings = {**HELP_OPTIONS, **command.context_settings}
         cxr.add_command(command)
@@ -107,8 +139,13 @@ def json_logs_requested(argv: list[str]) -> bool:
 def _say(message: str, exit_code: int, as_json: bool, prog_name: str) -> None:
     """One error line on stderr: text, or one JSON object with the event, message and exit code."""
     if as_json:
-        record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "command": prog_name,
-                  "event": "error", "message": " ".join(message.split()), "exit_code": exit_code}
+        record = {
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "command": prog_name,
+            "event": "error",
+            "message": " ".join(message.split()),
+            "exit_code": exit_code,
+        }
         click.echo(json.dumps(record), err=True)
     else:
         click.echo(message, err=True)
@@ -119,8 +156,12 @@ def _warnings_as_json(prog_name: str) -> None:
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
-        record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "command": prog_name,
-                  "event": "warning", "message": f"{category.__name__}: {first_line(message)}"}
+        record = {
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "command": prog_name,
+            "event": "warning",
+            "message": f"{category.__name__}: {first_line(message)}",
+        }
         click.echo(json.dumps(record), err=True)
 
     warnings.showwarning = show
@@ -166,8 +207,13 @@ def run_guarded(command: click.Command, prog_name: str) -> None:
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, never with a verdict's exit code
         if os.environ.get("CXR_DEBUG"):
             raise
-        _say(f"internal error (a bug in cxr, not in your input): {type(exc).__name__}: {first_line(exc)}; "
-             "rerun with CXR_DEBUG=1 for the traceback", EXIT_INTERNAL, as_json, prog_name)
+        _say(
+            f"internal error (a bug in cxr, not in your input): {type(exc).__name__}: {first_line(exc)}; "
+            "rerun with CXR_DEBUG=1 for the traceback",
+            EXIT_INTERNAL,
+            as_json,
+            prog_name,
+        )
         sys.exit(EXIT_INTERNAL)
     sys.exit(0)
 

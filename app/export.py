@@ -36,23 +36,47 @@ def resolve_threshold(spec: str, run_dir: Path, target_recall: float, rule: str)
 
 def trust_options(command):
     """The domain guard and calibration options of ``cxr export``."""
-    command = click.option("--guard/--no-guard", default=True, show_default=True,
-                           help="Fit the domain guard on the training split and fold it into the graph "
-                                "(output domain_score; threshold on the validation split).")(command)
-    command = click.option("--guard-false-flags", type=click.FloatRange(0.001, 0.2), default=0.02,
-                           show_default=True, help="Share of validation images the guard may flag; sets its "
-                                                   "threshold.")(command)
-    command = click.option("--calibration", type=click.Choice(["platt", "temperature", "none"]), default="platt",
-                           show_default=True, help="Calibrate P(positive) on the validation split, folded into "
-                                                   "the graph; the threshold rule then runs on it.")(command)
-    return click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                        help="Split manifest for the guard and calibration [default: the run's manifest; "
-                             "required with --from-onnx].")(command)
+    command = click.option(
+        "--guard/--no-guard",
+        default=True,
+        show_default=True,
+        help="Fit the domain guard on the training split and fold it into the graph "
+        "(output domain_score; threshold on the validation split).",
+    )(command)
+    command = click.option(
+        "--guard-false-flags",
+        type=click.FloatRange(0.001, 0.2),
+        default=0.02,
+        show_default=True,
+        help="Share of validation images the guard may flag; sets its threshold.",
+    )(command)
+    command = click.option(
+        "--calibration",
+        type=click.Choice(["platt", "temperature", "none"]),
+        default="platt",
+        show_default=True,
+        help="Calibrate P(positive) on the validation split, folded into "
+        "the graph; the threshold rule then runs on it.",
+    )(command)
+    return click.option(
+        "--manifest",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Split manifest for the guard and calibration [default: the run's manifest; required with --from-onnx].",
+    )(command)
 
 
-def attach_trust(model_path: Path, out_path: Path, manifest: Path | None, guard: bool, false_flags: float,
-                 calibration: str, threshold: str | None = None, threshold_rule: str = "wilson",
-                 target_recall: float = 0.95) -> None:
+def attach_trust(
+    model_path: Path,
+    out_path: Path,
+    manifest: Path | None,
+    guard: bool,
+    false_flags: float,
+    calibration: str,
+    threshold: str | None = None,
+    threshold_rule: str = "wilson",
+    target_recall: float = 0.95,
+) -> None:
     """Fit and fold in the guard and the calibration (with neither, take them out), and say what
     they are."""
     from cxr.export.graph_edit import GraphEditError
@@ -60,26 +84,39 @@ def attach_trust(model_path: Path, out_path: Path, manifest: Path | None, guard:
     from cxr.thresholds import describe_rule
 
     if manifest is None:
-        raise UsageError("the guard and calibration are fitted on a split manifest: give --manifest "
-                         "(e.g. data/splits/manifest.csv)")
+        raise UsageError(
+            "the guard and calibration are fitted on a split manifest: give --manifest (e.g. data/splits/manifest.csv)"
+        )
     if not manifest.is_file():
         raise UsageError(f"--manifest {manifest} not found")
     try:
-        result = add_trust(model_path, out_path, manifest, guard=guard,
-                           calibration=None if calibration == "none" else calibration, false_flags=false_flags,
-                           threshold=threshold, threshold_rule=threshold_rule, target_recall=target_recall)
+        result = add_trust(
+            model_path,
+            out_path,
+            manifest,
+            guard=guard,
+            calibration=None if calibration == "none" else calibration,
+            false_flags=false_flags,
+            threshold=threshold,
+            threshold_rule=threshold_rule,
+            target_recall=target_recall,
+        )
     except GraphEditError as exc:
         raise UsageError(str(exc)) from None
     if not guard and calibration == "none":
         click.echo("domain guard and calibration: none (taken out of the graph)")
     if result.calibration:
         c = result.calibration
-        click.echo(f"calibration: {c['method']} (a {c['a']:.4g}, b {c['b']:.4g}) on the validation split, ECE "
-                   f"{c['val_ece_before']:.3f} -> {c['val_ece_after']:.3f}")
+        click.echo(
+            f"calibration: {c['method']} (a {c['a']:.4g}, b {c['b']:.4g}) on the validation split, ECE "
+            f"{c['val_ece_before']:.3f} -> {c['val_ece_after']:.3f}"
+        )
     if result.guard:
         g = result.guard
-        click.echo(f"domain guard: {len(g.taps)} taps, threshold {g.threshold:.3f} ({g.false_flag_rate:.1%} of the "
-                   f"validation images flagged)")
+        click.echo(
+            f"domain guard: {len(g.taps)} taps, threshold {g.threshold:.3f} ({g.false_flag_rate:.1%} of the "
+            f"validation images flagged)"
+        )
         if g.facts.get("warning"):
             click.echo(f"warning: the domain guard was {g.facts['warning']}", err=True)
     click.echo(f"threshold: {describe_rule(result.threshold_rule)}")
@@ -87,25 +124,60 @@ def attach_trust(model_path: Path, out_path: Path, manifest: Path | None, guard:
 
 
 @click.command()
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Training run folder (holds best.keras, config.json, run.json).")
-@click.option("--from-onnx", "from_onnx", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Instead of --run: an exported cxr model to (re)fit the guard and calibration of.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output .onnx path; <stem>.parity.json is written beside it.")
-@click.option("--threshold", default=None, show_default="0.5 with --run; the model's own rule with --from-onnx",
-              help="Decision threshold stored in the model (on its calibrated output), or 'val' to choose it on "
-                   "the validation split by --threshold-rule and --target-recall.")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Training run folder (holds best.keras, config.json, run.json).",
+)
+@click.option(
+    "--from-onnx",
+    "from_onnx",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Instead of --run: an exported cxr model to (re)fit the guard and calibration of.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output .onnx path; <stem>.parity.json is written beside it.",
+)
+@click.option(
+    "--threshold",
+    default=None,
+    show_default="0.5 with --run; the model's own rule with --from-onnx",
+    help="Decision threshold stored in the model (on its calibrated output), or 'val' to choose it on "
+    "the validation split by --threshold-rule and --target-recall.",
+)
 @target_recall_option
 @threshold_rule_option
-@click.option("--parity-images", type=click.Path(path_type=Path), default=None,
-              help="Folder of images for the parity gate [default: the run's validation images, else synthetic].")
+@click.option(
+    "--parity-images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of images for the parity gate [default: the run's validation images, else synthetic].",
+)
 @click.option("--n-parity", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--opset", type=click.IntRange(13), default=17, show_default=True)
 @trust_options
-def export(run_dir: Path | None, from_onnx: Path | None, out_path: Path, threshold: str, target_recall: float,
-           threshold_rule: str, parity_images: Path | None, n_parity: int, opset: int, guard: bool,
-           guard_false_flags: float, calibration: str, manifest: Path | None) -> None:
+def export(
+    run_dir: Path | None,
+    from_onnx: Path | None,
+    out_path: Path,
+    threshold: str,
+    target_recall: float,
+    threshold_rule: str,
+    parity_images: Path | None,
+    n_parity: int,
+    opset: int,
+    guard: bool,
+    guard_false_flags: float,
+    calibration: str,
+    manifest: Path | None,
+) -> None:
     """Convert a training run to ONNX (uint8 NHWC in, P(positive) out) behind a parity gate, then fit
     the domain guard and the calibration on the run's splits and fold them into the graph."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -114,8 +186,17 @@ def export(run_dir: Path | None, from_onnx: Path | None, out_path: Path, thresho
     if from_onnx is not None:
         if not from_onnx.is_file():
             raise UsageError(f"model file not found: {from_onnx}")
-        attach_trust(from_onnx, out_path, manifest, guard, guard_false_flags, calibration, threshold, threshold_rule,
-                     target_recall)
+        attach_trust(
+            from_onnx,
+            out_path,
+            manifest,
+            guard,
+            guard_false_flags,
+            calibration,
+            threshold,
+            threshold_rule,
+            target_recall,
+        )
         return
     threshold = threshold or "0.5"
     from cxr.export.onnx_export import ExportError, ParityError, export_onnx
@@ -130,20 +211,29 @@ def export(run_dir: Path | None, from_onnx: Path | None, out_path: Path, thresho
     click.echo(f"threshold: {describe_rule(rule)}")
     paths = [str(p) for p in list_images(parity_images)][:n_parity] if parity_images else None
     try:
-        result = export_onnx(run_dir, out_path, parity_paths=paths, n_parity=n_parity, threshold=value, threshold_rule=rule,
-                             opset=opset)
+        result = export_onnx(
+            run_dir, out_path, parity_paths=paths, n_parity=n_parity, threshold=value, threshold_rule=rule, opset=opset
+        )
     except ParityError as exc:
         raise ParityFailed(str(exc)) from None
     except ExportError as exc:
         raise UsageError(str(exc)) from None
     p = result.parity
-    click.echo(f"parity on {p.source}: max |dp| {p.max_abs_diff:.2e}, mean |dp| {p.mean_abs_diff:.2e}, "
-               f"labels differ {p.labels_differ} (tolerance {p.tolerance:g}) -> passed")
+    click.echo(
+        f"parity on {p.source}: max |dp| {p.max_abs_diff:.2e}, mean |dp| {p.mean_abs_diff:.2e}, "
+        f"labels differ {p.labels_differ} (tolerance {p.tolerance:g}) -> passed"
+    )
     size_mb = result.model_path.stat().st_size / 1e6
     click.echo(f"wrote {result.model_path} ({size_mb:.1f} MB, threshold {value:.4g}) and {result.parity_path}")
     try:
-        attach_trust(result.model_path, result.model_path, manifest or run_manifest(run_dir), guard,
-                     guard_false_flags, calibration)
+        attach_trust(
+            result.model_path,
+            result.model_path,
+            manifest or run_manifest(run_dir),
+            guard,
+            guard_false_flags,
+            calibration,
+        )
     except UsageError as exc:  # a model without the guard or calibration asked for is not left behind
         result.model_path.unlink(missing_ok=True)
         result.parity_path.unlink(missing_ok=True)

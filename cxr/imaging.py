@@ -8,11 +8,16 @@ copies were made. Grayscale inputs stay single-channel until the end and are
 repeated to 3 channels, so the model always sees uint8 ``HxWx3`` in 0-255.
 
 Large JPEGs are decoded at reduced scale with ``Image.draft`` (libjpeg's DCT
-scaling) to at least twice the target size before the final resize.
+scaling: 1/2, 1/4 or 1/8) to the smallest scale that still covers the target size
+(``DRAFT_OVERSAMPLE`` = 1) before the final resize; results/decode_scale.md measures
+this against the earlier rule, at least twice the target size (2).
+``CXR_BENCH_DRAFT_OVERSAMPLE`` overrides it in every process that decodes, only so
+that benchmark.py can time the earlier rule end to end.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +32,7 @@ RESIZE_RULE = "squash-bilinear-antialias"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")  # plus DICOM: see cxr.dicom
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_PIXELS = 100_000_000
-DRAFT_OVERSAMPLE = 2
+DRAFT_OVERSAMPLE = float(os.environ.get("CXR_BENCH_DRAFT_OVERSAMPLE") or 1)
 
 
 class ImageDecodeError(InputError, ValueError):
@@ -92,11 +97,13 @@ def _wide_to_8bit(img: Image.Image, path: str | Path | None) -> tuple[Image.Imag
     else:
         declared = png_significant_bits(path)
         bits = declared or max(8, min(16 if high < 65536 else 32, int(np.ceil(np.log2(high + 1)))))
-        span_low, span_high = 0.0, float(2 ** bits - 1)
+        span_low, span_high = 0.0, float(2**bits - 1)
         container = 16 if img.mode.startswith("I;16") else 32
         if not declared and bits != container:
-            note = (f"{container}-bit file read as {bits}-bit (highest value {int(high)}, no significant-bits "
-                    "chunk; a guess)")
+            note = (
+                f"{container}-bit file read as {bits}-bit (highest value {int(high)}, no significant-bits "
+                "chunk; a guess)"
+            )
     scaled = (np.nan_to_num(arr, nan=span_low) - span_low) / max(span_high - span_low, 1e-12) * 255.0
     return Image.fromarray(np.rint(np.clip(scaled, 0, 255)).astype(np.uint8), mode="L"), note
 
@@ -136,12 +143,15 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
         img.close()
-        raise ImageDecodeError(f"multi-page {img.format} ({frames} pages): one image per file is expected; "
-                               "split the pages into files")
+        raise ImageDecodeError(
+            f"multi-page {img.format} ({frames} pages): one image per file is expected; split the pages into files"
+        )
     return img
 
 
-def _open_8bit(path: Path, size: int, use_draft: bool, max_pixels: int) -> tuple[Image.Image, str]:
+def _open_8bit(
+    path: Path, size: int, use_draft: bool, max_pixels: int, oversample: float | None = None
+) -> tuple[Image.Image, str]:
     """Open any supported file as an 8-bit 'L' or 'RGB' Pillow image (before resizing), with the
     note of a guessed bit-depth mapping ('' when none)."""
     from cxr.dicom import is_dicom_file, read_dicom_8bit
@@ -153,26 +163,39 @@ def _open_8bit(path: Path, size: int, use_draft: bool, max_pixels: int) -> tuple
             raise ImageDecodeError(str(exc)) from None
     img = _open_checked(path, max_pixels)
     if use_draft and img.format == "JPEG":
-        want = size * DRAFT_OVERSAMPLE
+        want = max(1, round(size * (oversample or DRAFT_OVERSAMPLE)))
         img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (want, want))
     return _to_8bit(ImageOps.exif_transpose(img), path)
 
 
-def decode_image(path: str | Path, size: int = 128, *, use_draft: bool = True,
-                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    path: str | Path,
+    size: int = 128,
+    *,
+    use_draft: bool = True,
+    max_pixels: int = MAX_PIXELS,
+    oversample: float | None = None,
+) -> np.ndarray:
     """Decode one file to the model input: uint8 array of shape (size, size, 3).
 
     Raises ImageDecodeError with a one-line message for anything that is not a
-    decodable image.
+    decodable image. ``oversample``: the DCT-scale rule (decode JPEGs to at least this multiple
+    of ``size``) [default: ``DRAFT_OVERSAMPLE``].
     """
-    return decode_noted(path, size, use_draft=use_draft, max_pixels=max_pixels)[0]
+    return decode_noted(path, size, use_draft=use_draft, max_pixels=max_pixels, oversample=oversample)[0]
 
 
-def decode_noted(path: str | Path, size: int = 128, *, use_draft: bool = True,
-                 max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+def decode_noted(
+    path: str | Path,
+    size: int = 128,
+    *,
+    use_draft: bool = True,
+    max_pixels: int = MAX_PIXELS,
+    oversample: float | None = None,
+) -> tuple[np.ndarray, str]:
     """``decode_image``, and the note of a guessed bit-depth mapping ('' when none)."""
     try:
-        img, note = _open_8bit(Path(path), size, use_draft, max_pixels)
+        img, note = _open_8bit(Path(path), size, use_draft, max_pixels, oversample)
         with img:
             arr = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     except ImageDecodeError:
@@ -185,8 +208,8 @@ def decode_noted(path: str | Path, size: int = 128, *, use_draft: bool = True,
     return np.ascontiguousarray(arr), note
 
 
-MIN_SIDE = 64               # pixels: a smaller image cannot show a chest at the model's resolution
-MAX_ASPECT = 2.0            # long side / short side above which an image is not a chest radiograph
+MIN_SIDE = 64  # pixels: a smaller image cannot show a chest at the model's resolution
+MAX_ASPECT = 2.0  # long side / short side above which an image is not a chest radiograph
 
 
 def source_flags(path: str | Path) -> str:
@@ -266,9 +289,13 @@ def list_images(folder: str | Path, exclude: str | Path | None = None) -> list[P
     skip = Path(exclude).resolve() if exclude is not None else None
     found = []
     for directory, subdirs, files in os.walk(root, followlinks=False):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")
-                      and (skip is None or Path(directory, d).resolve() != skip)
-                      and not is_cxr_output(Path(directory, d))]
+        subdirs[:] = [
+            d
+            for d in subdirs
+            if not d.startswith(".")
+            and (skip is None or Path(directory, d).resolve() != skip)
+            and not is_cxr_output(Path(directory, d))
+        ]
         for name in files:
             path = Path(directory, name)
             if not name.startswith(".") and (path.suffix.lower() in IMAGE_EXTENSIONS or _is_dicom_quietly(path)):
@@ -321,8 +348,9 @@ def decode_pool(workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_exit_with,
-                               initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context(method), initializer=_exit_with, initargs=(os.getpid(),)
+    )
 
 
 def _decode_chunk(args: tuple[list[str], int]) -> list[tuple[np.ndarray | None, str]]:
@@ -330,14 +358,15 @@ def _decode_chunk(args: tuple[list[str], int]) -> list[tuple[np.ndarray | None, 
     return [decode_or_error(p, size) for p in paths]
 
 
-def decoded_stream(paths: list[str] | list[Path], size: int, workers: int, chunk: int = 8,
-                   max_chunks_in_flight: int | None = None) -> Iterator[tuple[np.ndarray | None, str]]:
+def decoded_stream(
+    paths: list[str] | list[Path], size: int, workers: int, chunk: int = 8, max_chunks_in_flight: int | None = None
+) -> Iterator[tuple[np.ndarray | None, str]]:
     """(image or None, error message) for each path, in input order, decoded by a pool of
     ``workers`` processes (0: in-process). At most ``max_chunks_in_flight`` chunks are queued or
     held at once, so memory stays bounded on folders of any size."""
     from collections import deque
 
-    chunks = [([str(p) for p in paths[i:i + chunk]], size) for i in range(0, len(paths), chunk)]
+    chunks = [([str(p) for p in paths[i : i + chunk]], size) for i in range(0, len(paths), chunk)]
     if workers <= 0 or len(chunks) < 2:
         for job in chunks:
             yield from _decode_chunk(job)
@@ -360,8 +389,7 @@ def decode_many(paths: list[str], size: int, workers: int | None = None) -> np.n
 
     workers = (os.cpu_count() or 1) if workers is None else workers
     images = np.zeros((len(paths), size, size, 3), np.uint8)
-    for index, (image, error) in enumerate(decoded_stream(paths, size, workers if len(paths) >= 64 else 0,
-                                                          chunk=32)):
+    for index, (image, error) in enumerate(decoded_stream(paths, size, workers if len(paths) >= 64 else 0, chunk=32)):
         if image is None:
             raise ImageDecodeError(f"{paths[index]}: {error}")
         images[index] = image

@@ -47,6 +47,7 @@ RESUME_KEYS = (
     "classes",
     "input_size",
     "resize_rule",
+    "jpeg_draft",
     "precision",
     "labels_sha256",
     "selection_sha256",
@@ -304,6 +305,14 @@ def check_labels_match(truth: GroundTruth, rels: list[str], classes: list[str], 
     return matched
 
 
+def jpeg_draft_rule() -> str:
+    """How large JPEGs are decoded (libjpeg DCT scaling to at least this many times the input size):
+    part of the settings, so that a resume never mixes two rules."""
+    from cxr.imaging import DRAFT_OVERSAMPLE
+
+    return f"dct-scale covering >= {DRAFT_OVERSAMPLE:g}x input"
+
+
 def scoring_settings(
     model: OnnxClassifier,
     tta: bool,
@@ -330,6 +339,7 @@ def scoring_settings(
         "classes": info.classes,
         "input_size": info.input_size,
         "resize_rule": info.resize_rule,
+        "jpeg_draft": jpeg_draft_rule(),
         "precision": model.precision,
         "labels_source": truth.source,
         "labels_sha256": truth.sha256(),
