@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast lint format bench demo results gate-demo previous-models clean-venv training-facts trust domain domain-methods docs quantize int8-check
+.PHONY: setup data weights train export infer report test test-fast lint format bench demo results gate-demo previous-models clean-venv training-facts trust domain domain-methods docs quantize int8-check int8-robustness
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -134,6 +134,13 @@ trust: setup $(SPLITS)/manifest.csv
 quantize: setup $(SPLITS)/manifest.csv
 	$(BIN)/cxr quantize --model $(MODELS)/model1.onnx --manifest $(SPLITS)/manifest.csv --out $(MODELS)/model1.int8.onnx
 	$(BIN)/cxr quantize --model $(MODELS)/model2.onnx --manifest $(SPLITS)/manifest.csv --out $(MODELS)/model2.int8.onnx
+# The robustness suite on the INT8 copies, beside the fp32 models' (results/int8_robustness.md).
+int8-robustness: setup $(SPLITS)/manifest.csv
+	$(foreach m,model1 model2,$(ROBUST) --model $(MODELS)/$(m).int8.onnx --out out/robust_int8/$(m);)
+	{ echo "Made by \`make int8-robustness\` (cxr robustness on the test split, then"; \
+	  echo "\`python scripts/robustness_compare.py\` on the robustness.json files)."; echo; \
+	  $(BIN)/python scripts/robustness_compare.py $(foreach m,model1 model2,$(m)=$(RESULTS)/robustness/$(m)/robustness.json \
+	  $(m).int8=out/robust_int8/$(m)/robustness.json); } > $(RESULTS)/int8_robustness.md
 int8-check: setup $(SPLITS)/manifest.csv
 	$(BIN)/python scripts/int8_check.py --models $(MODELS)/model1.onnx $(MODELS)/model2.onnx \
 		--manifest $(SPLITS)/manifest.csv --other-sites $(OTHER_SITES) --out $(RESULTS)/int8_test.md

@@ -429,8 +429,13 @@ def _panel_html(panel: SummaryPanel, folder: Path, embed_images: bool) -> str:
 
 
 def _split_title(title: str) -> tuple[str, str]:
-    """("model1: threshold trade-off", "its note") from "model1: threshold trade-off (its note)"."""
-    short, sep, note = title.partition(" (")
+    """("model1 (shipped): threshold trade-off", "its note") from "model1 (shipped): threshold
+    trade-off (its note)": the note is the bracket after the section's name."""
+    head, colon, rest = title.partition(": ")
+    if not colon:
+        head, rest = "", title
+    short, sep, note = rest.partition(" (")
+    short = f"{head}{colon}{short}"
     return (short, note[:-1] if note.endswith(")") else note) if sep else (title, "")
 
 
