@@ -12,12 +12,14 @@ from cxr.train.backend import BACKENDS, PRECISIONS
 from cxr.train.config import BACKBONES, VARIANTS
 
 
-def _renamed_data(ctx, param, value):  # noqa: ANN001 - click's callback signature
-    if value is not None:
-        raise click.BadParameter(
-            "train reads a split manifest: give it as --manifest (in the other commands --data names an image folder)",
-            param_hint="--data",
-        )
+def _renamed(old: str, new: str, why: str):
+    """A callback for a hidden option that was renamed: a one-line usage error naming the new one."""
+
+    def refuse(ctx, param, value):  # noqa: ANN001 - click's callback signature
+        if value is not None:
+            raise click.BadParameter(f"give it as {new} ({why})", param_hint=old)
+
+    return refuse
 
 
 @click.command()
@@ -30,7 +32,12 @@ def _renamed_data(ctx, param, value):  # noqa: ANN001 - click's callback signatu
     show_default=True,
     help="Split manifest from `cxr data prepare`.",
 )
-@click.option("--data", "old_data", hidden=True, expose_value=False, callback=_renamed_data)
+@click.option(
+    "--data",
+    hidden=True,
+    expose_value=False,
+    callback=_renamed("--data", "--manifest", "train reads a split manifest; --data names an image folder elsewhere"),
+)
 @click.option(
     "--out",
     "out_dir",
@@ -75,11 +82,19 @@ def _renamed_data(ctx, param, value):  # noqa: ANN001 - click's callback signatu
     help="Keras backend [default: $KERAS_BACKEND, else tensorflow]. Recorded in run.json and the model.",
 )
 @click.option(
-    "--precision",
+    "--dtype-policy",
+    "precision",
     type=click.Choice(PRECISIONS),
     default=None,
-    help="float32 (default) or mixed_bfloat16 (the head's output and the loss stay float32; the "
-    "checkpoint is saved in float32).",
+    help="Keras dtype policy: float32 (default) or mixed_bfloat16 (the head's output and the loss stay float32; "
+    "the checkpoint is saved in float32).",
+)
+@click.option(
+    "--precision",
+    "old_precision",
+    hidden=True,
+    expose_value=False,
+    callback=_renamed("--precision", "--dtype-policy", "--precision is the inference arithmetic, fp32 or tf32"),
 )
 @click.option(
     "--resume",

@@ -192,7 +192,7 @@ def test_mixed_bfloat16_trains_and_exports_a_float32_model(jax_runs, tmp_path: P
         str(run),
         "--cache-dir",
         str(jax_runs["root"] / "cache"),
-        "--precision",
+        "--dtype-policy",
         "mixed_bfloat16",
         *TINY,
     )

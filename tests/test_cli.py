@@ -111,3 +111,6 @@ def test_one_meaning_per_noun(tmp_path: Path) -> None:
         help_text = CliRunner().invoke(cxr, [command, "--help"]).output
         assert "--manifest" in help_text, command
     assert "--with-robustness" in CliRunner().invoke(cxr, ["evaluate", "--help"]).output
+    old_precision = CliRunner().invoke(cxr, ["train", "--precision", "mixed_bfloat16"])
+    assert old_precision.exit_code == 2 and "--dtype-policy" in old_precision.output
+    assert "--dtype-policy" in CliRunner().invoke(cxr, ["train", "--help"]).output
