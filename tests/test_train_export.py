@@ -372,3 +372,16 @@ def test_recalibrate_bn_writes_an_exportable_run(trained, tmp_path: Path) -> Non
     assert json.loads(meta["cxr.bn_recalibration"])["layers"] == record["layers"]
     original = build_contract(*RunFolder(trained["runs"] / "model1").export_facts(), 0.5, fixed).to_metadata()
     assert json.loads(original["cxr.bn_recalibration"]) is None
+
+
+@pytest.mark.slow
+def test_a_failed_guard_or_calibration_leaves_no_model(trained, tmp_path: Path) -> None:
+    """The tiny run has too few validation images for a guard: the export says so in one line and
+    leaves neither the model nor its parity file (a model without the guard asked for is not kept)."""
+    out = tmp_path / "models" / "model1.onnx"
+    result = CliRunner().invoke(
+        cxr, ["export", "--run", str(trained["runs"] / "model1"), "--out", str(out), "--n-parity", "4"]
+    )
+    assert result.exit_code == 2 and "nothing written" in result.output, result.output
+    assert "--no-guard" in result.output or "--calibration none" in result.output
+    assert not out.exists() and not out.with_suffix(".parity.json").exists()
