@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ from cxr.app.options import (
     target_recall_option,
     threshold_rule_option,
 )
+from cxr.files import read_json_file
 from cxr.messages import first_line
 
 
@@ -190,10 +190,7 @@ def card(model_path, metrics_json, key, data_note, out_path) -> None:
 
 def _read_json_file(path: Path, key: str, what: str) -> dict:
     """A JSON object file that has ``key``; a one-line usage error otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {first_line(exc)}") from None
+    data = read_json_file(path, UsageError)
     if not isinstance(data, dict) or key not in data:
         raise UsageError(f"{path} is not {what} (no '{key}')")
     return data

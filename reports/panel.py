@@ -39,15 +39,22 @@ def primary_model(report: dict[str, Any]) -> str:
     return shipped[0] if shipped else next(iter(report["models"]))
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A figure as the reports print it: three decimals, "-" when missing or NaN."""
     return "-" if value is None or value != value else f"{value:.3f}"
 
 
-def _interval(block: dict[str, Any], name: str) -> str:
+def ci_text(block: dict[str, Any], name: str, sep: str = "–") -> str:
+    """A metric's 95% interval as text: "low–high", or "too few" where none was computed."""
     ci = (block.get("ci95") or {}).get(name)
     if not ci or ci[0] is None or ci[0] != ci[0]:
-        return "too few images for an interval"
-    return f"{_fmt(ci[0])}–{_fmt(ci[1])}"
+        return "too few" if (block.get("ci_method") or {}).get(name, "too few") == "too few" or not ci else "-"
+    return f"{fmt(ci[0])}{sep}{fmt(ci[1])}"
+
+
+def _interval(block: dict[str, Any], name: str) -> str:
+    text = ci_text(block, name)
+    return "too few images for an interval" if text in ("too few", "-") else text
 
 
 def _identity(result: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -60,7 +67,7 @@ def _identity(result: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return (
         ("model file", str(settings.get("model") or "(not recorded)")),
         ("sha256", str(result.get("model_sha256") or settings.get("model_sha256") or "(not recorded)")),
-        ("threshold and rule", f"{_fmt(threshold)}: {rule_text}" if threshold is not None else "-"),
+        ("threshold and rule", f"{fmt(threshold)}: {rule_text}" if threshold is not None else "-"),
         (
             "calibration / domain guard",
             f"{calibration['method'] if calibration else 'none'} / {guard['method'] if guard else 'none'}",
@@ -101,16 +108,16 @@ def _headline(result: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
         positive = result["classes"][-1]
         return (
             (
-                f"called {positive} at {_fmt(result['threshold'])}",
+                f"called {positive} at {fmt(result['threshold'])}",
                 f"{result['n_called_positive']} of {result['n_scored']}",
                 "no labels",
             ),
         )
     m = block["metrics"]
     return (
-        ("sensitivity (recall)", _fmt(m["recall"]), _interval(block, "recall")),
-        ("specificity", _fmt(m["specificity"]), _interval(block, "specificity")),
-        ("ROC AUC", _fmt(m["roc_auc"]), _interval(block, "roc_auc")),
+        ("sensitivity (recall)", fmt(m["recall"]), _interval(block, "recall")),
+        ("specificity", fmt(m["specificity"]), _interval(block, "specificity")),
+        ("ROC AUC", fmt(m["roc_auc"]), _interval(block, "roc_auc")),
     )
 
 
@@ -176,12 +183,12 @@ def _verdict(report: dict[str, Any], name: str, n_warnings: int) -> str:
         positive = result["classes"][-1]
         return (
             f"{prefix}{name} called {result['n_called_positive']} of {result['n_scored']} scored images "
-            f"{positive} at threshold {_fmt(result['threshold'])}; no labels, so no accuracy: {tail}."
+            f"{positive} at threshold {fmt(result['threshold'])}; no labels, so no accuracy: {tail}."
         )
     m = block["metrics"]
     return (
-        f"{prefix}{name} at threshold {block['threshold']:.3g}: sensitivity {_fmt(m['recall'])}, specificity "
-        f"{_fmt(m['specificity'])}, ROC AUC {_fmt(m['roc_auc'])} on {result['n_labelled']} labelled images; "
+        f"{prefix}{name} at threshold {block['threshold']:.3g}: sensitivity {fmt(m['recall'])}, specificity "
+        f"{fmt(m['specificity'])}, ROC AUC {fmt(m['roc_auc'])} on {result['n_labelled']} labelled images; "
         f"{tail}."
     )
 
@@ -195,7 +202,7 @@ def _others(report: dict[str, Any], name: str) -> tuple[tuple[str, str, str, str
             continue
         m = block["metrics"]
         label = f"{other} (shipped)" if other in shipped else other
-        rows.append((label, _fmt(m["recall"]), _fmt(m["specificity"]), _fmt(m["roc_auc"])))
+        rows.append((label, fmt(m["recall"]), fmt(m["specificity"]), fmt(m["roc_auc"])))
     return tuple(rows)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from cxr.artifacts import METRIC_NAMES
 from cxr.files import write_text_atomic
-from cxr.reports.panel import SummaryPanel, summary_panel
+from cxr.reports.panel import SummaryPanel, ci_text, summary_panel
+from cxr.reports.panel import fmt as _fmt
 from cxr.reports.robustness import robustness_rows
 from cxr.thresholds import describe_rule
 
@@ -20,18 +21,6 @@ INTERVALS_NOTE = (
     "10 positives or negatives"
 )
 METRIC_HEADER = ["metric", "value", "95% interval", "interval method"]
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.3f}"
-
-
-def ci_text(block: dict[str, Any], name: str, sep: str = "–") -> str:
-    """A metric's 95% interval as text: "low–high", or "too few" where none was computed."""
-    ci = (block.get("ci95") or {}).get(name)
-    if not ci or ci[0] is None or ci[0] != ci[0]:
-        return "too few" if (block.get("ci_method") or {}).get(name, "too few") == "too few" or not ci else "-"
-    return f"{_fmt(ci[0])}{sep}{_fmt(ci[1])}"
 
 
 def value_with_ci(block: dict[str, Any], name: str) -> str:

@@ -281,19 +281,36 @@ def _with_cam(image: np.ndarray, path: Path, cam_model) -> np.ndarray:
     return figures.cam_overlay(image, cam_model.explain(model_input[None])[1][0])
 
 
-def _flagged_grid(flagged: list[dict[str, Any]], root: Path, out: Path) -> Path | None:
-    """Thumbnails of the images the domain guard flagged, highest score first."""
+def _thumbnail_grid(
+    items: list[dict[str, Any]], root: Path, out: Path, caption, title: str, cam_model=None
+) -> Path | None:
+    """Thumbnails of the listed images (``item["path"]`` under ``root``; Grad-CAM overlaid with its
+    colour bar when ``cam_model`` is given), each captioned ``caption(item)``; None when none decodes."""
     from cxr.imaging import decode_or_error
 
     images, titles = [], []
-    for item in flagged:
-        arr, _ = decode_or_error(Path(root) / unescape_path(item["path"]), 224)
-        if arr is not None:
-            images.append(arr)
-            titles.append(f"{Path(unescape_path(item['path'])).name[:24]}\nscore {item['domain_score']:.2f}")
+    for item in items:
+        path = Path(root) / unescape_path(item["path"])
+        arr, _ = decode_or_error(path, 224)
+        if arr is None:
+            continue
+        images.append(_with_cam(arr, path, cam_model) if cam_model is not None else arr)
+        titles.append(f"{path.name[:24]}\n{caption(item)}")
     if not images:
         return None
-    return figures.save_image_grid(images, out, titles, "images outside the training domain (highest score first)")
+    decorate = figures.cam_colorbar if cam_model is not None else None
+    return figures.save_image_grid(images, out, titles, title, decorate=decorate)
+
+
+def _flagged_grid(flagged: list[dict[str, Any]], root: Path, out: Path) -> Path | None:
+    """Thumbnails of the images the domain guard flagged, highest score first."""
+    return _thumbnail_grid(
+        flagged,
+        root,
+        out,
+        lambda item: f"score {item['domain_score']:.2f}",
+        "images outside the training domain (highest score first)",
+    )
 
 
 def _image_grids(
@@ -530,24 +547,13 @@ def summarize_unlabelled(
 
 def _suspicious_grid(result: dict[str, Any], root: Path, out: Path, cam_model) -> Path | None:
     """Thumbnails (with Grad-CAM where the model has it) of the highest-scored images."""
-    from cxr.imaging import decode_or_error
-
-    images, titles = [], []
     positive, threshold = result["classes"][-1], result["threshold"]
-    for item in result["suspicious"]:
-        path = root / unescape_path(item["path"])
-        arr, _ = decode_or_error(path, 224)
-        if arr is None:
-            continue
-        images.append(_with_cam(arr, path, cam_model) if cam_model is not None else arr)
-        titles.append(f"{path.name[:24]}\nP({positive}) = {item['p']:.3f}")
-    if not images:
-        return None
     suffix = " (Grad-CAM overlays)" if cam_model is not None else ""
-    return figures.save_image_grid(
-        images,
+    return _thumbnail_grid(
+        result["suspicious"],
+        root,
         out,
-        titles,
+        lambda item: f"P({positive}) = {item['p']:.3f}",
         f"highest P({positive}) first; threshold {threshold:.3g}{suffix}",
-        decorate=figures.cam_colorbar if cam_model is not None else None,
+        cam_model,
     )
