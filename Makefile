@@ -16,7 +16,7 @@ FOLDER  ?= $(SOURCE)/test
 OUT     ?= cxr_out
 TRAIN_ARGS ?=
 
-.PHONY: setup data weights train export infer report test test-fast lint format bench demo results gate-demo previous-models clean-venv training-facts trust domain domain-methods docs quantize int8-check int8-robustness
+.PHONY: setup data weights train export infer report test test-fast golden lint format bench demo results gate-demo previous-models clean-venv training-facts trust domain domain-methods docs quantize int8-check int8-robustness
 
 setup: $(BIN)/cxr
 $(BIN)/cxr: pyproject.toml
@@ -55,6 +55,11 @@ test: setup lint
 test-fast: setup lint
 	$(BIN)/python -m pytest -m "not slow"
 
+# Rewrite the golden outputs of cxr-infer (tests/golden/, checked by tests/app/test_golden.py) after a change
+# that is meant to change them; `git diff tests/golden` shows what changed.
+golden: setup
+	CXR_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/app/test_golden.py -q
+
 # ruff: lint (pyproject [tool.ruff]) and formatting, checked; `make format` applies both.
 lint: setup
 	$(BIN)/ruff check .
@@ -66,7 +71,7 @@ format: setup
 bench: setup
 	$(BIN)/python benchmark.py
 
-# docs/cli.md from every command's --help (tests/test_docs.py fails when it is out of date).
+# docs/cli.md from every command's --help (tests/project/test_docs.py fails when it is out of date).
 docs: setup
 	$(BIN)/python scripts/gen_cli_docs.py
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from cxr import __version__
-from cxr.app.errors import EXIT_INTERNAL, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
+from cxr.app.errors import EXIT_INTERNAL, EXIT_USAGE, Group, UsageError, click_error
 from cxr.app.options import seed_option
 from cxr.errors import InputError, Unavailable
 from cxr.messages import first_line
@@ -25,7 +25,7 @@ from cxr.messages import first_line
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
 
-@click.group(context_settings=HELP_OPTIONS)
+@click.group(cls=Group, context_settings=HELP_OPTIONS)
 @click.version_option(__version__, prog_name="cxr")
 def cxr() -> None:
     """Pneumonia on pediatric chest X-rays: data -> train -> export -> infer -> report/evaluate."""
@@ -43,7 +43,9 @@ def data() -> None:
     default=None,
     help="Kaggle-layout folder or folder of class subfolders [default: ../shared/data/chest_xray].",
 )
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/splits"), show_default=True)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/splits"), show_default=True
+)
 @click.option(
     "--split-by",
     type=click.Choice(["patient", "image"]),
@@ -51,7 +53,9 @@ def data() -> None:
     show_default=True,
     help="'image' reproduces the original notebook's leaky image-level split.",
 )
-@click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="Class folder names, negative first.")
+@click.option(
+    "--classes", default="NORMAL,PNEUMONIA", show_default=True, help="Class folder names, negative first."
+)
 @click.option(
     "--shortcut-check/--no-shortcut-check",
     default=True,
@@ -63,38 +67,35 @@ def data_prepare(
     source: Path | None, out_dir: Path, split_by: str, classes: str, shortcut_check: bool, seed: int | None
 ) -> None:
     """Write data/splits/manifest.csv and summary.json (images are not copied)."""
-    from cxr.data import DEFAULT_SOURCE, DataPrepError, prepare_splits
+    from cxr.data import DEFAULT_SOURCE, prepare_splits
     from cxr.shortcut import describe
 
     names = tuple(c.strip() for c in classes.split(",") if c.strip())
     if len(names) != 2 or len(set(names)) != 2:
         raise UsageError(f"--classes needs two different names, negative first, not {classes!r}")
-    try:
-        result = prepare_splits(
-            source or DEFAULT_SOURCE,
-            out_dir,
-            classes=names,
-            split_by=split_by,
-            seed=42 if seed is None else seed,
-            shortcut=shortcut_check,
-        )
-    except DataPrepError as exc:
-        raise UsageError(str(exc)) from None
+    result = prepare_splits(
+        source or DEFAULT_SOURCE,
+        out_dir,
+        classes=names,
+        split_by=split_by,
+        seed=42 if seed is None else seed,
+        shortcut=shortcut_check,
+    )
     s = result.summary
     for warning in result.warnings:
         click.echo(warning, err=True)
     click.echo(
-        f"found {s['files_found']} files: kept {s['images_kept']} images, dropped {s['duplicates_dropped']} "
-        f"duplicates, skipped {s['skipped']}, hidden {s['hidden_files_ignored']}"
+        f"found {s.files_found} files: kept {s.images_kept} images, dropped {s.duplicates_dropped} "
+        f"duplicates, skipped {s.skipped}, hidden {s.hidden_files_ignored}"
     )
     for split in ("train", "val", "test"):
-        counts = ", ".join(f"{c} {n}" for c, n in s["counts"][split].items())
-        click.echo(f"  {split:5s}: {counts}; {s['patients'][split]} patients")
-    for item in s["skipped_files"]:
-        click.echo(f"  skipped {item['path']}: {item['reason']}")
-    click.echo(f"patients on several splits: {s['patients_on_several_splits']}")
-    if "shortcut_check" in s:
-        for line in describe(s["shortcut_check"]):
+        counts = ", ".join(f"{c} {n}" for c, n in s.counts[split].items())
+        click.echo(f"  {split:5s}: {counts}; {s.patients[split]} patients")
+    for item in s.skipped_files:
+        click.echo(f"  skipped {item.path}: {item.reason}")
+    click.echo(f"patients on several splits: {s.patients_on_several_splits}")
+    if s.shortcut_check is not None:
+        for line in describe(s.shortcut_check):
             click.echo(line)
     click.echo(f"wrote {result.manifest_path} and {result.summary_path}")
 
@@ -133,7 +134,9 @@ _register_commands()
 def json_logs_requested(argv: list[str]) -> bool:
     """``--log-format json`` on the command line (read before click parses it, so that even a usage
     error of the command line is reported as JSON)."""
-    return "--log-format=json" in argv or any(a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:]))
+    return "--log-format=json" in argv or any(
+        a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:])
+    )
 
 
 def _say(message: str, exit_code: int, as_json: bool, prog_name: str) -> None:
@@ -171,13 +174,16 @@ QUIET_RESOURCE_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
 
 
 def run_guarded(command: click.Command, prog_name: str) -> None:
-    """Run a click command; an environment failure (disk full, read-only folder) is a one-line
+    """Run a click command; a stage's ``InputError`` or ``Unavailable`` has the exit code of
+    ``cxr.app.errors.click_error``, an environment failure (disk full, read-only folder) is a one-line
     error with exit 2, and a bug a one-line error with exit 70. With ``--log-format json`` every
     one of them is a JSON object on stderr."""
     # A run killed with -9 leaves its worker pool's semaphores to multiprocessing's resource tracker,
     # which cleans them up and warns in a Python warning; the tracker is a child process that reads
     # its warning filters from the environment.
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), QUIET_RESOURCE_TRACKER)))
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, (os.environ.get("PYTHONWARNINGS"), QUIET_RESOURCE_TRACKER))
+    )
     as_json = json_logs_requested(sys.argv[1:])
     if as_json:
         _warnings_as_json(prog_name)
@@ -194,12 +200,10 @@ def run_guarded(command: click.Command, prog_name: str) -> None:
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
-    except InputError as exc:  # a user's mistake that no command turned into a UsageError itself
-        _say(f"Error: {first_line(exc)}", EXIT_USAGE, as_json, prog_name)
-        sys.exit(EXIT_USAGE)
-    except Unavailable as exc:
-        _say(f"Error: {first_line(exc)}", EXIT_UNAVAILABLE, as_json, prog_name)
-        sys.exit(EXIT_UNAVAILABLE)
+    except (InputError, Unavailable) as exc:  # raised outside a cxr command (whose class maps them itself)
+        error = click_error(exc)
+        _say(f"Error: {error.format_message()}", error.exit_code, as_json, prog_name)
+        sys.exit(error.exit_code)
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         _say(f"Error: {exc.strerror or first_line(exc)}{where}", EXIT_USAGE, as_json, prog_name)

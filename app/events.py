@@ -33,7 +33,9 @@ class Events:
         self._last_progress = 0.0
         self._done = 0
 
-    def emit(self, event: str, message: str, *, always: bool = False, err: bool = False, **fields: Any) -> None:
+    def emit(
+        self, event: str, message: str, *, always: bool = False, err: bool = False, **fields: Any
+    ) -> None:
         """One event: a JSON object on stderr, or a line of text: results (``always``) on stdout
         and problems (``err``) on stderr even when quiet, chatter on stderr unless quiet."""
         if self.json:

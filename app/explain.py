@@ -12,12 +12,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cxr.app.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from cxr.app.errors import EXIT_OK, EXIT_PARTIAL, Command, UsageError
 from cxr.imaging import decode_or_error
-from cxr.messages import first_line
 
 
-@dataclass
+@dataclass(frozen=True)
 class Explanation:
     path: Path
     probability: float | None
@@ -34,7 +33,7 @@ def _keras_explainer(model_path: Path):
 
     run = RunFolder(model_path if model_path.is_dir() else model_path.parent)
     model = load_keras_model(run.best if model_path.is_dir() else model_path)
-    classes = run.read_config()["classes"] if run.has_config() else ["NEGATIVE", "POSITIVE"]
+    classes = list(run.read_config().classes) if run.has_config() else ["NEGATIVE", "POSITIVE"]
     size = int(model.input_shape[1])
     return (lambda batch: gradcam_keras(model, batch.astype(np.float32))), size, classes, 0.5
 
@@ -53,9 +52,9 @@ def explain_files(paths: list[Path], model_path: str | Path, out_dir: str | Path
     from cxr.reports.figures import save_explanation
 
     model_path, out_dir = Path(model_path), Path(out_dir)
-    explain, size, classes, threshold = (_onnx_explainer if model_path.suffix == ".onnx" else _keras_explainer)(
-        model_path
-    )
+    explain, size, classes, threshold = (
+        _onnx_explainer if model_path.suffix == ".onnx" else _keras_explainer
+    )(model_path)
     results, used = [], set()
     for path in map(Path, paths):
         image, error = decode_or_error(path, size)
@@ -64,7 +63,13 @@ def explain_files(paths: list[Path], model_path: str | Path, out_dir: str | Path
             continue
         prob, cam = explain(image[None])
         figure = save_explanation(
-            image, cam[0], float(prob[0]), classes, threshold, out_dir / _unique_name(path, used), title=path.name
+            image,
+            cam[0],
+            float(prob[0]),
+            classes,
+            threshold,
+            out_dir / _unique_name(path, used),
+            title=path.name,
         )
         results.append(Explanation(path, float(prob[0]), figure))
     return results
@@ -80,7 +85,7 @@ def _unique_name(path: Path, used: set[str]) -> str:
     return name
 
 
-@click.command("explain")
+@click.command("explain", cls=Command)
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--model",
@@ -98,18 +103,12 @@ def _unique_name(path: Path, used: set[str]) -> str:
 )
 def explain(images: tuple[Path, ...], model_path: Path, out_dir: Path) -> None:
     """Grad-CAM heatmap overlays (PNG) for each IMAGE: the image, the overlay and the probability."""
-    from cxr.artifacts import RunFolderError
-    from cxr.export.onnx_export import ExportError
-    from cxr.infer.model import ModelLoadError
-
     if not model_path.exists():
         raise UsageError(f"model not found: {model_path}")
-    try:
-        results = explain_files(list(images), model_path, out_dir)
-    except (ModelLoadError, RunFolderError, ExportError) as exc:  # others: a bug (exit 70), not a usage error
-        raise UsageError(first_line(exc)) from None
+    results = explain_files(list(images), model_path, out_dir)
     for item in results:
         click.echo(
-            f"{item.path}: " + (f"p={item.probability:.4f} -> {item.figure}" if item.figure else f"error: {item.error}")
+            f"{item.path}: "
+            + (f"p={item.probability:.4f} -> {item.figure}" if item.figure else f"error: {item.error}")
         )
     sys.exit(EXIT_PARTIAL if any(item.error for item in results) else EXIT_OK)

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import click
 
-from cxr.app.errors import ParityFailed, UsageError
+from cxr.app.errors import Command, ParityFailed, UsageError
 from cxr.app.options import target_recall_option, threshold_rule_option
+from cxr.errors import InputError
 
 
 def resolve_threshold(spec: str, run_dir: Path, target_recall: float, rule: str) -> dict:
     """A number, or 'val': chosen on the run's validation predictions by ``rule`` (see cxr.thresholds).
     Returns the threshold with the facts of its rule (stored in the model's metadata)."""
     from cxr.artifacts import RunFolder
-    from cxr.thresholds import ThresholdError, choose_val_threshold
+    from cxr.thresholds import choose_val_threshold
 
     if spec != "val":
         try:
@@ -28,10 +29,7 @@ def resolve_threshold(spec: str, run_dir: Path, target_recall: float, rule: str)
     val_csv = RunFolder(run_dir).val_predictions
     if not val_csv.is_file():
         raise UsageError(f"--threshold val needs {val_csv}")
-    try:
-        return choose_val_threshold(val_csv, target_recall, rule)
-    except ThresholdError as exc:
-        raise UsageError(str(exc)) from None
+    return choose_val_threshold(val_csv, target_recall, rule)
 
 
 def trust_options(command):
@@ -62,7 +60,8 @@ def trust_options(command):
         "--manifest",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Split manifest for the guard and calibration [default: the run's manifest; required with --from-onnx].",
+        help="Split manifest for the guard and calibration [default: the run's manifest; "
+        "required with --from-onnx].",
     )(command)
 
 
@@ -79,37 +78,34 @@ def attach_trust(
 ) -> None:
     """Fit and fold in the guard and the calibration (with neither, take them out), and say what
     they are."""
-    from cxr.export.graph_edit import GraphEditError
     from cxr.export.trust import add_trust
     from cxr.thresholds import describe_rule
 
     if manifest is None:
         raise UsageError(
-            "the guard and calibration are fitted on a split manifest: give --manifest (e.g. data/splits/manifest.csv)"
+            "the guard and calibration are fitted on a split manifest: give --manifest "
+            "(e.g. data/splits/manifest.csv)"
         )
     if not manifest.is_file():
         raise UsageError(f"--manifest {manifest} not found")
-    try:
-        result = add_trust(
-            model_path,
-            out_path,
-            manifest,
-            guard=guard,
-            calibration=None if calibration == "none" else calibration,
-            false_flags=false_flags,
-            threshold=threshold,
-            threshold_rule=threshold_rule,
-            target_recall=target_recall,
-        )
-    except GraphEditError as exc:
-        raise UsageError(str(exc)) from None
+    result = add_trust(
+        model_path,
+        out_path,
+        manifest,
+        guard=guard,
+        calibration=None if calibration == "none" else calibration,
+        false_flags=false_flags,
+        threshold=threshold,
+        threshold_rule=threshold_rule,
+        target_recall=target_recall,
+    )
     if not guard and calibration == "none":
         click.echo("domain guard and calibration: none (taken out of the graph)")
     if result.calibration:
         c = result.calibration
         click.echo(
-            f"calibration: {c['method']} (a {c['a']:.4g}, b {c['b']:.4g}) on the validation split, ECE "
-            f"{c['val_ece_before']:.3f} -> {c['val_ece_after']:.3f}"
+            f"calibration: {c.method} (a {c.a:.4g}, b {c.b:.4g}) on the validation split, ECE "
+            f"{c.val_ece_before:.3f} -> {c.val_ece_after:.3f}"
         )
     if result.guard:
         g = result.guard
@@ -117,13 +113,13 @@ def attach_trust(
             f"domain guard: {len(g.taps)} taps, threshold {g.threshold:.3f} ({g.false_flag_rate:.1%} of the "
             f"validation images flagged)"
         )
-        if g.facts.get("warning"):
-            click.echo(f"warning: the domain guard was {g.facts['warning']}", err=True)
+        if g.facts.warning:
+            click.echo(f"warning: the domain guard was {g.facts.warning}", err=True)
     click.echo(f"threshold: {describe_rule(result.threshold_rule)}")
     click.echo(f"wrote {out_path} (edit checked: max |dp| {result.max_abs_diff:.1e})")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option(
     "--run",
     "run_dir",
@@ -199,7 +195,7 @@ def export(
         )
         return
     threshold = threshold or "0.5"
-    from cxr.export.onnx_export import ExportError, ParityError, export_onnx
+    from cxr.export.onnx_export import ParityError, export_onnx
     from cxr.imaging import list_images
 
     if not run_dir.is_dir():
@@ -212,19 +208,25 @@ def export(
     paths = [str(p) for p in list_images(parity_images)][:n_parity] if parity_images else None
     try:
         result = export_onnx(
-            run_dir, out_path, parity_paths=paths, n_parity=n_parity, threshold=value, threshold_rule=rule, opset=opset
+            run_dir,
+            out_path,
+            parity_paths=paths,
+            n_parity=n_parity,
+            threshold=value,
+            threshold_rule=rule,
+            opset=opset,
         )
     except ParityError as exc:
         raise ParityFailed(str(exc)) from None
-    except ExportError as exc:
-        raise UsageError(str(exc)) from None
     p = result.parity
     click.echo(
         f"parity on {p.source}: max |dp| {p.max_abs_diff:.2e}, mean |dp| {p.mean_abs_diff:.2e}, "
         f"labels differ {p.labels_differ} (tolerance {p.tolerance:g}) -> passed"
     )
     size_mb = result.model_path.stat().st_size / 1e6
-    click.echo(f"wrote {result.model_path} ({size_mb:.1f} MB, threshold {value:.4g}) and {result.parity_path}")
+    click.echo(
+        f"wrote {result.model_path} ({size_mb:.1f} MB, threshold {value:.4g}) and {result.parity_path}"
+    )
     try:
         attach_trust(
             result.model_path,
@@ -234,7 +236,10 @@ def export(
             guard_false_flags,
             calibration,
         )
-    except UsageError as exc:  # a model without the guard or calibration asked for is not left behind
+    except (
+        InputError,
+        UsageError,
+    ) as exc:  # a model without the guard or calibration asked for is not left behind
         result.model_path.unlink(missing_ok=True)
         result.parity_path.unlink(missing_ok=True)
         raise UsageError(f"{exc}; nothing written") from None
@@ -244,5 +249,5 @@ def run_manifest(run_dir: Path) -> Path | None:
     """The split manifest a run was trained on (its config's ``data``), where recorded."""
     from cxr.artifacts import RunFolder
 
-    data = RunFolder(run_dir).read_info().get("manifest")
-    return Path(data) if data else None
+    info = RunFolder(run_dir).read_info()
+    return Path(info.manifest) if info and info.manifest else None

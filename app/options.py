@@ -11,7 +11,9 @@ seed_option = click.option(
     show_default="from config / 42",
     help="Random seed for splits, shuffling and augmentation.",
 )
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar or chatter; errors still print.")
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar or chatter; errors still print."
+)
 model_option = click.option(
     "--model",
     "model_path",

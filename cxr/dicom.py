@@ -39,7 +39,9 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def _first(value) -> float:
-    return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else float(value)
+    return (
+        float(value[0]) if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else float(value)
+    )
 
 
 def _window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -65,7 +67,9 @@ def display_array(ds) -> np.ndarray:
         out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2]) or 16
         if np.issubdtype(modality.dtype, np.floating):  # LUT entries are indexed by integer values
             modality = np.rint(modality).astype(np.int64)
-        arr = np.clip(apply_voi_lut(modality, ds, index=0).astype(np.float64) / (2**out_bits - 1) * 255.0, 0, 255)
+        arr = np.clip(
+            apply_voi_lut(modality, ds, index=0).astype(np.float64) / (2**out_bits - 1) * 255.0, 0, 255
+        )
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         arr = _window(arr, _first(ds.WindowCenter), _first(ds.WindowWidth))
     else:

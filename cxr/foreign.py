@@ -65,7 +65,9 @@ def skimage_samples() -> Iterator[tuple[str, np.ndarray]]:
         yield name, _to_uint8(image)
 
 
-def non_xray_images(seed: int = 0, crops_per_sample: int = 2, n_noise: int = 6) -> Iterator[tuple[str, np.ndarray]]:
+def non_xray_images(
+    seed: int = 0, crops_per_sample: int = 2, n_noise: int = 6
+) -> Iterator[tuple[str, np.ndarray]]:
     """Photos, text pages and micrographs (each whole and as random crops), noise and gradients."""
     rng = np.random.default_rng(seed)
     for name, image in skimage_samples():

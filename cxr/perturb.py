@@ -51,7 +51,9 @@ def gaussian_blur(radius: float):
 def down_up(scale: float):
     def apply(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = image.shape[:2]
-        small = _pil(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+        small = _pil(image).resize(
+            (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR
+        )
         return _array(small.resize((w, h), Image.Resampling.BILINEAR))
 
     return apply
@@ -99,12 +101,16 @@ def _suite() -> tuple[Perturbation, ...]:
     items += [Perturbation(f"jpeg{q}", f"JPEG re-encode, quality {q}", jpeg(q)) for q in (30, 50, 75)]
     items += [
         Perturbation(
-            f"brightness{pct:+d}", f"brightness x{1 + pct / 100:g}", enhance(ImageEnhance.Brightness, 1 + pct / 100)
+            f"brightness{pct:+d}",
+            f"brightness x{1 + pct / 100:g}",
+            enhance(ImageEnhance.Brightness, 1 + pct / 100),
         )
         for pct in (-10, -5, 5, 10)
     ]
     items += [
-        Perturbation(f"contrast{pct:+d}", f"contrast x{1 + pct / 100:g}", enhance(ImageEnhance.Contrast, 1 + pct / 100))
+        Perturbation(
+            f"contrast{pct:+d}", f"contrast x{1 + pct / 100:g}", enhance(ImageEnhance.Contrast, 1 + pct / 100)
+        )
         for pct in (-10, 10)
     ]
     items += [Perturbation(f"gamma{g:g}", f"gamma {g:g}", gamma(g)) for g in (0.8, 1.2)]
@@ -128,5 +134,8 @@ def perturb_batch(images: np.ndarray, item: Perturbation, seed: int, first_index
     a generator seeded by ``(seed, crc32(name), first_index + i)``."""
     key = zlib.crc32(item.name.encode())
     return np.stack(
-        [item.apply(image, np.random.default_rng([seed, key, first_index + i])) for i, image in enumerate(images)]
+        [
+            item.apply(image, np.random.default_rng([seed, key, first_index + i]))
+            for i, image in enumerate(images)
+        ]
     )

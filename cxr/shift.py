@@ -11,7 +11,6 @@ run with fewer than ``MIN_IMAGES`` scored images gets no verdict.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
@@ -48,20 +47,33 @@ class ShiftVerdict:
             return f"data shift: these images differ from the training data ({p}; {flagged})"
         return f"data shift: none detected ({p}; {flagged})"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, int | float | bool | str]:
+        """The verdict as predictions.meta.json and metrics.json record it."""
         return {
             **asdict(self),
             "shifted": self.shifted,
             "flagged_share": self.flagged_share,
             "verdict": self.line(),
-            "test": "one-sided two-sample Kolmogorov-Smirnov (higher domain scores) against the validation reference",
+            "test": (
+                "one-sided two-sample Kolmogorov-Smirnov (higher domain scores) "
+                "against the validation reference"
+            ),
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> ShiftVerdict | None:
+    def from_dict(cls, data: dict[str, int | float | bool | str] | None) -> ShiftVerdict | None:
+        """The verdict a file recorded (None for none); the derived entries are computed again."""
         if not data:
             return None
-        fields = ("n_images", "n_reference", "statistic", "p_value", "n_flagged", "expected_flag_rate", "alpha")
+        fields = (
+            "n_images",
+            "n_reference",
+            "statistic",
+            "p_value",
+            "n_flagged",
+            "expected_flag_rate",
+            "alpha",
+        )
         return cls(**{k: data[k] for k in fields if k in data})
 
 

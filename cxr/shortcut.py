@@ -18,8 +18,8 @@ the classes, and so can a network.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,38 +101,120 @@ def _cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed:
         return float("nan")
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    scores = cross_val_predict(model, np.log1p(np.abs(x)), y, groups=groups, cv=folds, method="predict_proba")[:, 1]
+    scores = cross_val_predict(
+        model, np.log1p(np.abs(x)), y, groups=groups, cv=folds, method="predict_proba"
+    )[:, 1]
     return float(roc_auc_score(y, scores))
+
+
+@dataclass(frozen=True)
+class GroupCheck:
+    """One feature group: over how many images, its cross-validated ROC AUC (None, with a ``note``
+    why, where it cannot be computed), each feature's own AUC and the class medians."""
+
+    features: tuple[str, ...]
+    n: int
+    cv_auc: float | None = None
+    note: str = ""
+    univariate_auc: dict[str, float] = field(default_factory=dict)
+    median_negative: dict[str, float] = field(default_factory=dict)
+    median_positive: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, str | int | float | list[str] | dict[str, float] | None]:
+        head = {"features": list(self.features), "n": self.n, "cv_auc": self.cv_auc}
+        if self.cv_auc is None:
+            return {**head, "note": self.note}
+        return {
+            **head,
+            "univariate_auc": self.univariate_auc,
+            "median_negative": self.median_negative,
+            "median_positive": self.median_positive,
+        }
+
+
+@dataclass(frozen=True)
+class ShortcutResult:
+    """The shortcut check of a set of images: each feature group's result, the verdict and what
+    the medians say."""
+
+    n_images: int
+    classes: tuple[str, str]
+    groups: dict[str, GroupCheck]
+    analysis_size: int = ANALYSIS_SIZE
+    risk_auc: float = RISK_AUC
+    method: str = "logistic regression on standardised log-features, StratifiedGroupKFold(5) by patient"
+
+    @property
+    def verdict(self) -> str:
+        risky = [
+            f"{name} (AUC {g.cv_auc:.2f})"
+            for name, g in self.groups.items()
+            if g.cv_auc is not None and g.cv_auc >= self.risk_auc
+        ]
+        if risky:
+            return f"SHORTCUT RISK: {', '.join(risky)} separate the classes without looking at anatomy"
+        return f"no trivial image statistic reaches AUC {self.risk_auc}"
+
+    @property
+    def findings(self) -> list[str]:
+        """What the medians say, in words: which class is smoother at the model input, and whether
+        the original sizes differ (the acquisition confound)."""
+        negative, positive = self.classes
+        lines = []
+        texture = self.groups["noise / high-frequency texture"]
+        if texture.cv_auc is not None:
+            lo, hi = texture.median_negative["noise_sigma"], texture.median_positive["noise_sigma"]
+            smoother, other = (negative, positive) if lo < hi else (positive, negative)
+            lines.append(
+                f"at the model input ({self.analysis_size} px) {smoother} images are the smoother class: "
+                f"noise estimate {min(lo, hi):.3g} vs {max(lo, hi):.3g} grey levels for {other} "
+                f"(texture AUC {texture.cv_auc:.2f})"
+            )
+        size = self.groups["original size (width, height)"]
+        if size.cv_auc is not None:
+            lines.append(_size_finding(size, negative, positive))
+        return lines
+
+    def to_json(self) -> dict[str, object]:
+        """summary.json's ``shortcut_check``."""
+        return {
+            "n_images": self.n_images,
+            "classes": list(self.classes),
+            "analysis_size": self.analysis_size,
+            "risk_auc": self.risk_auc,
+            "method": self.method,
+            "groups": {name: group.to_json() for name, group in self.groups.items()},
+            "verdict": self.verdict,
+            "findings": self.findings,
+        }
 
 
 def _group_result(
     features: pd.DataFrame, columns: tuple[str, ...], y: np.ndarray, groups: np.ndarray, seed: int
-) -> dict[str, Any]:
+) -> GroupCheck:
     from sklearn.metrics import roc_auc_score
 
     data = features[list(columns)]
     usable = data.notna().all(axis=1).to_numpy()
-    if usable.sum() < 10 or len(np.unique(y[usable])) < 2:
-        return {"features": list(columns), "n": int(usable.sum()), "cv_auc": None, "note": "unknown for these files"}
+    n = int(usable.sum())
+    if n < 10 or len(np.unique(y[usable])) < 2:
+        return GroupCheck(columns, n, note="unknown for these files")
     values = data[usable].to_numpy()
     if np.allclose(values, values[0]):
-        return {
-            "features": list(columns),
-            "n": int(usable.sum()),
-            "cv_auc": None,
-            "note": f"the same for every image ({', '.join(f'{v:g}' for v in values[0])}): carries no class "
+        return GroupCheck(
+            columns,
+            n,
+            note=f"the same for every image ({', '.join(f'{v:g}' for v in values[0])}): carries no class "
             "information here",
-        }
-    univariate = {c: float(roc_auc_score(y[usable], data.loc[usable, c])) for c in columns}
-    medians = {cls: {c: float(data.loc[usable & (y == cls), c].median()) for c in columns} for cls in (0, 1)}
-    return {
-        "features": list(columns),
-        "n": int(usable.sum()),
-        "cv_auc": _cross_validated_auc(values, y[usable], groups[usable], seed),
-        "univariate_auc": univariate,
-        "median_negative": medians[0],
-        "median_positive": medians[1],
-    }
+        )
+    return GroupCheck(
+        columns,
+        n,
+        cv_auc=_cross_validated_auc(values, y[usable], groups[usable], seed),
+        univariate_auc={c: float(roc_auc_score(y[usable], data.loc[usable, c])) for c in columns},
+        median_negative={c: float(data.loc[usable & (y == 0), c].median()) for c in columns},
+        median_positive={c: float(data.loc[usable & (y == 1), c].median()) for c in columns},
+    )
 
 
 def shortcut_check(
@@ -144,60 +226,22 @@ def shortcut_check(
     seed: int = 0,
     workers: int = 0,
     size: int = ANALYSIS_SIZE,
-) -> dict[str, Any]:
+) -> ShortcutResult:
     """Cross-validated AUC of each feature group, with a verdict per group and overall."""
     y = np.array([int(label == classes[1]) for label in labels])
     groups = np.asarray(patient_ids)
     features = feature_table(list(paths), size, workers)
-    result = {
-        "n_images": len(paths),
-        "classes": list(classes),
-        "analysis_size": size,
-        "risk_auc": RISK_AUC,
-        "method": "logistic regression on standardised log-features, StratifiedGroupKFold(5) by patient",
-        "groups": {},
+    results = {
+        name: _group_result(features, columns, y, groups, seed) for name, columns in FEATURE_GROUPS.items()
     }
-    for name, columns in FEATURE_GROUPS.items():
-        result["groups"][name] = _group_result(features, columns, y, groups, seed)
-    risky = [
-        f"{name} (AUC {g['cv_auc']:.2f})"
-        for name, g in result["groups"].items()
-        if g.get("cv_auc") is not None and g["cv_auc"] >= RISK_AUC
-    ]
-    result["verdict"] = (
-        f"SHORTCUT RISK: {', '.join(risky)} separate the classes without looking at anatomy"
-        if risky
-        else f"no trivial image statistic reaches AUC {RISK_AUC}"
-    )
-    result["findings"] = findings(result)
-    return result
+    return ShortcutResult(len(paths), (classes[0], classes[1]), results, analysis_size=size)
 
 
-def findings(result: dict[str, Any]) -> list[str]:
-    """What the medians say, in words: which class is smoother at the model input, and whether
-    the original sizes differ (the acquisition confound)."""
-    negative, positive = result["classes"]
-    lines = []
-    texture = result["groups"]["noise / high-frequency texture"]
-    if texture.get("cv_auc") is not None:
-        lo, hi = texture["median_negative"]["noise_sigma"], texture["median_positive"]["noise_sigma"]
-        smoother, other = (negative, positive) if lo < hi else (positive, negative)
-        lines.append(
-            f"at the model input ({result['analysis_size']} px) {smoother} images are the smoother class: "
-            f"noise estimate {min(lo, hi):.3g} vs {max(lo, hi):.3g} grey levels for {other} "
-            f"(texture AUC {texture['cv_auc']:.2f})"
-        )
-    size = result["groups"]["original size (width, height)"]
-    if size.get("cv_auc") is not None:
-        lines.append(_size_finding(size, negative, positive))
-    return lines
-
-
-def _size_finding(size: dict[str, Any], negative: str, positive: str) -> str:
+def _size_finding(size: GroupCheck, negative: str, positive: str) -> str:
     """One line on the original sizes: whether their medians differ by class, and whether the sizes
     separate the classes at all (an AUC within 0.1 of chance does not)."""
-    n, p = size["median_negative"], size["median_positive"]
-    auc = size["cv_auc"]
+    n, p = size.median_negative, size.median_positive
+    auc = size.cv_auc
     separates = abs(auc - 0.5) >= 0.1
     if (n["width"], n["height"]) != (p["width"], p["height"]):
         return (
@@ -211,25 +255,25 @@ def _size_finding(size: dict[str, Any], negative: str, positive: str) -> str:
             f"spread differs by class (size AUC {auc:.2f})"
         )
     return (
-        f"original sizes: the same median {n['width']:.0f}x{n['height']:.0f} in both classes, and they do not "
-        f"separate the classes (size AUC {auc:.2f})"
+        f"original sizes: the same median {n['width']:.0f}x{n['height']:.0f} in both classes, "
+        f"and they do not separate the classes (size AUC {auc:.2f})"
     )
 
 
-def describe(result: dict[str, Any]) -> list[str]:
+def describe(result: ShortcutResult) -> list[str]:
     """Printable lines."""
-    lines = [f"shortcut check ({result['n_images']} images, {result['method']}):"]
-    for name, group in result["groups"].items():
-        if group.get("cv_auc") is None:
-            lines.append(f"  {name}: {group['note']}")
+    lines = [f"shortcut check ({result.n_images} images, {result.method}):"]
+    negative, positive = result.classes
+    for name, group in result.groups.items():
+        if group.cv_auc is None:
+            lines.append(f"  {name}: {group.note}")
             continue
         medians = ", ".join(
-            f"{c} {group['median_negative'][c]:.3g} vs {group['median_positive'][c]:.3g}" for c in group["features"]
+            f"{c} {group.median_negative[c]:.3g} vs {group.median_positive[c]:.3g}" for c in group.features
         )
         lines.append(
-            f"  {name}: cross-validated AUC {group['cv_auc']:.3f} (medians {result['classes'][0]} vs "
-            f"{result['classes'][1]}: {medians})"
+            f"  {name}: cross-validated AUC {group.cv_auc:.3f} (medians {negative} vs {positive}: {medians})"
         )
-    lines.append(f"  verdict: {result['verdict']}")
-    lines += [f"  finding: {line}" for line in result.get("findings", [])]
+    lines.append(f"  verdict: {result.verdict}")
+    lines += [f"  finding: {line}" for line in result.findings]
     return lines

@@ -41,7 +41,9 @@ def probability_and_cam(model):
         logit = tf.matmul(tf.nn.relu(h2), w3) + b3
         v2 = tf.cast(h2 > 0, tf.float32) * w3[:, 0]
         v1 = tf.cast(h1 > 0, tf.float32) * tf.matmul(v2, w2, transpose_b=True)
-        alpha = tf.matmul(v1, w1, transpose_b=True) / tf.cast(tf.shape(fmap)[1] * tf.shape(fmap)[2], tf.float32)
+        alpha = tf.matmul(v1, w1, transpose_b=True) / tf.cast(
+            tf.shape(fmap)[1] * tf.shape(fmap)[2], tf.float32
+        )
         cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", fmap, alpha))
         return tf.reshape(tf.sigmoid(logit), (-1,)), _normalise(cam)
 

@@ -31,7 +31,8 @@ def _shapes(proto) -> dict[str, list]:
 
     inferred = shape_inference.infer_shapes(proto)
     return {
-        v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info
+        v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+        for v in inferred.graph.value_info
     }
 
 
@@ -87,7 +88,9 @@ def with_feature_outputs(proto, taps: list[tuple[str, int]]):
     for index, (tap, channels) in enumerate(taps):
         nodes, out = pooled_statistics(proto, tap, f"tap{index}")
         proto.graph.node.extend(nodes)
-        proto.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", 2 * channels]))
+        proto.graph.output.append(
+            helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", 2 * channels])
+        )
     return proto
 
 
@@ -95,7 +98,9 @@ def logit_name(proto) -> str:
     """The tensor the final Sigmoid reads (the positive logit). Sigmoids inside swish activations
     (x * sigmoid(x), EfficientNet B0-B7) feed a Mul and are not the head's."""
     into_mul = {name for node in proto.graph.node if node.op_type == "Mul" for name in node.input}
-    sigmoids = [node for node in proto.graph.node if node.op_type == LOGIT_CONSUMER and node.output[0] not in into_mul]
+    sigmoids = [
+        node for node in proto.graph.node if node.op_type == LOGIT_CONSUMER and node.output[0] not in into_mul
+    ]
     if len(sigmoids) != 1:
         raise GraphEditError(f"expected one Sigmoid before the probability, found {len(sigmoids)}")
     return sigmoids[0].input[0]

@@ -9,20 +9,15 @@ failure nothing is left at the output path.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from cxr.artifacts import (
-    ModelContract,
-    Parity,
-    RunFolder,
-    RunFolderError,
-    augment_policy_of,
-)
+from cxr.artifacts import ModelContract, Parity, RunFolder, RunFolderError
 from cxr.artifacts.model_contract import CAM_NAME, INPUT_NAME, OUTPUT_NAME
+from cxr.artifacts.run_facts import RunFacts
+from cxr.artifacts.training_config import TrainingConfig
 from cxr.environment import package_versions
 from cxr.errors import InputError
 from cxr.files import atomic_path, sha256_file
@@ -42,7 +37,7 @@ class ParityError(ExportError):
     """ONNX and Keras disagree beyond the tolerance."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportResult:
     model_path: Path
     parity_path: Path
@@ -62,33 +57,33 @@ def load_keras_model(path: str | Path):
         raise ExportError(f"cannot load {path} as a Keras model: {first_line(exc)[:300]}") from None
 
 
-def build_contract(config: dict, run: dict, threshold: float, threshold_rule: dict) -> ModelContract:
+def build_contract(
+    config: TrainingConfig, run: RunFacts, threshold: float, threshold_rule: dict
+) -> ModelContract:
     """The model's contract: what inference needs, plus the facts of its training."""
-    recalibration = run.get("bn_recalibration")
+    recalibration = run.bn_recalibration
     facts = {
-        "variant": config["variant"],
-        "backbone": config["backbone"],
-        "weights": str(config["weights"]),
-        "augment_policy": augment_policy_of(config),
-        "backend": run.get("backend", "tensorflow"),
-        "training_precision": run.get("precision", "float32"),
-        "freeze_bn": bool(config.get("freeze_bn", False)),
-        "epochs_run": run.get("epochs_run"),
-        "training_finished": bool(run.get("finished")),
-        "best_epoch": run.get("best_epoch"),
-        "bn_recalibration": {k: v for k, v in recalibration.items() if not k.startswith("val_")}
-        if recalibration
-        else None,
-        "config_sha256": run["config_sha256"],
-        "manifest_sha256": run["manifest_sha256"],
-        "training_config": config,
+        "variant": config.variant,
+        "backbone": config.backbone,
+        "weights": str(config.weights),
+        "augment_policy": config.augment_policy,
+        "backend": run.backend,
+        "training_precision": run.precision,
+        "freeze_bn": config.freeze_bn,
+        "epochs_run": run.epochs_run,
+        "training_finished": run.finished,
+        "best_epoch": run.best_epoch,
+        "bn_recalibration": recalibration.summary() if recalibration else None,
+        "config_sha256": run.config_sha256,
+        "manifest_sha256": run.manifest_sha256,
+        "training_config": config.to_json(),
         "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return ModelContract(
-        tuple(config["classes"]),
+        tuple(config.classes),
         float(threshold),
-        int(config["input_size"]),
+        int(config.input_size),
         "uint8",
         RESIZE_RULE,
         threshold_rule,
@@ -196,43 +191,49 @@ def _onnx_outputs(onnx_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
 
 def check_parity(
     keras_model, onnx_path: Path, images: np.ndarray, threshold: float, tolerance: float = PARITY_TOLERANCE
-) -> dict[str, Any]:
+) -> Parity:
+    """Keras against onnxruntime on ``images``: how far the probabilities (and Grad-CAM) lie apart."""
     from cxr.export.gradcam import gradcam_keras, has_gradcam_head
 
-    p_keras = keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0).reshape(-1).astype(np.float64)
+    p_keras = (
+        keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0)
+        .reshape(-1)
+        .astype(np.float64)
+    )
     outputs = _onnx_outputs(onnx_path, images)
     p_onnx = outputs[OUTPUT_NAME].reshape(-1).astype(np.float64)
     diff = np.abs(p_keras - p_onnx)
     labels_differ = int(np.sum((p_keras >= threshold) != (p_onnx >= threshold)))
-    result = {
-        "n_images": int(len(images)),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "labels_differ": labels_differ,
-        "tolerance": tolerance,
-        "threshold": threshold,
-        "passed": bool(diff.max() <= tolerance and labels_differ == 0),
-    }
+    parity = Parity(
+        n_images=int(len(images)),
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        labels_differ=labels_differ,
+        tolerance=tolerance,
+        threshold=threshold,
+        passed=bool(diff.max() <= tolerance and labels_differ == 0),
+    )
     if CAM_NAME in outputs and has_gradcam_head(keras_model):
         _, cam_reference = gradcam_keras(keras_model, images[:8].astype(np.float32))
         cam_diff = float(np.abs(outputs[CAM_NAME][:8] - cam_reference).max())
-        result.update(
-            {
-                "cam_max_abs_diff": cam_diff,
-                "cam_tolerance": CAM_TOLERANCE,
-                "passed": result["passed"] and cam_diff <= CAM_TOLERANCE,
-            }
+        parity = replace(
+            parity,
+            cam_max_abs_diff=cam_diff,
+            cam_tolerance=CAM_TOLERANCE,
+            passed=parity.passed and cam_diff <= CAM_TOLERANCE,
         )
-    return result
+    return parity
 
 
-def default_parity_paths(run: dict, n: int, seed: int) -> list[str]:
+def default_parity_paths(run: RunFacts, n: int, seed: int) -> list[str]:
     """N validation images of the run's own manifest, when that manifest is reachable."""
     from cxr.data import DataPrepError, load_manifest
 
+    if not run.manifest:
+        return []
     try:
-        manifest = load_manifest(run["manifest"])
-    except (DataPrepError, OSError, KeyError):
+        manifest = load_manifest(run.manifest)
+    except (DataPrepError, OSError):
         return []
     val = manifest[manifest["split"] == "val"]
     val = val[[Path(p).is_file() for p in val["abspath"]]]
@@ -259,27 +260,32 @@ def export_onnx(
     except RunFolderError as exc:
         raise ExportError(str(exc)) from None
     model = load_keras_model(folder.best)
-    size = int(config["input_size"])
-    contract = build_contract(config, run, threshold, threshold_rule or {"threshold": threshold, "rule": "fixed"})
+    size = config.input_size
+    contract = build_contract(
+        config, run, threshold, threshold_rule or {"threshold": threshold, "rule": "fixed"}
+    )
     metadata = contract.to_metadata()
     if parity_paths is None:
         parity_paths = default_parity_paths(run, n_parity, seed)
     images, source = parity_batch(parity_paths, size, n_parity, seed)
     with atomic_path(out_path) as tmp:
         convert(model, size, opset, tmp, metadata)
-        parity = check_parity(model, tmp, images, threshold, tolerance)
-        parity.update({"source": source, "opset": opset})
-        if not parity["passed"]:
-            cam = (
-                f", Grad-CAM max |d| {parity['cam_max_abs_diff']:.3g} (tolerance {parity['cam_tolerance']:g})"
-                if "cam_max_abs_diff" in parity
-                else ""
-            )
-            raise ParityError(
-                f"parity gate failed: max |dp| {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
-                f"{parity['labels_differ']} labels differ{cam}; no model written"
-            )
-        parity["model_sha256"] = sha256_file(tmp)
-    record = Parity.from_dict({"model": out_path.name, "run": str(run_dir), **parity})
-    parity_path = record.write(Parity.path_for(out_path))
-    return ExportResult(out_path, parity_path, record, metadata)
+        parity = replace(check_parity(model, tmp, images, threshold, tolerance), source=source, opset=opset)
+        if not parity.passed:
+            raise ParityError(parity_failure(parity))
+        parity = replace(parity, model_sha256=sha256_file(tmp), model=out_path.name, run=str(run_dir))
+    parity_path = parity.write(Parity.path_for(out_path))
+    return ExportResult(out_path, parity_path, parity, metadata)
+
+
+def parity_failure(parity: Parity) -> str:
+    """Why the parity gate failed, in one line."""
+    cam = (
+        f", Grad-CAM max |d| {parity.cam_max_abs_diff:.3g} (tolerance {parity.cam_tolerance:g})"
+        if parity.cam_max_abs_diff is not None
+        else ""
+    )
+    return (
+        f"parity gate failed: max |dp| {parity.max_abs_diff:.3g} (tolerance {parity.tolerance:g}), "
+        f"{parity.labels_differ} labels differ{cam}; no model written"
+    )

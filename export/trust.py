@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from cxr.calibration import expected_calibration_error
 from cxr.export.graph_edit import GraphEditError, _node, logit_name, pooled_statistics
+from cxr.thresholds import RuleFacts
 
 DOMAIN_OUTPUT = "domain_score"
 GUARD_METHOD = "mahalanobis-multi-depth"
@@ -32,6 +33,21 @@ DEFAULT_FALSE_FLAGS = 0.02
 GUARD_TAPS = 4
 CALIBRATION_METHODS = ("platt", "temperature")
 REFERENCE_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class GuardFacts:
+    """Where a guard was fitted and its threshold set, on how many images, and a warning where
+    they were too few."""
+
+    fitted_on: str = "training split"
+    threshold_on: str = "validation split"
+    n_train: int = 0
+    n_val: int = 0
+    warning: str | None = None
+
+    def to_json(self) -> dict[str, str | int]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,7 @@ class GuardFit:
     threshold: float
     false_flag_rate: float
     reference: tuple[float, ...]  # the validation images' scores, sorted
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: GuardFacts = field(default_factory=GuardFacts)
 
     def scores(self, features: list[np.ndarray]) -> np.ndarray:
         """The guard's score from pooled features (one array per tap), as the graph computes it."""
@@ -55,7 +71,8 @@ class GuardFit:
         ]
         return np.exp(np.mean(logs, axis=0))
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> dict[str, str | float | int | list[str] | list[float]]:
+        """The model metadata's ``guard`` entry (``cxr.artifacts.model_contract.DomainGuard`` reads it)."""
         return {
             "method": GUARD_METHOD,
             "output": DOMAIN_OUTPUT,
@@ -63,7 +80,7 @@ class GuardFit:
             "false_flag_rate": self.false_flag_rate,
             "taps": list(self.taps),
             "reference_scores": [round(float(v), REFERENCE_DECIMALS) for v in self.reference],
-            **self.facts,
+            **self.facts.to_json(),
         }
 
 
@@ -109,7 +126,8 @@ def run_features(probe, images: np.ndarray, batch: int = 64) -> tuple[list[np.nd
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outs = [
-        session.run(names, {session.get_inputs()[0].name: images[i : i + batch]}) for i in range(0, len(images), batch)
+        session.run(names, {session.get_inputs()[0].name: images[i : i + batch]})
+        for i in range(0, len(images), batch)
     ]
     joined = [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in range(len(names))]
     logits = joined[-1].reshape(-1) if names[-1] == "logit" else np.empty(0)
@@ -119,7 +137,9 @@ def run_features(probe, images: np.ndarray, batch: int = 64) -> tuple[list[np.nd
 MIN_GUARD_VAL = 20  # the shift test's reference needs as many (model_metadata.schema.json)
 
 
-def fit_guard(taps: list[str], train: list[np.ndarray], val: list[np.ndarray], false_flags: float) -> GuardFit:
+def fit_guard(
+    taps: list[str], train: list[np.ndarray], val: list[np.ndarray], false_flags: float
+) -> GuardFit:
     """Ledoit-Wolf per tap on the training features; threshold at the validation quantile."""
     from sklearn.covariance import LedoitWolf
 
@@ -147,12 +167,7 @@ def fit_guard(taps: list[str], train: list[np.ndarray], val: list[np.ndarray], f
         threshold,
         false_flags,
         tuple(val_scores.tolist()),
-        {
-            "fitted_on": "training split",
-            "threshold_on": "validation split",
-            "n_train": int(len(train[0])),
-            "n_val": int(len(val[0])),
-        },
+        GuardFacts(n_train=int(len(train[0])), n_val=int(len(val[0]))),
     )
 
 
@@ -190,11 +205,13 @@ def attach_guard(proto, fit: GuardFit) -> None:
             _node("Exp", ["guard_mean_log"], DOMAIN_OUTPUT),
         ]
     )
-    proto.graph.initializer.append(numpy_helper.from_array(np.array([len(logs), -1], np.int64), "guard_shape"))
+    proto.graph.initializer.append(
+        numpy_helper.from_array(np.array([len(logs), -1], np.int64), "guard_shape")
+    )
     proto.graph.output.append(helper.make_tensor_value_info(DOMAIN_OUTPUT, TensorProto.FLOAT, ["batch"]))
 
 
-# -- calibration ----------------------------------------------------------------------------------------------
+# -- calibration ---------------------------------------------------------------------------------------------
 
 
 def fit_calibration(logits: np.ndarray, y: np.ndarray, method: str = "platt") -> tuple[float, float]:
@@ -212,7 +229,9 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray, method: str = "platt") ->
         return float(np.mean(np.logaddexp(0, z) - target * z))
 
     start = np.array([1.0, 0.0]) if method == "platt" else np.array([1.0])
-    result = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
+    result = minimize(
+        loss, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000}
+    )
     a = float(result.x[0])
     b = float(result.x[1]) if method == "platt" else 0.0
     if not (np.isfinite(a) and a > 0):
@@ -266,10 +285,34 @@ def topologically_sorted(proto) -> None:
     proto.graph.node.extend(ordered)
 
 
-# -- the whole step: fit on a manifest's splits, fold into the graph, check ---------------------------------------
+# -- the whole step: fit on a manifest's splits, fold into the graph, check ----------------------------------
 
 TRUST_PREFIXES = ("guard", "calibration", "calibrated_logit")
 EDIT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class CalibrationFit:
+    """A calibration fitted on the validation split: ``sigmoid(a * logit + b)`` by ``method``, and
+    the validation ECE before and after."""
+
+    method: str
+    a: float
+    b: float
+    val_ece_before: float
+    val_ece_after: float
+    fitted_on: str = "validation split"
+
+    def to_json(self) -> dict[str, str | float]:
+        """The model metadata's ``calibration`` entry."""
+        return {
+            "method": self.method,
+            "a": self.a,
+            "b": self.b,
+            "fitted_on": self.fitted_on,
+            "val_ece_before": self.val_ece_before,
+            "val_ece_after": self.val_ece_after,
+        }
 
 
 @dataclass(frozen=True)
@@ -277,10 +320,10 @@ class TrustResult:
     """What ``add_trust`` wrote and measured (validation figures; the test split is measured by
     ``make results``)."""
 
-    model_path: Any
-    threshold_rule: dict[str, Any]
+    model_path: Path
+    threshold_rule: RuleFacts
     guard: GuardFit | None
-    calibration: dict[str, Any] | None
+    calibration: CalibrationFit | None
     max_abs_diff: float
 
 
@@ -291,7 +334,11 @@ def strip_trust(proto) -> None:
     if sigmoid is not None and sigmoid.input[0] == "calibrated_logit":
         scaled = next(n for n in proto.graph.node if n.output[0] == "calibration_scaled")
         sigmoid.input[0] = scaled.input[0]
-    keep = [n for n in proto.graph.node if not n.output[0].startswith(TRUST_PREFIXES) and n.output[0] != DOMAIN_OUTPUT]
+    keep = [
+        n
+        for n in proto.graph.node
+        if not n.output[0].startswith(TRUST_PREFIXES) and n.output[0] != DOMAIN_OUTPUT
+    ]
     del proto.graph.node[:]
     proto.graph.node.extend(keep)
     inits = [i for i in proto.graph.initializer if not i.name.startswith(TRUST_PREFIXES)]
@@ -355,7 +402,9 @@ def add_trust(
 
     try:
         proto = onnx.load(str(model_path))
-        contract = ModelContract.from_metadata({p.key: p.value for p in proto.metadata_props}, str(model_path))
+        contract = ModelContract.from_metadata(
+            {p.key: p.value for p in proto.metadata_props}, str(model_path)
+        )
     except ModelContractError as exc:
         raise GraphEditError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - onnx raises protobuf's and its own assorted types
@@ -370,18 +419,19 @@ def add_trust(
     if calibration:
         a, b = fit_calibration(val_logits, y_val, calibration)
         p_val_cal = calibrated(val_logits, a, b)
-        calib = {
-            "method": calibration,
-            "a": a,
-            "b": b,
-            "fitted_on": "validation split",
-            "val_ece_before": expected_calibration_error(y_val, p_val),
-            "val_ece_after": expected_calibration_error(y_val, p_val_cal),
-        }
+        calib = CalibrationFit(
+            calibration,
+            a,
+            b,
+            expected_calibration_error(y_val, p_val),
+            expected_calibration_error(y_val, p_val_cal),
+        )
         p_val = p_val_cal
-    rule = _threshold_rule(contract, raw, calib, y_val, p_val, manifest, threshold, threshold_rule, target_recall)
+    rule = _threshold_rule(
+        contract, raw, calib, y_val, p_val, manifest, threshold, threshold_rule, target_recall
+    )
     if calib:
-        attach_calibration(proto, calib["a"], calib["b"])
+        attach_calibration(proto, calib.a, calib.b)
     if fit:
         attach_guard(proto, fit)
     topologically_sorted(proto)
@@ -392,22 +442,33 @@ def add_trust(
     with atomic_path(out_path) as tmp:
         onnx.save(proto, str(tmp))
         diff = _check_edit(tmp, val_images[:128], p_val[:128], fit, [f[:128] for f in val_features])
-    return TrustResult(out_path, rule, fit, calib, diff)
+    return TrustResult(Path(out_path), rule, fit, calib, diff)
 
 
 def _fit_guard(proto, taps, manifest, contract, val_features, false_flags) -> GuardFit:
     train_images, _ = _split_images(manifest, "train", contract.input_size, contract.positive_class)
     train_features, _ = run_features(feature_model(proto, taps, with_logit=False), train_images)
     fit = fit_guard([t for t, _ in taps], train_features, val_features, false_flags)
-    if fit.facts["n_train"] < MIN_GUARD_TRAIN:
-        fit.facts["warning"] = (
-            f"fitted on only {fit.facts['n_train']} training images (fewer than "
+    if fit.facts.n_train < MIN_GUARD_TRAIN:
+        warning = (
+            f"fitted on only {fit.facts.n_train} training images (fewer than "
             f"{MIN_GUARD_TRAIN}): its scores and threshold are rough"
         )
+        fit = replace(fit, facts=replace(fit.facts, warning=warning))
     return fit
 
 
-def _threshold_rule(contract, raw: float, calib, y_val, p_val, manifest, threshold, rule_name, target_recall):
+def _threshold_rule(
+    contract,
+    raw: float,
+    calib: CalibrationFit | None,
+    y_val,
+    p_val,
+    manifest,
+    threshold,
+    rule_name,
+    target_recall,
+) -> RuleFacts:
     """The threshold and its rule on the (calibrated) validation probabilities."""
     from cxr.thresholds import ThresholdError, choose_threshold
 
@@ -416,11 +477,8 @@ def _threshold_rule(contract, raw: float, calib, y_val, p_val, manifest, thresho
         threshold, rule_name, target_recall = "val", old["rule"], float(old["target_recall"])
     try:
         if threshold == "val":
-            return {
-                **choose_threshold(y_val, p_val, target_recall, rule_name),
-                "source": f"validation split of {manifest}",
-                "n_val": int(len(y_val)),
-            }
+            chosen = choose_threshold(y_val, p_val, target_recall, rule_name)
+            return chosen.from_source(f"validation split of {manifest}", int(len(y_val))).to_json()
     except ThresholdError as exc:
         raise GraphEditError(str(exc)) from None
     if threshold is not None:
@@ -429,11 +487,13 @@ def _threshold_rule(contract, raw: float, calib, y_val, p_val, manifest, thresho
             raise GraphEditError(f"--threshold must be in (0, 1), not {value}")
         return {"threshold": value, "rule": "fixed"}
     logit = float(np.log(raw / (1 - raw)))
-    value = float(calibrated(np.array([logit]), calib["a"], calib["b"])[0]) if calib else raw
+    value = float(calibrated(np.array([logit]), calib.a, calib.b)[0]) if calib else raw
     return {**old, "threshold": value}
 
 
-def _write_metadata(proto, contract, rule, fit, calib) -> None:
+def _write_metadata(
+    proto, contract, rule: RuleFacts, fit: GuardFit | None, calib: CalibrationFit | None
+) -> None:
     from cxr.artifacts import ModelContract, ModelContractError
     from cxr.artifacts.model_contract import METADATA_PREFIX
 
@@ -443,7 +503,7 @@ def _write_metadata(proto, contract, rule, fit, calib) -> None:
     if fit:
         meta["guard"] = fit.metadata()
     if calib:
-        meta["calibration"] = calib
+        meta["calibration"] = calib.to_json()
     try:
         new_contract = ModelContract.from_metadata(
             {f"{METADATA_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
@@ -472,5 +532,7 @@ def _check_edit(
         want = fit.scores(features)
         rel = float(np.max(np.abs(outs[1] - want) / want))
         if rel > 1e-3:
-            raise GraphEditError(f"the guard in the graph differs from the fitted guard by {rel:.2g} (relative)")
+            raise GraphEditError(
+                f"the guard in the graph differs from the fitted guard by {rel:.2g} (relative)"
+            )
     return diff

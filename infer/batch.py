@@ -70,7 +70,10 @@ def errors_and_flags(decoded: list, paths: list | None = None) -> tuple[list[str
     from cxr.imaging import source_flags
 
     errors = [message if image is None else "" for image, message in decoded]
-    flags = ["; ".join(f for f in (qc_flag(image), note) if f) if image is not None else "" for image, note in decoded]
+    flags = [
+        "; ".join(f for f in (qc_flag(image), note) if f) if image is not None else ""
+        for image, note in decoded
+    ]
     if paths is not None:
         flags = [
             "; ".join(f for f in (flag, source_flags(path) if image is not None and path else "") if f)

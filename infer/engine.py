@@ -9,6 +9,11 @@ the targets, record the settings, return the finished CSV when a resumed run has
 to do, and clear (or refuse to resume) the other engine's leftovers; the engine's ``_score``
 then keeps its own resume rows, scores the rest and ends in ``finish``.
 
+How to score is one record, ``ScoringOptions`` (batch size, ground truth, selection, resume, TTA,
+the foreign-image policy, the device, a folder to leave out); which engine, another,
+``EngineChoice``. The settings a run records and a resume checks are
+``cxr.artifacts.ScoringSettings``.
+
 ``make_engine(name, **options)`` is the one way to choose an engine by name: an option the engine
 does not take is refused in one line, never dropped. Importing this module starts nothing and
 imports no engine; ``make_engine`` imports the one it is asked for.
@@ -24,14 +29,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from cxr import __version__
 from cxr.artifacts import Predictions, PredictionsError, escape_path, unescape_path
-from cxr.artifacts.predictions import settings_differences
+from cxr.artifacts.scoring_settings import (  # noqa: F401 - RESUME_KEYS re-exported
+    RESUME_KEYS,
+    CalibrationSettings,
+    GuardSettings,
+    ScoringCounts,
+    ScoringRecord,
+    ScoringSettings,
+)
 from cxr.data import patient_id_from_name
 from cxr.errors import InputError, Unavailable
 from cxr.imaging import list_images
@@ -40,20 +51,10 @@ from cxr.messages import first_line
 from cxr.shift import shift_test
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
-RESUME_KEYS = (
-    "model_sha256",
-    "tta",
-    "threshold",
-    "classes",
-    "input_size",
-    "resize_rule",
-    "jpeg_draft",
-    "precision",
-    "labels_sha256",
-    "selection_sha256",
-    "foreign",
-)
-FOREIGN_POLICIES = ("flag", "skip")  # an image outside the training domain: scored and flagged, or left unscored
+FOREIGN_POLICIES = (
+    "flag",
+    "skip",
+)  # an image outside the training domain: scored and flagged, or left unscored
 ENGINES = ("local", "ray")
 
 
@@ -92,10 +93,30 @@ class GroundTruth:
         return self.patient_ids.get(rel) or patient_id_from_name(rel.rsplit("/", 1)[-1])  # escaped: CSV-safe
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps([self.source, sorted((self.labels or {}).items())]).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps([self.source, sorted((self.labels or {}).items())]).encode()
+        ).hexdigest()
 
 
-@dataclass
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How to score a source, whichever engine does it: images per onnxruntime call (None: the
+    engine's default), the ground truth, the escaped relative paths to score (None: every file), a
+    resume of an interrupted run, test-time augmentation, what to do with an image outside the
+    training domain (``FOREIGN_POLICIES``), the device the model was loaded for, and a folder inside
+    the source to leave out (the output folder)."""
+
+    batch_size: int | None = None
+    truth: GroundTruth = field(default_factory=GroundTruth)
+    only: list[str] | None = None
+    resume: bool = False
+    tta: bool = False
+    foreign: str = "flag"
+    device: str = "auto"
+    exclude: Path | None = None
+
+
+@dataclass(frozen=True)
 class ScoreResult:
     csv_path: Path
     n_files: int
@@ -104,7 +125,7 @@ class ScoreResult:
     provider: str
     seconds: float
     predictions: pd.DataFrame
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: ScoringSettings
     already_complete: bool = False
 
     @property
@@ -117,7 +138,7 @@ class ScoreResult:
         csv_path: Path,
         predictions: pd.DataFrame,
         provider: str,
-        settings: dict[str, Any],
+        settings: ScoringSettings,
         *,
         n_scored_now: int = 0,
         seconds: float = 0.0,
@@ -150,21 +171,20 @@ class Targets:
     stamps: list[str] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
     """One run once the shared steps are done: what an engine's own scoring needs."""
 
     model: OnnxClassifier
     out_csv: Path
     targets: Targets
-    settings: dict[str, Any]
-    truth: GroundTruth
-    resume: bool = False
-    tta: bool = False
-    foreign: str = "flag"
-    batch_size: int | None = None
-    device: str = "auto"
+    settings: ScoringSettings
+    options: ScoringOptions = field(default_factory=ScoringOptions)
     progress: ProgressFn | None = None
+
+    @property
+    def truth(self) -> GroundTruth:
+        return self.options.truth
 
     def tick(self, n_done: int) -> None:
         """Report ``n_done`` more files finished (kept ones included)."""
@@ -189,53 +209,34 @@ class Engine(ABC):
         source: str | Path,
         model: OnnxClassifier,
         out_csv: str | Path,
-        *,
-        batch_size: int | None = None,
-        truth: GroundTruth | None = None,
-        resume: bool = False,
+        options: ScoringOptions | None = None,
         progress: ProgressFn | None = None,
-        only: list[str] | None = None,
-        tta: bool = False,
-        exclude: str | Path | None = None,
-        foreign: str = "flag",
-        device: str = "auto",
     ) -> ScoreResult:
-        """Score ``source`` (or just the escaped relative paths in ``only``) into ``out_csv`` and its
-        settings sidecar. ``exclude``: a folder inside it not to score (the output folder);
-        ``device``: the one ``model`` was loaded for (an engine that loads its own sessions uses it)."""
-        out_csv, truth = Path(out_csv), truth or GroundTruth()
-        targets = self._list(source, only, Path(exclude) if exclude else None)
-        settings = {**scoring_settings(model, tta, truth, only, foreign, targets.source), **self._settings(targets)}
-        if resume and (complete := already_complete(out_csv, settings, len(targets.rels))) is not None:
+        """Score ``source`` (or just the escaped relative paths in ``options.only``) into ``out_csv``
+        and its settings sidecar, as ``options`` say; ``progress`` hears of every finished file."""
+        out_csv, options = Path(out_csv), options or ScoringOptions()
+        targets = self._list(source, options.only, options.exclude)
+        settings = self._settings(scoring_settings(model, options, targets.source), targets)
+        if (
+            options.resume
+            and (complete := already_complete(out_csv, settings, len(targets.rels))) is not None
+        ):
             return ScoreResult.of(out_csv, complete, model.provider, settings, already_complete=True)
-        other_engine(out_csv, resume, ours=self.name)
-        return self._score(
-            Job(
-                model,
-                out_csv,
-                targets,
-                settings,
-                truth,
-                resume=resume,
-                tta=tta,
-                foreign=foreign,
-                batch_size=batch_size,
-                device=device,
-                progress=progress,
-            )
-        )
+        other_engine(out_csv, options.resume, ours=self.name)
+        return self._score(Job(model, out_csv, targets, settings, options, progress))
 
     @abstractmethod
     def _list(self, source: str | Path, only: list[str] | None, exclude: Path | None) -> Targets:
         """The files to score (a ScoreInputError for a source this engine cannot read)."""
 
-    def _settings(self, targets: Targets) -> dict[str, Any]:
-        """This engine's entries in the run's settings, beside ``scoring_settings``."""
-        return {}
+    def _settings(self, settings: ScoringSettings, targets: Targets) -> ScoringSettings:
+        """The run's settings with this engine's entries."""
+        return settings
 
     @abstractmethod
     def _score(self, job: Job) -> ScoreResult:
-        """Keep the rows an interrupted run left (with ``job.resume``), score the others, ``finish``."""
+        """Keep the rows an interrupted run left (with ``job.options.resume``), score the others,
+        ``finish``."""
 
 
 def engine_class(name: str) -> type[Engine]:
@@ -251,7 +252,7 @@ def engine_class(name: str) -> type[Engine]:
     raise EngineOptionError(f"unknown engine {name!r} (engines: {', '.join(ENGINES)})")
 
 
-def make_engine(name: str, **options: Any) -> Engine:
+def make_engine(name: str, **options: str | int | float | None) -> Engine:
     """The engine ``name`` with ``options``; an option it does not take is an EngineOptionError."""
     chosen = engine_class(name)
     unknown = [key for key in options if key not in chosen.options()]
@@ -263,11 +264,34 @@ def make_engine(name: str, **options: Any) -> Engine:
     return chosen(**options)
 
 
-def given_options(**values: Any) -> dict[str, Any]:
+def given_options(**values: str | int | float | None) -> dict[str, str | int | float]:
     """The engine options a caller set: those neither None nor at the default of the engine that
     takes them (a command line passes every option, each with its default when not given)."""
     defaults = {f.name: f.default for name in ENGINES for f in fields(engine_class(name))}
     return {key: value for key, value in values.items() if value is not None and value != defaults.get(key)}
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a command line named and every engine option it passed (unset ones None or at
+    their default): ``make`` gives the engine, refusing an option it does not take."""
+
+    name: str = "local"
+    workers: int | None = None
+    address: str | None = None
+    gpus_per_actor: float | None = None
+    timeout: float | None = None
+
+    def make(self) -> Engine:
+        return make_engine(
+            self.name,
+            **given_options(
+                workers=self.workers,
+                address=self.address,
+                gpus_per_actor=self.gpus_per_actor,
+                timeout=self.timeout,
+            ),
+        )
 
 
 def read_labels_csv(path: str | Path, classes: list[str]) -> GroundTruth:
@@ -280,7 +304,9 @@ def read_labels_csv(path: str | Path, classes: list[str]) -> GroundTruth:
         raise ScoreInputError(f"labels file {path} needs columns 'path' and 'label'")
     unknown = sorted(set(frame["label"]) - set(classes))
     if unknown:
-        raise ScoreInputError(f"labels file {path} has labels {unknown} outside the model's classes {classes}")
+        raise ScoreInputError(
+            f"labels file {path} has labels {unknown} outside the model's classes {classes}"
+        )
     conflicting = frame.groupby("path")["label"].nunique()
     conflicting = conflicting[conflicting > 1]
     if len(conflicting):
@@ -313,54 +339,41 @@ def jpeg_draft_rule() -> str:
     return f"dct-scale covering >= {DRAFT_OVERSAMPLE:g}x input"
 
 
-def scoring_settings(
-    model: OnnxClassifier,
-    tta: bool,
-    truth: GroundTruth,
-    selection: list[str] | None,
-    foreign: str = "flag",
-    source: str = "",
-) -> dict[str, Any]:
-    info = model.info
+def scoring_settings(model: OnnxClassifier, options: ScoringOptions, source: str = "") -> ScoringSettings:
+    """What a run of ``model`` on ``source`` with ``options`` records, before its engine adds its own."""
+    info, contract, truth = model.info, model.info.contract, options.truth
     chosen = (
-        hashlib.sha256("\n".join(selection).encode("utf-8", "surrogateescape")).hexdigest()
-        if selection is not None
+        hashlib.sha256("\n".join(options.only).encode("utf-8", "surrogateescape")).hexdigest()
+        if options.only is not None
         else "whole folder"
     )
-    return {
-        "format": 2,
-        "cxr_version": __version__,
-        "source": source,
-        "model": info.path.name,
-        "model_sha256": info.sha256,
-        "tta": bool(tta),
-        "threshold": info.threshold,
-        "threshold_rule": info.contract.threshold_rule,
-        "classes": info.classes,
-        "input_size": info.input_size,
-        "resize_rule": info.resize_rule,
-        "jpeg_draft": jpeg_draft_rule(),
-        "precision": model.precision,
-        "labels_source": truth.source,
-        "labels_sha256": truth.sha256(),
-        "selection_sha256": chosen,
-        "foreign": foreign,
-        "guard": None
+    execution = model.execution
+    return ScoringSettings(
+        source=source,
+        model=info.path.name,
+        model_sha256=info.sha256,
+        tta=bool(options.tta),
+        threshold=info.threshold,
+        threshold_rule=contract.threshold_rule,
+        classes=tuple(info.classes),
+        input_size=info.input_size,
+        resize_rule=info.resize_rule,
+        jpeg_draft=jpeg_draft_rule(),
+        precision=model.precision,
+        labels_source=truth.source,
+        labels_sha256=truth.sha256(),
+        selection_sha256=chosen,
+        foreign=options.foreign,
+        guard=None
         if model.guard is None
-        else {
-            "method": model.guard.method,
-            "threshold": model.guard.threshold,
-            "false_flag_rate": model.guard.false_flag_rate,
-        },
-        "calibration": None
-        if model.info.contract.calibration is None
-        else {
-            "method": model.info.contract.calibration.method,
-            "a": model.info.contract.calibration.a,
-            "b": model.info.contract.calibration.b,
-        },
-        **{k: v for k, v in model.execution.items() if k != "precision"},
-    }
+        else GuardSettings(model.guard.method, model.guard.threshold, model.guard.false_flag_rate),
+        calibration=None
+        if contract.calibration is None
+        else CalibrationSettings(contract.calibration.method, contract.calibration.a, contract.calibration.b),
+        provider=execution.provider,
+        provider_options=execution.provider_options,
+        parallel_runs=execution.parallel_runs,
+    )
 
 
 def list_targets(folder: Path, only: list[str] | None, exclude: Path | None) -> tuple[list[str], list[Path]]:
@@ -409,26 +422,29 @@ def listing_sha256(rels: list[str], stamps: list[str]) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def finished_rows(out_csv: Path) -> tuple[dict[str, Any] | None, dict[str, dict]]:
+def finished_rows(out_csv: Path) -> tuple[ScoringSettings | None, dict[str, dict[str, str]]]:
     """(settings, rows by path) of a finished predictions CSV, or (None, {}) without one."""
-    before = Predictions.read_settings(out_csv)
-    if before is None or not out_csv.is_file():
+    record = ScoringRecord.read(out_csv)
+    if record is None or not out_csv.is_file():
         return None, {}
     try:
         frame, _ = Predictions.read(out_csv)
     except PredictionsError:
         return None, {}
-    return before, {row["path"]: row for row in frame.to_dict("records")}
+    return record.settings, {row["path"]: row for row in frame.to_dict("records")}
 
 
 def kept_rows(
-    before: dict[str, Any] | None, rows: dict[str, dict], settings: dict[str, Any], rel_set: set[str]
-) -> dict[str, dict]:
+    before: ScoringSettings | None,
+    rows: dict[str, dict[str, str]],
+    settings: ScoringSettings,
+    rel_set: set[str],
+) -> dict[str, dict[str, str]]:
     """The rows an interrupted run left (both engines) that ``--resume`` keeps: none without its
     settings, a ScoreInputError when they differ from this run's, else those still to be scored."""
     if before is None:
         return {}
-    differences = settings_differences(before, settings, RESUME_KEYS)
+    differences = settings.differences(before)
     if differences:
         raise ScoreInputError(
             f"--resume: the interrupted run used other settings ({'; '.join(differences)}); "
@@ -437,13 +453,13 @@ def kept_rows(
     return {rel: row for rel, row in rows.items() if rel in rel_set}
 
 
-def already_complete(out_csv: Path, settings: dict[str, Any], n_files: int) -> pd.DataFrame | None:
+def already_complete(out_csv: Path, settings: ScoringSettings, n_files: int) -> pd.DataFrame | None:
     """The finished CSV when a resumed run has nothing left to do: same settings, and the same files
     (paths, sizes and times) as when it finished."""
-    before = Predictions.read_settings(out_csv)
-    if before is None or not out_csv.is_file() or settings_differences(before, settings, RESUME_KEYS):
+    record = ScoringRecord.read(out_csv)
+    if record is None or not out_csv.is_file() or settings.differences(record.settings):
         return None
-    if before.get("listing_sha256") != settings.get("listing_sha256"):
+    if record.settings.listing_sha256 != settings.listing_sha256:
         return None
     try:
         frame, _ = Predictions.read(out_csv)
@@ -497,21 +513,22 @@ def prediction_rows(
 
 
 def write_predictions(
-    rows: dict[str, dict[str, str]], out_csv: Path, rels: list[str], positive: str, settings: dict[str, Any], guard=None
+    rows: dict[str, dict[str, str]], out_csv: Path, rels: list[str], settings: ScoringSettings, guard=None
 ) -> pd.DataFrame:
     """The final CSV (one row per file, in ``rels`` order) and its settings sidecar, atomically;
     both engines end here. With the model's ``guard``, the set-level shift test joins the sidecar."""
     missing = [rel for rel in rels if rel not in rows]
     if missing:  # a bug, never a user's mistake: the partial rows stay for --resume
         raise RuntimeError(f"{len(missing)} of {len(rels)} files have no row (first: {missing[0]})")
-    frame = pd.DataFrame([rows[rel] for rel in rels], columns=Predictions.columns(positive))
+    frame = pd.DataFrame([rows[rel] for rel in rels], columns=Predictions.columns(settings.positive_class))
     Predictions.write_csv(frame, out_csv)
-    counts = {
-        "n_files": len(rels),
-        "n_errors": int((frame["error"] != "").sum()),
-        "n_qc_flagged": int((frame["qc"] != "").sum()),
-        "n_outside_domain": int(frame["qc"].str.contains("outside training domain", regex=False).sum()),
-    }
+    ScoringRecord(settings, counts_of(frame, guard)).write(out_csv)
+    return frame
+
+
+def counts_of(frame: pd.DataFrame, guard=None) -> ScoringCounts:
+    """The counts of a finished predictions frame; with the model's ``guard``, the set-level shift test."""
+    verdict = None
     if guard is not None:
         verdict = shift_test(
             pd.to_numeric(frame["domain_score"], errors="coerce").to_numpy(),
@@ -519,18 +536,26 @@ def write_predictions(
             guard.threshold,
             guard.false_flag_rate,
         )
-        counts["shift"] = verdict.to_dict() if verdict else None
-    Predictions.write_settings(out_csv, {**settings, **counts})
-    return frame
+    return ScoringCounts(
+        n_files=len(frame),
+        n_errors=int((frame["error"] != "").sum()),
+        n_qc_flagged=int((frame["qc"] != "").sum()),
+        n_outside_domain=int(frame["qc"].str.contains("outside training domain", regex=False).sum()),
+        guarded=guard is not None,
+        shift=verdict,
+    )
 
 
 def finish(
-    job: Job, rows: dict[str, dict[str, str]], n_scored_now: int, seconds: float, provider: str, **recorded: Any
+    job: Job,
+    rows: dict[str, dict[str, str]],
+    n_scored_now: int,
+    seconds: float,
+    provider: str,
+    settings: ScoringSettings | None = None,
 ) -> ScoreResult:
-    """Write ``predictions.csv`` from ``rows`` (``recorded`` joins the sidecar only) and return the
-    run's result: both engines end here."""
-    model = job.model
-    frame = write_predictions(
-        rows, job.out_csv, job.targets.rels, model.info.positive_class, {**job.settings, **recorded}, model.guard
-    )
-    return ScoreResult.of(job.out_csv, frame, provider, job.settings, n_scored_now=n_scored_now, seconds=seconds)
+    """Write ``predictions.csv`` from ``rows`` with ``settings`` (default: the job's; an engine adds
+    what it learnt while scoring) in the sidecar, and return the run's result: both engines end here."""
+    settings = settings or job.settings
+    frame = write_predictions(rows, job.out_csv, job.targets.rels, settings, job.model.guard)
+    return ScoreResult.of(job.out_csv, frame, provider, settings, n_scored_now=n_scored_now, seconds=seconds)

@@ -20,6 +20,7 @@ from cxr.artifacts.model_contract import (
     ModelContract,
     ModelContractError,
 )
+from cxr.artifacts.scoring_settings import Execution
 from cxr.errors import InputError
 from cxr.files import sha256_file
 from cxr.messages import first_line
@@ -120,7 +121,9 @@ def choose_providers(device: str, precision: str = "fp32") -> list:
 class OnnxClassifier:
     """An onnxruntime session over a cxr model: ``predict(uint8 NHWC batch) -> P(positive)``."""
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
+    def __init__(
+        self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -131,7 +134,9 @@ class OnnxClassifier:
         # instead of one run split over every core. Intra-op threads meet at a barrier after each of
         # the graph's hundreds of ops, so a core taken by a decode worker stalls them all; whole runs
         # side by side share the cores with the decoders without waiting on each other.
-        self.parallel_runs = default_thread_count() if threads is None and providers == ["CPUExecutionProvider"] else 1
+        self.parallel_runs = (
+            default_thread_count() if threads is None and providers == ["CPUExecutionProvider"] else 1
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1 if self.parallel_runs > 1 else (threads or default_thread_count())
         options.inter_op_num_threads = 1
@@ -142,7 +147,9 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own assorted types
-            raise ModelLoadError(f"cannot load {self.path} as an ONNX model: {first_line(exc)[:300]}") from None
+            raise ModelLoadError(
+                f"cannot load {self.path} as an ONNX model: {first_line(exc)[:300]}"
+            ) from None
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise ProviderError(
@@ -151,7 +158,9 @@ class OnnxClassifier:
         self.provider_options = self.session.get_provider_options().get(self.provider, {})
         self.precision = precision if self.provider == "CUDAExecutionProvider" else "fp32"
         try:
-            contract = ModelContract.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+            contract = ModelContract.from_metadata(
+                self.session.get_modelmeta().custom_metadata_map, str(self.path)
+            )
         except ModelContractError as exc:
             raise ModelLoadError(str(exc)) from None
         self.info = ModelInfo(self.path, sha256_file(self.path), contract)
@@ -168,15 +177,15 @@ class OnnxClassifier:
             )
 
     @property
-    def execution(self) -> dict[str, Any]:
+    def execution(self) -> Execution:
         """The provider facts a run records (metrics.json, evaluation history, predictions.meta.json)."""
         keep = ("use_tf32", "cudnn_conv_algo_search", "device_id")
-        return {
-            "provider": self.provider,
-            "precision": self.precision,
-            "provider_options": {k: v for k, v in self.provider_options.items() if k in keep},
-            "parallel_runs": self.parallel_runs,
-        }
+        return Execution(
+            self.provider,
+            self.precision,
+            {k: v for k, v in self.provider_options.items() if k in keep},
+            self.parallel_runs,
+        )
 
     def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
         """``session.run`` on ``batch``; with ``parallel_runs > 1`` split into that many parts
@@ -199,16 +208,21 @@ class OnnxClassifier:
         shape = inputs[0].shape
         size = self.info.input_size
         if len(shape) != 4 or list(shape[1:]) != [size, size, 3]:
-            raise ModelLoadError(f"{self.path}: input shape {shape} does not match its metadata (NHWC {size}x{size}x3)")
+            raise ModelLoadError(
+                f"{self.path}: input shape {shape} does not match its metadata (NHWC {size}x{size}x3)"
+            )
         want = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}.get(self.info.input_dtype)
         if inputs[0].type != want:
             raise ModelLoadError(
-                f"{self.path}: input type {inputs[0].type} does not match its metadata ({self.info.input_dtype})"
+                f"{self.path}: input type {inputs[0].type} does not match its metadata "
+                f"({self.info.input_dtype})"
             )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """P(positive class) for a (N, size, size, 3) uint8 batch of 0-255 pixels."""
-        batch = np.ascontiguousarray(batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32)
+        batch = np.ascontiguousarray(
+            batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32
+        )
         out = self._run([self.output_name], batch)[0].reshape(-1).astype(np.float64)
         return checked_probabilities(out, len(batch), self.path)
 
@@ -216,7 +230,9 @@ class OnnxClassifier:
         """(P(positive), domain guard score) per image; the score is NaN for a model without a guard."""
         if self.guard is None:
             return self.predict(batch), np.full(len(batch), np.nan)
-        batch = np.ascontiguousarray(batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32)
+        batch = np.ascontiguousarray(
+            batch, dtype=np.uint8 if self.info.input_dtype == "uint8" else np.float32
+        )
         p, domain = self._run([self.output_name, DOMAIN_NAME], batch)
         return (
             checked_probabilities(p.reshape(-1).astype(np.float64), len(batch), self.path),

@@ -30,11 +30,12 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from cxr.artifacts import Predictions, escape_path, unescape_path
+from cxr.artifacts.scoring_settings import ScoringSettings
 from cxr.imaging import IMAGE_EXTENSIONS, decode_or_error
 from cxr.infer.batch import errors_and_flags, predict_where
 from cxr.infer.engine import (
@@ -45,6 +46,7 @@ from cxr.infer.engine import (
     RunInterrupted,
     ScoreInputError,
     ScoreResult,
+    ScoringOptions,
     Targets,
     finish,
     kept_rows,
@@ -136,7 +138,10 @@ def _decode_location(location: str, size: int) -> tuple[np.ndarray | None, str]:
     suffix = Path(location).suffix
     try:
         filesystem, path = pafs.FileSystem.from_uri(location)
-        with filesystem.open_input_stream(path) as stream, tempfile.NamedTemporaryFile(suffix=suffix) as local:
+        with (
+            filesystem.open_input_stream(path) as stream,
+            tempfile.NamedTemporaryFile(suffix=suffix) as local,
+        ):
             local.write(stream.read())
             local.flush()
             return decode_or_error(local.name, size)
@@ -152,7 +157,9 @@ def decode_block(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     for index, (image, _) in enumerate(decoded):
         if image is not None:
             images[index], ok[index] = image, True
-    errors, qcs = errors_and_flags(decoded, [None if is_uri(str(loc)) else str(loc) for loc in batch["location"]])
+    errors, qcs = errors_and_flags(
+        decoded, [None if is_uri(str(loc)) else str(loc) for loc in batch["location"]]
+    )
     return {
         "rel": batch["rel"],
         "image": images,
@@ -162,21 +169,34 @@ def decode_block(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     }
 
 
-class ScoringActor:
-    """Ray actor: one onnxruntime session for its whole life (the model travels as bytes, so the
-    workers need no shared file system); the local engine's provider choice and checks."""
+@dataclass(frozen=True)
+class ActorSpec:
+    """What each scoring actor is made with: the model (as bytes, so that the workers need no shared
+    file system), where and how it runs, and whether to average over TTA views."""
 
-    def __init__(
-        self, model_bytes: bytes, model_name: str, device: str, precision: str, threads: int | None, tta: bool
-    ):
+    model_bytes: bytes
+    model_name: str
+    device: str
+    precision: str
+    threads: int | None
+    tta: bool
+
+
+class ScoringActor:
+    """Ray actor: one onnxruntime session for its whole life; the local engine's provider choice
+    and checks."""
+
+    def __init__(self, spec: ActorSpec):
         folder = Path(tempfile.mkdtemp(prefix="cxr-ray-model-"))
-        path = folder / model_name
+        path = folder / spec.model_name
         try:
-            path.write_bytes(model_bytes)
-            self.model = OnnxClassifier(path, device=device, threads=threads, precision=precision)
+            path.write_bytes(spec.model_bytes)
+            self.model = OnnxClassifier(
+                path, device=spec.device, threads=spec.threads, precision=spec.precision
+            )
         finally:  # the session holds the model now; the file would outlive the actor
             shutil.rmtree(folder, ignore_errors=True)
-        self.tta = tta
+        self.tta = spec.tta
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], bool)
@@ -192,12 +212,14 @@ class ScoringActor:
         }
 
 
-def _start_shards(shards: Path, settings: dict[str, Any], resume: bool, rel_set: set[str]) -> dict[str, dict]:
+def _start_shards(
+    shards: Path, settings: ScoringSettings, resume: bool, rel_set: set[str]
+) -> dict[str, dict[str, str]]:
     """Rows to keep from an interrupted run (with ``resume``), else an empty shard folder. Shards
     that cannot be read (cut by a crash, corrupted) are dropped and their files scored again."""
     if resume and (kept := kept_rows(*_readable_shards(shards), settings, rel_set)):
         Predictions.start_shards(shards, settings)
-        Predictions.write_shard(shards, list(kept.values()), settings["classes"][1])
+        Predictions.write_shard(shards, list(kept.values()), settings.positive_class)
         return kept
     Predictions.start_shards(shards, settings)
     return {}
@@ -247,31 +269,24 @@ def _user_error_inside(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _readable_shards(shards: Path) -> tuple[dict[str, Any] | None, dict[str, dict]]:
+def _readable_shards(shards: Path) -> tuple[ScoringSettings | None, dict[str, dict[str, str]]]:
     """``Predictions.read_shards``, shard by shard: an unreadable settings file means no earlier
     run to resume (its settings cannot be checked); an unreadable shard is left out."""
-    import json
-
-    settings_file = shards / Predictions.SHARD_SETTINGS
     try:
-        settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else None
+        settings = Predictions.read_shard_settings(shards)
     except (OSError, ValueError):
         raise ScoreInputError(
-            f"--resume: {settings_file} is damaged, so the interrupted run's settings cannot be "
-            "checked; rerun without --resume"
+            f"--resume: {shards / Predictions.SHARD_SETTINGS} is damaged, so the interrupted run's "
+            "settings cannot be checked; rerun without --resume"
         ) from None
-    if not isinstance(settings, dict):
+    if settings is None:
         return None, {}
     rows: dict[str, dict[str, str]] = {}
-    for shard in sorted(shards.glob("shard-*.parquet")):
+    for shard in Predictions.shard_files(shards):
         try:
-            import pandas as pd
-
-            frame = pd.read_parquet(shard).fillna("")
+            rows.update(Predictions.read_shard(shard))
         except Exception:  # noqa: BLE001 - pyarrow raises its own assorted types for a damaged file
             continue
-        for row in frame.to_dict("records"):
-            rows[row["path"]] = {str(key): str(value) for key, value in row.items()}
     return settings, rows
 
 
@@ -286,7 +301,11 @@ def connect(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> bool
         return False
     try:
         ray.init(
-            address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            configure_logging=True,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayEngineError(
@@ -296,7 +315,18 @@ def connect(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> bool
     return True
 
 
-def actor_plan(device: str, gpus_per_actor: float | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many scoring actors, the resources of each, and their sessions' threads and device."""
+
+    actors: int
+    num_gpus: float
+    num_cpus: int
+    threads: int | None
+    device: str
+
+
+def actor_plan(device: str, gpus_per_actor: float | None) -> ActorPlan:
     """Actors and their resources: one per GPU (or ``gpus_per_actor`` each) where the cluster has
     GPUs and the device allows; else one single-threaded session per CPU."""
     import ray
@@ -305,15 +335,9 @@ def actor_plan(device: str, gpus_per_actor: float | None) -> dict[str, Any]:
     gpus, cpus = float(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     if device != "cpu" and gpus > 0:
         share = gpus_per_actor or 1.0
-        return {
-            "actors": max(1, int(gpus / share)),
-            "num_gpus": share,
-            "num_cpus": 1,
-            "threads": None,
-            "device": "cuda" if device == "cuda" else "auto",
-        }
+        return ActorPlan(max(1, int(gpus / share)), share, 1, None, "cuda" if device == "cuda" else "auto")
     # Ray fuses the CPU decode into the actors here: each actor decodes and scores on its own core.
-    return {"actors": max(1, cpus), "num_gpus": 0, "num_cpus": 1, "threads": 1, "device": "cpu"}
+    return ActorPlan(max(1, cpus), 0, 1, 1, "cpu")
 
 
 @dataclass(frozen=True)
@@ -330,12 +354,12 @@ class RayEngine(Engine):
     def _list(self, source: str | Path, only: list[str] | None, exclude: Path | None) -> Targets:
         return replace(list_source(str(source), only, exclude), source=str(source))
 
-    def _settings(self, targets: Targets) -> dict[str, Any]:
-        return {"engine": "ray"}
+    def _settings(self, settings: ScoringSettings, targets: Targets) -> ScoringSettings:
+        return settings.with_engine(engine="ray")
 
     def _score(self, job: Job) -> ScoreResult:
         shards = Predictions.shards_path(job.out_csv)
-        done = _start_shards(shards, job.settings, job.resume, set(job.targets.rels))
+        done = _start_shards(shards, job.settings, job.options.resume, set(job.targets.rels))
         todo = [i for i, rel in enumerate(job.targets.rels) if rel not in done]
         job.tick(len(done))
         started_ray = connect(self.address, self.timeout)
@@ -350,7 +374,8 @@ class RayEngine(Engine):
                 ray.shutdown()
         _, rows = Predictions.read_shards(shards)
         provider = ",".join(sorted(providers)) or job.model.provider
-        result = finish(job, rows, len(todo), seconds, provider, providers=sorted(providers) or [job.model.provider])
+        recorded = job.settings.with_engine(providers=tuple(sorted(providers)) or (job.model.provider,))
+        result = finish(job, rows, len(todo), seconds, provider, recorded)
         Predictions.remove_shards(shards)
         return result
 
@@ -374,21 +399,18 @@ def score_with_ray(
     timeout: float = RAY_CONNECT_TIMEOUT_S,
 ) -> ScoreResult:
     """Score ``source`` on Ray; the same outputs and result as ``score_folder``."""
-    engine = RayEngine(address=address, gpus_per_actor=gpus_per_actor, timeout=timeout)
-    return engine.score(
-        source,
-        model,
-        out_csv,
+    options = ScoringOptions(
         batch_size=batch_size,
-        truth=truth,
-        resume=resume,
-        progress=progress,
+        truth=truth or GroundTruth(),
         only=only,
+        resume=resume,
         tta=tta,
-        exclude=exclude,
         foreign=foreign,
         device=device,
+        exclude=Path(exclude) if exclude else None,
     )
+    engine = RayEngine(address=address, gpus_per_actor=gpus_per_actor, timeout=timeout)
+    return engine.score(source, model, out_csv, options, progress)
 
 
 def _run_on_cluster(job: Job, todo: list[int], shards: Path, gpus_per_actor: float | None) -> set[str]:
@@ -413,20 +435,29 @@ def _run(job: Job, todo: list[int], shards: Path, gpus_per_actor: float | None) 
     if not todo:
         return set()
     import ray.data
-    from ray.data import DataContext
+    from ray.data import ActorPoolStrategy, DataContext
 
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    plan = actor_plan(job.device, gpus_per_actor)
-    batch_size = job.batch_size or (256 if plan["num_gpus"] else DECODE_CHUNK)
+    plan = actor_plan(job.options.device, gpus_per_actor)
+    batch_size = job.options.batch_size or (256 if plan.num_gpus else DECODE_CHUNK)
     chunk = min(DECODE_CHUNK, batch_size)  # files per decode task and per block (a shard on CPUs)
     items = [{"rel": job.targets.rels[i], "location": job.targets.locations[i]} for i in todo]
     dataset = (
         ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // chunk)))
-        .map_batches(decode_block, fn_kwargs={"size": job.model.info.input_size}, batch_size=chunk, num_cpus=1)
-        .map_batches(ScoringActor, batch_size=batch_size, **_actor_pool(job, plan))
+        .map_batches(
+            decode_block, fn_kwargs={"size": job.model.info.input_size}, batch_size=chunk, num_cpus=1
+        )
+        .map_batches(
+            ScoringActor,
+            batch_size=batch_size,
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+            compute=ActorPoolStrategy(size=plan.actors),
+            fn_constructor_args=(actor_spec(job, plan),),
+        )
     )
     providers: set[str] = set()
     for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -435,24 +466,17 @@ def _run(job: Job, todo: list[int], shards: Path, gpus_per_actor: float | None) 
     return providers
 
 
-def _actor_pool(job: Job, plan: dict[str, Any]) -> dict[str, Any]:
-    """``map_batches`` arguments of the scoring actors: their pool, resources and model."""
-    from ray.data import ActorPoolStrategy
-
+def actor_spec(job: Job, plan: ActorPlan) -> ActorSpec:
+    """What the scoring actors of ``job`` are made with, on ``plan``."""
     model = job.model
-    return {
-        "num_cpus": plan["num_cpus"],
-        "num_gpus": plan["num_gpus"],
-        "compute": ActorPoolStrategy(size=plan["actors"]),
-        "fn_constructor_kwargs": {
-            "model_bytes": model.info.path.read_bytes(),
-            "model_name": model.info.path.name,
-            "device": plan["device"],
-            "precision": model.precision,
-            "threads": plan["threads"],
-            "tta": job.tta,
-        },
-    }
+    return ActorSpec(
+        model.info.path.read_bytes(),
+        model.info.path.name,
+        plan.device,
+        model.precision,
+        plan.threads,
+        job.options.tta,
+    )
 
 
 def _write_block(job: Job, block: dict[str, np.ndarray], shards: Path) -> None:
@@ -465,9 +489,9 @@ def _write_block(job: Job, block: dict[str, np.ndarray], shards: Path) -> None:
         np.asarray(block["domain"], float),
         [str(e) for e in block["error"]],
         [str(q) for q in block["qc"]],
-        job.truth,
-        job.tta,
-        job.foreign,
+        job.options.truth,
+        job.options.tta,
+        job.options.foreign,
     )
     Predictions.write_shard(shards, rows, job.model.info.positive_class)
     job.tick(len(rels))

@@ -28,11 +28,12 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from cxr.artifacts import Predictions
+from cxr.artifacts.scoring_settings import ScoringSettings
 from cxr.imaging import decode_pool, decoded_stream
 from cxr.infer.batch import errors_and_flags, predict_batch, score_paths
 from cxr.infer.engine import (  # noqa: F401 - re-exported
@@ -45,6 +46,7 @@ from cxr.infer.engine import (  # noqa: F401 - re-exported
     RunInterrupted,
     ScoreInputError,
     ScoreResult,
+    ScoringOptions,
     Targets,
     already_complete,
     check_labels_match,
@@ -82,41 +84,60 @@ class LocalEngine(Engine):
         rels, paths = list_targets(folder, only, exclude)
         return Targets(rels, [str(p) for p in paths], str(folder), file_stamps(paths))
 
-    def _settings(self, targets: Targets) -> dict[str, Any]:
-        return {"listing_sha256": listing_sha256(targets.rels, targets.stamps or [])}
+    def _settings(self, settings: ScoringSettings, targets: Targets) -> ScoringSettings:
+        return settings.with_engine(listing_sha256=listing_sha256(targets.rels, targets.stamps or []))
 
     def _score(self, job: Job) -> ScoreResult:
         workers, partial = effective_workers(self.workers), Predictions.partial_path(job.out_csv)
         stamps = dict(zip(job.targets.rels, job.targets.stamps or []))
-        done = _resume_rows(partial, job.out_csv, job.settings, stamps, job.resume)
+        done = _resume_rows(partial, job.out_csv, job.settings, stamps, job.options.resume)
         todo = [i for i, rel in enumerate(job.targets.rels) if rel not in done]
-        batch_size = job.batch_size or DEFAULT_BATCH.get(job.model.provider, 32)
+        batch_size = job.options.batch_size or DEFAULT_BATCH.get(job.model.provider, 32)
         # One batch is scored in-process: starting worker sessions would cost more than it saves.
         cpu_plan = uses_cpu_plan(job.model, workers) and len(todo) > batch_size
-        job.settings.update(plan_facts(cpu_plan, workers))
-        Predictions.start_partial(partial, job.settings, [{**row, "_stamp": stamps[rel]} for rel, row in done.items()])
+        settings = job.settings.with_engine(**plan_facts(cpu_plan, workers))
+        Predictions.start_partial(
+            partial, settings, [{**row, "_stamp": stamps[rel]} for rel, row in done.items()]
+        )
         job.tick(len(done))
         started = time.perf_counter()
         _write_scored(job, partial, stamps, todo, batch_size, workers, cpu_plan)
         seconds = time.perf_counter() - started
-        job.settings["file_stamps"] = stamps
         _, rows = Predictions.read_partial(partial)
-        result = finish(job, rows, len(todo), seconds, job.model.provider)
+        result = finish(
+            job, rows, len(todo), seconds, job.model.provider, settings.with_engine(file_stamps=stamps)
+        )
         partial.unlink()
         return result
 
 
 def _write_scored(
-    job: Job, partial: Path, stamps: dict[str, str], todo: list[int], batch_size: int, workers: int, cpu_plan: bool
+    job: Job,
+    partial: Path,
+    stamps: dict[str, str],
+    todo: list[int],
+    batch_size: int,
+    workers: int,
+    cpu_plan: bool,
 ) -> None:
     """Score the ``todo`` files on the chosen plan, appending their rows to ``partial`` as batches finish."""
     plan = _scored_on_cpu_plan if cpu_plan else _scored_on_gpu_plan
-    rels, paths = job.targets.rels, [Path(p) for p in job.targets.locations]
+    rels, paths, options = job.targets.rels, [Path(p) for p in job.targets.locations], job.options
     with open(partial, "a", encoding="utf-8", newline="\n") as handle:
         try:
-            for chunk, probs, domains, errors, qcs in plan(job.model, paths, todo, batch_size, workers, job.tta):
+            for chunk, probs, domains, errors, qcs in plan(
+                job.model, paths, todo, batch_size, workers, options.tta
+            ):
                 rows = prediction_rows(
-                    job.model, [rels[i] for i in chunk], probs, domains, errors, qcs, job.truth, job.tta, job.foreign
+                    job.model,
+                    [rels[i] for i in chunk],
+                    probs,
+                    domains,
+                    errors,
+                    qcs,
+                    options.truth,
+                    options.tta,
+                    options.foreign,
                 )
                 Predictions.append_rows(handle, [{**row, "_stamp": stamps[row["path"]]} for row in rows])
                 job.tick(len(chunk))
@@ -148,24 +169,21 @@ def score_folder(
     """Score all images under ``folder`` (or just the escaped relative paths in ``only``); write
     ``out_csv`` and its settings sidecar. ``exclude``: a folder inside ``folder`` not to score
     (the output folder). A listed file that is missing gets an error row."""
-    return LocalEngine(workers=workers).score(
-        folder,
-        model,
-        out_csv,
+    options = ScoringOptions(
         batch_size=batch_size,
-        truth=truth,
-        resume=resume,
-        progress=progress,
+        truth=truth or GroundTruth(),
         only=only,
+        resume=resume,
         tta=tta,
-        exclude=exclude,
         foreign=foreign,
+        exclude=Path(exclude) if exclude else None,
     )
+    return LocalEngine(workers=workers).score(folder, model, out_csv, options, progress)
 
 
 def _resume_rows(
-    partial: Path, out_csv: Path, settings: dict[str, Any], stamps: dict[str, str], resume: bool
-) -> dict[str, dict]:
+    partial: Path, out_csv: Path, settings: ScoringSettings, stamps: dict[str, str], resume: bool
+) -> dict[str, dict[str, str]]:
     """The rows an earlier run left that are still good: from the interrupted run's partial file,
     else from the finished CSV; only for files still there and unchanged (same size and time)."""
     if not resume:
@@ -174,7 +192,7 @@ def _resume_rows(
     if before is None:
         before, rows = finished_rows(out_csv)
     kept = kept_rows(before, rows, settings, set(stamps))
-    recorded = (before or {}).get("file_stamps") or {}
+    recorded = (before.file_stamps if before else None) or {}
     return {
         rel: row
         for rel, row in kept.items()
@@ -251,7 +269,9 @@ def _scored_on_cpu_plan(
     try:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            pending.append((chunk, pool.submit(score_paths, (model_path, sha256, [str(paths[i]) for i in chunk], tta))))
+            pending.append(
+                (chunk, pool.submit(score_paths, (model_path, sha256, [str(paths[i]) for i in chunk], tta)))
+            )
             if len(pending) >= 2 * workers:
                 chunk, future = pending.popleft()
                 yield chunk, *future.result()
@@ -264,8 +284,9 @@ def _scored_on_cpu_plan(
     pool.shutdown(wait=True)
 
 
-def plan_facts(cpu_plan: bool, workers: int) -> dict[str, Any]:
-    """How a run was scheduled, for its settings record."""
+def plan_facts(cpu_plan: bool, workers: int) -> dict[str, str | int]:
+    """How a run was scheduled: the settings' ``plan`` and ``workers`` (and ``parallel_runs`` on
+    the CPU plan)."""
     if cpu_plan:
         return {
             "plan": "cpu: each worker process decodes and scores (1 intra-op thread)",

@@ -1,1 +1,2 @@
-"""Report stage (cxr.reports): metrics with CIs, figures, HTML report, regression gate. Core: ``summarize``."""
+"""Report stage (cxr.reports): metrics with CIs, figures, HTML report, regression gate.
+Core: ``summarize``."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.artifacts.metric_records import FailureDirection
 from cxr.plots import plot_history, save_image_grid
 from cxr.plots import save_figure as _save
 from cxr.plots import subplots as _subplots
@@ -91,7 +92,9 @@ def plot_reliability(
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     if before is not None:
         ax.plot(before[0], before[1], marker="s", lw=1.5, color="tab:orange", alpha=0.8, label=before[2])
-    ax.plot(mean_predicted, fraction_positive, marker="o", lw=2, label="model" if before is None else "calibrated")
+    ax.plot(
+        mean_predicted, fraction_positive, marker="o", lw=2, label="model" if before is None else "calibrated"
+    )
     ax.set_ylabel("observed fraction positive")
     ax.set_title(title)
     ax.legend(loc="upper left")
@@ -109,7 +112,9 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
     from PIL import Image
 
     height, width = image.shape[:2]
-    cam_img = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize((width, height), Image.Resampling.BILINEAR)
+    cam_img = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
     weight = np.asarray(cam_img, dtype=np.float32)[..., None] / 255.0
     heat = colormaps["jet"](weight[..., 0])[..., :3] * 255
     blend = alpha * weight  # where the map is 0 the image shows through unchanged
@@ -168,7 +173,12 @@ def plot_probability_distribution(p: np.ndarray, threshold: float, positive: str
 
 
 def plot_roc(
-    fpr: np.ndarray, tpr: np.ndarray, operating: tuple[float, float], threshold: float, auc: float, out: str | Path
+    fpr: np.ndarray,
+    tpr: np.ndarray,
+    operating: tuple[float, float],
+    threshold: float,
+    auc: float,
+    out: str | Path,
 ) -> Path:
     """The ROC curve with the operating point (1 - specificity, sensitivity at ``threshold``) marked."""
     fig, ax = _subplots(figsize=(4.0, 3.8))
@@ -191,13 +201,17 @@ def plot_roc(
     return _save(fig, out)
 
 
-def plot_error_probabilities(analysis: dict, threshold: float, out: str | Path) -> Path:
+def plot_error_probabilities(
+    analysis: dict[str, FailureDirection], threshold: float, out: str | Path
+) -> Path:
     """Histograms of P(positive) for each error direction (failure analysis)."""
     fig, axes = _subplots(1, 2, figsize=(10, 3.2))
     for ax, (name, part) in zip(axes, analysis.items()):
-        ax.hist(part["p_values"], bins=np.linspace(0, 1, 21), color="tab:red" if "positive" in name else "tab:blue")
+        ax.hist(
+            part.p_values, bins=np.linspace(0, 1, 21), color="tab:red" if "positive" in name else "tab:blue"
+        )
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
-        ax.set_title(f"{part['description']} (n={part['n']})")
+        ax.set_title(f"{part.description} (n={part.n})")
         ax.set_xlabel("P(positive)")
         ax.set_ylabel("images")
         ax.legend()

@@ -6,12 +6,12 @@ ROC AUC and PR AUC always come from probabilities, never from hard labels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
 
 from cxr.artifacts import METRIC_NAMES  # the one list, owned by the metrics.json artifact
+from cxr.artifacts.metric_records import ThresholdRow
 from cxr.calibration import expected_calibration_error
 
 METRIC_ORDER = METRIC_NAMES
@@ -110,7 +110,13 @@ def _ranked(w, y, p, pos, neg):
 
 
 def bootstrap_ci(
-    y, p, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    y,
+    p,
+    threshold: float,
+    groups: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> dict[str, list[float]]:
     """Percentile bootstrap CIs. With ``groups`` (patient ids) whole patients are resampled. All
     resamples at once in numpy (image weights, rank-based AUC); resamples holding one class only
@@ -158,7 +164,13 @@ def _proportions(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, tu
 
 
 def confidence_intervals(
-    y, p, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    y,
+    p,
+    threshold: float,
+    groups: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> tuple[dict[str, list[float] | None], dict[str, str]]:
     """(ci95, method) of every headline metric: Wilson for proportions (accuracy, precision, recall,
     specificity), the patient bootstrap for the rest (ROC AUC, Brier, ECE, ...). No interval
@@ -174,26 +186,30 @@ def confidence_intervals(
     for name in METRIC_ORDER:
         if name in proportions:
             k, n = proportions[name]
-            ci[name], method[name] = (wilson_interval(k, n, alpha), WILSON) if n >= MIN_PER_CLASS else (None, TOO_FEW)
+            ci[name], method[name] = (
+                (wilson_interval(k, n, alpha), WILSON) if n >= MIN_PER_CLASS else (None, TOO_FEW)
+            )
         else:
             ci[name], method[name] = boot[name], BOOTSTRAP
     return ci, method
 
 
-def threshold_table(y: np.ndarray, p: np.ndarray, thresholds: Sequence[float]) -> list[dict[str, Any]]:
+def threshold_table(y: np.ndarray, p: np.ndarray, thresholds: Sequence[float]) -> tuple[ThresholdRow, ...]:
+    """Recall, specificity, precision, F1 and accuracy at each threshold."""
     rows = []
     for t in thresholds:
         m = binary_metrics(y, p, t)
         rows.append(
-            {
-                "threshold": round(float(t), 4),
-                **{k: m[k] for k in ("recall", "specificity", "precision", "f1", "accuracy")},
-            }
+            ThresholdRow(
+                round(float(t), 4), m["recall"], m["specificity"], m["precision"], m["f1"], m["accuracy"]
+            )
         )
-    return rows
+    return tuple(rows)
 
 
-def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reliability_curve(
+    y: np.ndarray, p: np.ndarray, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean predicted, fraction positive) of non-empty bins, and counts of all bins."""
     from sklearn.calibration import calibration_curve
 

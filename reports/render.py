@@ -1,13 +1,17 @@
-"""report.md and a self-contained report.html (images embedded as data URIs) from metrics.json."""
+"""report.md and a self-contained report.html (images embedded as data URIs) from the metrics report."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from cxr.artifacts import METRIC_NAMES
+from cxr.artifacts.metric_records import MetricBlock, SubgroupRow, ThresholdRow
+from cxr.artifacts.metrics_report import MetricsReport, MetricsReportError, ModelMetrics, UnlabelledMetrics
+from cxr.artifacts.report_sections import PublishedResult, ShortcutCheck
 from cxr.files import write_text_atomic
 from cxr.reports.panel import SummaryPanel, ci_text, summary_panel
 from cxr.reports.panel import fmt as _fmt
@@ -23,53 +27,62 @@ INTERVALS_NOTE = (
 METRIC_HEADER = ["metric", "value", "95% interval", "interval method"]
 
 
-def value_with_ci(block: dict[str, Any], name: str) -> str:
+def value_with_ci(block: MetricBlock | SubgroupRow, name: str) -> str:
     """ "0.950 (0.910–0.975)", or "0.950 (too few)"."""
-    return f"{_fmt(block['metrics'][name])} ({ci_text(block, name)})"
+    return f"{_fmt(block.metrics[name])} ({ci_text(block, name)})"
 
 
-def _metric_rows(block: dict[str, Any]) -> list[list[str]]:
-    methods = block.get("ci_method") or {}
+def _metric_rows(block: MetricBlock) -> list[list[str]]:
     return [
-        [name, _fmt(block["metrics"][name]), ci_text(block, name), methods.get(name, "patient bootstrap")]
+        [
+            name,
+            _fmt(block.metrics[name]),
+            ci_text(block, name),
+            block.ci_method.get(name, "patient bootstrap"),
+        ]
         for name in HEADLINE
     ]
 
 
-def _label(report: dict[str, Any], name: str) -> str:
-    return f"{name} (shipped)" if name in (report.get("shipped") or []) else name
+def _label(report: MetricsReport, name: str) -> str:
+    return f"{name} (shipped)" if name in (report.shipped or ()) else name
 
 
-def _comparison_rows(report: dict[str, Any]) -> list[list[str]]:
+def _labelled_models(report: MetricsReport) -> dict[str, ModelMetrics]:
+    return {name: entry for name, entry in report.models.items() if isinstance(entry, ModelMetrics)}
+
+
+def _comparison_rows(report: MetricsReport) -> list[list[str]]:
     rows = []
-    for name, result in report["models"].items():
-        if "at_0.5" not in result:
-            continue
-        block = result["at_model_threshold"]
-        rows.append([_label(report, name), f"{block['threshold']:.3g}"] + [value_with_ci(block, k) for k in COMPARE])
+    for name, result in _labelled_models(report).items():
+        block = result.at_model_threshold
+        rows.append(
+            [_label(report, name), f"{block.threshold:.3g}"] + [value_with_ci(block, k) for k in COMPARE]
+        )
     return rows
 
 
-def _published_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = [
-        [f"{pub['name']} (published)", pub["split"]] + [_fmt(pub[k]) for k in COMPARE] for pub in report["published"]
-    ]
-    for name, result in report["models"].items():
-        if "at_0.5" in result:
-            rows.append(
-                [f"{_label(report, name)} (these predictions, threshold 0.5)", "this run"]
-                + [value_with_ci(result["at_0.5"], k) for k in COMPARE]
-            )
+def _published_cells(pub: PublishedResult) -> list[str]:
+    return [_fmt(pub.metric(k)) for k in COMPARE]
+
+
+def _published_rows(report: MetricsReport) -> list[list[str]]:
+    rows = [[f"{pub.name} (published)", pub.split] + _published_cells(pub) for pub in report.published]
+    for name, result in _labelled_models(report).items():
+        rows.append(
+            [f"{_label(report, name)} (these predictions, threshold 0.5)", "this run"]
+            + [value_with_ci(result.at_half, k) for k in COMPARE]
+        )
     return rows
 
 
 Section = tuple[str, list[str], list[list[str]], list[str]]
 
 
-def _sections(report: dict[str, Any]) -> list[Section]:
+def _sections(report: MetricsReport) -> list[Section]:
     """(title, header, rows, figure files) for every table of the report, published figures last."""
     sections = []
-    if len(report["models"]) > 1:
+    if len(report.models) > 1:
         sections.append(
             (
                 "Models compared, each at its own threshold",
@@ -78,10 +91,14 @@ def _sections(report: dict[str, Any]) -> list[Section]:
                 [],
             )
         )
-    for name, result in report["models"].items():
-        sections += _unlabelled_sections(name, result) if "at_0.5" not in result else _model_sections(report, name)
+    for name, result in report.models.items():
+        sections += (
+            _model_sections(report, name, result)
+            if isinstance(result, ModelMetrics)
+            else _unlabelled_sections(name, result)
+        )
     sections += _shared_sections(report)
-    if any("at_0.5" in result for result in report["models"].values()):
+    if _labelled_models(report):
         sections.append(
             (
                 "Published figures (from other data splits: for context, not directly comparable)",
@@ -93,21 +110,20 @@ def _sections(report: dict[str, Any]) -> list[Section]:
     return sections
 
 
-def _unlabelled_sections(name: str, result: dict[str, Any]) -> list[Section]:
-    q = result["p_quantiles"]
-    positive = result["classes"][-1]
-    figs = result.get("figures") or {}
+def _unlabelled_sections(name: str, result: UnlabelledMetrics) -> list[Section]:
+    positive = result.classes[-1]
+    figs = result.figures
     counts = [
-        ["files", str(result["n_rows"])],
-        ["scored", str(result["n_scored"])],
-        ["could not be read", str(result["n_errors"])],
-        [f"called {positive} (P at or above {result['threshold']:.3g})", str(result["n_called_positive"])],
-        [f"called {result['classes'][0]}", str(result["n_called_negative"])],
-        ["flagged outside the training domain", str(result["n_outside_domain"])],
-        ["with any quality flag", str(result["n_qc_flagged"])],
+        ["files", str(result.n_rows)],
+        ["scored", str(result.n_scored)],
+        ["could not be read", str(result.n_errors)],
+        [f"called {positive} (P at or above {result.threshold:.3g})", str(result.n_called_positive)],
+        [f"called {result.classes[0]}", str(result.n_called_negative)],
+        ["flagged outside the training domain", str(result.n_outside_domain)],
+        ["with any quality flag", str(result.n_qc_flagged)],
     ]
-    spread = [[f"{float(k):.0%}", f"{v:.4f}"] for k, v in q.items()]
-    suspicious = [[item["path"], f"{item['p']:.4f}", item["qc"]] for item in result["suspicious"]]
+    spread = [[f"{float(k):.0%}", f"{v:.4f}"] for k, v in result.p_quantiles.items()]
+    suspicious = [[item.path, f"{item.p:.4f}", item.qc] for item in result.suspicious]
     return [
         (f"{name}: what was called (no labels)", ["", ""], counts, []),
         (
@@ -125,131 +141,147 @@ def _unlabelled_sections(name: str, result: dict[str, Any]) -> list[Section]:
     ]
 
 
-def _shared_sections(report: dict[str, Any]) -> list[Section]:
+def _shared_sections(report: MetricsReport) -> list[Section]:
     sections = []
-    for name, section in (report.get("robustness") or {}).items():
+    for name, section in (report.robustness or {}).items():
         header, rows = robustness_rows(section)
         sections.append(
             (
-                f"{name}: robustness suite ({section['n_images']} images, threshold "
-                f"{section['threshold']:.4g}; flips: share of labels that change against the clean image; "
+                f"{name}: robustness suite ({section.n_images} images, threshold "
+                f"{section.threshold:.4g}; flips: share of labels that change against the clean image; "
                 "seeded, see cxr.perturb)",
                 header,
                 rows,
-                [section["figure"]] if section.get("figure") else [],
+                [section.figure] if section.figure else [],
             )
         )
-    for check in report.get("shortcut") or []:
+    for check in report.shortcut or ():
         sections.append(_shortcut_section(check))
-    if report.get("checklist"):
+    if report.checklist:
         sections.append(
             (
                 "Reporting checklist (TRIPOD+AI 2024, CLAIM 2024): each item answered from this run's facts",
                 ["item", "guideline", "answer"],
-                [[row["item"], row["guideline"], row["answer"]] for row in report["checklist"]],
+                [[row.item, row.guideline, row.answer] for row in report.checklist],
                 [],
             )
         )
-    if report["figures"]:
-        sections.append(("Training curves", [], [], list(report["figures"].values())))
+    if report.figures:
+        sections.append(("Training curves", [], [], list(report.figures.values())))
     return sections
 
 
-def _model_sections(report: dict[str, Any], name: str) -> list[Section]:
-    """One model's tables: its metrics at its own threshold first, then at 0.5 and at the validation
-    threshold, the trade-off, the domain guard, subgroups and failures."""
-    result = report["models"][name]
-    label = _label(report, name)
-    counts = (
-        f"{result['n_rows']} files, {result['n_scored']} scored, {result['n_errors']} errors, "
-        f"{result['n_labelled']} labelled, {result['n_patients']} patients; {INTERVALS_NOTE}, "
-        f"bootstrap n={result['bootstrap']['n']}"
+def _counts_note(result: ModelMetrics) -> str:
+    return (
+        f"{result.n_rows} files, {result.n_scored} scored, {result.n_errors} errors, "
+        f"{result.n_labelled} labelled, {result.n_patients} patients; {INTERVALS_NOTE}, "
+        f"bootstrap n={result.bootstrap.n}"
     )
-    model_t = result["at_model_threshold"]["threshold"]
-    rule = (result.get("settings") or {}).get("threshold_rule")
-    rule_note = f"; rule: {describe_rule({'threshold': model_t, **rule})}" if rule and "rule" in rule else ""
+
+
+def _threshold_sections(report: MetricsReport, name: str, result: ModelMetrics) -> list[Section]:
+    """The model's metrics at its own threshold, then at 0.5 and at the validation threshold."""
+    label = _label(report, name)
+    model_t = result.at_model_threshold.threshold
+    rule = result.settings.threshold_rule
+    rule_note = f"; rule: {describe_rule({'threshold': model_t, **rule})}" if "rule" in rule else ""
     sections = [
         (
-            f"{label}: metrics at its threshold {model_t:.4g} ({counts}{rule_note})",
+            f"{label}: metrics at its threshold {model_t:.4g} ({_counts_note(result)}{rule_note})",
             METRIC_HEADER,
-            _metric_rows(result["at_model_threshold"]),
+            _metric_rows(result.at_model_threshold),
             [],
         )
     ]
     if model_t != 0.5:
-        sections.append((f"{label}: metrics at threshold 0.5", METRIC_HEADER, _metric_rows(result["at_0.5"]), []))
-    val = report.get("val_threshold")
-    if "at_val_threshold" in result:
+        sections.append(
+            (f"{label}: metrics at threshold 0.5", METRIC_HEADER, _metric_rows(result.at_half), [])
+        )
+    val = report.val_threshold
+    if result.at_val_threshold is not None and val is not None:
         sections.append(
             (
-                f"{label}: metrics at the validation threshold {val['threshold']:.4f} "
-                f"(target recall {val['target_recall']})",
+                f"{label}: metrics at the validation threshold {val.threshold:.4f} "
+                f"(target recall {val.target_recall})",
                 METRIC_HEADER,
-                _metric_rows(result["at_val_threshold"]),
+                _metric_rows(result.at_val_threshold),
                 [],
             )
         )
-    table = result["threshold_table"]
-    figs = dict(result.get("figures", {}))
+    return sections
+
+
+def _model_sections(report: MetricsReport, name: str, result: ModelMetrics) -> list[Section]:
+    """One model's tables: its metrics at its own threshold first, then at 0.5 and at the validation
+    threshold, the trade-off, the domain guard, subgroups and failures."""
+    sections = _threshold_sections(report, name, result)
+    figs = dict(result.figures or {})
     failure_figs = {k: figs.pop(k) for k in ("false_positives", "false_negatives", "error_p") if k in figs}
     figs.pop("domain_flagged", None)  # shown in the domain section
     sections.append(
         (
-            f"{label}: threshold trade-off",
-            list(table[0].keys()),
-            [[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()] for row in table],
+            f"{_label(report, name)}: threshold trade-off",
+            list(ThresholdRow.COLUMNS),
+            [
+                [_fmt(v) if isinstance(v, float) else str(v) for v in row.values()]
+                for row in result.threshold_table
+            ],
             list(figs.values()),
         )
     )
-    if result.get("domain"):
+    if result.domain:
         sections.extend(_domain_sections(name, result))
-    if result.get("subgroups"):
+    if result.subgroups:
         sections.append(_subgroup_section(name, result))
-    if result.get("failure_analysis"):
+    if result.failure_analysis:
         sections.append(_failure_section(name, result, list(failure_figs.values())))
     return sections
 
 
-def _domain_sections(name: str, result: dict[str, Any]) -> list[tuple]:
-    """The domain guard's verdicts: the shift test, the flagged images, the in-domain metrics."""
-    domain = result["domain"]
-    guard, shift = domain["guard"], domain.get("shift")
-    verdict = shift["verdict"] if shift else "data shift: not tested (fewer than 10 images with a domain score)"
-    rows = [
-        ["images with a domain score", str(domain["n_with_score"])],
+def _domain_rows(result: ModelMetrics) -> list[list[str]]:
+    domain = result.domain
+    guard, shift = domain.guard, domain.shift
+    verdict = shift.line() if shift else "data shift: not tested (fewer than 10 images with a domain score)"
+    return [
+        ["images with a domain score", str(domain.n_with_score)],
         [
             "flagged outside the training domain",
-            f"{domain['n_flagged']} (threshold {guard['threshold']:.3f}, "
-            f"{guard.get('false_flag_rate', 0):.0%} of validation images flagged)",
+            f"{domain.n_flagged} (threshold {guard.threshold:.3f}, "
+            f"{guard.false_flag_rate:.0%} of validation images flagged)",
         ],
-        ["flagged images", "scored and flagged" if domain.get("foreign") == "flag" else "left unscored"],
+        ["flagged images", "scored and flagged" if domain.foreign == "flag" else "left unscored"],
         ["set-level shift test", verdict],
     ]
-    figs = [f for key, f in (result.get("figures") or {}).items() if key == "domain_flagged"]
-    sections = [(f"{name}: domain guard and data shift", ["", ""], rows, figs)]
-    if domain.get("flagged"):
+
+
+def _domain_sections(name: str, result: ModelMetrics) -> list[Section]:
+    """The domain guard's verdicts: the shift test, the flagged images, the in-domain metrics."""
+    domain = result.domain
+    figs = [f for key, f in (result.figures or {}).items() if key == "domain_flagged"]
+    sections = [(f"{name}: domain guard and data shift", ["", ""], _domain_rows(result), figs)]
+    if domain.flagged:
         sections.append(
             (
                 f"{name}: images outside the training domain (highest score first, at most 24)",
                 ["path", "domain score", "P(positive)", "qc"],
                 [
-                    [f["path"], f"{f['domain_score']:.3f}", "-" if f["p"] is None else f"{f['p']:.3f}", f["qc"]]
-                    for f in domain["flagged"]
+                    [f.path, f"{f.domain_score:.3f}", "-" if f.p is None else f"{f.p:.3f}", f.qc]
+                    for f in domain.flagged
                 ],
                 [],
             )
         )
-    if domain.get("in_domain"):
-        block = domain["in_domain"]
+    if domain.in_domain:
+        block = domain.in_domain
         compare = (
             "all scored labelled images above"
-            if domain.get("foreign") == "flag"
+            if domain.foreign == "flag"
             else "the labelled images above, which already leave out the unscored flagged ones"
         )
         sections.append(
             (
-                f"{name}: metrics on the {block['n']} in-domain labelled images only (threshold "
-                f"{block['threshold']:.4g}; compare with {compare})",
+                f"{name}: metrics on the {block.n} in-domain labelled images only (threshold "
+                f"{block.threshold:.4g}; compare with {compare})",
                 METRIC_HEADER,
                 _metric_rows(block),
                 [],
@@ -258,26 +290,26 @@ def _domain_sections(name: str, result: dict[str, Any]) -> list[tuple]:
     return sections
 
 
-def _with_ci(row: dict[str, Any], name: str) -> str:
-    if name not in row["metrics"]:
+def _with_ci(row: SubgroupRow, name: str) -> str:
+    if name not in row.metrics:
         return "-"
     return value_with_ci(row, name)
 
 
-def _subgroup_section(name: str, result: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
-    threshold = result["at_model_threshold"]["threshold"]
+def _subgroup_section(name: str, result: ModelMetrics) -> Section:
+    threshold = result.at_model_threshold.threshold
     rows = [
         [
-            f"{row['factor']}: {row['group']}",
-            str(row["n_images"]),
-            str(row["n_patients"]),
+            f"{row.factor}: {row.group}",
+            str(row.n_images),
+            str(row.n_patients),
             _with_ci(row, "recall"),
             _with_ci(row, "specificity"),
             _with_ci(row, "accuracy"),
             _with_ci(row, "roc_auc"),
-            row["flag"],
+            row.flag,
         ]
-        for row in result["subgroups"]
+        for row in result.subgroups
     ]
     return (
         f"{name}: subgroups at threshold {threshold:.4g} ({INTERVALS_NOTE})",
@@ -287,44 +319,44 @@ def _subgroup_section(name: str, result: dict[str, Any]) -> tuple[str, list[str]
     )
 
 
-def _failure_section(name: str, result: dict[str, Any], figs: list[str]) -> tuple:
+def _failure_section(name: str, result: ModelMetrics, figs: list[str]) -> Section:
     rows = []
-    for part in result["failure_analysis"].values():
-        q = part["p_quantiles"]
+    for part in result.failure_analysis.values():
+        q = part.p_quantiles
         spread = f"{q['0']:.3f} / {q['0.5']:.3f} / {q['1']:.3f}" if q else "-"
         groups = "; ".join(
             f"{factor}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-            for factor, counts in part["subgroups"].items()
+            for factor, counts in part.subgroups.items()
             if counts
         )
-        rows.append([part["description"], str(part["n"]), spread, groups])
+        rows.append([part.description, str(part.n), spread, groups])
     return (
-        f"{name}: failure analysis at threshold {result['at_model_threshold']['threshold']:.4g}",
+        f"{name}: failure analysis at threshold {result.at_model_threshold.threshold:.4g}",
         ["error", "count", "p min / median / max", "subgroups"],
         rows,
         figs,
     )
 
 
-def _shortcut_section(check: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
+def _shortcut_section(check: ShortcutCheck) -> Section:
     """The shortcut check of the data: can trivial image statistics alone separate the classes?"""
-    negative, positive = check["classes"]
+    negative, positive = check.classes
     rows = []
-    for name, group in check["groups"].items():
-        if group.get("cv_auc") is None:
-            rows.append([name, "-", group.get("note", "")])
+    for name, group in check.groups.items():
+        if group.cv_auc is None:
+            rows.append([name, "-", group.note])
             continue
         medians = "; ".join(
-            f"{c}: {group['median_negative'][c]:.3g} vs {group['median_positive'][c]:.3g}" for c in group["features"]
+            f"{c}: {group.median_negative[c]:.3g} vs {group.median_positive[c]:.3g}" for c in group.features
         )
-        rows.append([name, _fmt(group["cv_auc"]), f"medians {negative} vs {positive}: {medians}"])
-    rows.append(["verdict", "", check["verdict"]])
-    rows += [["finding", "", line] for line in check.get("findings", [])]
-    if check.get("cause"):
-        rows.append(["cause", "", check["cause"]])
+        rows.append([name, _fmt(group.cv_auc), f"medians {negative} vs {positive}: {medians}"])
+    rows.append(["verdict", "", check.verdict])
+    rows += [["finding", "", line] for line in check.findings]
+    if check.cause:
+        rows.append(["cause", "", check.cause])
     title = (
-        f"Shortcut check of {check.get('source', 'the data')} ({check['n_images']} images; "
-        f"cross-validated ROC AUC of trivial statistics, {check['method']})"
+        f"Shortcut check of {check.source or 'the data'} ({check.n_images} images; "
+        f"cross-validated ROC AUC of trivial statistics, {check.method})"
     )
     return title, ["statistics", "CV ROC AUC", "detail"], rows, []
 
@@ -338,13 +370,16 @@ def _panel_markdown(panel: SummaryPanel) -> list[str]:
     return lines
 
 
-def to_markdown(report: dict[str, Any]) -> str:
+def _gate_messages(report: MetricsReport) -> tuple[str, ...]:
+    return report.gate.messages if report.gate else ()
+
+
+def to_markdown(report: MetricsReport) -> str:
     """report.md: the summary (verdict first), then every section."""
     lines = ["# cxr evaluation report", ""] + _panel_markdown(summary_panel(report))
-    lines += [f"Generated {report['generated']}.", ""]
-    gate = report.get("gate") or {}
-    if gate.get("messages"):
-        lines += ["## What the gate compared", ""] + [f"- {line}" for line in gate["messages"]] + [""]
+    lines += [f"Generated {report.generated}.", ""]
+    if _gate_messages(report):
+        lines += ["## What the gate compared", ""] + [f"- {line}" for line in _gate_messages(report)] + [""]
     for title, header, rows, figs in _sections(report):
         lines += [f"## {title}", ""]
         if header:
@@ -361,7 +396,8 @@ def _data_uri(path: Path) -> str:
 
 STYLE = (
     "body{font-family:sans-serif;max-width:1300px;margin:1em auto;padding:0 1em;font-size:14px}"
-    "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "table{border-collapse:collapse;margin:0.5em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
     "td:first-child{text-align:left}th{background:#f0f0f0}"
     "img{max-width:100%;margin:0.5em 0.5em 0.5em 0;display:inline-block;vertical-align:top}"
     "#summary{border:2px solid #444;border-radius:6px;padding:0.6em 1em;margin-bottom:1em}"
@@ -370,7 +406,8 @@ STYLE = (
     "#summary td{font-size:13px;padding:2px 6px;max-width:520px;overflow-wrap:anywhere;text-align:left}"
     ".note{color:#444;font-size:13px;margin:0.2em 0}"
     "#summary img{width:280px;margin:0}#summary ul{margin:0.4em 0;padding-left:1.2em;font-size:13px}"
-    ".warn{color:#a40000}details{margin:0.3em 0}summary{cursor:pointer}summary h2{display:inline;font-size:16px}"
+    ".warn{color:#a40000}details{margin:0.3em 0}summary{cursor:pointer}"
+    "summary h2{display:inline;font-size:16px}"
     "nav ol{columns:2;font-size:13px}"
 )
 
@@ -396,7 +433,9 @@ def _panel_html(panel: SummaryPanel, folder: Path, embed_images: bool) -> str:
     )
     others = (
         _table_html(
-            ["other models", "sensitivity", "specificity", "ROC AUC"], [list(r) for r in panel.others], "others"
+            ["other models", "sensitivity", "specificity", "ROC AUC"],
+            [list(r) for r in panel.others],
+            "others",
         )
         if panel.others
         else ""
@@ -432,25 +471,24 @@ def _anchor(index: int) -> str:
     return f"section-{index + 1}"
 
 
-def to_html(report: dict[str, Any], folder: Path, embed_images: bool = True) -> str:
+def to_html(report: MetricsReport, folder: Path, embed_images: bool = True) -> str:
     """report.html: the summary panel, a table of contents, then every section collapsed."""
     sections = _sections(report)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>cxr evaluation report</title>",
         f"<style>{STYLE}</style></head><body><h1>cxr evaluation report</h1>",
         _panel_html(summary_panel(report), folder, embed_images),
-        f"<p>Generated {html.escape(report['generated'])}.</p><nav id='contents'><h2>Contents</h2><ol>",
+        f"<p>Generated {html.escape(report.generated)}.</p><nav id='contents'><h2>Contents</h2><ol>",
     ]
     parts += [
         f"<li><a href='#{_anchor(i)}'>{html.escape(_split_title(title)[0])}</a></li>"
         for i, (title, *_) in enumerate(sections)
     ]
     parts.append("</ol></nav>")
-    gate = report.get("gate") or {}
-    if gate.get("messages"):
+    if _gate_messages(report):
         parts.append(
             "<h2>What the gate compared</h2><ul>"
-            + "".join(f"<li>{html.escape(m)}</li>" for m in gate["messages"])
+            + "".join(f"<li>{html.escape(m)}</li>" for m in _gate_messages(report))
             + "</ul>"
         )
     for i, (title, header, rows, figs) in enumerate(sections):
@@ -467,23 +505,21 @@ def to_html(report: dict[str, Any], folder: Path, embed_images: bool = True) -> 
     return "\n".join(parts)
 
 
-def write_reports(report: dict[str, Any], folder: Path, embed_images: bool = True) -> None:
+def write_reports(report: MetricsReport, folder: Path, embed_images: bool = True) -> None:
     write_text_atomic(folder / "report.md", to_markdown(report))
     write_text_atomic(folder / "report.html", to_html(report, folder, embed_images))
 
 
-def readme_table(report: dict[str, Any], split_note: str) -> str:
+def readme_table(report: MetricsReport, split_note: str) -> str:
     """The README results table: published rows, then each model in metrics.json (at threshold 0.5,
     with 95% patient-bootstrap CIs). Regenerate with ``python -m cxr.reports.render results/metrics.json``."""
     header = "| model | data / split | " + " | ".join(COMPARE) + " |"
     lines = [header, "|" + "---|" * (len(COMPARE) + 2)]
-    for pub in report["published"]:
-        lines.append(
-            f"| {pub['name']} (published) | {pub['split']} | " + " | ".join(_fmt(pub[k]) for k in COMPARE) + " |"
-        )
-    for name, result in report["models"].items():
-        cells = [value_with_ci(result["at_0.5"], k) for k in COMPARE]
-        lines.append(f"| {name} | {split_note} ({result['n_labelled']} images) | " + " | ".join(cells) + " |")
+    for pub in report.published:
+        lines.append(f"| {pub.name} (published) | {pub.split} | " + " | ".join(_published_cells(pub)) + " |")
+    for name, result in _labelled_models(report).items():
+        cells = [value_with_ci(result.at_half, k) for k in COMPARE]
+        lines.append(f"| {name} | {split_note} ({result.n_labelled} images) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -491,65 +527,72 @@ README_SPLIT_NOTE = "this repo's patient-grouped test split"
 REPORTED_NOT_GATED = ("noise5", "jpeg30")  # reported; the acceptance bar is on the rest of the suite
 
 
-def readme_robustness_table(report: dict[str, Any]) -> str:
+def _recall_at_threshold(report: MetricsReport, name: str) -> str:
+    entry = report.models.get(name)
+    return value_with_ci(entry.at_model_threshold, "recall") if isinstance(entry, ModelMetrics) else "-"
+
+
+def readme_robustness_table(report: MetricsReport) -> str:
     """The README robustness table: per model with a robustness section, the clean ROC AUC, the
     lowest ROC AUC over the suite without noise5 and jpeg30 (reported beside it), NORMAL called
     PNEUMONIA clean vs under noise sd 2, the worst flip rate, and recall at the model's own
     threshold with its 95% patient-bootstrap CI."""
-    sections = report.get("robustness") or {}
     header = (
         "| model | threshold | recall at threshold (95% CI) | clean ROC AUC | lowest ROC AUC in the suite* "
         "| noise5 / jpeg30 ROC AUC | NORMAL called PNEUMONIA: clean → noise2 | most flips (perturbation) |"
     )
     lines = [header, "|" + "---|" * 8]
-    for name, section in sections.items():
-        rows = section["perturbations"]
-        negative, positive = section["classes"]
+    for name, section in (report.robustness or {}).items():
+        rows = section.perturbations
+        negative = section.classes[0]
         gated = {k: v for k, v in rows.items() if k != "clean" and k not in REPORTED_NOT_GATED}
-        lowest = min(gated, key=lambda k: gated[k]["roc_auc"])
-        worst = max((k for k in rows if k != "clean"), key=lambda k: rows[k]["max_flip_rate"])
-        block = report["models"].get(name, {}).get("at_model_threshold")
-        recall = value_with_ci(block, "recall") if block else "-"
-        fp = [rows[k]["classes"][negative]["called_other"] for k in ("clean", "noise2")]
+        lowest = min(gated, key=lambda k: gated[k].roc_auc)
+        worst = max((k for k in rows if k != "clean"), key=lambda k: rows[k].max_flip_rate)
+        fp = [rows[k].classes[negative].called_other for k in ("clean", "noise2")]
         lines.append(
-            f"| {name} | {section['threshold']:.3f} | {recall} | {_fmt(rows['clean']['roc_auc'])} | "
-            f"{_fmt(rows[lowest]['roc_auc'])} ({lowest}) | {_fmt(rows['noise5']['roc_auc'])} / "
-            f"{_fmt(rows['jpeg30']['roc_auc'])} | {fp[0]:.1%} → {fp[1]:.1%} | "
-            f"{rows[worst]['max_flip_rate']:.1%} ({worst}) |"
+            f"| {name} | {section.threshold:.3f} | {_recall_at_threshold(report, name)} | "
+            f"{_fmt(rows['clean'].roc_auc)} | {_fmt(rows[lowest].roc_auc)} ({lowest}) | "
+            f"{_fmt(rows['noise5'].roc_auc)} / {_fmt(rows['jpeg30'].roc_auc)} | {fp[0]:.1%} → {fp[1]:.1%} | "
+            f"{rows[worst].max_flip_rate:.1%} ({worst}) |"
         )
     return "\n".join(lines) + "\n"
 
 
-def update_readme(report: dict[str, Any], *files: Path, write: bool = True) -> dict[Path, str]:
-    """Rewrite the generated tables of README.md and docs/ from metrics.json, and return the texts.
+def _plain(text: str) -> str:
+    """The published rows' names as readers know them ("original notebook")."""
+    return text.replace("seed report", "original notebook").replace("seed's", "original notebook's")
 
-    Blocks: ``<!-- results:start -->`` (README: the published rows and the shipped models, those
-    metrics.json marks as shipped, else model1 and model2), ``<!-- results-all:start -->``
-    (docs/results.md: every model) and ``<!-- robustness:start -->`` (docs/robustness.md). Each
-    block is rewritten in whichever of ``files`` holds it; a block that none of them holds is an
-    error (ValueError), so that a moved block is never left stale. The published rows are named
-    for readers ("original notebook"). With ``write=False`` nothing is written (tests compare the
-    returned texts with the files)."""
-    import re
 
-    def plain(text: str) -> str:
-        return text.replace("seed report", "original notebook").replace("seed's", "original notebook's")
-
-    readable = {
-        **report,
-        "published": [
-            {**pub, "name": plain(pub["name"]), "split": plain(pub["split"])} for pub in report.get("published", [])
-        ],
-    }
-    names = report.get("shipped") or ("model1", "model2")
-    shipped = {**readable, "models": {k: v for k, v in readable["models"].items() if k in names}}
-    tables = {
+def _readme_tables(report: MetricsReport) -> dict[str, str]:
+    """The generated blocks by tag: the shipped models (those metrics.json marks as shipped, else
+    model1 and model2), every model, and robustness."""
+    readable = replace(
+        report,
+        published=tuple(
+            replace(pub, name=_plain(pub.name), split=_plain(pub.split)) for pub in report.published
+        ),
+    )
+    names = report.shipped or ("model1", "model2")
+    shipped = replace(readable, models={k: v for k, v in readable.models.items() if k in names})
+    return {
         "results": readme_table(shipped, README_SPLIT_NOTE),
         "results-all": readme_table(readable, README_SPLIT_NOTE),
         "robustness": readme_robustness_table(readable),
     }
+
+
+def update_readme(report: MetricsReport, *files: Path, write: bool = True) -> dict[Path, str]:
+    """Rewrite the generated tables of README.md and docs/ from metrics.json, and return the texts.
+
+    Blocks: ``<!-- results:start -->`` (README: the published rows and the shipped models),
+    ``<!-- results-all:start -->`` (docs/results.md: every model) and ``<!-- robustness:start -->``
+    (docs/robustness.md). Each block is rewritten in whichever of ``files`` holds it; a block that
+    none of them holds is an error (ValueError), so that a moved block is never left stale. With
+    ``write=False`` nothing is written (tests compare the returned texts with the files)."""
+    import re
+
     texts = {Path(f): Path(f).read_text(encoding="utf-8") for f in files}
-    for tag, table in tables.items():
+    for tag, table in _readme_tables(report).items():
         block = re.compile(rf"<!-- {tag}:start -->\n.*?<!-- {tag}:end -->", flags=re.S)
         holders = [f for f, text in texts.items() if block.search(text)]
         if not holders:
@@ -566,25 +609,50 @@ def update_readme(report: dict[str, Any], *files: Path, write: bool = True) -> d
     return texts
 
 
-if __name__ == "__main__":
-    # python -m cxr.reports.render results/metrics.json [--robustness]: print a table;
-    # python -m cxr.reports.render results/metrics.json --update-readme README.md docs/results.md docs/robustness.md
-    import json
+def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m cxr.reports.render",
+        description="Print the README results table of a metrics.json, or rewrite the generated blocks of "
+        "README.md and docs/ from it.",
+    )
+    parser.add_argument("metrics", type=Path, help="metrics.json (results/metrics.json)")
+    parser.add_argument("--robustness", action="store_true", help="print the robustness table instead")
+    parser.add_argument(
+        "--update-readme",
+        dest="update",
+        nargs="*",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="rewrite the generated blocks of these files (README.md docs/results.md docs/robustness.md)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m cxr.reports.render results/metrics.json [--robustness]: print a table;
+    python -m cxr.reports.render results/metrics.json --update-readme README.md docs/results.md
+    docs/robustness.md"""
     import sys
 
-    loaded = json.loads(Path(sys.argv[1]).read_text())
-    if "--update-readme" in sys.argv:
-        targets = [Path(a) for a in sys.argv[sys.argv.index("--update-readme") + 1 :] if not a.startswith("--")]
-        if not targets:
-            sys.exit("--update-readme needs the files that hold the generated blocks")
-        try:
-            update_readme(loaded, *targets)
-        except ValueError as exc:
-            sys.exit(str(exc))
-    else:
+    args = _arguments(argv)
+    try:
+        report = MetricsReport.read(args.metrics)
+    except MetricsReportError as exc:
+        sys.exit(str(exc))
+    if args.update is None:
         print(
-            readme_robustness_table(loaded)
-            if "--robustness" in sys.argv[2:]
-            else readme_table(loaded, README_SPLIT_NOTE),
+            readme_robustness_table(report) if args.robustness else readme_table(report, README_SPLIT_NOTE),
             end="",
         )
+        return
+    if not args.update:
+        sys.exit("--update-readme needs the files that hold the generated blocks")
+    try:
+        update_readme(report, *args.update)
+    except ValueError as exc:
+        sys.exit(str(exc))
+
+
+if __name__ == "__main__":
+    main()

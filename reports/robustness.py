@@ -10,11 +10,11 @@ rate). ``--max-flip noise2=0.02`` gates on the worst class's flip rate.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from cxr.artifacts.report_sections import ClassRates, PerturbationRow, RobustnessSection
 from cxr.errors import InputError
 
 CLEAN = "clean"
@@ -24,16 +24,18 @@ class RobustnessSpecError(InputError, ValueError):
     """A bad --max-flip specification. One-line message."""
 
 
-def _class_rates(y: np.ndarray, pred_clean: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def _class_rates(
+    y: np.ndarray, pred_clean: np.ndarray, pred: np.ndarray, classes: list[str]
+) -> dict[str, ClassRates]:
     rates = {}
     for index, name in enumerate(classes):
         members = y == index
         n = int(members.sum())
-        rates[name] = {
-            "n": n,
-            "flip_rate": float((pred[members] != pred_clean[members]).mean()) if n else float("nan"),
-            "called_other": float((pred[members] != index).mean()) if n else float("nan"),
-        }
+        rates[name] = ClassRates(
+            n=n,
+            flip_rate=float((pred[members] != pred_clean[members]).mean()) if n else float("nan"),
+            called_other=float((pred[members] != index).mean()) if n else float("nan"),
+        )
     return rates
 
 
@@ -43,7 +45,7 @@ def robustness_metrics(
     threshold: float,
     classes: list[str],
     descriptions: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> RobustnessSection:
     """Per perturbation (and clean): roc_auc, mean/p95 |dp|, per-class flip and called-other rates."""
     y = np.asarray(y).astype(int)
     clean = np.asarray(scores[CLEAN], dtype=np.float64)
@@ -54,15 +56,15 @@ def robustness_metrics(
         p = np.asarray(p, dtype=np.float64)
         dp = np.abs(p - clean)
         per_class = _class_rates(y, pred_clean, (p >= threshold).astype(int), classes)
-        rows[name] = {
-            "description": (descriptions or {}).get(name, "no perturbation" if name == CLEAN else name),
-            "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
-            "mean_abs_dp": float(dp.mean()) if len(dp) else float("nan"),
-            "p95_abs_dp": float(np.percentile(dp, 95)) if len(dp) else float("nan"),
-            "max_flip_rate": max(c["flip_rate"] for c in per_class.values()),
-            "classes": per_class,
-        }
-    return {"threshold": float(threshold), "classes": list(classes), "n_images": int(len(y)), "perturbations": rows}
+        rows[name] = PerturbationRow(
+            description=(descriptions or {}).get(name, "no perturbation" if name == CLEAN else name),
+            roc_auc=float(roc_auc_score(y, p)) if both else float("nan"),
+            mean_abs_dp=float(dp.mean()) if len(dp) else float("nan"),
+            p95_abs_dp=float(np.percentile(dp, 95)) if len(dp) else float("nan"),
+            max_flip_rate=max(c.flip_rate for c in per_class.values()),
+            classes=per_class,
+        )
+    return RobustnessSection(float(threshold), tuple(classes), int(len(y)), rows)
 
 
 def parse_max_flip(spec: str, known: tuple[str, ...]) -> dict[str, float]:
@@ -72,7 +74,9 @@ def parse_max_flip(spec: str, known: tuple[str, ...]) -> dict[str, float]:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or name not in known:
-            raise RobustnessSpecError(f"bad --max-flip item {item!r}; use NAME=VALUE with NAME in {', '.join(known)}")
+            raise RobustnessSpecError(
+                f"bad --max-flip item {item!r}; use NAME=VALUE with NAME in {', '.join(known)}"
+            )
         try:
             limit = float(value)
         except ValueError:
@@ -83,13 +87,13 @@ def parse_max_flip(spec: str, known: tuple[str, ...]) -> dict[str, float]:
     return limits
 
 
-def check_flips(result: dict[str, Any], limits: dict[str, float]) -> tuple[list[str], list[str]]:
+def check_flips(section: RobustnessSection, limits: dict[str, float]) -> tuple[list[str], list[str]]:
     """(messages, failures): the worst class's flip rate of each gated perturbation."""
     messages, failures = [], []
     for name, allowed in limits.items():
-        row = result["perturbations"][name]
-        worst = max(row["classes"], key=lambda c: row["classes"][c]["flip_rate"])
-        rate = row["classes"][worst]["flip_rate"]
+        row = section.perturbations[name]
+        worst = max(row.classes, key=lambda c: row.classes[c].flip_rate)
+        rate = row.classes[worst].flip_rate
         line = f"robustness {name}: {rate:.4f} of {worst} labels flip (allowed {allowed})"
         messages.append(line)
         if not rate <= allowed:  # a NaN rate fails too
@@ -97,56 +101,57 @@ def check_flips(result: dict[str, Any], limits: dict[str, float]) -> tuple[list[
     return messages, failures
 
 
-def robustness_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def robustness_rows(section: RobustnessSection) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the robustness table."""
-    classes = result["classes"]
+    classes = section.classes
     header = (
         ["perturbation", "ROC AUC", "mean |dp|", "p95 |dp|"]
         + [f"{c} flips" for c in classes]
         + [f"{c} called {classes[1 - i]}" for i, c in enumerate(classes)]
     )
     rows = []
-    for name, row in result["perturbations"].items():
-        per = row["classes"]
+    for name, row in section.perturbations.items():
+        per = row.classes
         rows.append(
             [
-                f"{name} ({row['description']})",
-                f"{row['roc_auc']:.3f}",
-                f"{row['mean_abs_dp']:.4f}",
-                f"{row['p95_abs_dp']:.4f}",
+                f"{name} ({row.description})",
+                f"{row.roc_auc:.3f}",
+                f"{row.mean_abs_dp:.4f}",
+                f"{row.p95_abs_dp:.4f}",
             ]
-            + [f"{per[c]['flip_rate']:.1%}" for c in classes]
-            + [f"{per[c]['called_other']:.1%}" for c in classes]
+            + [f"{per[c].flip_rate:.1%}" for c in classes]
+            + [f"{per[c].called_other:.1%}" for c in classes]
         )
     return header, rows
 
 
-def plot_robustness(result: dict[str, Any], out: str | Path, title: str = "") -> Path:
+def plot_robustness(section: RobustnessSection, out: str | Path, title: str = "") -> Path:
     """Flip rate per true class (bars) and ROC AUC (line) per perturbation."""
     from cxr.reports.figures import _save, _subplots
 
-    names = [n for n in result["perturbations"] if n != CLEAN]
+    rows = section.perturbations
+    names = [n for n in rows if n != CLEAN]
     x = np.arange(len(names))
     fig, (top, bottom) = _subplots(2, 1, figsize=(11, 6.5), sharex=True)
-    width = 0.8 / max(1, len(result["classes"]))
-    for i, cls in enumerate(result["classes"]):
-        rates = [result["perturbations"][n]["classes"][cls]["flip_rate"] for n in names]
-        top.bar(x + (i - (len(result["classes"]) - 1) / 2) * width, rates, width, label=f"true {cls}")
+    width = 0.8 / max(1, len(section.classes))
+    for i, cls in enumerate(section.classes):
+        rates = [rows[n].classes[cls].flip_rate for n in names]
+        top.bar(x + (i - (len(section.classes) - 1) / 2) * width, rates, width, label=f"true {cls}")
     top.set_ylabel("share of labels that flip")
     top.legend()
     top.grid(alpha=0.3, axis="y")
-    bottom.plot(x, [result["perturbations"][n]["roc_auc"] for n in names], marker="o", label="perturbed")
-    bottom.axhline(result["perturbations"][CLEAN]["roc_auc"], color="grey", linestyle="--", label="clean")
+    bottom.plot(x, [rows[n].roc_auc for n in names], marker="o", label="perturbed")
+    bottom.axhline(rows[CLEAN].roc_auc, color="grey", linestyle="--", label="clean")
     bottom.set_ylabel("ROC AUC")
     bottom.legend()
     bottom.grid(alpha=0.3)
     bottom.set_xticks(x, names, rotation=45, ha="right")
-    fig.suptitle(title or f"robustness at threshold {result['threshold']:.3g} ({result['n_images']} images)")
+    fig.suptitle(title or f"robustness at threshold {section.threshold:.3g} ({section.n_images} images)")
     return _save(fig, out)
 
 
-def robustness_markdown(result: dict[str, Any]) -> str:
+def robustness_markdown(section: RobustnessSection) -> str:
     """robustness.md: the suite's table."""
-    header, rows = robustness_rows(result)
+    header, rows = robustness_rows(section)
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(table + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"

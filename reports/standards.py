@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxr.artifacts import unescape_path
+from cxr.artifacts.metric_records import FailureDirection, Interval, SubgroupRow
+from cxr.artifacts.metrics_report import MetricsReport, ModelEntry, ModelMetrics
+from cxr.artifacts.report_sections import ChecklistItem
 from cxr.reports.metrics import MIN_PER_CLASS, wilson_interval
 
 SIZE_BANDS = ((0, "< 1000 px"), (1000, "1000-1999 px"), (2000, ">= 2000 px"))
@@ -56,7 +58,8 @@ def subgroup_columns(
 ) -> dict[str, pd.Series]:
     columns = {
         "pneumonia type (file name)": pd.Series(
-            [pneumonia_type(p, t, negative) for p, t in zip(data["path"], data["true_label"])], index=data.index
+            [pneumonia_type(p, t, negative) for p, t in zip(data["path"], data["true_label"])],
+            index=data.index,
         )
     }
     if images_root is not None:
@@ -68,17 +71,20 @@ def subgroup_columns(
     return columns
 
 
-def _auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> tuple[float, list]:
+def _auc_ci(
+    y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int
+) -> tuple[float, Interval]:
     from sklearn.metrics import roc_auc_score
 
     from cxr.reports.metrics import bootstrap_ci
 
-    return float(roc_auc_score(y, p)), bootstrap_ci(y, p, 0.5, patients, n_boot=n_boot, seed=seed)["roc_auc"]
+    low, high = bootstrap_ci(y, p, 0.5, patients, n_boot=n_boot, seed=seed)["roc_auc"]
+    return float(roc_auc_score(y, p)), (low, high)
 
 
 def subgroup_metrics(
     data: pd.DataFrame, threshold: float, columns: dict[str, pd.Series], *, n_boot: int = 1000, seed: int = 0
-) -> list[dict[str, Any]]:
+) -> tuple[SubgroupRow, ...]:
     """Per subgroup: counts, recall / specificity / accuracy with Wilson intervals and ROC AUC with a
     patient-bootstrap interval. No interval from fewer than ``MIN_PER_CLASS`` trials (``flag`` says
     so), and no subgroup of a factor that puts every image in one group."""
@@ -88,128 +94,166 @@ def subgroup_metrics(
             continue
         for value in sorted(values.unique()):
             rows.append(_subgroup_row(data[values == value], column, value, threshold, n_boot, seed))
-    return rows
+    return tuple(rows)
 
 
-def _subgroup_row(part: pd.DataFrame, column: str, value: str, threshold: float, n_boot: int, seed: int) -> dict:
-    y, p, patients = part["y"].to_numpy(), part["p"].to_numpy(), part["patient_id"].to_numpy()
-    row = {
-        "factor": column,
-        "group": value,
-        "n_images": int(len(part)),
-        "n_patients": len(set(patients)),
-        "n_positive": int(y.sum()),
-        "n_negative": int((1 - y).sum()),
-        "metrics": {},
-        "ci95": {},
-        "flag": "",
-    }
-    pred = (p >= threshold).astype(int)
-    too_few = []
-    for name, mask, hit in (
+def _proportion_masks(y: np.ndarray, pred: np.ndarray) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
+    """(metric, the images it counts, the images it counts as hits) of each proportion."""
+    return (
         ("recall", y == 1, pred == 1),
         ("specificity", y == 0, pred == 0),
         ("accuracy", np.ones_like(y, bool), pred == y),
-    ):
+    )
+
+
+def _subgroup_row(
+    part: pd.DataFrame, column: str, value: str, threshold: float, n_boot: int, seed: int
+) -> SubgroupRow:
+    y, p, patients = part["y"].to_numpy(), part["p"].to_numpy(), part["patient_id"].to_numpy()
+    n_positive, n_negative = int(y.sum()), int((1 - y).sum())
+    metrics: dict[str, float] = {}
+    ci95: dict[str, Interval | None] = {}
+    too_few = []
+    for name, mask, hit in _proportion_masks(y, (p >= threshold).astype(int)):
         if mask.any():
-            row["metrics"][name] = float(hit[mask].mean())
+            metrics[name] = float(hit[mask].mean())
             if mask.sum() >= MIN_PER_CLASS:
-                row["ci95"][name] = wilson_interval(int(hit[mask].sum()), int(mask.sum()))
+                low, high = wilson_interval(int(hit[mask].sum()), int(mask.sum()))
+                ci95[name] = (low, high)
             else:
                 too_few.append(name)
     if len(np.unique(y)) == 2:
-        row["metrics"]["roc_auc"], ci = _auc_ci(y, p, patients, n_boot, seed)
-        if min(row["n_positive"], row["n_negative"]) >= MIN_PER_CLASS:
-            row["ci95"]["roc_auc"] = ci
+        metrics["roc_auc"], ci = _auc_ci(y, p, patients, n_boot, seed)
+        if min(n_positive, n_negative) >= MIN_PER_CLASS:
+            ci95["roc_auc"] = ci
         else:
             too_few.append("roc_auc")
-    if too_few:
-        row["flag"] = f"too few images for an interval ({', '.join(too_few)}; fewer than {MIN_PER_CLASS})"
-    return row
+    flag = (
+        f"too few images for an interval ({', '.join(too_few)}; fewer than {MIN_PER_CLASS})"
+        if too_few
+        else ""
+    )
+    return SubgroupRow(
+        factor=column,
+        group=value,
+        n_images=int(len(part)),
+        n_patients=len(set(patients)),
+        n_positive=n_positive,
+        n_negative=n_negative,
+        metrics=metrics,
+        ci95=ci95,
+        flag=flag,
+    )
 
 
 def failure_analysis(
-    data: pd.DataFrame, threshold: float, classes: list[str], columns: dict[str, pd.Series]
-) -> dict[str, Any]:
+    data: pd.DataFrame, threshold: float, classes: tuple[str, str], columns: dict[str, pd.Series]
+) -> dict[str, FailureDirection]:
     """Per error direction: count, the distribution of p, and the subgroups the errors fall in."""
     pred = (data["p"] >= threshold).astype(int)
-    directions = {"false_positive": (data["y"] == 0) & (pred == 1), "false_negative": (data["y"] == 1) & (pred == 0)}
+    directions = {
+        "false_positive": (data["y"] == 0) & (pred == 1),
+        "false_negative": (data["y"] == 1) & (pred == 0),
+    }
     result = {}
     for name, mask in directions.items():
         p = data.loc[mask, "p"].to_numpy()
         truth, called = (classes[0], classes[1]) if name == "false_positive" else (classes[1], classes[0])
-        result[name] = {
-            "description": f"{truth} called {called}",
-            "n": int(mask.sum()),
-            "p_quantiles": {q: float(np.quantile(p, float(q))) for q in ("0", "0.25", "0.5", "0.75", "1")}
+        result[name] = FailureDirection(
+            description=f"{truth} called {called}",
+            n=int(mask.sum()),
+            p_quantiles={q: float(np.quantile(p, float(q))) for q in ("0", "0.25", "0.5", "0.75", "1")}
             if len(p)
             else {},
-            "p_values": [float(v) for v in np.sort(p)],
-            "subgroups": {
+            p_values=tuple(float(v) for v in np.sort(p)),
+            subgroups={
                 factor: {str(k): int(v) for k, v in values[mask].value_counts().items()}
                 for factor, values in columns.items()
             },
-        }
+        )
     return result
 
 
-def external_data_sentence(name: str, result: dict[str, Any]) -> str:
+def external_data_sentence(result: ModelEntry) -> str:
     """Whether the evaluated images come from the training source, from the run's facts: a split
     of the training manifest is the same source; anything else is another source, with the
     set-level shift verdict where the model has a domain guard."""
-    settings = result.get("settings") or {}
-    source = settings.get("labels_source", "")
+    settings = result.settings
+    source = settings.labels_source
     if source.startswith("manifest"):
         return (
             f"same source as training ({source}): a held-out, patient-disjoint split, so this is internal, "
             "not external, validation"
         )
-    shift = (result.get("domain") or {}).get("shift") or settings.get("shift")
+    domain = result.domain if isinstance(result, ModelMetrics) else None
+    shift = (domain.shift if domain else None) or settings.shift
     verdict = (
-        shift["verdict"]
+        shift.line()
         if shift
         else (
             "no shift test (the model has no domain guard)"
-            if not settings.get("guard")
+            if settings.guard is None
             else "no shift test (too few images)"
         )
     )
-    return f"other source (images not from the training manifest; labels from {source or 'folder names'}); {verdict}"
+    return (
+        f"other source (images not from the training manifest; labels from {source or 'folder names'}); "
+        f"{verdict}"
+    )
 
 
-def checklist(report: dict[str, Any]) -> list[dict[str, str]]:
-    """TRIPOD+AI / CLAIM 2024 items, each answered from this report's facts or 'not available' with why."""
+def _threshold_rules(models: dict[str, ModelEntry]) -> list[str]:
     from cxr.thresholds import describe_rule
 
-    models = report["models"]
-    first_name, first = next(iter(models.items()))
-    settings = first.get("settings") or {}
-    summaries = list(report.get("shortcut") or [])
-    split_levels = sorted({s.get("split_by", "") for s in summaries} - {""})
+    rules = []
+    for name, result in models.items():
+        rule = result.settings.threshold_rule
+        if "rule" in rule:
+            rules.append(f"{name}: {describe_rule({'threshold': result.threshold, **rule})}")
+    return rules
+
+
+def _input_handling(models: dict[str, ModelEntry]) -> str:
+    errors = sum(r.n_errors for r in models.values())
+    flagged = sum(r.settings.n_qc_flagged for r in models.values())
+    outside = sum(r.settings.n_outside_domain for r in models.values())
+    unscored = sum(r.n_unscored_outside_domain or 0 for r in models.values())
+    return (
+        f"every file gets a row; unreadable files get an error row and no prediction ({errors} across "
+        f"{len(models)} prediction sets here); suspect images are flagged in the 'qc' column with the reason "
+        f"({flagged} here, {outside} of them outside the training domain: uniform, colour, tiny, "
+        f"a DICOM header against the model, a guessed bit depth, or unlike the training images)"
+        + (f"; {unscored} flagged images were left unscored (--foreign skip)" if unscored else "")
+        + "; none is silently dropped"
+    )
+
+
+def checklist(report: MetricsReport) -> tuple[ChecklistItem, ...]:
+    """TRIPOD+AI / CLAIM 2024 items, each answered from this report's facts or 'not available' with why."""
+    models = report.models
+    first = report.labelled_model()
+    summaries = report.shortcut or ()
+    split_levels = sorted({s.split_by for s in summaries} - {""})
     rows = []
 
     def add(item: str, ref: str, answer: str) -> None:
-        rows.append({"item": item, "guideline": ref, "answer": answer})
+        rows.append(ChecklistItem(item, ref, answer))
 
     add(
         "Performance with CIs in key subgroups",
         "TRIPOD+AI 23a",
         "see the subgroup tables (95% intervals: Wilson for proportions, patient bootstrap for ROC AUC; "
         f"no interval from fewer than {MIN_PER_CLASS} images, which the table flags)"
-        if first.get("subgroups")
+        if first.subgroups
         else "not available: no subgroup could be derived from these predictions",
     )
-    rules = []
-    for name, result in models.items():
-        rule = (result.get("settings") or {}).get("threshold_rule")
-        if rule and "rule" in rule:
-            rules.append(f"{name}: {describe_rule({'threshold': result['at_model_threshold']['threshold'], **rule})}")
+    rules = _threshold_rules(models)
     add(
         "How the decision threshold was chosen",
         "TRIPOD+AI 15",
         "; ".join(rules) if rules else "not available: the predictions carry no threshold rule (older files)",
     )
-    source = settings.get("labels_source", "")
+    source = first.settings.labels_source
     add(
         "Differences between development and evaluation data",
         "TRIPOD+AI 16",
@@ -221,20 +265,7 @@ def checklist(report: dict[str, Any]) -> list[dict[str, str]]:
             else "its relation to the development data is not recorded in these predictions"
         ),
     )
-    errors = sum(r["n_errors"] for r in models.values())
-    flagged = sum((r.get("settings") or {}).get("n_qc_flagged", 0) or 0 for r in models.values())
-    outside = sum((r.get("settings") or {}).get("n_outside_domain", 0) or 0 for r in models.values())
-    unscored = sum(r.get("n_unscored_outside_domain", 0) or 0 for r in models.values())
-    add(
-        "Handling of poor-quality or unusable inputs",
-        "TRIPOD+AI 27a",
-        f"every file gets a row; unreadable files get an error row and no prediction ({errors} across "
-        f"{len(models)} prediction sets here); suspect images are flagged in the 'qc' column with the reason "
-        f"({flagged} here, {outside} of them outside the training domain: uniform, colour, tiny, a DICOM header "
-        f"against the model, a guessed bit depth, or unlike the training images)"
-        + (f"; {unscored} flagged images were left unscored (--foreign skip)" if unscored else "")
-        + "; none is silently dropped",
-    )
+    add("Handling of poor-quality or unusable inputs", "TRIPOD+AI 27a", _input_handling(models))
     add(
         "Level at which partitions are disjoint",
         "CLAIM 20",
@@ -246,11 +277,11 @@ def checklist(report: dict[str, Any]) -> list[dict[str, str]]:
             else "not available: no split manifest was given for these predictions"
         ),
     )
-    robustness = report.get("robustness") or {}
+    robustness = report.robustness or {}
     add(
         "Robustness analysis",
         "CLAIM 30",
-        f"robustness suite ({len(next(iter(robustness.values()))['perturbations']) - 1} seeded perturbations) "
+        f"robustness suite ({len(next(iter(robustness.values())).perturbations) - 1} seeded perturbations) "
         f"for {', '.join(robustness)}; see the robustness tables"
         if robustness
         else "not available: run cxr robustness (or cxr evaluate --robustness) and pass --robustness",
@@ -260,20 +291,20 @@ def checklist(report: dict[str, Any]) -> list[dict[str, str]]:
         "CLAIM 39",
         "see the failure analysis: per error direction the distribution of p, the subgroups, and Grad-CAM "
         "overlays of the most confident errors"
-        if first.get("failure_analysis")
+        if first.failure_analysis
         else "not available",
     )
     add(
         "Intended use",
         "CLAIM 41 / TRIPOD+AI 4",
-        "research only: a second reader on pediatric AP/PA chest X-rays; not a medical device, not for triage "
-        "without a clinician",
+        "research only: a second reader on pediatric AP/PA chest X-rays; not a medical device, "
+        "not for triage without a clinician",
     )
-    add("External testing", "CLAIM 33 / TRIPOD+AI 12", external_data_sentence(first_name, first))
+    add("External testing", "CLAIM 33 / TRIPOD+AI 12", external_data_sentence(first))
     if summaries:
         add(
             "Shortcut (confounding) check",
             "CLAIM 9 / TRIPOD+AI 26",
-            "; ".join(f"{s.get('source', 'data')}: {s['verdict']}" for s in summaries),
+            "; ".join(f"{s.source or 'data'}: {s.verdict}" for s in summaries),
         )
-    return rows
+    return tuple(rows)

@@ -31,7 +31,9 @@ def loop_bootstrap_ci(y, p, threshold, groups=None, n_boot=1000, seed=0, alpha=0
     from cxr.reports.metrics import binary_metrics
 
     y, p = np.asarray(y).astype(int), np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    inverse = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(len(y))
+    inverse = (
+        np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(len(y))
+    )
     members = [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
     draws = np.random.default_rng(seed).integers(0, len(members), (n_boot, len(members)))
     samples: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}

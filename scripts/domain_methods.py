@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 
-def build_sets(manifest: Path, other_sites: Path, out: Path, n_variants: int, seed: int) -> dict[str, list[str]]:
+def build_sets(
+    manifest: Path, other_sites: Path, out: Path, n_variants: int, seed: int
+) -> dict[str, list[str]]:
     """Image files per set: the three splits, other sites by collection, and the made-up sets."""
     import pandas as pd
     from PIL import Image
@@ -31,7 +33,9 @@ def build_sets(manifest: Path, other_sites: Path, out: Path, n_variants: int, se
     from cxr.imaging import decode_image
 
     frame = load_manifest(manifest)
-    sets = {split: frame.loc[frame["split"] == split, "abspath"].tolist() for split in ("train", "val", "test")}
+    sets = {
+        split: frame.loc[frame["split"] == split, "abspath"].tolist() for split in ("train", "val", "test")
+    }
     sites = pd.read_csv(other_sites / "MANIFEST.csv", dtype=str, keep_default_na=False)
     for collection, rows in sites.groupby(sites["relpath"].str.split("/").str[0]):
         sets[f"other_site:{collection}"] = [str(other_sites / rel) for rel in rows["relpath"]]
@@ -60,7 +64,13 @@ def extract(model: Path, sets: dict[str, list[str]]) -> dict[str, dict[str, np.n
     import onnx
     import onnxruntime as ort
 
-    from cxr.export.graph_edit import ACTIVATION, _shapes, activation_taps, with_feature_outputs, with_logit_output
+    from cxr.export.graph_edit import (
+        ACTIVATION,
+        _shapes,
+        activation_taps,
+        with_feature_outputs,
+        with_logit_output,
+    )
     from cxr.export.trust import strip_trust
     from cxr.imaging import decode_many
 
@@ -74,7 +84,8 @@ def extract(model: Path, sets: dict[str, list[str]]) -> dict[str, dict[str, np.n
         if ACTIVATION.search(name) and len(shapes.get(name, [])) == 4
     ]
     stage_ends = {name for name, _ in activation_taps(proto)}
-    # every activation: the stage ends are the tap0.. of the stage-end detectors, the others join as depth taps
+    # every activation: the stage ends are the tap0.. of the stage-end detectors, the others join as
+    # depth taps
     taps = [tap for tap in every if tap[0] in stage_ends] + [tap for tap in every if tap[0] not in stage_ends]
     probe = with_logit_output(with_feature_outputs(proto, taps))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -87,7 +98,8 @@ def extract(model: Path, sets: dict[str, list[str]]) -> dict[str, dict[str, np.n
         record = {n: np.concatenate([o[k] for o in outs]) for k, n in enumerate(names)}
         grey = images[:, :, :, 0].astype(np.float32)
         record["pixels32"] = (
-            grey.reshape(len(grey), 32, size // 32, 32, size // 32).mean(axis=(2, 4)).reshape(len(grey), -1) / 255.0
+            grey.reshape(len(grey), 32, size // 32, 32, size // 32).mean(axis=(2, 4)).reshape(len(grey), -1)
+            / 255.0
         )
         record["colour"] = np.abs(images.astype(np.int16) - images[:, :, :, :1]).mean(axis=(1, 2, 3))
         record["layer_names"] = np.array([name for name, _ in taps])
@@ -137,12 +149,15 @@ class Mahalanobis:
 
         self.models = {t: LedoitWolf().fit(self._x(train, t)) for t in self.taps}
         raw = {t: self.models[t].mahalanobis(self._x(train, t)) for t in self.taps}
-        self.norm = {t: (np.median(raw[t]), np.percentile(raw[t], 90) - np.median(raw[t]) + 1e-9) for t in self.taps}
+        self.norm = {
+            t: (np.median(raw[t]), np.percentile(raw[t], 90) - np.median(raw[t]) + 1e-9) for t in self.taps
+        }
         return self
 
     def score(self, record):
         return sum(
-            (self.models[t].mahalanobis(self._x(record, t)) - self.norm[t][0]) / self.norm[t][1] for t in self.taps
+            (self.models[t].mahalanobis(self._x(record, t)) - self.norm[t][0]) / self.norm[t][1]
+            for t in self.taps
         )
 
 
@@ -158,7 +173,8 @@ class GeometricMahalanobis(Mahalanobis):
     def score(self, record):
         return np.exp(
             np.mean(
-                [np.log(self.models[t].mahalanobis(self._x(record, t)) / self.medians[t]) for t in self.taps], axis=0
+                [np.log(self.models[t].mahalanobis(self._x(record, t)) / self.medians[t]) for t in self.taps],
+                axis=0,
             )
         )
 
@@ -199,12 +215,18 @@ class Reconstruction:
         if self.kind == "pca":
             self.model = PCA(self.width, random_state=0).fit(x)
         else:
-            self.model = MLPRegressor(hidden_layer_sizes=(256, self.width, 256), max_iter=200, random_state=0).fit(x, x)
+            self.model = MLPRegressor(
+                hidden_layer_sizes=(256, self.width, 256), max_iter=200, random_state=0
+            ).fit(x, x)
         return self
 
     def score(self, record):
         x = record["pixels32"]
-        recon = self.model.inverse_transform(self.model.transform(x)) if self.kind == "pca" else self.model.predict(x)
+        recon = (
+            self.model.inverse_transform(self.model.transform(x))
+            if self.kind == "pca"
+            else self.model.predict(x)
+        )
         return ((x - recon) ** 2).mean(axis=1)
 
 
@@ -291,7 +313,9 @@ def shipped_guard_taps(model: Path, record: dict) -> list[str]:
 def depth_sweep(depths: list[tuple[str, str]], features: dict, false_flags: float) -> dict:
     """The Mahalanobis distance of every activation alone: where in the network the other sites'
     chests stand out. The guard's taps were chosen on ieee8023 (the largest collection) with this."""
-    return {f"depth sweep: {name}": evaluate(Mahalanobis([key]), features, false_flags) for key, name in depths}
+    return {
+        f"depth sweep: {name}": evaluate(Mahalanobis([key]), features, false_flags) for key, name in depths
+    }
 
 
 def made_up_outliers(model: Path, manifest: Path, out: Path, n: int, seed: int) -> dict[str, list[str]]:
@@ -363,7 +387,9 @@ def main() -> None:
         "autoencoder (MLP 256-32-256), pixels": Reconstruction("mlp"),
         "rotation/inversion head": TransformHead(taps, train_aug),
         "domain classifier, outlier exposure": OutlierExposure(taps, outliers),
-        "mahalanobis, last four 8x8 activations, geometric mean (the shipped guard)": GeometricMahalanobis(shipped),
+        "mahalanobis, last four 8x8 activations, geometric mean (the shipped guard)": GeometricMahalanobis(
+            shipped
+        ),
     }
     results = {}
     for name, detector in detectors.items():
@@ -380,7 +406,12 @@ def main() -> None:
     sizes = {k: len(v) for k, v in sets.items()}
     args.out.write_text(
         json.dumps(
-            {"model": str(args.model), "false_flags_on_val": args.false_flags, "set_sizes": sizes, "methods": results},
+            {
+                "model": str(args.model),
+                "false_flags_on_val": args.false_flags,
+                "set_sizes": sizes,
+                "methods": results,
+            },
             indent=1,
         )
     )
@@ -389,7 +420,9 @@ def main() -> None:
 
 def print_table(results: dict, sizes: dict) -> None:
     columns = [
-        k for k in next(iter(results.values())) if k not in ("threshold", "fit_seconds") and not k.startswith("auroc")
+        k
+        for k in next(iter(results.values()))
+        if k not in ("threshold", "fit_seconds") and not k.startswith("auroc")
     ]
     print("| method | " + " | ".join(f"{c} ({sizes.get(c, '')})" for c in columns) + " |")
     print("|---" * (len(columns) + 1) + "|")

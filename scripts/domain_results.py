@@ -31,7 +31,17 @@ DRAWS, DRAW_SIZE = 200, 50
 
 def score(cxr_infer: str, source: Path, model: Path, out: Path, *extra: str) -> pd.DataFrame:
     if not (out / "predictions.csv").is_file():
-        command = [cxr_infer, str(source), "--model", str(model), "--out", str(out), "--quiet", "--no-report", *extra]
+        command = [
+            cxr_infer,
+            str(source),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-report",
+            *extra,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode not in (0, 1):
             sys.exit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
@@ -47,7 +57,10 @@ def draws(scores: np.ndarray, guard, rng: np.random.Generator) -> list[float]:
 
     return [
         shift_test(
-            rng.choice(scores, DRAW_SIZE, replace=False), guard.reference_scores, guard.threshold, guard.false_flag_rate
+            rng.choice(scores, DRAW_SIZE, replace=False),
+            guard.reference_scores,
+            guard.threshold,
+            guard.false_flag_rate,
         ).p_value
         for _ in range(DRAWS)
     ]
@@ -63,7 +76,7 @@ def calibration(frame: pd.DataFrame, contract) -> dict:
     y = (rows["true_label"] == contract.positive_class).to_numpy(int)
     p = rows[f"p_{contract.positive_class}"].astype(float).to_numpy()
     c = contract.calibration
-    raw = uncalibrated(p, {"a": c.a, "b": c.b})
+    raw = uncalibrated(p, c.a, c.b)
     return {
         "method": c.method,
         "a": c.a,
@@ -136,7 +149,9 @@ def tables(summary: dict) -> str:
     for kind in kinds:
         n = summary[models[0]]["flag_rates"][kind]["n"]
         lines.append(
-            f"| {kind} | {n} | " + " | ".join(f"{summary[m]['flag_rates'][kind]['rate']:.1%}" for m in models) + " |"
+            f"| {kind} | {n} | "
+            + " | ".join(f"{summary[m]['flag_rates'][kind]['rate']:.1%}" for m in models)
+            + " |"
         )
     lines += [
         "",

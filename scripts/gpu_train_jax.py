@@ -93,8 +93,10 @@ def model_only_bound(variant: str, manifest: Path, steps: int = 20) -> float:
     cfg = resolve_variant(load_config(), variant, {"backbone": "efficientnet_lite2", "weights": "imagenet"})
     model, _ = build_classifier(cfg)
     compile_classifier(model, 1e-4)
-    batch = int(cfg["batch_size"])
-    x = keras.ops.convert_to_tensor(np.random.default_rng(0).uniform(0, 255, (batch, 128, 128, 3)).astype("float32"))
+    batch = cfg.batch_size
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).uniform(0, 255, (batch, 128, 128, 3)).astype("float32")
+    )
     y = keras.ops.convert_to_tensor(np.ones((batch, 1), "float32"))
     model.train_on_batch(x, y)  # compile outside the clock
     start = time.perf_counter()
@@ -164,15 +166,16 @@ def main() -> None:
         info = json.loads((work / "runs" / variant / "run.json").read_text())
         seconds = info["fit_seconds_this_session"]
         print(
-            f"{variant}: {info['epochs_run']} epochs, {seconds:.1f} s fit, {seconds / info['epochs_run']:.2f} s/epoch, "
+            f"{variant}: {info['epochs_run']} epochs, {seconds:.1f} s fit, "
+            f"{seconds / info['epochs_run']:.2f} s/epoch, "
             f"{totals[variant]:.1f} s with start-up; best epoch {info['best_epoch']}",
             flush=True,
         )
         n_train = info["n_train"]
         bound = model_only_bound(variant, manifest, steps=2 if opts.smoke else 20)
         print(
-            f"{variant}: end to end {n_train * info['epochs_run'] / seconds:.0f} img/s (training images per fit "
-            f"second, validation included) vs model-alone bound {bound:.0f} img/s",
+            f"{variant}: end to end {n_train * info['epochs_run'] / seconds:.0f} img/s "
+            f"(training images per fit second, validation included) vs model-alone bound {bound:.0f} img/s",
             flush=True,
         )
     print(f"total: {sum(totals.values()):.1f} s for both variants", flush=True)

@@ -24,7 +24,9 @@ def write_dicom(
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1" if with_pixels else "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPClassUID = (
+        "1.2.840.10008.5.1.4.1.1.1.1" if with_pixels else "1.2.840.10008.5.1.4.1.1.88.11"
+    )
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
@@ -38,7 +40,12 @@ def write_dicom(
             ds.NumberOfFrames = frames
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+            16,
+            bits_stored,
+            bits_stored - 1,
+            0,
+        )
         ds.PixelData = data.tobytes()
         if window is not None:
             ds.WindowCenter, ds.WindowWidth = window

@@ -63,7 +63,9 @@ def make_tiny_model(
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    meta = ModelContract(("NORMAL", "PNEUMONIA"), threshold, size, facts={"variant": "tiny-test"}).to_metadata()
+    meta = ModelContract(
+        ("NORMAL", "PNEUMONIA"), threshold, size, facts={"variant": "tiny-test"}
+    ).to_metadata()
     for key, value in (metadata or {}).items():  # raw overrides, for hostile tests too
         meta[f"cxr.{key}"] = value if isinstance(value, str) else json.dumps(value)
     for key, value in meta.items():
@@ -84,7 +86,11 @@ def _tiny_logits(path: Path, size: int, seed: int):
     images = np.stack(
         [
             np.repeat(
-                np.asarray(Image.fromarray(synthetic_xray(rng, bool(i % 2), 96)).resize((size, size)))[:, :, None], 3, 2
+                np.asarray(Image.fromarray(synthetic_xray(rng, bool(i % 2), 96)).resize((size, size)))[
+                    :, :, None
+                ],
+                3,
+                2,
             )
             for i in range(32)
         ]
@@ -169,7 +175,14 @@ def make_tiny_backbone(
         logits = _tiny_logits(path, size, seed)
         scale = 2.0 / max(float(logits.std()), 1e-9)
         return make_tiny_backbone(
-            path, size, seed, threshold, threshold_rule, scale, -float(logits.mean()) * scale, _standardise=False
+            path,
+            size,
+            seed,
+            threshold,
+            threshold_rule,
+            scale,
+            -float(logits.mean()) * scale,
+            _standardise=False,
         )
     return path
     return path

@@ -19,7 +19,12 @@ def synthetic_xray(rng: np.random.Generator, positive: bool, size: int = 64) -> 
 
 
 def make_dataset(
-    root: Path, n_patients: int = 10, images_per_patient: int = 2, size: int = 64, layout: str = "kaggle", seed: int = 0
+    root: Path,
+    n_patients: int = 10,
+    images_per_patient: int = 2,
+    size: int = 64,
+    layout: str = "kaggle",
+    seed: int = 0,
 ) -> Path:
     """Kermany-named JPEGs: NORMAL 'IM-XXXX-000N', PNEUMONIA 'personN_bacteria_M'."""
     rng = np.random.default_rng(seed)
@@ -34,7 +39,9 @@ def make_dataset(
                     if label == "NORMAL"
                     else f"person{patient}_bacteria_{patient * 10 + image}.jpeg"
                 )
-                Image.fromarray(synthetic_xray(rng, label == "PNEUMONIA", size)).convert("RGB").save(folder / name)
+                Image.fromarray(synthetic_xray(rng, label == "PNEUMONIA", size)).convert("RGB").save(
+                    folder / name
+                )
     return root
 
 

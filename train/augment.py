@@ -19,15 +19,12 @@ model applied to the input batches: the exported classifier never contains it.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import keras
 from keras import ops
 
-from cxr.artifacts import augment_policy_of
+from cxr.artifacts.training_config import AugmentTable, RobustAugment, TrainingConfig
 from cxr.keras_layers import gaussian_blur
-
-POLICIES = ("seed", "robust")
 
 
 class _RandomPerImage(keras.layers.Layer):
@@ -105,7 +102,12 @@ class RandomBlurOrDownscale(_RandomPerImage):
         return images + weight * (smooth - images)
 
     def get_config(self):
-        return {**super().get_config(), "probability": self.probability, "sigma": self.sigma, "scale": self.scale}
+        return {
+            **super().get_config(),
+            "probability": self.probability,
+            "sigma": self.sigma,
+            "scale": self.scale,
+        }
 
 
 class RandomGaussianNoise(_RandomPerImage):
@@ -124,53 +126,49 @@ class RandomGaussianNoise(_RandomPerImage):
         return {**super().get_config(), "probability": self.probability, "max_sd": self.max_sd}
 
 
-def seed_layers(augment: dict[str, Any], seed: int) -> list[keras.layers.Layer]:
+def seed_layers(augment: AugmentTable, seed: int) -> list[keras.layers.Layer]:
     """The seed's ImageDataGenerator table as Keras 3 preprocessing layers."""
-    fill = augment.get("fill_mode", "nearest")
-    zoom = float(augment["zoom"])
+    fill, zoom = augment.fill_mode, float(augment.zoom)
     layers = [
-        keras.layers.RandomRotation(float(augment["rotation_degrees"]) / 360.0, fill_mode=fill, seed=seed),
+        keras.layers.RandomRotation(float(augment.rotation_degrees) / 360.0, fill_mode=fill, seed=seed),
         keras.layers.RandomTranslation(
-            float(augment["height_shift"]), float(augment["width_shift"]), fill_mode=fill, seed=seed + 1
+            float(augment.height_shift), float(augment.width_shift), fill_mode=fill, seed=seed + 1
         ),
         keras.layers.RandomShear(
-            x_factor=math.tan(math.radians(float(augment["shear_degrees"]))), fill_mode=fill, seed=seed + 2
+            x_factor=math.tan(math.radians(float(augment.shear_degrees))), fill_mode=fill, seed=seed + 2
         ),
         keras.layers.RandomZoom((-zoom, zoom), (-zoom, zoom), fill_mode=fill, seed=seed + 3),
     ]
-    if augment.get("horizontal_flip", False):
+    if augment.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
     return layers
 
 
-def robust_layers(robust: dict[str, Any], seed: int) -> list[keras.layers.Layer]:
+def robust_layers(robust: RobustAugment, seed: int) -> list[keras.layers.Layer]:
     """Photometric and acquisition augmentation (the ``robust`` policy's additions)."""
     return [
-        RandomGamma(*robust["gamma"], seed=seed + 10, name="random_gamma"),
-        keras.layers.RandomContrast(float(robust["contrast"]), value_range=(0, 255), seed=seed + 11),
-        keras.layers.RandomBrightness(float(robust["brightness"]), value_range=(0, 255), seed=seed + 12),
+        RandomGamma(*robust.gamma, seed=seed + 10, name="random_gamma"),
+        keras.layers.RandomContrast(float(robust.contrast), value_range=(0, 255), seed=seed + 11),
+        keras.layers.RandomBrightness(float(robust.brightness), value_range=(0, 255), seed=seed + 12),
         RandomBlurOrDownscale(
-            float(robust["smooth_probability"]),
-            float(robust["blur_sigma"]),
-            float(robust["downscale"]),
+            float(robust.smooth_probability),
+            float(robust.blur_sigma),
+            float(robust.downscale),
             seed=seed + 13,
             name="random_blur_or_downscale",
         ),
         RandomGaussianNoise(
-            float(robust["noise_probability"]),
-            float(robust["noise_max_sd"]),
+            float(robust.noise_probability),
+            float(robust.noise_max_sd),
             seed=seed + 14,
             name="random_gaussian_noise",
         ),
     ]
 
 
-def make_augmenter(resolved: dict[str, Any], seed: int) -> keras.Sequential:
-    """The training augmenter of a resolved config: its ``augment_policy`` (default ``seed``)."""
-    policy = augment_policy_of(resolved)
-    if policy not in POLICIES:
-        raise ValueError(f"unknown augment policy {policy!r}; choose one of {POLICIES}")
-    layers = seed_layers(resolved["augment"], seed)
-    if policy == "robust":
-        layers += robust_layers(resolved["robust"], seed)
-    return keras.Sequential(layers, name=f"augment_{policy}")
+def make_augmenter(config: TrainingConfig, seed: int) -> keras.Sequential:
+    """The training augmenter of a resolved config: its ``augment_policy`` (seed or robust)."""
+    layers = seed_layers(config.augment, seed)
+    if config.augment_policy == "robust":
+        layers += robust_layers(config.robust, seed)
+    return keras.Sequential(layers, name=f"augment_{config.augment_policy}")

@@ -20,12 +20,14 @@ import contextlib
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from cxr.artifacts import RunFolder
+from cxr.artifacts import RunFolder, RunFolderError
+from cxr.artifacts.run_facts import BnRecalibration, ModeGap, Spread
+from cxr.artifacts.training_config import TrainingConfig
 
 
 def _all_layers(model) -> Iterator:
@@ -75,24 +77,25 @@ def _predict(model, images: np.ndarray, batch_size: int, batch_statistics: bool)
     return np.concatenate(chunks).reshape(-1)
 
 
-def _spread(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def _spread(probs: np.ndarray, labels: np.ndarray) -> Spread:
     from sklearn.metrics import roc_auc_score
 
-    return {
-        "roc_auc": float(roc_auc_score(labels, probs)),
-        "p_min": float(probs.min()),
-        "p_max": float(probs.max()),
-        "p_std": float(probs.std()),
-    }
+    return Spread(
+        float(roc_auc_score(labels, probs)), float(probs.min()), float(probs.max()), float(probs.std())
+    )
 
 
-def _run_arrays(run_dir: Path, splits: tuple[str, ...], cache_dir: str | Path | None) -> tuple[dict, dict]:
+def _run_arrays(
+    run_dir: Path, splits: tuple[str, ...], cache_dir: str | Path | None
+) -> tuple[TrainingConfig, dict]:
     """The run's config and its (images, labels, rows) per split, from its manifest and the image cache."""
     from cxr.train.fit import split_arrays
 
     run = RunFolder(run_dir)
-    config, manifest_path = run.read_config(), run.read_info()["manifest"]
-    return config, split_arrays(manifest_path, list(config["classes"]), int(config["input_size"]), cache_dir, splits)
+    config, info = run.read_config(), run.read_info()
+    if info is None or not info.manifest:
+        raise RunFolderError(f"{run.path} records no manifest (run.json)")
+    return config, split_arrays(info.manifest, list(config.classes), config.input_size, cache_dir, splits)
 
 
 def _mode_gap(
@@ -101,7 +104,7 @@ def _mode_gap(
     labels: np.ndarray,
     batch_size: int,
     seed: int,
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[ModeGap, np.ndarray]:
     """The gap summary, and the inference-mode probabilities in the images' order (they do not
     depend on how images are batched; batch statistics do, so those batches are shuffled)."""
     order = np.random.default_rng(seed).permutation(len(labels))  # mixed batches, as in training
@@ -109,18 +112,15 @@ def _mode_gap(
         inference = _predict(model, images, batch_size, False)
         with _averages_kept(model):
             batch_stats = _predict(model, images[order], batch_size, True)
-    summary = {
-        "n": int(len(labels)),
-        "batch_size": batch_size,
-        "moving_averages": _spread(inference, labels),
-        "batch_statistics": _spread(batch_stats, labels[order]),
-    }
-    return summary, inference
+    gap = ModeGap(
+        int(len(labels)), batch_size, _spread(inference, labels), _spread(batch_stats, labels[order])
+    )
+    return gap, inference
 
 
 def batchnorm_mode_gap(
     run_dir: str | Path, batch_size: int = 64, seed: int = 0, cache_dir: str | Path | None = None
-) -> dict[str, Any]:
+) -> ModeGap:
     """Validation ROC AUC and probability spread of the run's best.keras with BatchNormalization
     using moving averages (inference, as exported) and batch statistics (as in training)."""
     run_dir = Path(run_dir)
@@ -129,7 +129,7 @@ def batchnorm_mode_gap(
     import keras
 
     model = keras.models.load_model(RunFolder(run_dir).best, compile=False)
-    return {"run": str(run_dir), **_mode_gap(model, x_val, y_val, batch_size, seed)[0]}
+    return _mode_gap(model, x_val, y_val, batch_size, seed)[0]
 
 
 def recalibrate_batchnorm(model, images: np.ndarray, batch_size: int = 64, seed: int = 0) -> int:
@@ -138,7 +138,9 @@ def recalibrate_batchnorm(model, images: np.ndarray, batch_size: int = 64, seed:
     import keras
 
     layers = [
-        layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+        layer
+        for layer in _all_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
     ]
     momenta = [layer.momentum for layer in layers]
     order = np.random.default_rng(seed).permutation(len(images))
@@ -156,8 +158,12 @@ def recalibrate_batchnorm(model, images: np.ndarray, batch_size: int = 64, seed:
 
 
 def recalibrate_run(
-    run_dir: str | Path, out_dir: str | Path, batch_size: int = 64, seed: int = 0, cache_dir: str | Path | None = None
-) -> dict[str, Any]:
+    run_dir: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 64,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> BnRecalibration:
     """A copy of the run in ``out_dir`` whose best.keras has recalibrated BatchNorm averages;
     run.json records it, with the validation gap before and after."""
     import keras
@@ -165,7 +171,7 @@ def recalibrate_run(
     source = RunFolder(run_dir)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty")
+        raise RunFolderError(f"{out_dir} is not empty")
     config, arrays = _run_arrays(run_dir, ("train", "val"), cache_dir)
     x_train, (x_val, y_val, val_rows) = arrays["train"][0], arrays["val"]
     model = keras.models.load_model(source.best)
@@ -178,17 +184,9 @@ def recalibrate_run(
         if source.file(name).is_file():
             shutil.copy2(source.file(name), target.file(name))
     model.save(target.best)
-    target.write_val_predictions(val_rows, val_probs, list(config["classes"]))
-    record = {
-        "source_run": str(run_dir),
-        "images": int(len(x_train)),
-        "batch_size": batch_size,
-        "seed": seed,
-        "layers": n_layers,
-        "val_before": before,
-        "val_after": after,
-    }
-    target.write_info({**source.read_info(), "bn_recalibration": record})
+    target.write_val_predictions(val_rows, val_probs, list(config.classes))
+    record = BnRecalibration(str(run_dir), int(len(x_train)), batch_size, seed, n_layers, before, after)
+    target.write_info(replace(source.read_info(), bn_recalibration=record))
     return record
 
 
@@ -196,4 +194,4 @@ if __name__ == "__main__":
     import sys
 
     for run in sys.argv[1:]:
-        print(json.dumps(batchnorm_mode_gap(run), indent=2))
+        print(json.dumps({"run": run, **asdict(batchnorm_mode_gap(run))}, indent=2))

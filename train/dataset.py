@@ -43,7 +43,12 @@ class ShuffledBatches(keras.utils.PyDataset):
     """uint8 images as float32 batches, reshuffled each epoch by a seeded generator (no augmentation)."""
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = 0, shuffle: bool = True
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int | None = 0,
+        shuffle: bool = True,
     ):
         super().__init__()
         self.images, self.labels = images, labels.astype("float32")

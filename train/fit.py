@@ -9,17 +9,17 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cxr.artifacts import RunFolder, augment_policy_of
+from cxr.artifacts import RunFolder
+from cxr.artifacts.run_facts import ModelFacts, RunFacts
+from cxr.artifacts.training_config import TrainingConfig
 from cxr.data import load_manifest
 from cxr.environment import package_versions
 from cxr.files import sha256_file
 from cxr.train.backend import active_backend, float32_copy, seed_everything, set_precision
-from cxr.train.config import config_sha256
 from cxr.train.errors import RunAlreadyFinished, RunStateError
 from cxr.train.history import MonitorState, monitor_state
 
@@ -30,10 +30,10 @@ FROZEN_RANDOM_WARNING = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitResult:
     run_dir: Path
-    run_info: dict[str, Any]
+    run_info: RunFacts
     history: pd.DataFrame
 
 
@@ -54,7 +54,11 @@ def _split_arrays(manifest: pd.DataFrame, images: np.ndarray, classes: list[str]
 
 
 def split_arrays(
-    manifest_path: str | Path, classes: list[str], size: int, cache_dir: str | Path | None, splits: tuple[str, ...]
+    manifest_path: str | Path,
+    classes: list[str],
+    size: int,
+    cache_dir: str | Path | None,
+    splits: tuple[str, ...],
 ) -> dict[str, tuple[np.ndarray, np.ndarray, pd.DataFrame]]:
     """(images, label indices, manifest rows) of each split, decoded once into the image cache."""
     from cxr.train import dataset
@@ -71,12 +75,12 @@ def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
         if not run.has_config():
             raise RunStateError(f"nothing to resume in {run.path} (no config.json)")
         info = run.read_info()
-        if info.get("finished"):
+        if info is not None and info.finished:
             raise RunAlreadyFinished(
-                f"{run.path} already finished ({info.get('epochs_run')} epochs, "
-                f"{info.get('stopped_reason')}); nothing to resume"
+                f"{run.path} already finished ({info.epochs_run} epochs, {info.stopped_reason}); "
+                "nothing to resume"
             )
-        started_with, now = info.get("backend", "tensorflow"), active_backend()
+        started_with, now = info.backend if info else "tensorflow", active_backend()
         if started_with != now:
             raise RunStateError(
                 f"{run.path} was trained with the {started_with} backend and this process runs "
@@ -85,7 +89,9 @@ def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
             )
         return
     if run.has_config() or run.backup.exists():
-        raise RunStateError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+        raise RunStateError(
+            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
+        )
     run.path.mkdir(parents=True, exist_ok=True)
 
 
@@ -127,28 +133,28 @@ def _save_best_classifier(classifier, path: Path, initial_best: float | None, mi
     return SaveBestClassifier()
 
 
-def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool, classifier) -> list:
+def _callbacks(config: TrainingConfig, run_dir: Path, resume: bool, classifier) -> list:
     """The seed's callbacks (checkpoint of ``classifier``, ReduceLROnPlateau, EarlyStopping) plus
     backup and CSV log; a resumed run continues their state from history.csv."""
     import keras
 
-    cb = resolved["callbacks"]
+    cb = config.callbacks
     run = RunFolder(run_dir)
     history = run.read_history() if resume else None
     state = (
-        monitor_state(history, reduce_lr_patience=cb["reduce_lr_patience"], min_lr=cb["min_lr"])
+        monitor_state(history, reduce_lr_patience=cb.reduce_lr_patience, min_lr=cb.min_lr)
         if history is not None
         else None
     )
     reduce_lr = keras.callbacks.ReduceLROnPlateau(
         monitor="val_loss",
-        factor=cb["reduce_lr_factor"],
-        patience=cb["reduce_lr_patience"],
-        min_lr=cb["min_lr"],
+        factor=cb.reduce_lr_factor,
+        patience=cb.reduce_lr_patience,
+        min_lr=cb.min_lr,
         verbose=1,
     )
     early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=cb["early_stopping_patience"], restore_best_weights=True, verbose=1
+        monitor="val_loss", patience=cb.early_stopping_patience, restore_best_weights=True, verbose=1
     )
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run.backup), delete_checkpoint=False),  # removed when finished
@@ -156,7 +162,7 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool, classifier
             classifier,
             run.best,
             state.early_stopping_best if state else None,
-            resolved.get("precision", "float32") != "float32",
+            config.precision != "float32",
         ),
         reduce_lr,
         early_stopping,
@@ -167,7 +173,9 @@ def _callbacks(resolved: dict[str, Any], run_dir: Path, resume: bool, classifier
     return callbacks
 
 
-def _restore_monitor_state(state: MonitorState, early_stopping, reduce_lr, best_checkpoint: Path, classifier=None):
+def _restore_monitor_state(
+    state: MonitorState, early_stopping, reduce_lr, best_checkpoint: Path, classifier=None
+):
     """A resumed fit continues the val_loss patience counters of the run so far, and early
     stopping restores the best checkpoint's weights, as the uninterrupted run would."""
     import keras
@@ -201,49 +209,58 @@ def compile_classifier(model, learning_rate: float) -> None:
     )
 
 
-def _run_info(resolved, facts, manifest_path, seed, warnings, class_weight, n_train, n_val) -> dict[str, Any]:
+def _run_info(
+    config: TrainingConfig,
+    facts: ModelFacts,
+    manifest_path: str | Path,
+    warnings: list[str],
+    class_weight: dict[int, float],
+    n_train: int,
+    n_val: int,
+) -> RunFacts:
     import keras
 
-    return {
-        "variant": resolved["variant"],
-        "backbone": resolved["backbone"],
-        "weights": str(resolved["weights"]),
-        "freeze_bn": bool(resolved.get("freeze_bn", False)),
-        "seed": seed,
-        "augment_policy": augment_policy_of(resolved),
-        "backend": keras.backend.backend(),
-        "precision": resolved.get("precision", "float32"),
-        "input_pipeline": "tf.data"
-        if keras.backend.backend() == "tensorflow"
+    backend = keras.backend.backend()
+    return RunFacts(
+        variant=config.variant,
+        backbone=config.backbone,
+        weights=str(config.weights),
+        freeze_bn=config.freeze_bn,
+        seed=config.seed,
+        augment_policy=config.augment_policy,
+        backend=backend,
+        precision=config.precision,
+        input_pipeline="tf.data"
+        if backend == "tensorflow"
         else "PyDataset, augmentation in the training step",
-        "config_sha256": config_sha256(resolved),
-        "manifest": str(manifest_path),
-        "manifest_sha256": sha256_file(manifest_path),
-        "classes": resolved["classes"],
-        "input_size": int(resolved["input_size"]),
-        "class_weight": class_weight,
-        "n_train": n_train,
-        "n_val": n_val,
-        **facts,
-        "warnings": warnings,
-        "versions": package_versions(),
-    }
+        config_sha256=config.sha256(),
+        manifest=str(manifest_path),
+        manifest_sha256=sha256_file(manifest_path),
+        classes=config.classes,
+        input_size=config.input_size,
+        class_weight=class_weight,
+        n_train=n_train,
+        n_val=n_val,
+        model=facts,
+        warnings=tuple(warnings),
+        versions=package_versions(),
+    )
 
 
-def _build_and_describe(resolved: dict[str, Any], log) -> tuple[Any, dict[str, Any], list[str]]:
+def _build_and_describe(config: TrainingConfig, log) -> tuple[object, ModelFacts, list[str]]:
     """The classifier, its facts, and the warnings about its setup (logged)."""
     from cxr.train.model import build_classifier
 
-    model, facts = build_classifier(resolved)
+    model, facts = build_classifier(config)
     warnings = []
-    if resolved["weights"] in (None, "none") and facts["frozen_base_layers"] > 0:
-        warnings.append(FROZEN_RANDOM_WARNING.format(n=facts["frozen_base_layers"]))
+    if config.weights in ("none", "None", "") and facts.frozen_base_layers > 0:
+        warnings.append(FROZEN_RANDOM_WARNING.format(n=facts.frozen_base_layers))
     for warning in warnings:
         log(warning)
     log(
-        f"{resolved['variant']}: {facts['params']['trainable']:,} trainable / "
-        f"{facts['params']['non_trainable']:,} non-trainable params; "
-        f"{facts['frozen_base_layers']}/{facts['base_layers']} base layers frozen"
+        f"{config.variant}: {facts.params.trainable:,} trainable / "
+        f"{facts.params.non_trainable:,} non-trainable params; "
+        f"{facts.frozen_base_layers}/{facts.base_layers} base layers frozen"
     )
     return model, facts, warnings
 
@@ -266,7 +283,9 @@ def fit_inputs(model, augmenter, arrays, batch_size: int, seed: int, pipeline: s
             model,
         )
     size = x_train.shape[1]
-    wrapper = keras.Sequential([keras.Input((size, size, 3)), augmenter, model], name=f"{model.name}_training")
+    wrapper = keras.Sequential(
+        [keras.Input((size, size, 3)), augmenter, model], name=f"{model.name}_training"
+    )
     return (
         wrapper,
         dataset.ShuffledBatches(x_train, y_train, batch_size, seed),
@@ -276,27 +295,35 @@ def fit_inputs(model, augmenter, arrays, batch_size: int, seed: int, pipeline: s
 
 
 def _run_fit(
-    model, resolved, run: RunFolder, arrays, class_weight, resume: bool, max_minutes: float | None, verbose: int
+    model,
+    config: TrainingConfig,
+    run: RunFolder,
+    arrays,
+    class_weight,
+    resume: bool,
+    max_minutes,
+    verbose: int,
 ):
     """model.fit with the seed's callbacks; returns the time-budget callback (or None)."""
     from cxr.plots import save_image_grid
     from cxr.train.augment import make_augmenter
 
-    seed, batch_size = int(resolved["seed"]), int(resolved["batch_size"])
-    augmenter = make_augmenter(resolved, seed)
+    augmenter = make_augmenter(config, config.seed)
     save_image_grid(
         augmenter(arrays["train"][0][:16].astype("float32"), training=True),
         run.file(run.AUGMENT_GRID),
-        title=f"training augmentation samples ({augment_policy_of(resolved)} policy)",
+        title=f"training augmentation samples ({config.augment_policy} policy)",
     )
-    fitted, train_data, val_data, classifier = fit_inputs(model, augmenter, arrays, batch_size, seed)
-    compile_classifier(fitted, float(resolved["learning_rate"]))
+    fitted, train_data, val_data, classifier = fit_inputs(
+        model, augmenter, arrays, config.batch_size, config.seed
+    )
+    compile_classifier(fitted, float(config.learning_rate))
     budget = _time_budget_callback(max_minutes) if max_minutes else None
-    callbacks = _callbacks(resolved, run.path, resume, classifier)
+    callbacks = _callbacks(config, run.path, resume, classifier)
     fitted.fit(
         train_data,
         validation_data=val_data,
-        epochs=int(resolved["epochs"]),
+        epochs=int(config.epochs),
         class_weight=class_weight,
         callbacks=callbacks + ([budget] if budget else []),
         verbose=verbose,
@@ -305,37 +332,34 @@ def _run_fit(
     return budget
 
 
-def _finish_run(model, resolved, run: RunFolder, val_split, info: dict[str, Any], budget, started: float) -> dict:
+def _finish_run(
+    model, config: TrainingConfig, run: RunFolder, val_split, info: RunFacts, budget, started: float
+):
     """Curves, the best checkpoint's validation predictions, and the final run.json."""
     import keras
 
     from cxr.plots import plot_history
 
     history = run.read_history()
-    plot_history(history, run.file(run.CURVES), title=f"{resolved['variant']} ({resolved['backbone']})")
+    plot_history(history, run.file(run.CURVES), title=f"{config.variant} ({config.backbone})")
     best = keras.models.load_model(run.best) if run.best.is_file() else model
     x_val, _, val_rows = val_split
     probs = best.predict(x_val.astype("float32"), batch_size=64, verbose=0).reshape(-1)
-    run.write_val_predictions(val_rows, probs, list(resolved["classes"]))
+    run.write_val_predictions(val_rows, probs, list(config.classes))
     stopped_by_budget = bool(budget and budget.stopped_epoch)
     if not stopped_by_budget:
         shutil.rmtree(run.backup, ignore_errors=True)
-    info.update(
-        {
-            **run.history_facts(),
-            "fit_seconds_this_session": round(time.time() - started, 1),
-            "finished": not stopped_by_budget,
-            "stopped_reason": f"time budget of {budget.max_minutes} min (resume to continue)"
-            if stopped_by_budget
-            else ("early stopping" if len(history) < int(resolved["epochs"]) else "all epochs"),
-        }
-    )
+    if stopped_by_budget:
+        reason = f"time budget of {budget.max_minutes} min (resume to continue)"
+    else:
+        reason = "early stopping" if len(history) < int(config.epochs) else "all epochs"
+    info = info.ended(run.history_facts(), round(time.time() - started, 1), not stopped_by_budget, reason)
     run.write_info(info)
     return info
 
 
 def fit_variant(
-    resolved: dict[str, Any],
+    config: TrainingConfig,
     manifest_path: str | Path,
     run_dir: str | Path,
     *,
@@ -351,21 +375,18 @@ def fit_variant(
     (the run can be continued later with ``resume=True``)."""
     run = RunFolder(run_dir)
     _prepare_run_dir(run, resume)
-    seed = int(resolved["seed"])
-    seed_everything(seed)
-    set_precision(resolved.get("precision", "float32"))
-    arrays = split_arrays(
-        manifest_path, list(resolved["classes"]), int(resolved["input_size"]), cache_dir, ("train", "val")
-    )
-    model, facts, warnings = _build_and_describe(resolved, log)
+    seed_everything(config.seed)
+    set_precision(config.precision)
+    arrays = split_arrays(manifest_path, list(config.classes), config.input_size, cache_dir, ("train", "val"))
+    model, facts, warnings = _build_and_describe(config, log)
     class_weight = balanced_class_weight(arrays["train"][1])
     info = _run_info(
-        resolved, facts, manifest_path, seed, warnings, class_weight, len(arrays["train"][1]), len(arrays["val"][1])
+        config, facts, manifest_path, warnings, class_weight, len(arrays["train"][1]), len(arrays["val"][1])
     )
     if not resume:
-        run.write_config(resolved)
+        run.write_config(config)
     run.write_info(info)
     started = time.time()
-    budget = _run_fit(model, resolved, run, arrays, class_weight, resume, max_minutes, verbose)
-    info = _finish_run(model, resolved, run, arrays["val"], info, budget, started)
+    budget = _run_fit(model, config, run, arrays, class_weight, resume, max_minutes, verbose)
+    info = _finish_run(model, config, run, arrays["val"], info, budget, started)
     return FitResult(run.path, info, run.read_history())

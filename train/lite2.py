@@ -57,7 +57,9 @@ def _blocks() -> Iterator[tuple[int, int, int, int, int, int]]:
 
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, activation: bool = True):
-    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.Conv2D(
+        filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
     x = keras.layers.BatchNormalization(name=f"{name}_bn", **BN)(x)
     return keras.layers.ReLU(6.0, name=f"{name}_activation")(x) if activation else x
 
@@ -67,7 +69,9 @@ def _mbconv(x, index: int, c_in: int, c_out: int, kernel: int, stride: int, expa
     inputs = x
     if expand != 1:
         x = _conv_bn(x, c_in * expand, 1, 1, f"{name}_expand")
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
+    x = keras.layers.DepthwiseConv2D(
+        kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv"
+    )(x)
     x = keras.layers.BatchNormalization(name=f"{name}_bn", **BN)(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_activation")(x)
     x = _conv_bn(x, c_out, 1, 1, f"{name}_project", activation=False)
@@ -95,7 +99,12 @@ def build_lite2(input_size: int = 128, include_top: bool = False, equalise_sigma
 
 
 def _bn(sd: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
-    return [sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"]]
+    return [
+        sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"],
+        sd[f"{prefix}.running_mean"],
+        sd[f"{prefix}.running_var"],
+    ]
 
 
 def _conv(weight: np.ndarray) -> list[np.ndarray]:

@@ -8,14 +8,14 @@ rescale would be a bug here and is not applied.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import keras
 
 from cxr.artifacts.model_contract import HEAD_LAYERS
+from cxr.artifacts.run_facts import ModelFacts, ParamCounts
+from cxr.artifacts.training_config import TrainingConfig
 from cxr.keras_layers import EQUALISER_NAME, AcquisitionEqualiser
 from cxr.messages import first_line
-from cxr.train.config import frozen_layer_count
 from cxr.train.errors import WeightsUnavailableError
 
 KERAS_B2_CACHE = Path("~/.keras/models/efficientnetb2_notop.h5").expanduser()
@@ -42,7 +42,9 @@ def _efficientnet_b2(weights: str | None, input_size: int, equalise_sigma: float
         ) from None
 
 
-def build_backbone(backbone: str, weights: str | None, input_size: int, equalise_sigma: float = 0.0) -> keras.Model:
+def build_backbone(
+    backbone: str, weights: str | None, input_size: int, equalise_sigma: float = 0.0
+) -> keras.Model:
     """The base network without its top. ``weights``: 'imagenet', None or a file path.
     ``equalise_sigma > 0``: the fixed acquisition-equalising blur is the base's first layer."""
     if weights in ("none", "None", ""):
@@ -81,22 +83,16 @@ def freeze_base(base: keras.Model, n_frozen: int, freeze_bn: bool) -> None:
             layer.trainable = False  # Keras 3: a non-trainable BatchNorm runs in inference mode
 
 
-def count_params(model: keras.Model) -> dict[str, int]:
+def count_params(model: keras.Model) -> ParamCounts:
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     non_trainable = sum(int(w.numpy().size) for w in model.non_trainable_weights)
-    return {"trainable": trainable, "non_trainable": non_trainable, "total": trainable + non_trainable}
+    return ParamCounts(trainable, non_trainable, trainable + non_trainable)
 
 
-def build_classifier(resolved: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
+def build_classifier(config: TrainingConfig) -> tuple[keras.Model, ModelFacts]:
     """Build the model of one resolved variant config. Returns (model, facts about it)."""
-    base = build_backbone(
-        resolved["backbone"],
-        resolved["weights"],
-        int(resolved["input_size"]),
-        float(resolved.get("equalise_sigma", 0.0)),
-    )
-    n_frozen = frozen_layer_count(resolved, len(backbone_layers(base)))
-    freeze_base(base, n_frozen, bool(resolved.get("freeze_bn", False)))
-    model = add_head(base, name=f"{resolved['variant']}_{resolved['backbone']}")
-    facts = {"base_layers": len(backbone_layers(base)), "frozen_base_layers": n_frozen, "params": count_params(model)}
-    return model, facts
+    base = build_backbone(config.backbone, config.weights, config.input_size, float(config.equalise_sigma))
+    n_frozen = config.frozen_layer_count(len(backbone_layers(base)))
+    freeze_base(base, n_frozen, config.freeze_bn)
+    model = add_head(base, name=f"{config.variant}_{config.backbone}")
+    return model, ModelFacts(len(backbone_layers(base)), n_frozen, count_params(model))

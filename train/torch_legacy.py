@@ -44,7 +44,12 @@ class _TensorRef:
     """A tensor waiting for its storage bytes."""
 
     def __init__(self, storage_key: str, offset: int, size: tuple, stride: tuple):
-        self.storage_key, self.offset, self.size, self.stride = storage_key, offset, tuple(size), tuple(stride)
+        self.storage_key, self.offset, self.size, self.stride = (
+            storage_key,
+            offset,
+            tuple(size),
+            tuple(stride),
+        )
 
 
 class _StorageRef:

@@ -6,7 +6,12 @@
 - ``MetricsReport``  metrics.json;
 - ``RobustnessReport`` robustness.json (``cxr robustness``), read by the report and the card;
 - ``Parity``         <model>.parity.json, the export's parity gate, read by the model card;
-- ``EvalHistory``    evaluations/history.csv, one ``EvalRecord`` per ``cxr evaluate`` run.
+- ``EvalHistory``    evaluations/history.csv, one ``EvalRecord`` per ``cxr evaluate`` run;
+- ``ScoringSettings`` what a scoring run records and a resume checks (with ``ScoringCounts``, the
+                     ``ScoringRecord`` of predictions.meta.json), and the model's ``Execution``;
+- ``TrainingConfig`` a run's config.json, the one record of the training settings and their defaults;
+- ``RunFacts``       a run's run.json, the training facts export and resume read;
+- ``Manifest``       manifest.csv (``cxr data prepare``), with ``SplitSummary``, its summary.json.
 
 A stage learns about another stage only through these.
 """
@@ -37,6 +42,17 @@ _OWNERS = {
     "EvalHistory": "eval_history",
     "EvalRecord": "eval_history",
     "EvalHistoryError": "eval_history",
+    "ScoringSettings": "scoring_settings",
+    "ScoringCounts": "scoring_settings",
+    "ScoringRecord": "scoring_settings",
+    "Execution": "scoring_settings",
+    "TrainingConfig": "training_config",
+    "TrainingConfigError": "training_config",
+    "RunFacts": "run_facts",
+    "RunFactsError": "run_facts",
+    "Manifest": "manifest",
+    "ManifestError": "manifest",
+    "SplitSummary": "manifest",
 }
 
 __all__ = sorted(_OWNERS)

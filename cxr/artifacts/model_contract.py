@@ -50,15 +50,23 @@ def validate_metadata(meta: dict[str, Any], source: str = "model") -> None:
     """Raise ModelContractError (one line) unless ``meta`` (decoded values) keeps the contract."""
     import jsonschema
 
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(metadata_schema()).iter_errors(meta))
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(metadata_schema()).iter_errors(meta)
+    )
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "metadata"
         raise ModelContractError(f"{source}: bad cxr metadata {where}: {error.message[:200]}")
     if not math.isfinite(float(meta["threshold"])):
-        raise ModelContractError(f"{source}: bad cxr metadata threshold: {meta['threshold']} is not a number in (0, 1)")
+        raise ModelContractError(
+            f"{source}: bad cxr metadata threshold: {meta['threshold']} is not a number in (0, 1)"
+        )
     guard = meta.get("guard")
     if isinstance(guard, dict):
-        numbers = [guard.get("threshold"), guard.get("false_flag_rate"), *(guard.get("reference_scores") or [])]
+        numbers = [
+            guard.get("threshold"),
+            guard.get("false_flag_rate"),
+            *(guard.get("reference_scores") or []),
+        ]
         if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
             raise ModelContractError(
                 f"{source}: bad cxr metadata guard: its threshold, false-flag rate and "
@@ -141,7 +149,9 @@ class Quantization:
     calibration_set: dict[str, Any]
     gate: dict[str, Any]
     source_sha256: str
-    facts: dict[str, Any] = field(default_factory=dict)  # float groups, onnxruntime version, calibration check
+    facts: dict[str, Any] = field(
+        default_factory=dict
+    )  # float groups, onnxruntime version, calibration check
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any] | None) -> Quantization | None:
@@ -167,7 +177,9 @@ class ModelContract:
     input_dtype: str = "uint8"
     resize_rule: str = RESIZE_RULE
     threshold_rule: dict[str, Any] = field(default_factory=lambda: {"rule": "fixed"})
-    facts: dict[str, Any] = field(default_factory=dict)  # variant, backbone, weights, backend, config, versions...
+    facts: dict[str, Any] = field(
+        default_factory=dict
+    )  # variant, backbone, weights, backend, config, versions...
 
     @property
     def guard(self) -> DomainGuard | None:
@@ -210,12 +222,15 @@ class ModelContract:
         meta = self.metadata()
         validate_metadata(meta, "export")
         return {
-            f"{METADATA_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.items()
+            f"{METADATA_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v, default=str)
+            for k, v in meta.items()
         }
 
     @classmethod
     def from_metadata(cls, raw: dict[str, str], source: str = "model") -> ModelContract:
-        meta = {k[len(METADATA_PREFIX) :]: _decode(v) for k, v in raw.items() if k.startswith(METADATA_PREFIX)}
+        meta = {
+            k[len(METADATA_PREFIX) :]: _decode(v) for k, v in raw.items() if k.startswith(METADATA_PREFIX)
+        }
         if "classes" not in meta or "threshold" not in meta:
             raise ModelContractError(
                 f"{source} is not a cxr model: it has no cxr metadata (export it with `cxr export`)"
@@ -253,7 +268,9 @@ class ModelContract:
         try:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own assorted types
-            raise ModelContractError(f"cannot load {path} as an ONNX model: {first_line(exc)[:300]}") from None
+            raise ModelContractError(
+                f"cannot load {path} as an ONNX model: {first_line(exc)[:300]}"
+            ) from None
         return cls.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
 
     def freezing(self) -> str:

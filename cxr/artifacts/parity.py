@@ -43,7 +43,8 @@ class Parity:
     def from_dict(cls, data: dict[str, Any]) -> Parity:
         names = set(cls.__dataclass_fields__) - {"extra"}
         return cls(
-            **{k: v for k, v in data.items() if k in names}, extra={k: v for k, v in data.items() if k not in names}
+            **{k: v for k, v in data.items() if k in names},
+            extra={k: v for k, v in data.items() if k not in names},
         )
 
     @classmethod

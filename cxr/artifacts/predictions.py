@@ -30,7 +30,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ import pandas as pd
 from cxr.errors import InputError
 from cxr.files import atomic_path, write_json_atomic
 from cxr.messages import first_line
+
+if TYPE_CHECKING:
+    from cxr.artifacts.scoring_settings import ScoringSettings
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PROBABILITY_FORMAT = "{:.9f}"  # fixed decimals (no 6.49e-05 in a spreadsheet); 9 places keep float32 ranks
@@ -163,7 +166,9 @@ class Predictions:
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise PredictionsError(f"cannot read predictions {path}: {first_line(exc) if str(exc) else exc}") from None
+            raise PredictionsError(
+                f"cannot read predictions {path}: {first_line(exc) if str(exc) else exc}"
+            ) from None
         if "true_label" not in frame.columns and "label" in frame.columns:
             frame = frame.rename(columns={"label": "true_label"})
         for column in ("error", "qc", "patient_id", "threshold", "model", "model_sha256", "domain_score"):
@@ -176,12 +181,14 @@ class Predictions:
         try:
             values = scored.astype(float)
         except ValueError:
-            raise PredictionsError(f"{path}: column {prob_cols[0]} holds values that are not numbers") from None
+            raise PredictionsError(
+                f"{path}: column {prob_cols[0]} holds values that are not numbers"
+            ) from None
         if len(values) and not values.between(0.0, 1.0).all():
             raise PredictionsError(f"{path}: column {prob_cols[0]} holds values outside [0, 1]")
         return frame, prob_cols[0]
 
-    # -- settings sidecar ---------------------------------------------------------------------------------------
+    # -- settings sidecar ------------------------------------------------------------------------------------
 
     @classmethod
     def settings_path(cls, csv_path: str | Path) -> Path:
@@ -201,7 +208,7 @@ class Predictions:
             return None
         return data if isinstance(data, dict) else None
 
-    # -- partial file -------------------------------------------------------------------------------------------
+    # -- partial file ----------------------------------------------------------------------------------------
 
     @classmethod
     def partial_path(cls, csv_path: str | Path) -> Path:
@@ -209,9 +216,11 @@ class Predictions:
         return csv_path.with_name(csv_path.stem + cls.PARTIAL_SUFFIX)
 
     @staticmethod
-    def read_partial(partial: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
+    def read_partial(partial: Path) -> tuple[ScoringSettings | None, dict[str, dict[str, str]]]:
         """(settings of the interrupted run, its complete rows by path). Lines cut short, or
         rows without a model sha256, are dropped: those files are scored again."""
+        from cxr.artifacts.scoring_settings import ScoringSettings
+
         if not partial.is_file():
             return None, {}
         settings, rows = None, {}
@@ -224,17 +233,17 @@ class Predictions:
                 if not isinstance(item, dict):
                     continue
                 if number == 0 and "settings" in item:
-                    settings = item["settings"]
+                    settings = ScoringSettings.from_json(item["settings"])
                 elif isinstance(item.get("path"), str) and SHA256.match(str(item.get("model_sha256", ""))):
                     rows[item["path"]] = {str(k): str(v) for k, v in item.items()}
         return settings, rows
 
     @staticmethod
-    def start_partial(partial: Path, settings: dict[str, Any], rows: Iterable[dict[str, str]]) -> None:
+    def start_partial(partial: Path, settings: ScoringSettings, rows: Iterable[dict[str, str]]) -> None:
         """(Re)write the partial file: the settings line, then the rows kept from before."""
         with atomic_path(partial) as tmp:
             with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(json.dumps({"settings": settings}, ensure_ascii=True) + "\n")
+                handle.write(json.dumps({"settings": settings.to_json()}, ensure_ascii=True) + "\n")
                 for row in rows:
                     handle.write(json.dumps(row, ensure_ascii=True) + "\n")
 
@@ -243,7 +252,7 @@ class Predictions:
         handle.write("".join(json.dumps(row, ensure_ascii=True) + "\n" for row in rows))
         handle.flush()
 
-    # -- shards (the ray engine's partial rows: one Parquet file per finished block) ----------------------------
+    # -- shards (the ray engine's partial rows: one Parquet file per finished block) -------------------------
 
     SHARDS_DIR = "shards"
     SHARD_SETTINGS = "settings.json"
@@ -253,27 +262,51 @@ class Predictions:
         return Path(csv_path).parent / cls.SHARDS_DIR
 
     @classmethod
-    def read_shards(cls, shards: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
-        """(settings of the interrupted run, the rows of its finished shards by path), as
-        ``read_partial``. A half-written shard still has its temporary name and is ignored."""
+    def read_shard_settings(cls, shards: Path) -> ScoringSettings | None:
+        """The settings of the run whose shards these are (None without them); a ValueError or an
+        OSError when the file cannot be read as JSON."""
+        from cxr.artifacts.scoring_settings import ScoringSettings
+
         settings_file = shards / cls.SHARD_SETTINGS
         if not settings_file.is_file():
+            return None
+        return ScoringSettings.from_json(json.loads(settings_file.read_text(encoding="utf-8")))
+
+    @staticmethod
+    def read_shard(shard: Path) -> dict[str, dict[str, str]]:
+        """One shard's rows by path (pyarrow's errors for a damaged file)."""
+        frame = pd.read_parquet(shard).fillna("")
+        return {
+            row["path"]: {str(key): str(value) for key, value in row.items()}
+            for row in frame.to_dict("records")
+        }
+
+    @classmethod
+    def shard_files(cls, shards: Path) -> list[Path]:
+        """The finished shards, in the order they were written (a half-written one keeps its
+        temporary name)."""
+        return sorted(shards.glob("shard-*.parquet"))
+
+    @classmethod
+    def read_shards(cls, shards: Path) -> tuple[ScoringSettings | None, dict[str, dict[str, str]]]:
+        """(settings of the interrupted run, the rows of its finished shards by path), as
+        ``read_partial``."""
+        settings = cls.read_shard_settings(shards)
+        if settings is None:
             return None, {}
-        settings = json.loads(settings_file.read_text(encoding="utf-8"))
         rows: dict[str, dict[str, str]] = {}
-        for shard in sorted(shards.glob("shard-*.parquet")):
-            for row in pd.read_parquet(shard).fillna("").to_dict("records"):
-                rows[row["path"]] = {str(key): str(value) for key, value in row.items()}
+        for shard in cls.shard_files(shards):
+            rows.update(cls.read_shard(shard))
         return settings, rows
 
     @classmethod
-    def start_shards(cls, shards: Path, settings: dict[str, Any]) -> None:
+    def start_shards(cls, shards: Path, settings: ScoringSettings) -> None:
         """An empty shard folder that holds only the run's settings."""
         if shards.is_dir():
             for old in shards.glob("*"):
                 old.unlink()
         shards.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(shards / cls.SHARD_SETTINGS, settings)
+        write_json_atomic(shards / cls.SHARD_SETTINGS, settings.to_json())
 
     @classmethod
     def write_shard(cls, shards: Path, rows: list[dict[str, str]], positive_class: str) -> Path:
@@ -291,8 +324,3 @@ class Predictions:
         for shard in shards.glob("*"):
             shard.unlink()
         shards.rmdir()
-
-
-def settings_differences(before: dict[str, Any], now: dict[str, Any], keys: Iterable[str]) -> list[str]:
-    """Human-readable differences between two settings dicts, on ``keys``."""
-    return [f"{key} was {before.get(key)!r}, now {now.get(key)!r}" for key in keys if before.get(key) != now.get(key)]

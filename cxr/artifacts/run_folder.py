@@ -1,8 +1,9 @@
 """The training run folder: what ``cxr train`` writes and export, recalibrate-bn and resume read.
 
 best.keras           the best checkpoint (lowest val_loss)
-config.json          the resolved training config
+config.json          the resolved training config (``TrainingConfig``)
 run.json             facts: seed, versions, manifest sha256, parameter counts, epochs, backend, ...
+                     (``RunFacts``)
 history.csv          one row per epoch (Keras CSVLogger)
 val_predictions.csv  the best checkpoint on the validation split, in the Predictions schema
 curves.png, augment_grid.png
@@ -12,13 +13,15 @@ backup/              while a run is unfinished (Keras BackupAndRestore)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cxr.artifacts.run_facts import HistoryFacts, RunFacts, RunFactsError
+from cxr.artifacts.training_config import RECORDED_BEFORE, TrainingConfig, TrainingConfigError
 from cxr.errors import InputError
 from cxr.files import write_json_atomic
 
@@ -27,13 +30,10 @@ class RunFolderError(InputError, ValueError):
     """A run folder that is missing, foreign or unreadable. One-line message."""
 
 
-# Runs made before config.json recorded the augmentation policy used the original notebook's table.
-UNRECORDED_AUGMENT_POLICY = "seed"
-
-
-def augment_policy_of(config: dict[str, Any]) -> str:
-    """The augmentation policy a run's (resolved) config names; ``seed`` where it names none."""
-    return str(config.get("augment_policy") or UNRECORDED_AUGMENT_POLICY)
+def augment_policy_of(recorded: dict[str, Any]) -> str:
+    """The augmentation policy a recorded config (or a model's metadata) names; where it names none,
+    the one runs used before it was recorded."""
+    return str(recorded.get("augment_policy") or RECORDED_BEFORE["augment_policy"])
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ class RunFolder:
     def require(self, *names: str) -> None:
         for name in names:
             if not self.file(name).is_file():
-                raise RunFolderError(f"{self.path} is not a training run with a checkpoint: {name} is missing")
+                raise RunFolderError(
+                    f"{self.path} is not a training run with a checkpoint: {name} is missing"
+                )
 
     def _read_json(self, name: str) -> dict[str, Any]:
         try:
@@ -91,18 +93,26 @@ class RunFolder:
             raise RunFolderError(f"{self.file(name)}: expected a JSON object")
         return data
 
-    def read_config(self) -> dict[str, Any]:
-        return self._read_json(self.CONFIG)
+    def read_config(self) -> TrainingConfig:
+        try:
+            return TrainingConfig.from_json(self._read_json(self.CONFIG), where=str(self.file(self.CONFIG)))
+        except TrainingConfigError as exc:
+            raise RunFolderError(str(exc)) from None
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        write_json_atomic(self.file(self.CONFIG), config)
+    def write_config(self, config: TrainingConfig) -> None:
+        write_json_atomic(self.file(self.CONFIG), config.to_json())
 
-    def read_info(self) -> dict[str, Any]:
-        """run.json, or {} when the run has none yet."""
-        return self._read_json(self.INFO) if self.file(self.INFO).is_file() else {}
+    def read_info(self) -> RunFacts | None:
+        """run.json, or None when the run has none yet."""
+        if not self.file(self.INFO).is_file():
+            return None
+        try:
+            return RunFacts.from_json(self._read_json(self.INFO), where=str(self.file(self.INFO)))
+        except RunFactsError as exc:
+            raise RunFolderError(str(exc)) from None
 
-    def write_info(self, info: dict[str, Any]) -> None:
-        write_json_atomic(self.file(self.INFO), info)
+    def write_info(self, info: RunFacts) -> None:
+        write_json_atomic(self.file(self.INFO), info.to_json())
 
     def read_history(self) -> pd.DataFrame | None:
         """history.csv, or None when it is absent or has no finished epoch."""
@@ -114,29 +124,30 @@ class RunFolder:
             return None
         return frame if len(frame) and "val_loss" in frame else None
 
-    def history_facts(self) -> dict[str, Any]:
-        """Epochs run, the 1-based epoch with the lowest val_loss, and that loss ({} without history)."""
+    def history_facts(self) -> HistoryFacts | None:
+        """Epochs run, the 1-based epoch with the lowest val_loss, and that loss (None without history)."""
         history = self.read_history()
         if history is None:
-            return {}
+            return None
         best_row = history["val_loss"].idxmin()
-        return {
-            "epochs_run": int(len(history)),
-            "best_epoch": int(history.loc[best_row, "epoch"]) + 1,
-            "best_val_loss": float(history.loc[best_row, "val_loss"]),
-        }
+        return HistoryFacts(
+            int(len(history)),
+            int(history.loc[best_row, "epoch"]) + 1,
+            float(history.loc[best_row, "val_loss"]),
+        )
 
-    def export_facts(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(config, run facts) of a run with a checkpoint. A run stopped early (no 'finished')
+    def export_facts(self) -> tuple[TrainingConfig, RunFacts]:
+        """(config, run facts) of a run with a checkpoint. A run stopped early (never finished)
         still exports its best checkpoint; its epoch count then comes from history.csv."""
         self.require(self.BEST, self.CONFIG, self.INFO)
         config, info = self.read_config(), self.read_info()
-        for key, value in self.history_facts().items():
-            info.setdefault(key, value)
-        info.setdefault("finished", False)
+        if info.history is None:
+            info = replace(info, history=self.history_facts())
         return config, info
 
-    def write_val_predictions(self, rows: pd.DataFrame, probabilities: np.ndarray, classes: list[str]) -> Path:
+    def write_val_predictions(
+        self, rows: pd.DataFrame, probabilities: np.ndarray, classes: list[str]
+    ) -> Path:
         """The checkpoint's validation predictions (``rows``: path, label, patient_id) in the
         Predictions schema, threshold 0.5."""
         from cxr.artifacts.predictions import Predictions
