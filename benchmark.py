@@ -12,8 +12,10 @@ images/s and its peak RSS. Printed ratios, with the goals from the issues:
 - INT8 (``make quantize``'s ``<model>.int8.onnx``) against fp32, and the earlier JPEG decode rule (DCT
   scale leaving >= 2x the target) against the new one (>= 1x), in one table: model alone (core-ms,
   1 intra-op thread, and every core), decode core-ms, end to end (score_folder) on the full-size
-  sample and the 224 px copies, each against its pipeline bound. Goal: INT8 + new rule >= 2x
-  today's fp32 + old rule end to end on the full-size sample.
+  sample and the 224 px copies, each against its pipeline bound; the decode floor (open, 1/8 DCT scale,
+  load: entropy decoding), each model's kernel time by operator (onnxruntime's profiler), and what
+  2x would leave the model. Goal: INT8 + new rule >= 2x today's fp32 + old rule end to end on the
+  full-size sample.
 - CUDA, when onnxruntime has the provider: fp32 and tf32 against the CPU (max |dp|, labels
   flipped), model only at batch 32/256/1024, decode only, end to end / min(decode, model).
 - the first scored batch of a --resume on 100,000 files, half of them done.
@@ -28,7 +30,8 @@ images/s and its peak RSS. Printed ratios, with the goals from the issues:
   and with the backend-neutral PyDataset + in-step augmentation, JAX with the latter, and each
   backend's pre-decoded bound.
 
-Usage: python benchmark.py [--model models/model1.onnx] [--n-files 600] [--pipeline-files 8000] [--train-steps 8]
+Usage: python benchmark.py [--model models/model1.onnx] [--n-files 600] [--pipeline-files 8000]
+       [--train-steps 8]
        [--only decode,pipeline,int8,cuda,ray,trust,reports,resume,seed,training,backends]
        [--skip-training] [--skip-inference] [--int8-files 2000] [--int8-rounds 3]
 """
@@ -89,7 +92,11 @@ def _keras_model_like(onnx_path: Path):
     cfg = resolve_variant(
         load_config(),
         meta.get("variant", "model1"),
-        {"backbone": meta.get("backbone", "efficientnet_b2"), "weights": "none", "input_size": int(meta["input_size"])},
+        {
+            "backbone": meta.get("backbone", "efficientnet_b2"),
+            "weights": "none",
+            "input_size": int(meta["input_size"]),
+        },
     )
     return build_classifier(cfg)[0], int(meta["input_size"])
 
@@ -186,7 +193,10 @@ def _ray_run(folder: Path, model_path: Path):
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = score_with_ray(
-            str(folder), model, Path(tmp) / "p.csv", progress=lambda n, total: marks.append((time.perf_counter(), n))
+            str(folder),
+            model,
+            Path(tmp) / "p.csv",
+            progress=lambda n, total: marks.append((time.perf_counter(), n)),
         )
         end = time.perf_counter()
     first_time, first_n = marks[1]  # marks[0] is the resume count, before any work
@@ -239,16 +249,16 @@ def train_seed(folder: Path, steps: int):
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
     model, cfg = _train_model(128)
-    aug = cfg["augment"]
+    aug = cfg.augment
     gen = ImageDataGenerator(
         rescale=1.0 / 255,
-        rotation_range=aug["rotation_degrees"],
-        width_shift_range=aug["width_shift"],
-        height_shift_range=aug["height_shift"],
-        shear_range=aug["shear_degrees"],
-        zoom_range=aug["zoom"],
-        horizontal_flip=aug["horizontal_flip"],
-        fill_mode=aug["fill_mode"],
+        rotation_range=aug.rotation_degrees,
+        width_shift_range=aug.width_shift,
+        height_shift_range=aug.height_shift,
+        shear_range=aug.shear_degrees,
+        zoom_range=aug.zoom,
+        horizontal_flip=aug.horizontal_flip,
+        fill_mode=aug.fill_mode,
     )
     flow = gen.flow_from_directory(str(folder), target_size=(128, 128), batch_size=BATCH, class_mode="binary")
     return steps * BATCH, _timed_fit(model, flow, steps)
@@ -298,7 +308,7 @@ def train_backend_pipeline(folder: Path, steps: int, variant: str, pipeline: str
     from cxr.train.fit import compile_classifier, fit_inputs
 
     model, cfg = _lite2_variant(variant)
-    batch = int(cfg["batch_size"])
+    batch = int(cfg.batch_size)
     images, labels = _training_arrays(folder, steps * batch)
     arrays = {"train": (images, labels, None), "val": (images[:batch], labels[:batch], None)}
     fitted, data, _, _ = fit_inputs(model, make_augmenter(cfg, 0), arrays, batch, 0, pipeline)
@@ -313,7 +323,7 @@ def train_backend_bound(folder: Path, steps: int, variant: str):
     from cxr.train.fit import compile_classifier
 
     model, cfg = _lite2_variant(variant)
-    batch = int(cfg["batch_size"])
+    batch = int(cfg.batch_size)
     images, labels = _training_arrays(folder, steps * batch)
     x, y = images.astype("float32"), labels.astype("float32")
     compile_classifier(model, 1e-4)
@@ -333,6 +343,23 @@ def pipe_decode_core(folder: Path, model_path: Path):
     start = time.perf_counter()
     for path in paths:
         decode_or_error(path, size)
+    return len(paths), time.perf_counter() - start
+
+
+def pipe_decode_floor(folder: Path, model_path: Path):
+    """The JPEG decode floor in core-ms: open, the smallest DCT scale libjpeg offers (1/8) and load,
+    no resize. What remains is mostly entropy (Huffman) decoding, which no DCT scale shrinks."""
+    from PIL import Image
+
+    from cxr.imaging import list_images
+
+    paths = list_images(folder)
+    start = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (1, 1))
+            img.load()
     return len(paths), time.perf_counter() - start
 
 
@@ -378,8 +405,9 @@ def resume_first_batch(model_path: Path, n: int):
     """Seconds from calling score_folder(resume=True) on n empty files, half of them already done,
     to its first scored batch (listing, reading the partial file and choosing the rest)."""
     from cxr.artifacts import Predictions
+    from cxr.infer.engine import ScoringOptions
     from cxr.infer.model import OnnxClassifier
-    from cxr.infer.score import GroundTruth, score_folder, scoring_settings
+    from cxr.infer.score import score_folder, scoring_settings
 
     model = OnnxClassifier(model_path, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -392,7 +420,7 @@ def resume_first_batch(model_path: Path, n: int):
         out = Path(tmp) / "out" / "predictions.csv"
         out.parent.mkdir()
         rels = sorted(f"d{i // 1000:03d}/f{i:06d}.png" for i in range(n))
-        settings = scoring_settings(model, False, GroundTruth(), None)
+        settings = scoring_settings(model, ScoringOptions())
         rows = (
             Predictions.row(
                 rel,
@@ -432,6 +460,39 @@ def trust_model_core(folder: Path, model_path: Path):
     for i in range(0, len(images), BATCH):
         model.predict_with_domain(images[i : i + BATCH])
     return len(images), time.perf_counter() - start
+
+
+def pipe_profile_ops(folder: Path, model_path: Path):
+    """Where the model's time goes: onnxruntime's profiler, one intra-op thread, batch 32, pre-decoded,
+    probability and guard score as scoring runs them; kernel time per image by operator type, the
+    first (warm-up) run left out."""
+    import onnxruntime as ort
+
+    from cxr.imaging import decode_many, list_images
+    from cxr.infer.model import OnnxClassifier
+
+    size = OnnxClassifier(model_path, device="cpu").info.input_size
+    images = decode_many([str(p) for p in list_images(folder)[: 8 * BATCH]], size)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 1, 1, 3
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs() if o.name in ("probability", "domain_score")]
+        start = time.perf_counter()
+        for i in range(0, len(images), BATCH):
+            session.run(names, {"pixels": images[i : i + BATCH]})
+        seconds = time.perf_counter() - start
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
+    ops: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= runs[0]:
+            op = event["args"]["op_name"]
+            ops[op] = ops.get(op, 0.0) + event["dur"] / 1000
+    timed = len(images) - BATCH
+    return len(images), seconds, {"ops_ms": {op: ms / timed for op, ms in ops.items()}}
 
 
 def model_without_trust(model: Path, out: Path) -> Path:
@@ -502,8 +563,12 @@ def _int8_round(model: Path, int8: Path, folders: dict[str, Path], times: dict[s
         every = measure_in_subprocess("infer_bound", str(copies), str(path))
         add(f"every {kind}", 1000 * every["seconds"] / every["images"])
     for place, folder in folders.items():
+        floor = measure_in_subprocess("pipe_decode_floor", str(folder), str(model))
+        add(f"floor {place}", 1000 * floor["seconds"] / floor["images"])
         for rule, oversample in DECODE_RULES.items():
-            decode = measure_in_subprocess("pipe_decode_core", str(folder), str(model), draft_oversample=oversample)
+            decode = measure_in_subprocess(
+                "pipe_decode_core", str(folder), str(model), draft_oversample=oversample
+            )
             add(f"decode {place} {rule}", 1000 * decode["seconds"] / decode["images"])
             for kind, path in (("fp32", model), ("int8", int8)):
                 run = measure_in_subprocess("infer_cxr", str(folder), str(path), draft_oversample=oversample)
@@ -523,20 +588,27 @@ def bench_int8(model: Path, folders: dict[str, Path], n_files: int, rounds: int 
     times: dict[str, list[float]] = {}
     for _ in range(rounds):
         _int8_round(model, int8, folders, times)
+    profiles = {
+        kind: measure_in_subprocess("pipe_profile_ops", str(folders["224 px"]), str(path))["ops_ms"]
+        for kind, path in (("fp32", model), ("int8", int8))
+    }
     med = {key: float(np.median(values)) for key, values in times.items()}
     cores = os.cpu_count() or 1
     print(
-        f"\nINT8 and the JPEG decode rule: {model} vs {int8}, {n_files} files per folder, {cores} cores, batch "
+        f"\nINT8 and the JPEG decode rule: {model} vs {int8}, {n_files} files per folder, {cores} cores, "
+        "batch "
         f"{BATCH}, median of {rounds} alternating rounds"
     )
     print(
         f"  model alone, pre-decoded 224 px copies:  fp32 {med['core fp32']:.2f} core-ms/img, int8 "
-        f"{med['core int8']:.2f} (int8 {med['core fp32'] / med['core int8']:.2f}x faster, 1 intra-op thread); "
+        f"{med['core int8']:.2f} (int8 {med['core fp32'] / med['core int8']:.2f}x faster, 1 intra-op "
+        "thread); "
         f"every core: fp32 {1000 / med['every fp32']:.0f} img/s, int8 {1000 / med['every int8']:.0f} img/s "
         f"({med['every fp32'] / med['every int8']:.2f}x)"
     )
     print(
-        f"  {'folder':9s} {'decode rule':18s} {'decode':>7s} | {'fp32 img/s':>10s} {'bound':>6s} {'e2e/b':>5s} | "
+        f"  {'folder':9s} {'decode rule':18s} {'decode':>7s} | {'fp32 img/s':>10s} {'bound':>6s} "
+        f"{'e2e/b':>5s} | "
         f"{'int8 img/s':>10s} {'bound':>6s} {'e2e/b':>5s} | {'int8/fp32':>9s} {'vs today':>8s} {'steady':>7s}"
     )
     today = med[f"e2e full-size {next(iter(DECODE_RULES))} fp32"]
@@ -546,7 +618,10 @@ def bench_int8(model: Path, folders: dict[str, Path], n_files: int, rounds: int 
             decode = med[f"decode {place} {rule}"]
             cells = []
             for kind in ("fp32", "int8"):
-                ips, bound = 1000 / med[f"e2e {place} {rule} {kind}"], cores * 1000 / (decode + med[f"core {kind}"])
+                ips, bound = (
+                    1000 / med[f"e2e {place} {rule} {kind}"],
+                    cores * 1000 / (decode + med[f"core {kind}"]),
+                )
                 cells.append(f"{ips:10.1f} {bound:6.1f} {ips / bound:5.2f}")
             e2e = med[f"e2e {place} {rule} int8"]
             print(
@@ -556,12 +631,34 @@ def bench_int8(model: Path, folders: dict[str, Path], n_files: int, rounds: int 
             )
     best = med[f"e2e full-size {list(DECODE_RULES)[-1]} int8"]
     print(
-        "  decode: core-ms/img in one process. bound: cores / (decode + model core-ms). vs today: int8 with that "
+        "  decode: core-ms/img in one process. bound: cores / (decode + model core-ms). vs today: int8 with "
+        "that "
         "rule against fp32 with the old rule on the same folder. steady: int8/fp32 after the first batch."
     )
     print(
-        f"  target: int8 + new decode rule on the full-size sample = {today / best:.2f}x today's fp32 + old rule "
+        f"  target: int8 + new decode rule on the full-size sample = {today / best:.2f}x today's fp32 + old "
+        "rule "
         f"end to end (goal >= 2x)"
+    )
+    for kind, ops in profiles.items():
+        total = sum(ops.values())
+        top = sorted(ops.items(), key=lambda kv: -kv[1])[:7]
+        print(
+            f"  where {kind} spends its time (onnxruntime profiler, 1 thread, batch {BATCH}): "
+            + ", ".join(f"{op} {ms / total:.0%}" for op, ms in top)
+            + f" of {total:.2f} kernel ms/img"
+        )
+    old_rule, new_rule = (f"decode full-size {rule}" for rule in DECODE_RULES)
+    need = (med[old_rule] + med["core fp32"]) / 2
+    floor = med["floor full-size"]
+    print(
+        f"  what 2x needs: decode + model <= {need:.2f} core-ms/img (half of today's {2 * need:.2f}); "
+        "decode with the "
+        f"new rule {med[new_rule]:.2f}, its floor {floor:.2f} (open + 1/8 DCT scale + load, no resize: "
+        "entropy "
+        f"decoding); so the model may cost <= {need - med[new_rule]:.2f} core-ms ({need - floor:.2f} at the "
+        "decode "
+        f"floor) against int8 {med['core int8']:.2f}, fp32 {med['core fp32']:.2f}"
     )
 
 
@@ -584,7 +681,9 @@ def measure_in_subprocess(
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
     if backend:
         env["KERAS_BACKEND"] = backend
-    if draft_oversample:  # the JPEG DCT-scale rule of every process that decodes (cxr.imaging.DRAFT_OVERSAMPLE)
+    if (
+        draft_oversample
+    ):  # the JPEG DCT-scale rule of every process that decodes (cxr.imaging.DRAFT_OVERSAMPLE)
         env["CXR_BENCH_DRAFT_OVERSAMPLE"] = draft_oversample
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--measure", name, *args],
@@ -687,7 +786,11 @@ def bench_pipeline(model: Path, label: str, folder: Path, batch_sizes: bool = Fa
             "  model core-ms/img by batch size (1 intra-op thread, as each CPU-plan worker runs it): "
             + ", ".join(
                 f"{b}: {1000 / r[n]['ips']:.2f}"
-                for b, n in ((8, "pipe_model_core_8"), (BATCH, "pipe_model_core"), (128, "pipe_model_core_128"))
+                for b, n in (
+                    (8, "pipe_model_core_8"),
+                    (BATCH, "pipe_model_core"),
+                    (128, "pipe_model_core_128"),
+                )
             )
         )
     print(_row("decode only, every worker", r["pipe_decode_all"]))
@@ -698,7 +801,8 @@ def bench_pipeline(model: Path, label: str, folder: Path, batch_sizes: bool = Fa
         f"end to end / bound = {r['infer_cxr']['ips'] / bound:.2f} (goal >= 0.9)"
     )
     print(
-        f"  of which start-up: first scored batch after {r['infer_cxr']['first_batch_s']:.2f} s; from then on "
+        f"  of which start-up: first scored batch after {r['infer_cxr']['first_batch_s']:.2f} s; from then "
+        "on "
         f"{r['infer_cxr']['steady_ips']:.1f} img/s = {r['infer_cxr']['steady_ips'] / bound:.2f} x bound"
     )
 
@@ -713,7 +817,8 @@ def bench_ray(model: Path, label: str, folder: Path) -> None:
     print(_row("ray engine, once its actors are up", r["infer_ray_steady"]))
     print(
         f"  ray start-up (ray.init + one file through the engine): {r['ray_startup']['seconds']:.1f} s; "
-        f"ray / local throughput: whole run {r['infer_ray']['ips'] / r['infer_cxr']['ips']:.2f}, once started "
+        f"ray / local throughput: whole run {r['infer_ray']['ips'] / r['infer_cxr']['ips']:.2f}, once "
+        "started "
         f"{r['infer_ray_steady']['ips'] / r['infer_cxr']['ips']:.2f} (goal >= 0.7)"
     )
 
@@ -740,7 +845,11 @@ def cuda_parity(folder: Path, model_path: Path):
         flips = int(((p >= cpu.info.threshold) != (reference >= cpu.info.threshold)).sum())
         print(
             json.dumps(
-                {"precision": precision, "max_abs_dp": float(np.abs(p - reference).max()), "labels_flipped": flips}
+                {
+                    "precision": precision,
+                    "max_abs_dp": float(np.abs(p - reference).max()),
+                    "labels_flipped": flips,
+                }
             )
         )
     return len(images), 1.0
@@ -797,14 +906,21 @@ def bench_cuda(model: Path, folder: Path) -> None:
             )
     r = {
         name: measure_in_subprocess(name, str(folder), str(model))
-        for name in ("cuda_model_32", "cuda_model_256", "cuda_model_1024", "cuda_decode_all", "cuda_end_to_end")
+        for name in (
+            "cuda_model_32",
+            "cuda_model_256",
+            "cuda_model_1024",
+            "cuda_decode_all",
+            "cuda_end_to_end",
+        )
     }
     for name in ("cuda_model_32", "cuda_model_256", "cuda_model_1024"):
         print(_row(f"model only, CUDA fp32, batch {name.rsplit('_', 1)[1]}", r[name]))
     print(_row("decode only, every worker", r["cuda_decode_all"]))
     print(_row("end to end: cxr-infer --device cuda", r["cuda_end_to_end"]))
     bound = min(
-        r["cuda_decode_all"]["ips"], max(r[n]["ips"] for n in ("cuda_model_32", "cuda_model_256", "cuda_model_1024"))
+        r["cuda_decode_all"]["ips"],
+        max(r[n]["ips"] for n in ("cuda_model_32", "cuda_model_256", "cuda_model_1024")),
     )
     print(
         f"  bound = min(decode only, model only) = {bound:.0f} img/s; end to end / bound = "
@@ -884,6 +1000,7 @@ MEASURES = {
     "pipe_decode_core": pipe_decode_core,
     "pipe_model_core": pipe_model_core,
     "pipe_decode_all": pipe_decode_all,
+    "pipe_decode_floor": pipe_decode_floor,
     "resume_first_batch": resume_first_batch,
     "cuda_parity": cuda_parity,
     "cuda_model_32": cuda_model_32,
@@ -898,6 +1015,7 @@ MEASURES = {
     "infer_ray": infer_ray,
     "infer_ray_steady": infer_ray_steady,
     "trust_model_core": trust_model_core,
+    "pipe_profile_ops": pipe_profile_ops,
 }
 
 
@@ -928,7 +1046,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--decode-only", action="store_true", help="only the draft-vs-full decoding line")
     parser.add_argument("--trust-files", type=int, default=2000, help="files in the guard-cost section")
-    parser.add_argument("--trust-rounds", type=int, default=3, help="alternating runs of each model in that section")
+    parser.add_argument(
+        "--trust-rounds", type=int, default=3, help="alternating runs of each model in that section"
+    )
     parser.add_argument("--int8-files", type=int, default=2000, help="files per folder in the int8 section")
     parser.add_argument("--int8-rounds", type=int, default=3, help="alternating rounds of the int8 section")
     parser.add_argument(
@@ -998,7 +1118,9 @@ def main(argv: list[str] | None = None) -> None:
         if "trust" in only:
             with tempfile.TemporaryDirectory() as tmp:
                 bench_trust(
-                    opts.model, replicate_folder(COPIES, Path(tmp) / "copies", opts.trust_files), opts.trust_rounds
+                    opts.model,
+                    replicate_folder(COPIES, Path(tmp) / "copies", opts.trust_files),
+                    opts.trust_rounds,
                 )
         if "reports" in only:
             bench_reports_section()

@@ -1,4 +1,5 @@
-"""Thin command of the INT8 stage: ``cxr quantize --model models/model1.onnx --manifest data/splits/manifest.csv``."""
+"""Thin command of the INT8 stage:
+``cxr quantize --model models/model1.onnx --manifest data/splits/manifest.csv``."""
 
 from __future__ import annotations
 
@@ -94,7 +95,14 @@ def quantize(
     """Write an INT8 copy of a cxr model (onnxruntime static quantization, QDQ, per-channel weights) if
     it stays within the gate on the validation split; its guard threshold is refitted there, its
     calibration kept."""
-    from cxr.export.quantize import QuantizeError, Search, default_out, parse_float_groups, quantize_model, sidecar_path
+    from cxr.export.quantize import (
+        QuantizeError,
+        Search,
+        default_out,
+        parse_float_groups,
+        quantize_model,
+        sidecar_path,
+    )
 
     if not model_path.is_file():
         raise UsageError(f"model file not found: {model_path}")

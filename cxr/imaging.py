@@ -144,7 +144,8 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     if frames > 1:
         img.close()
         raise ImageDecodeError(
-            f"multi-page {img.format} ({frames} pages): one image per file is expected; split the pages into files"
+            f"multi-page {img.format} ({frames} pages): one image per file is expected; split the pages "
+            "into files"
         )
     return img
 
@@ -298,7 +299,9 @@ def list_images(folder: str | Path, exclude: str | Path | None = None) -> list[P
         ]
         for name in files:
             path = Path(directory, name)
-            if not name.startswith(".") and (path.suffix.lower() in IMAGE_EXTENSIONS or _is_dicom_quietly(path)):
+            if not name.startswith(".") and (
+                path.suffix.lower() in IMAGE_EXTENSIONS or _is_dicom_quietly(path)
+            ):
                 found.append(path)
     return sorted(found, key=lambda p: os.fsencode(p.relative_to(root)))
 
@@ -349,7 +352,10 @@ def decode_pool(workers: int):
 
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     return ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context(method), initializer=_exit_with, initargs=(os.getpid(),)
+        workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_exit_with,
+        initargs=(os.getpid(),),
     )
 
 
@@ -359,7 +365,11 @@ def _decode_chunk(args: tuple[list[str], int]) -> list[tuple[np.ndarray | None, 
 
 
 def decoded_stream(
-    paths: list[str] | list[Path], size: int, workers: int, chunk: int = 8, max_chunks_in_flight: int | None = None
+    paths: list[str] | list[Path],
+    size: int,
+    workers: int,
+    chunk: int = 8,
+    max_chunks_in_flight: int | None = None,
 ) -> Iterator[tuple[np.ndarray | None, str]]:
     """(image or None, error message) for each path, in input order, decoded by a pool of
     ``workers`` processes (0: in-process). At most ``max_chunks_in_flight`` chunks are queued or
@@ -389,7 +399,9 @@ def decode_many(paths: list[str], size: int, workers: int | None = None) -> np.n
 
     workers = (os.cpu_count() or 1) if workers is None else workers
     images = np.zeros((len(paths), size, size, 3), np.uint8)
-    for index, (image, error) in enumerate(decoded_stream(paths, size, workers if len(paths) >= 64 else 0, chunk=32)):
+    for index, (image, error) in enumerate(
+        decoded_stream(paths, size, workers if len(paths) >= 64 else 0, chunk=32)
+    ):
         if image is None:
             raise ImageDecodeError(f"{paths[index]}: {error}")
         images[index] = image

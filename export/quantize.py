@@ -6,7 +6,11 @@ validation split decoded by ``cxr.imaging`` exactly as inference decodes them. T
 pre-processed by onnxruntime (batch normalisation folded into the convolutions, shapes inferred),
 then only the backbone is quantized: its Conv, Clip/Relu and Add nodes, grouped by Keras block
 (the preprocessing layers before the stem are the group ``input``). The domain guard, the
-calibration step, the head and the Grad-CAM output stay float.
+calibration step, the head and the Grad-CAM output stay float. The guard's mean of squares at each
+tap is computed as ``ReduceSumSquare`` times 1/(H*W) instead of ``ReduceMean(x * x)``
+(``fuse_guard_squares``): the same statistic with one reader of the tap fewer and no squared copy of
+it, which matters in the INT8 graph, where onnxruntime dequantizes a tap once for every float node
+that reads it.
 
 Some groups are too sensitive for int8 (the first layers, where a rounding step is a grey level or
 so of the input). With ``float_groups=None`` ("auto") each group is quantized alone and ranked by
@@ -86,7 +90,10 @@ class GateFigures:
 
     def within(self, fraction: float) -> bool:
         """Within ``fraction`` of each limit (the search's margin)."""
-        return self.auc_drop <= fraction * self.max_auc_drop and self.flip_share <= fraction * self.max_flip_share
+        return (
+            self.auc_drop <= fraction * self.max_auc_drop
+            and self.flip_share <= fraction * self.max_flip_share
+        )
 
     def describe(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
@@ -164,7 +171,9 @@ class LabelledImages:
         }
 
 
-def load_split(manifest: Path, split: str, size: int, positive: str, limit: int | None = None) -> LabelledImages:
+def load_split(
+    manifest: Path, split: str, size: int, positive: str, limit: int | None = None
+) -> LabelledImages:
     """Decode a manifest's split with the shared preprocessing (``cxr.imaging.decode_many``); with
     ``limit``, an evenly spaced subset in manifest order."""
     from cxr.data import DataPrepError, load_manifest
@@ -183,7 +192,7 @@ def load_split(manifest: Path, split: str, size: int, positive: str, limit: int 
     return LabelledImages(split, images, (rows["label"] == positive).to_numpy(int), tuple(rows["path"]))
 
 
-# -- the graph: pre-processing, the backbone's groups ---------------------------------------------------------
+# -- the graph: pre-processing, the backbone's groups ---------------------------------------------
 
 
 def preprocess(model_path: Path, out_path: Path) -> None:
@@ -215,7 +224,8 @@ def _last_activation(proto) -> str:
     found = [name for node in proto.graph.node for name in node.output if ACTIVATION.search(name)]
     if not found:
         raise QuantizeError(
-            "no backbone activations (stem/blockN/top_activation) in this graph: not an exported cxr EfficientNet"
+            "no backbone activations (stem/blockN/top_activation) in this graph: not an exported cxr "
+            "EfficientNet"
         )
     return found[-1]
 
@@ -281,12 +291,67 @@ def name_nodes(proto) -> bool:
     return changed
 
 
+def fuse_guard_squares(proto) -> list[str]:
+    """The guard's mean of squares, ``ReduceMean(Mul(x, x))``, as ``ReduceSumSquare(x) * 1/(H*W)``: the
+    same statistic (H*W = 64, a power of two, at the shipped taps), without the squared copy of each
+    tap, and one read of the tap fewer (in the INT8 graph onnxruntime gives every reader of a tap its
+    own DequantizeLinear). In place; returns the taps rewritten (those of unknown spatial size are left)."""
+    from onnx import helper, numpy_helper
+
+    shapes = {
+        info.name: [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+        for info in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
+    }
+    by_output = {node.output[0]: node for node in proto.graph.node}
+    done = []
+    for node in list(proto.graph.node):
+        prefix = node.output[0][: -len("_meansq")] if node.output[0].endswith("_meansq") else None
+        square = by_output.get(node.input[0]) if prefix and node.op_type == "ReduceMean" else None
+        if square is None or square.op_type != "Mul" or square.input[0] != square.input[1]:
+            continue
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        shape = shapes.get(square.input[0]) or []
+        if axes != [2, 3] or len(shape) != 4 or None in shape[2:]:
+            continue
+        readers = [n for n in proto.graph.node if square.output[0] in n.input]
+        if len(readers) != 1:
+            continue
+        area = np.array([1.0 / (shape[2] * shape[3])], np.float32)
+        proto.graph.initializer.append(numpy_helper.from_array(area, f"{prefix}_inv_area"))
+        position = list(proto.graph.node).index(node)
+        proto.graph.node.remove(node)
+        proto.graph.node.insert(
+            position,
+            helper.make_node(
+                "Mul",
+                [f"{prefix}_sumsq", f"{prefix}_inv_area"],
+                [node.output[0]],
+                name=node.name or node.output[0],
+            ),
+        )
+        proto.graph.node.insert(
+            list(proto.graph.node).index(square),
+            helper.make_node(
+                "ReduceSumSquare",
+                [square.input[0]],
+                [f"{prefix}_sumsq"],
+                name=f"{prefix}_sumsq",
+                axes=[2, 3],
+                keepdims=0,
+            ),
+        )
+        proto.graph.node.remove(square)
+        done.append(square.input[0])
+    return done
+
+
 def trust_nodes(proto) -> list[str]:
     """The guard and calibration nodes (kept out of quantization; named in ``nodes_to_exclude``)."""
     return [
         node.name
         for node in proto.graph.node
-        if node.name.startswith(TRUST_PREFIXES) or any(name.startswith(TRUST_PREFIXES) for name in node.output)
+        if node.name.startswith(TRUST_PREFIXES)
+        or any(name.startswith(TRUST_PREFIXES) for name in node.output)
     ]
 
 
@@ -299,7 +364,10 @@ def _reader(images: np.ndarray):
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
             self._batches = iter(
-                [{"pixels": images[i : i + CALIBRATION_BATCH]} for i in range(0, len(images), CALIBRATION_BATCH)]
+                [
+                    {"pixels": images[i : i + CALIBRATION_BATCH]}
+                    for i in range(0, len(images), CALIBRATION_BATCH)
+                ]
             )
 
         def get_next(self):
@@ -347,7 +415,10 @@ def run_outputs(model, images: np.ndarray, batch: int = 64) -> dict[str, np.ndar
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs() if o.name in ("probability", "domain_score")]
     outs = [session.run(names, {"pixels": images[i : i + batch]}) for i in range(0, len(images), batch)]
-    return {name: np.concatenate([o[k].reshape(-1) for o in outs]).astype(np.float64) for k, name in enumerate(names)}
+    return {
+        name: np.concatenate([o[k].reshape(-1) for o in outs]).astype(np.float64)
+        for k, name in enumerate(names)
+    }
 
 
 # -- choosing the float groups ------------------------------------------------------------------------------
@@ -364,6 +435,7 @@ class Workspace:
     calibration: np.ndarray
     cache: Path
     gate_tries: int = 0
+    guard_taps_fused: int = 0
 
     def quantize(self, float_groups: list[str], out_path: Path) -> Path:
         nodes = [n for g, names in self.groups.items() if g not in float_groups for n in names]
@@ -456,7 +528,8 @@ def quantize_model(
         else val
     )
     say(
-        f"validation split: {val.fingerprint()['count']} images; calibration: {len(calib.paths)} images of the "
+        f"validation split: {val.fingerprint()['count']} images; calibration: {len(calib.paths)} images of "
+        "the "
         f"{calib.split} split"
     )
     reference = run_outputs(model_path, val.images)
@@ -474,6 +547,7 @@ def quantize_model(
             "float_groups": list(chosen),
             "quantized_groups": quantized,
             "gate_tries": work.gate_tries,
+            "guard_taps_fused": work.guard_taps_fused,
             "search": {
                 "float_groups": "auto" if float_groups is None else "given",
                 "margin": search.margin,
@@ -511,19 +585,27 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def _workspace(model_path: Path, tmp: Path, calibration: np.ndarray, float_groups: list[str] | None) -> Workspace:
+def _workspace(
+    model_path: Path, tmp: Path, calibration: np.ndarray, float_groups: list[str] | None
+) -> Workspace:
     import onnx
 
     pre_path = tmp / "preprocessed.onnx"
     preprocess(model_path, pre_path)
     pre = onnx.load(str(pre_path))
-    if name_nodes(pre):
+    named = name_nodes(pre)
+    fused = fuse_guard_squares(pre)
+    if named or fused:
         onnx.save(pre, str(pre_path))
     groups = backbone_groups(pre)
     unknown = sorted(set(float_groups or []) - set(groups))
     if unknown:
-        raise QuantizeError(f"--float-groups: no group {unknown[0]!r} in this backbone (groups: {', '.join(groups)})")
-    return Workspace(pre_path, groups, trust_nodes(pre), calibration, tmp / "ranges.json")
+        raise QuantizeError(
+            f"--float-groups: no group {unknown[0]!r} in this backbone (groups: {', '.join(groups)})"
+        )
+    return Workspace(
+        pre_path, groups, trust_nodes(pre), calibration, tmp / "ranges.json", guard_taps_fused=len(fused)
+    )
 
 
 def _choose(
@@ -590,7 +672,9 @@ def _ranking(
     return ranking
 
 
-def _refit_guard(contract, reference: dict[str, np.ndarray], outs: dict[str, np.ndarray]) -> dict[str, Any] | None:
+def _refit_guard(
+    contract, reference: dict[str, np.ndarray], outs: dict[str, np.ndarray]
+) -> dict[str, Any] | None:
     """The guard's metadata for the INT8 graph: threshold and reference scores refitted on the INT8
     validation scores by the fp32 rule, and what moved."""
     guard = contract.facts.get("guard")
@@ -655,7 +739,9 @@ def calibration_mapping(proto, contract, images: np.ndarray) -> dict[str, Any] |
     expected = 1.0 / (1.0 + np.exp(-(calib.a * logit.reshape(-1).astype(np.float64) + calib.b)))
     diff = float(np.max(np.abs(p.reshape(-1) - expected)))
     if diff > MAPPING_TOLERANCE:
-        raise QuantizeError(f"the quantized graph's calibration maps the logit differently (max |dp| {diff:.2g})")
+        raise QuantizeError(
+            f"the quantized graph's calibration maps the logit differently (max |dp| {diff:.2g})"
+        )
     return {
         "method": calib.method,
         "a": calib.a,

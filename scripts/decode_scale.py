@@ -7,7 +7,8 @@ For each rule, on the full-size sample (labels from its class folders) and on th
 largest |difference| in grey levels), the DCT scales libjpeg used, and per model ROC AUC, max |dp|
 and labels flipped at the model's threshold against the full decode. Writes a Markdown table.
 
-Usage: .venv/bin/python scripts/decode_scale.py [--models models/model1.onnx ...] [--out results/decode_scale.md]
+Usage: .venv/bin/python scripts/decode_scale.py [--models models/model1.onnx ...]
+       [--out results/decode_scale.md]
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ MANIFEST = ROOT / "data" / "splits" / "manifest.csv"
 RULES = {"full decode": None, ">= 2x target (earlier rule)": 2.0, ">= 1x target (smallest covering)": 1.0}
 SIZE = 128
 DECISION = (
-    "The default is the smallest DCT scale that still covers the target (>= 1x, `DRAFT_OVERSAMPLE = 1`): on the "
-    "full-size sample it decodes about 1.2x faster than >= 2x, and its ROC AUC is within 0.0006 of a full decode for "
-    "every model (>= 2x: within 0.0014), which is the sample's noise (120 images: one pair swapped moves ROC AUC by "
-    "0.0003, one label is 0.8%); labels flipped against a full decode are the same for both fp32 models (model1 0, "
-    "model2 2 of 120) and 4 instead of 2 for model2.int8. Its pixel error against a full decode is larger (about 1 "
-    "grey level mean instead of 0.4; 99th percentile 9 instead of 4), of the order of the 1-grey-level Gaussian "
+    "The default is the smallest DCT scale that still covers the target (>= 1x, `DRAFT_OVERSAMPLE = 1`): on "
+    "the "
+    "full-size sample it decodes about 1.2x faster than >= 2x, and its ROC AUC is within 0.0006 of a full "
+    "decode for "
+    "every model (>= 2x: within 0.0014), which is the sample's noise (120 images: one pair swapped moves "
+    "ROC AUC by "
+    "0.0003, one label is 0.8%); labels flipped against a full decode are the same for both fp32 models "
+    "(model1 0, "
+    "model2 2 of 120) and 4 instead of 2 for model2.int8. Its pixel error against a full decode is larger "
+    "(about 1 "
+    "grey level mean instead of 0.4; 99th percentile 9 instead of 4), of the order of the 1-grey-level "
+    "Gaussian "
     "noise of the robustness suite: neither the error nor ROC AUC argues for keeping >= 2x. On the "
     "224 px copies (the test split) both rules decode at full scale: identical pixels and ROC AUC."
 )
@@ -94,7 +101,9 @@ def labelled_sets(fullres: Path, manifest: Path) -> dict[str, tuple[list[Path], 
     }
 
 
-def measure_set(paths: list[Path], labels: np.ndarray, models: list[Path], rounds: int) -> tuple[list[str], dict]:
+def measure_set(
+    paths: list[Path], labels: np.ndarray, models: list[Path], rounds: int
+) -> tuple[list[str], dict]:
     """The Markdown rows of one image set (one per rule, then one per rule and model) and its figures."""
     from sklearn.metrics import roc_auc_score
 
@@ -112,9 +121,14 @@ def measure_set(paths: list[Path], labels: np.ndarray, models: list[Path], round
         diff = np.abs(images.astype(int) - full)
         used = Counter(dct_scale(p, SIZE, k) for p in paths)
         scales = ", ".join(f"1/{s}: {n}" for s, n in sorted(used.items()))
-        figures["ms"][name], figures["mean"][name], figures["p99"][name] = ms, diff.mean(), np.percentile(diff, 99)
+        figures["ms"][name], figures["mean"][name], figures["p99"][name] = (
+            ms,
+            diff.mean(),
+            np.percentile(diff, 99),
+        )
         rows.append(
-            f"| {name} | {scales} | {ms:.2f} | {diff.mean():.3f} | {np.percentile(diff, 99):.0f} | {diff.max()} |"
+            f"| {name} | {scales} | {ms:.2f} | {diff.mean():.3f} | {np.percentile(diff, 99):.0f} | "
+            f"{diff.max()} |"
         )
     rows += [
         "",
@@ -127,7 +141,10 @@ def measure_set(paths: list[Path], labels: np.ndarray, models: list[Path], round
         for name in RULES:
             p = reference if name == "full decode" else scores(model, decoded[name][0])
             flips = int(np.sum((p >= threshold) != (reference >= threshold)))
-            figures["auc"][model.name, name], figures["flips"][model.name, name] = roc_auc_score(labels, p), flips
+            figures["auc"][model.name, name], figures["flips"][model.name, name] = (
+                roc_auc_score(labels, p),
+                flips,
+            )
             rows.append(
                 f"| {model.name} | {name} | {roc_auc_score(labels, p):.4f} | "
                 f"{np.abs(p - reference).max():.4f} | {flips} of {len(p)} |"
@@ -144,7 +161,8 @@ def comparison(figures: dict) -> str:
     return (
         f">= 1x against >= 2x: decode {figures['ms'][old] / figures['ms'][new]:.2f}x faster "
         f"({figures['ms'][old]:.2f} -> {figures['ms'][new]:.2f} ms/img); pixel error against a full decode "
-        f"{figures['mean'][old]:.2f} -> {figures['mean'][new]:.2f} grey levels mean, p99 {figures['p99'][old]:.0f} "
+        f"{figures['mean'][old]:.2f} -> {figures['mean'][new]:.2f} grey levels mean, p99 "
+        f"{figures['p99'][old]:.0f} "
         f"-> {figures['p99'][new]:.0f}; ROC AUC change {auc}; labels flipped against a full decode {flips}."
     )
 
@@ -156,9 +174,11 @@ def report(models: list[Path], fullres: Path, manifest: Path, rounds: int, comma
         "# JPEG decode scale: >= 1x vs >= 2x the target (128 px)",
         "",
         (
-            f"Made by `{command}`. Decoding is `cxr.imaging.decode_image` (Pillow `draft`, libjpeg DCT scaling "
+            f"Made by `{command}`. Decoding is `cxr.imaging.decode_image` (Pillow `draft`, libjpeg DCT "
+            "scaling "
             "to 1/2, 1/4 or 1/8, then the squash resize); the only change between rules is the size asked of "
-            "`draft`. Pixel errors are of the uint8 model input (128x128x3) against a full decode plus the same "
+            "`draft`. Pixel errors are of the uint8 model input (128x128x3) against a full decode plus the "
+            "same "
             f"resize. The default rule in cxr.imaging is now >= {DRAFT_OVERSAMPLE:g}x."
         ),
         "",
@@ -174,17 +194,24 @@ def report(models: list[Path], fullres: Path, manifest: Path, rounds: int, comma
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--models", type=Path, nargs="+", default=[ROOT / "models" / "model1.onnx", ROOT / "models" / "model2.onnx"]
+        "--models",
+        type=Path,
+        nargs="+",
+        default=[ROOT / "models" / "model1.onnx", ROOT / "models" / "model2.onnx"],
     )
     parser.add_argument("--fullres", type=Path, default=FULLRES)
     parser.add_argument("--manifest", type=Path, default=MANIFEST)
-    parser.add_argument("--rounds", type=int, default=3, help="timed decode rounds per rule (median reported)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed decode rounds per rule (median reported)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "decode_scale.md")
     args = parser.parse_args(argv)
     from cxr.files import write_text_atomic
 
     command = "python scripts/decode_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report([m for m in args.models if m.is_file()], args.fullres, args.manifest, args.rounds, command.strip())
+    text = report(
+        [m for m in args.models if m.is_file()], args.fullres, args.manifest, args.rounds, command.strip()
+    )
     write_text_atomic(args.out, text)
     print(text)
 

@@ -1,7 +1,8 @@
 """The INT8 models against their fp32 sources on data the gate never saw.
 
     python scripts/int8_check.py --models models/model1.onnx models/model2.onnx \
-        --manifest data/splits/manifest.csv --other-sites ../shared/data/other_sites --out results/int8_test.md
+        --manifest data/splits/manifest.csv --other-sites ../shared/data/other_sites \
+        --out results/int8_test.md
 
 For each fp32 model and its INT8 copy (``<model>.int8.onnx``, made by ``cxr quantize``), scored with
 ``OnnxClassifier`` (the class cxr-infer scores with) on images decoded by ``cxr.imaging``:
@@ -75,7 +76,9 @@ def measure_pair(fp32: Path, int8: Path, test, sites: np.ndarray) -> dict:
             "test_not_shifted": float(np.mean(shift_shares(d, guard, rng) > 0.05)),
             "mb": path.stat().st_size / 1e6,
         }
-    gate = compare(figures["fp32"]["p"], figures["int8"]["p"], test.labels, figures["fp32"]["threshold"], "test")
+    gate = compare(
+        figures["fp32"]["p"], figures["int8"]["p"], test.labels, figures["fp32"]["threshold"], "test"
+    )
     return {"gate": gate, **figures}
 
 
@@ -86,7 +89,8 @@ def table(results: dict[str, dict], command: str, n_sites: int) -> str:
         f"Made by `{command}`.",
         "",
         (
-            "| model | test images | max abs dp | mean abs dp | labels flipped | ROC AUC fp32 | ROC AUC int8 | "
+            "| model | test images | max abs dp | mean abs dp | labels flipped | ROC AUC fp32 | ROC AUC "
+            "int8 | "
             "change | target (<= 0.002 down, <= 0.5% flipped) |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -101,13 +105,15 @@ def table(results: dict[str, dict], command: str, n_sites: int) -> str:
     lines += [
         "",
         (
-            f"Domain guard (each model at its own threshold; the INT8 threshold is refitted on the validation "
+            "Domain guard (each model at its own threshold; the INT8 threshold is refitted on the "
+            "validation "
             f"split) and calibration; other sites: {n_sites} images; shift test: {DRAWS} random sets of "
             f"{DRAW_SIZE}."
         ),
         "",
         (
-            "| model | file MB | guard threshold | test split flagged | other sites flagged | other-site sets "
+            "| model | file MB | guard threshold | test split flagged | other sites flagged | other-site "
+            "sets "
             "shifted (p < 0.01) | test sets not shifted (p > 0.05) | test ECE |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -125,7 +131,9 @@ def table(results: dict[str, dict], command: str, n_sites: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, nargs="+", required=True, help="fp32 models; <model>.int8.onnx beside")
+    parser.add_argument(
+        "--models", type=Path, nargs="+", required=True, help="fp32 models; <model>.int8.onnx beside"
+    )
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--other-sites", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
