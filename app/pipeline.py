@@ -268,6 +268,20 @@ def excluded(out_dir: Path, folder: Path) -> Path | None:
     return out_dir if inside(out_dir, folder) else None
 
 
+def run_options(
+    scoring: ScoringOptions,
+    model: OnnxClassifier,
+    labels: LabelChoice,
+    choice: ModelChoice,
+    out_dir: Path,
+    folder: Path,
+) -> ScoringOptions:
+    """The command's scoring options with what the run adds: the ground truth and the files it
+    names, the model's device, and the output folder left out where it lies inside ``folder``."""
+    only, truth = ground_truth(model, labels)
+    return replace(scoring, truth=truth, only=only, device=choice.device, exclude=excluded(out_dir, folder))
+
+
 def check_labels(folder: Path, options: ScoringOptions, model: OnnxClassifier, events: Events) -> None:
     """Before scoring: a labels file that labels none of the files is a usage error; one that labels
     only some of them is said."""
@@ -446,14 +460,7 @@ def run_inference(request: InferenceRequest, events: Events) -> InferenceResult:
     check_out_dir(request.out_dir, folder)
     model = load_model(request.model)
     say_model(model, events)
-    only, truth = ground_truth(model, request.labels)
-    options = replace(
-        request.scoring,
-        truth=truth,
-        only=only,
-        device=request.model.device,
-        exclude=excluded(request.out_dir, folder),
-    )
+    options = run_options(request.scoring, model, request.labels, request.model, request.out_dir, folder)
     check_labels(folder, options, model, events)
     with out_dir_lock(request.out_dir):
         scored = score(request.source, model, request.out_dir, options, request.engine, events)
@@ -675,15 +682,8 @@ def setup_evaluation(request: EvaluationRequest) -> EvaluationSetup:
             f"--max-shift needs a model with a domain guard; {model.path.name} has none "
             "(re-export it with `cxr export --from-onnx`)"
         )
-    only, truth = ground_truth(model, request.labels)
-    options = replace(
-        request.scoring,
-        truth=truth,
-        only=only,
-        device=request.model.device,
-        exclude=excluded(out_dir, folder),
-    )
-    return EvaluationSetup(limits, model, baseline, only, truth, options)
+    options = run_options(request.scoring, model, request.labels, request.model, out_dir, folder)
+    return EvaluationSetup(limits, model, baseline, options.only, options.truth, options)
 
 
 def gate_checks(

@@ -105,3 +105,22 @@ def shift_test(
         float(expected_flag_rate),
         alpha,
     )
+
+
+def random_set_p_values(
+    scores: np.ndarray, guard, rng: np.random.Generator, draws: int, size: int
+) -> np.ndarray:
+    """The shift test's p-value on ``draws`` random sets of ``size`` of ``scores`` (drawn without
+    replacement, one after the other from ``rng``), against ``guard``'s reference scores: how often a
+    set of that size is called shifted."""
+    return np.array(
+        [
+            shift_test(
+                rng.choice(scores, size, replace=False),
+                guard.reference_scores,
+                guard.threshold,
+                guard.false_flag_rate,
+            ).p_value
+            for _ in range(draws)
+        ]
+    )

@@ -53,17 +53,9 @@ def flagged(frame: pd.DataFrame) -> np.ndarray:
 
 
 def draws(scores: np.ndarray, guard, rng: np.random.Generator) -> list[float]:
-    from cxr.shift import shift_test
+    from cxr.shift import random_set_p_values
 
-    return [
-        shift_test(
-            rng.choice(scores, DRAW_SIZE, replace=False),
-            guard.reference_scores,
-            guard.threshold,
-            guard.false_flag_rate,
-        ).p_value
-        for _ in range(DRAWS)
-    ]
+    return random_set_p_values(scores, guard, rng, DRAWS, DRAW_SIZE).tolist()
 
 
 def calibration(frame: pd.DataFrame, contract) -> dict:

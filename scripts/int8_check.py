@@ -38,19 +38,9 @@ def outputs(model_path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def shift_shares(scores: np.ndarray, guard, rng: np.random.Generator) -> np.ndarray:
-    from cxr.shift import shift_test
+    from cxr.shift import random_set_p_values
 
-    return np.array(
-        [
-            shift_test(
-                rng.choice(scores, DRAW_SIZE, replace=False),
-                guard.reference_scores,
-                guard.threshold,
-                guard.false_flag_rate,
-            ).p_value
-            for _ in range(DRAWS)
-        ]
-    )
+    return random_set_p_values(scores, guard, rng, DRAWS, DRAW_SIZE)
 
 
 def measure_pair(fp32: Path, int8: Path, test, sites: np.ndarray) -> dict:
