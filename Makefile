@@ -118,9 +118,9 @@ $(RESULTS)/model1_tta/predictions.csv: $(MODELS)/model1.onnx
 # (history.csv, run.json, config.json) are kept in results/training/ for the report's curves.
 TRAINING    := $(RESULTS)/training
 $(MODELS)/model1.onnx: $(wildcard $(MODEL1_RUN)/best.keras)
-	$(BIN)/cxr export --run $(MODEL1_RUN) --out $@ --threshold val
+	$(BIN)/cxr export --run $(MODEL1_RUN) --out $@ --threshold val $(GUARD_OUTLIERS)
 $(MODELS)/model2.onnx: $(wildcard $(MODEL2_RUN)/best.keras)
-	$(BIN)/cxr export --run $(MODEL2_RUN) --out $@ --threshold val
+	$(BIN)/cxr export --run $(MODEL2_RUN) --out $@ --threshold val $(GUARD_OUTLIERS)
 training-facts:
 	$(foreach v,model1 model2,$(if $(wildcard $($(call uc,$(v))_RUN)/history.csv),mkdir -p $(TRAINING)/$(v) && \
 		cp $($(call uc,$(v))_RUN)/history.csv $($(call uc,$(v))_RUN)/run.json $($(call uc,$(v))_RUN)/config.json \
@@ -128,9 +128,11 @@ training-facts:
 uc = $(subst model,MODEL,$(1))
 # The domain guard and calibration of the shipped models, refitted on the split manifest (cxr export
 # does this after every export; this target redoes it for the committed models, e.g. on a fresh clone).
+# The guard's site classifier learns from half of the other sites' patients where that folder exists.
+GUARD_OUTLIERS = $(if $(wildcard $(OTHER_SITES)/MANIFEST.csv),--guard-outliers $(OTHER_SITES))
 trust: setup $(SPLITS)/manifest.csv
-	$(BIN)/cxr export --from-onnx $(MODELS)/model1.onnx --manifest $(SPLITS)/manifest.csv --out $(MODELS)/model1.onnx
-	$(BIN)/cxr export --from-onnx $(MODELS)/model2.onnx --manifest $(SPLITS)/manifest.csv --out $(MODELS)/model2.onnx
+	$(BIN)/cxr export --from-onnx $(MODELS)/model1.onnx --manifest $(SPLITS)/manifest.csv --out $(MODELS)/model1.onnx $(GUARD_OUTLIERS)
+	$(BIN)/cxr export --from-onnx $(MODELS)/model2.onnx --manifest $(SPLITS)/manifest.csv --out $(MODELS)/model2.onnx $(GUARD_OUTLIERS)
 
 # INT8 copies of the shipped models (cxr quantize: onnxruntime static quantization, QDQ, per-channel int8 weights,
 # calibrated on the validation split), each written only if its gate passes there (ROC AUC down at most 0.002, at
@@ -159,6 +161,7 @@ domain-methods: setup $(SPLITS)/manifest.csv
 	$(foreach m,model1 model2,$(BIN)/python scripts/domain_methods.py --model $(MODELS)/$(m).onnx $(if $(filter model1,$(m)),--sweep) \
 		--manifest $(SPLITS)/manifest.csv --other-sites $(OTHER_SITES) --out $(RESULTS)/domain/$(m)_methods.json \
 		> $(RESULTS)/domain/$(m)_methods.md;)
+	$(foreach m,model1 model2,$(BIN)/python scripts/guard_site.py --model $(MODELS)/$(m).onnx --out $(RESULTS)/domain/$(m)_site.md;)
 
 # The shipped guards, shift test and calibration measured end to end (results/domain/summary.*, and the
 # tables in README.md).

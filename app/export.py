@@ -10,6 +10,7 @@ import click
 from cxr.app.errors import Command, ParityFailed, UsageError
 from cxr.app.options import target_recall_option, threshold_rule_option
 from cxr.errors import InputError
+from cxr.export.trust import DEFAULT_FALSE_FLAGS, DEFAULT_OUTLIER_SHARE
 
 
 def resolve_threshold(spec: str, run_dir: Path, target_recall: float, rule: str) -> dict:
@@ -44,9 +45,24 @@ def trust_options(command):
     command = click.option(
         "--guard-false-flags",
         type=click.FloatRange(0.001, 0.2),
-        default=0.02,
+        default=DEFAULT_FALSE_FLAGS,
         show_default=True,
         help="Share of validation images the guard may flag; sets its threshold.",
+    )(command)
+    command = click.option(
+        "--guard-outliers",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder of chest X-rays from other sites: the guard also learns to tell them from the "
+        "training images (a site classifier); without it, other sites' chests are flagged less often.",
+    )(command)
+    command = click.option(
+        "--guard-outlier-share",
+        type=click.FloatRange(0.05, 1.0),
+        default=DEFAULT_OUTLIER_SHARE,
+        show_default=True,
+        help="Share of the --guard-outliers patients used for fitting, chosen by a stable hash of the "
+        "patient id; the rest are left out so the guard can be measured on them.",
     )(command)
     command = click.option(
         "--calibration",
@@ -75,6 +91,9 @@ def attach_trust(
     threshold: str | None = None,
     threshold_rule: str = "wilson",
     target_recall: float = 0.95,
+    *,
+    outliers: Path | None = None,
+    outlier_share: float = DEFAULT_OUTLIER_SHARE,
 ) -> None:
     """Fit and fold in the guard and the calibration (with neither, take them out), and say what
     they are."""
@@ -98,6 +117,8 @@ def attach_trust(
         threshold=threshold,
         threshold_rule=threshold_rule,
         target_recall=target_recall,
+        outliers=outliers,
+        outlier_share=outlier_share,
     )
     if not guard and calibration == "none":
         click.echo("domain guard and calibration: none (taken out of the graph)")
@@ -109,9 +130,14 @@ def attach_trust(
         )
     if result.guard:
         g = result.guard
+        site = (
+            f", site classifier on {g.site.n_sites} images of {outliers} and {g.site.n_made_up} made up"
+            if g.site
+            else " (no --guard-outliers: no site classifier)"
+        )
         click.echo(
-            f"domain guard: {len(g.taps)} taps, threshold {g.threshold:.3f} ({g.false_flag_rate:.1%} of the "
-            f"validation images flagged)"
+            f"domain guard: {len(g.taps)} taps{site}, threshold {g.threshold:.3f} "
+            f"({g.false_flag_rate:.1%} of the validation images flagged)"
         )
         if g.facts.warning:
             click.echo(f"warning: the domain guard was {g.facts.warning}", err=True)
@@ -171,6 +197,8 @@ def export(
     opset: int,
     guard: bool,
     guard_false_flags: float,
+    guard_outliers: Path | None,
+    guard_outlier_share: float,
     calibration: str,
     manifest: Path | None,
 ) -> None:
@@ -192,6 +220,8 @@ def export(
             threshold,
             threshold_rule,
             target_recall,
+            outliers=guard_outliers,
+            outlier_share=guard_outlier_share,
         )
         return
     threshold = threshold or "0.5"
@@ -235,6 +265,8 @@ def export(
             guard,
             guard_false_flags,
             calibration,
+            outliers=guard_outliers,
+            outlier_share=guard_outlier_share,
         )
     except (
         InputError,

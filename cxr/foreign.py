@@ -105,3 +105,29 @@ def chest_variant(image: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
         halves = (image[:, : width // 2], image[:, width // 2 :], image[: height // 2], image[height // 2 :])
         return np.ascontiguousarray(halves[part])
     raise ValueError(f"unknown chest variant {kind!r}; choose one of {CHEST_VARIANTS}")
+
+
+def outlier_fit_part(paths: list[str], share: float) -> np.ndarray:
+    """Which images of an outlier folder fit the domain guard's site classifier: those whose patient
+    (cxr's patient-id rule on the file name) has a stable hash below ``share``. The other patients'
+    images are kept out, so the guard can be measured on them; the same paths always give the same
+    choice."""
+    import hashlib
+    from pathlib import Path
+
+    from cxr.data import patient_id_from_name
+
+    def unit(patient: str) -> float:
+        return int(hashlib.sha256(patient.encode()).hexdigest()[:8], 16) / 16**8
+
+    return np.array([unit(patient_id_from_name(Path(p).name)) < share for p in paths], dtype=bool)
+
+
+def not_learnt_from(paths: list[str], guard_facts: dict) -> list[str]:
+    """The paths whose patients a guard's site classifier did not learn from (all of them for a
+    guard without one): what the guard may honestly be measured on."""
+    site = guard_facts.get("site_classifier")
+    if not site:
+        return list(paths)
+    fitted = outlier_fit_part(list(paths), float(site["outlier_share"]))
+    return [p for p, fit in zip(paths, fitted) if not fit]

@@ -9,6 +9,13 @@ graph, so every engine (CPU, GPU, Ray) gets them and inference still needs no Te
   image less like them. The threshold is the validation scores' quantile for the stated false-flag
   rate. The validation scores themselves travel in the metadata as the reference for the set-level
   shift test.
+- **Site classifier** (optional, ``--guard-outliers``): the Gaussian alone flags about 85% of the
+  chest X-rays of other sites at 1% false flags (``scripts/guard_variants.py``). A logistic regression
+  on the same pooled statistics, training images against chest X-rays of other sites and training
+  images turned, inverted or halved (outlier exposure, Hendrycks et al. 2019; measured side by side
+  in ``scripts/guard_site.py``), is folded in beside it: its logit is mapped onto the Gaussian's
+  log scale by the validation images' mean and spread, and the score is the larger of the two. It is
+  one more matrix product on statistics the guard already computes.
 - **Calibration**: Platt scaling of the positive logit, ``sigmoid(a * logit + b)``, fitted on the
   validation split (temperature scaling is the special case ``b = 0``, measured beside it). The
   threshold rule then runs again on the calibrated validation probabilities.
@@ -29,7 +36,11 @@ from cxr.thresholds import RuleFacts
 
 DOMAIN_OUTPUT = "domain_score"
 GUARD_METHOD = "mahalanobis-multi-depth"
-DEFAULT_FALSE_FLAGS = 0.02
+SITE_METHOD = "site-classifier"
+DEFAULT_FALSE_FLAGS = 0.01
+DEFAULT_OUTLIER_SHARE = 0.5
+SITE_PCA = 256  # the classifier sees the statistics through this many principal components
+SITE_C = 0.01  # its inverse regularisation strength (scripts/guard_site.py measured 0.001-0.1)
 GUARD_TAPS = 4
 CALIBRATION_METHODS = ("platt", "temperature")
 REFERENCE_DECIMALS = 4
@@ -51,6 +62,70 @@ class GuardFacts:
 
 
 @dataclass(frozen=True)
+class SiteClassifier:
+    """A linear classifier on the guard's pooled statistics, training images (0) against chest
+    X-rays of other sites and made-up outliers (1), already mapped onto the guard's log scale: its
+    log score is ``sum(stats_k @ weights_k) + bias``."""
+
+    weights: tuple[np.ndarray, ...]
+    bias: float
+    n_sites: int  # chest X-rays of other sites
+    n_made_up: int  # training images turned, inverted or halved
+    source: str
+    share: float
+
+    def log_scores(self, features: list[np.ndarray]) -> np.ndarray:
+        return sum(f @ w for f, w in zip(features, self.weights)) + self.bias
+
+    def metadata(self) -> dict[str, str | int | float]:
+        return {
+            "fitted_on": f"training split against chest X-rays of other sites ({self.source}) and "
+            "training images turned, inverted or halved",
+            "n_other_site_images": self.n_sites,
+            "n_made_up_images": self.n_made_up,
+            "outlier_share": self.share,
+            "held_out": "the outlier folder's other patients (cxr.foreign.outlier_fit_part)",
+        }
+
+
+def fit_site_classifier(
+    train: list[np.ndarray],
+    outliers: list[np.ndarray],
+    made_up: list[np.ndarray] | None,
+    val: list[np.ndarray],
+    val_log: np.ndarray,
+    source: str = "",
+    share: float = 1.0,
+) -> SiteClassifier:
+    """Standardise, project on the training images' principal components, fit a balanced logistic
+    regression, and fold the three linear steps into one weight vector per tap; then map the logit
+    onto the guard's log scale so that the validation images have the same mean and spread on both."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x_in, x_out = np.concatenate(train, 1), np.concatenate(outliers, 1)
+    if made_up is not None:
+        x_out = np.concatenate([x_out, np.concatenate(made_up, 1)])
+    scaler = StandardScaler().fit(x_in)
+    pca = PCA(min(SITE_PCA, *x_in.shape), random_state=0).fit(scaler.transform(x_in))
+    project = lambda x: pca.transform(scaler.transform(x))  # noqa: E731 - used twice just below
+    y = np.r_[np.zeros(len(x_in)), np.ones(len(x_out))]
+    model = LogisticRegression(C=SITE_C, class_weight="balanced", max_iter=5000)
+    model.fit(np.concatenate([project(x_in), project(x_out)]), y)
+    direction = pca.components_.T @ model.coef_[0]
+    weight = direction / scaler.scale_
+    bias = float(model.intercept_[0] - (scaler.mean_ / scaler.scale_ + pca.mean_) @ direction)
+    val_logit = np.concatenate(val, 1) @ weight + bias
+    slope = float(np.std(val_log) / max(np.std(val_logit), 1e-12))
+    shift = float(np.mean(val_log) - slope * np.mean(val_logit))
+    splits = np.cumsum([f.shape[1] for f in train])[:-1]
+    weights = tuple(np.split(weight * slope, splits))
+    n_sites = int(len(outliers[0]))
+    return SiteClassifier(weights, bias * slope + shift, n_sites, int(len(x_out)) - n_sites, source, share)
+
+
+@dataclass(frozen=True)
 class GuardFit:
     """A fitted guard: per tap (name, mean, precision square root, training median distance)."""
 
@@ -62,25 +137,35 @@ class GuardFit:
     false_flag_rate: float
     reference: tuple[float, ...]  # the validation images' scores, sorted
     facts: GuardFacts = field(default_factory=GuardFacts)
+    site: SiteClassifier | None = None
 
-    def scores(self, features: list[np.ndarray]) -> np.ndarray:
-        """The guard's score from pooled features (one array per tap), as the graph computes it."""
+    def gaussian_log(self, features: list[np.ndarray]) -> np.ndarray:
+        """The mean over the taps of log(squared Mahalanobis distance / training median)."""
         logs = [
             np.log(np.maximum(((f - m) @ r) ** 2, 0).sum(1) / med)
             for f, m, r, med in zip(features, self.means, self.roots, self.medians)
         ]
-        return np.exp(np.mean(logs, axis=0))
+        return np.mean(logs, axis=0)
+
+    def scores(self, features: list[np.ndarray]) -> np.ndarray:
+        """The guard's score from pooled features (one array per tap), as the graph computes it."""
+        log = self.gaussian_log(features)
+        if self.site is not None:
+            log = np.maximum(log, self.site.log_scores(features))
+        return np.exp(log)
 
     def metadata(self) -> dict[str, str | float | int | list[str] | list[float]]:
         """The model metadata's ``guard`` entry (``cxr.artifacts.model_contract.DomainGuard`` reads it)."""
+        site = {"site_classifier": self.site.metadata()} if self.site else {}
         return {
-            "method": GUARD_METHOD,
+            "method": f"{GUARD_METHOD}+{SITE_METHOD}" if self.site else GUARD_METHOD,
             "output": DOMAIN_OUTPUT,
             "threshold": self.threshold,
             "false_flag_rate": self.false_flag_rate,
             "taps": list(self.taps),
             "reference_scores": [round(float(v), REFERENCE_DECIMALS) for v in self.reference],
             **self.facts.to_json(),
+            **site,
         }
 
 
@@ -138,9 +223,18 @@ MIN_GUARD_VAL = 20  # the shift test's reference needs as many (model_metadata.s
 
 
 def fit_guard(
-    taps: list[str], train: list[np.ndarray], val: list[np.ndarray], false_flags: float
+    taps: list[str],
+    train: list[np.ndarray],
+    val: list[np.ndarray],
+    false_flags: float,
+    outliers: list[np.ndarray] | None = None,
+    made_up: list[np.ndarray] | None = None,
+    outlier_source: str = "",
+    outlier_share: float = 1.0,
 ) -> GuardFit:
-    """Ledoit-Wolf per tap on the training features; threshold at the validation quantile."""
+    """Ledoit-Wolf per tap on the training features, and with ``outliers`` (other sites' features, one
+    array per tap; ``made_up``: those of ``made_up_outliers``) the site classifier beside it;
+    threshold at the validation quantile."""
     from sklearn.covariance import LedoitWolf
 
     if len(val[0]) < MIN_GUARD_VAL:
@@ -157,6 +251,11 @@ def fit_guard(
         roots.append(root)
         medians.append(float(np.median((((features - lw.location_) @ root) ** 2).sum(1))))
     draft = GuardFit(tuple(taps), tuple(means), tuple(roots), tuple(medians), 0.0, false_flags, ())
+    if outliers is not None:
+        site = fit_site_classifier(
+            train, outliers, made_up, val, draft.gaussian_log(val), outlier_source, outlier_share
+        )
+        draft = replace(draft, site=site)
     val_scores = np.sort(draft.scores(val))
     threshold = float(np.quantile(val_scores, 1.0 - false_flags))
     return GuardFit(
@@ -168,6 +267,7 @@ def fit_guard(
         false_flags,
         tuple(val_scores.tolist()),
         GuardFacts(n_train=int(len(train[0])), n_val=int(len(val[0]))),
+        draft.site,
     )
 
 
@@ -175,10 +275,11 @@ def attach_guard(proto, fit: GuardFit) -> None:
     """Append the guard to ``proto`` (in place): output ``domain_score`` (N,)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    logs = []
+    logs, all_stats = [], []
     for index, (tap, mean, root, median) in enumerate(zip(fit.taps, fit.means, fit.roots, fit.medians)):
         prefix = f"guard{index}"
         nodes, stats = pooled_statistics(proto, tap, prefix)
+        all_stats.append(stats)
         proto.graph.node.extend(nodes)
         proto.graph.initializer.extend(
             [
@@ -202,13 +303,37 @@ def attach_guard(proto, fit: GuardFit) -> None:
             _node("Concat", logs, "guard_logs_flat", axis=0),
             _node("Reshape", ["guard_logs_flat", "guard_shape"], "guard_logs"),
             _node("ReduceMean", ["guard_logs"], "guard_mean_log", axes=[0], keepdims=0),
-            _node("Exp", ["guard_mean_log"], DOMAIN_OUTPUT),
         ]
     )
     proto.graph.initializer.append(
         numpy_helper.from_array(np.array([len(logs), -1], np.int64), "guard_shape")
     )
+    log = _attach_site_classifier(proto, fit.site, all_stats) if fit.site else "guard_mean_log"
+    proto.graph.node.append(_node("Exp", [log], DOMAIN_OUTPUT))
     proto.graph.output.append(helper.make_tensor_value_info(DOMAIN_OUTPUT, TensorProto.FLOAT, ["batch"]))
+
+
+def _attach_site_classifier(proto, site: SiteClassifier, stats: list[str]) -> str:
+    """The site classifier's log score beside the Gaussian's: ``max(mean log, sum(stats_k @ w_k) + b)``;
+    returns the name of that maximum."""
+    from onnx import numpy_helper
+
+    parts = []
+    for index, (name, weight) in enumerate(zip(stats, site.weights)):
+        proto.graph.initializer.append(
+            numpy_helper.from_array(weight.astype(np.float32), f"guard_site_w{index}")
+        )
+        proto.graph.node.append(_node("MatMul", [name, f"guard_site_w{index}"], f"guard_site_part{index}"))
+        parts.append(f"guard_site_part{index}")
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([site.bias], np.float32), "guard_site_b"))
+    proto.graph.node.extend(
+        [
+            _node("Sum", parts, "guard_site_sum"),
+            _node("Add", ["guard_site_sum", "guard_site_b"], "guard_site_log"),
+            _node("Max", ["guard_mean_log", "guard_site_log"], "guard_log"),
+        ]
+    )
+    return "guard_log"
 
 
 # -- calibration ---------------------------------------------------------------------------------------------
@@ -387,11 +512,14 @@ def add_trust(
     threshold: str | None = None,
     threshold_rule: str = "wilson",
     target_recall: float = 0.95,
+    outliers: Path | None = None,
+    outlier_share: float = DEFAULT_OUTLIER_SHARE,
 ) -> TrustResult:
-    """Fit the guard (training split) and the calibration (validation split) of an exported model,
-    fold them into its graph, choose the threshold on the calibrated validation probabilities, and
-    write ``out_path`` after checking the new graph against the fitted numbers. An earlier guard and
-    calibration are replaced (with neither asked for, they are removed).
+    """Fit the guard (training split; with ``outliers``, a folder of chest X-rays from other sites, the
+    site classifier on ``outlier_share`` of its patients) and the calibration (validation split) of
+    an exported model, fold them into its graph, choose the threshold on the calibrated validation
+    probabilities, and write ``out_path`` after checking the new graph against the fitted numbers.
+    An earlier guard and calibration are replaced (with neither asked for, they are removed).
 
     ``threshold``: None keeps the model's own rule (rerun on the calibrated validation split, or a
     fixed threshold carried to the calibrated scale); 'val' chooses it by ``threshold_rule`` and
@@ -414,7 +542,11 @@ def add_trust(
     taps = guard_taps(proto)
     val_images, y_val = _split_images(manifest, "val", contract.input_size, contract.positive_class)
     val_features, val_logits = run_features(feature_model(proto, taps), val_images)
-    fit = _fit_guard(proto, taps, manifest, contract, val_features, false_flags) if guard else None
+    fit = (
+        _fit_guard(proto, taps, manifest, contract, val_features, false_flags, outliers, outlier_share)
+        if guard
+        else None
+    )
     calib, p_val = None, calibrated(val_logits, 1.0, 0.0)
     if calibration:
         a, b = fit_calibration(val_logits, y_val, calibration)
@@ -445,10 +577,74 @@ def add_trust(
     return TrustResult(Path(out_path), rule, fit, calib, diff)
 
 
-def _fit_guard(proto, taps, manifest, contract, val_features, false_flags) -> GuardFit:
+MIN_OUTLIERS = 20
+MADE_UP_PER_KIND = 300  # training images turned, inverted or halved for the site classifier, per kind
+
+
+def made_up_outliers(images: np.ndarray, per_kind: int = MADE_UP_PER_KIND, seed: int = 0) -> np.ndarray:
+    """Training images turned 90 or 180 degrees, inverted, or halved and stretched back
+    (``cxr.foreign.chest_variant``), ``per_kind`` of each: outliers the site classifier learns
+    beside the other sites' chests, so that its share of the false-flag budget does not cost the
+    Gaussian its inverted chests."""
+    from PIL import Image
+
+    from cxr.foreign import CHEST_VARIANTS, chest_variant
+
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(images), size=min(per_kind, len(images)), replace=False)
+    size = images.shape[1]
+    made = []
+    for kind in CHEST_VARIANTS:
+        for index in chosen:
+            variant = chest_variant(images[index], kind, int(index))
+            if variant.shape[:2] != (size, size):
+                variant = np.asarray(Image.fromarray(variant).resize((size, size), Image.BILINEAR))
+            made.append(variant)
+    return np.stack(made)
+
+
+def _outlier_images(folder: Path, share: float, size: int) -> np.ndarray:
+    """The images of ``folder`` that fit the site classifier (``cxr.foreign.outlier_fit_part``)."""
+    from cxr.foreign import outlier_fit_part
+    from cxr.imaging import ImageDecodeError, decode_many, list_images
+
+    if not Path(folder).is_dir():
+        raise GraphEditError(f"--guard-outliers {folder} is not a folder")
+    paths = [str(p) for p in list_images(folder)]
+    chosen = [p for p, fit in zip(paths, outlier_fit_part(paths, share)) if fit]
+    if len(chosen) < MIN_OUTLIERS:
+        raise GraphEditError(
+            f"--guard-outliers {folder}: {len(chosen)} images chosen of {len(paths)}; the site "
+            f"classifier needs at least {MIN_OUTLIERS} (give more images or a larger --guard-outlier-share)"
+        )
+    try:
+        return decode_many(chosen, size)
+    except ImageDecodeError as exc:
+        raise GraphEditError(f"--guard-outliers {folder}: {exc}") from None
+
+
+def _fit_guard(
+    proto, taps, manifest, contract, val_features, false_flags, outliers, outlier_share
+) -> GuardFit:
     train_images, _ = _split_images(manifest, "train", contract.input_size, contract.positive_class)
-    train_features, _ = run_features(feature_model(proto, taps, with_logit=False), train_images)
-    fit = fit_guard([t for t, _ in taps], train_features, val_features, false_flags)
+    probe = feature_model(proto, taps, with_logit=False)
+    train_features, _ = run_features(probe, train_images)
+    outlier_features = made_up = None
+    if outliers is not None:  # other sites' chests, and training images turned, inverted or halved
+        outlier_features, _ = run_features(
+            probe, _outlier_images(outliers, outlier_share, contract.input_size)
+        )
+        made_up, _ = run_features(probe, made_up_outliers(train_images))
+    fit = fit_guard(
+        [t for t, _ in taps],
+        train_features,
+        val_features,
+        false_flags,
+        outlier_features,
+        made_up,
+        Path(outliers).name if outliers is not None else "",
+        outlier_share,
+    )
     if fit.facts.n_train < MIN_GUARD_TRAIN:
         warning = (
             f"fitted on only {fit.facts.n_train} training images (fewer than "
@@ -530,7 +726,7 @@ def _check_edit(
         raise GraphEditError(f"the calibrated graph differs from the fitted calibration by {diff:.2g}")
     if fit is not None:
         want = fit.scores(features)
-        rel = float(np.max(np.abs(outs[1] - want) / want))
+        rel = float(np.max(np.abs(outs[1] - want) / want))  # scores are exp(...) > 0
         if rel > 1e-3:
             raise GraphEditError(
                 f"the guard in the graph differs from the fitted guard by {rel:.2g} (relative)"

@@ -296,16 +296,25 @@ def _guard(contract: ModelContract) -> list[str]:
     g = contract.guard
     if g is None:
         return ["## Domain guard", "", "None: this model does not flag images unlike its training data.", ""]
+    site = g.facts.get("site_classifier")
+    site_text = (
+        "Beside it, a site classifier (a logistic regression on the same statistics, fitted on the "
+        f"training split against {site['n_other_site_images']} chest X-rays of other sites and "
+        f"{site['n_made_up_images']} training images turned, inverted or halved) gives a score on the "
+        "same scale; the larger of the two is the `domain_score`. "
+        if site
+        else ""
+    )
     return [
         "## Domain guard",
         "",
         f"The ONNX graph has a second output, `domain_score`: a Mahalanobis distance (Ledoit-Wolf) over "
         f"{len(g.facts.get('taps', []))} depths of the backbone (mean and standard deviation of each "
         "activation map), fitted on the training split, as a ratio to the typical training image "
-        f"(about 1 in the training domain). Images above {g.threshold:.3f} are flagged outside the "
-        f"training domain ({g.false_flag_rate:.0%} of validation images are). Every run also tests "
-        "the whole set against the validation images' scores (a two-sample Kolmogorov-Smirnov test) "
-        "and prints a data shift verdict. "
+        f"(about 1 in the training domain). {site_text}Images above {g.threshold:.3f} are flagged "
+        f"outside the training domain ({g.false_flag_rate:.0%} of validation images are). Every run "
+        "also tests the whole set against the validation images' scores (a two-sample "
+        "Kolmogorov-Smirnov test) and prints a data shift verdict. "
         "Adult chest X-rays, other views, photos and documents are outside this model's domain; "
         "measured flag rates are in docs/robustness.md (`scripts/domain_results.py`).",
         "",

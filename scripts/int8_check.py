@@ -97,7 +97,8 @@ def table(results: dict[str, dict], command: str, n_sites: int) -> str:
         (
             "Domain guard (each model at its own threshold; the INT8 threshold is refitted on the "
             "validation "
-            f"split) and calibration; other sites: {n_sites} images; shift test: {DRAWS} random sets of "
+            f"split) and calibration; other sites: {n_sites} images (patients the guard's site classifier "
+            f"did not learn from); shift test: {DRAWS} random sets of "
             f"{DRAW_SIZE}."
         ),
         "",
@@ -128,11 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--other-sites", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    from cxr.artifacts import ModelContract
     from cxr.export.quantize import default_out, load_split
     from cxr.files import write_text_atomic
+    from cxr.foreign import not_learnt_from
     from cxr.imaging import decode_many, list_images
 
-    sites = decode_many([str(p) for p in list_images(args.other_sites)], 128)
+    guard = ModelContract.from_file(args.models[0]).guard
+    all_sites = [str(p) for p in list_images(args.other_sites)]
+    site_paths = not_learnt_from(all_sites, guard.facts if guard else {})
+    sites = decode_many(site_paths, 128)
     results = {}
     for model in args.models:
         int8 = default_out(model)
