@@ -207,6 +207,7 @@ def export(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if (run_dir is None) == (from_onnx is None):
         raise UsageError("give --run (a training run) or --from-onnx (an exported model), one of them")
+    check_outliers(guard, guard_outliers, guard_outlier_share)
     if from_onnx is not None:
         if not from_onnx.is_file():
             raise UsageError(f"model file not found: {from_onnx}")
@@ -275,6 +276,23 @@ def export(
         result.model_path.unlink(missing_ok=True)
         result.parity_path.unlink(missing_ok=True)
         raise UsageError(f"{exc}; nothing written") from None
+
+
+def check_outliers(guard: bool, folder: Path | None, share: float) -> None:
+    """Mistakes with --guard-outliers, found before anything is exported or written."""
+    from cxr.export.trust import outlier_paths
+
+    if folder is None:
+        return
+    if not guard:
+        raise UsageError("--guard-outliers fits part of the domain guard: it cannot go with --no-guard")
+    outlier_paths(folder, share)  # a missing folder or too few images: a one-line error now
+    if share >= 1.0:
+        click.echo(
+            "warning: --guard-outlier-share 1 uses every patient of --guard-outliers: none is left "
+            "out to measure the guard on",
+            err=True,
+        )
 
 
 def run_manifest(run_dir: Path) -> Path | None:

@@ -107,27 +107,50 @@ def chest_variant(image: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     raise ValueError(f"unknown chest variant {kind!r}; choose one of {CHEST_VARIANTS}")
 
 
-def outlier_fit_part(paths: list[str], share: float) -> np.ndarray:
-    """Which images of an outlier folder fit the domain guard's site classifier: those whose patient
-    (cxr's patient-id rule on the file name) has a stable hash below ``share``. The other patients'
-    images are kept out, so the guard can be measured on them; the same paths always give the same
-    choice."""
-    import hashlib
+def outlier_patient(path: str) -> str:
+    """The patient of an outlier image: a DICOM file's PatientID where it has one, otherwise cxr's
+    patient-id rule on the file name."""
     from pathlib import Path
 
     from cxr.data import patient_id_from_name
 
-    def unit(patient: str) -> float:
-        return int(hashlib.sha256(patient.encode()).hexdigest()[:8], 16) / 16**8
+    if Path(path).is_file():
+        from cxr.dicom import is_dicom_file
 
-    return np.array([unit(patient_id_from_name(Path(p).name)) < share for p in paths], dtype=bool)
+        if is_dicom_file(Path(path)):
+            import pydicom
+
+            try:
+                patient = str(pydicom.dcmread(path, stop_before_pixels=True).get("PatientID", "")).strip()
+            except Exception:  # noqa: BLE001 - a broken header falls back to the file name
+                patient = ""
+            if patient:
+                return patient
+    return patient_id_from_name(Path(path).name)
+
+
+def patient_key(patient: str) -> str:
+    """A patient id as the guard's metadata records it: the first 16 hex digits of its sha256, so
+    that no patient id is stored in a model file."""
+    import hashlib
+
+    return hashlib.sha256(patient.encode()).hexdigest()[:16]
+
+
+def outlier_fit_part(paths: list[str], share: float) -> np.ndarray:
+    """Which images of an outlier folder fit the domain guard's site classifier: those whose patient
+    (``outlier_patient``) has a stable hash below ``share``. The other patients' images are kept
+    out, so the guard can be measured on them; the same patients always give the same choice."""
+    keys = [patient_key(outlier_patient(p)) for p in paths]
+    return np.array([int(k[:8], 16) / 16**8 < share for k in keys], dtype=bool)
 
 
 def not_learnt_from(paths: list[str], guard_facts: dict) -> list[str]:
     """The paths whose patients a guard's site classifier did not learn from (all of them for a
-    guard without one): what the guard may honestly be measured on."""
+    guard without one): what the guard may honestly be measured on. The guard's metadata lists the
+    hashed ids of the patients it learnt from."""
     site = guard_facts.get("site_classifier")
     if not site:
         return list(paths)
-    fitted = outlier_fit_part(list(paths), float(site["outlier_share"]))
-    return [p for p, fit in zip(paths, fitted) if not fit]
+    learnt = set(site["patients_sha256"])
+    return [p for p in paths if patient_key(outlier_patient(p)) not in learnt]

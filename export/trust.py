@@ -62,6 +62,20 @@ class GuardFacts:
 
 
 @dataclass(frozen=True)
+class Outliers:
+    """What the site classifier learns as "not like the training images": the pooled features (one
+    array per tap) of other sites' chest X-rays, and of training images turned, inverted or halved
+    (``made_up_outliers``); the folder's name, the share of its patients used, and their hashed ids
+    (``cxr.foreign.patient_key``), so that measurements can leave those patients out."""
+
+    features: list[np.ndarray]
+    made_up: list[np.ndarray] | None = None
+    source: str = ""
+    share: float = 1.0
+    patients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SiteClassifier:
     """A linear classifier on the guard's pooled statistics, training images (0) against chest
     X-rays of other sites and made-up outliers (1), already mapped onto the guard's log scale: its
@@ -73,6 +87,7 @@ class SiteClassifier:
     n_made_up: int  # training images turned, inverted or halved
     source: str
     share: float
+    patients: tuple[str, ...] = ()  # the other sites' patients learnt from, hashed
 
     def log_scores(self, features: list[np.ndarray]) -> np.ndarray:
         return sum(f @ w for f, w in zip(features, self.weights)) + self.bias
@@ -84,18 +99,13 @@ class SiteClassifier:
             "n_other_site_images": self.n_sites,
             "n_made_up_images": self.n_made_up,
             "outlier_share": self.share,
-            "held_out": "the outlier folder's other patients (cxr.foreign.outlier_fit_part)",
+            "held_out": "the outlier folder's other patients (cxr.foreign.not_learnt_from)",
+            "patients_sha256": sorted(self.patients),
         }
 
 
 def fit_site_classifier(
-    train: list[np.ndarray],
-    outliers: list[np.ndarray],
-    made_up: list[np.ndarray] | None,
-    val: list[np.ndarray],
-    val_log: np.ndarray,
-    source: str = "",
-    share: float = 1.0,
+    train: list[np.ndarray], outliers: Outliers, val: list[np.ndarray], val_log: np.ndarray
 ) -> SiteClassifier:
     """Standardise, project on the training images' principal components, fit a balanced logistic
     regression, and fold the three linear steps into one weight vector per tap; then map the logit
@@ -104,9 +114,9 @@ def fit_site_classifier(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    x_in, x_out = np.concatenate(train, 1), np.concatenate(outliers, 1)
-    if made_up is not None:
-        x_out = np.concatenate([x_out, np.concatenate(made_up, 1)])
+    x_in, x_out = np.concatenate(train, 1), np.concatenate(outliers.features, 1)
+    if outliers.made_up is not None:
+        x_out = np.concatenate([x_out, np.concatenate(outliers.made_up, 1)])
     scaler = StandardScaler().fit(x_in)
     pca = PCA(min(SITE_PCA, *x_in.shape), random_state=0).fit(scaler.transform(x_in))
     project = lambda x: pca.transform(scaler.transform(x))  # noqa: E731 - used twice just below
@@ -121,8 +131,16 @@ def fit_site_classifier(
     shift = float(np.mean(val_log) - slope * np.mean(val_logit))
     splits = np.cumsum([f.shape[1] for f in train])[:-1]
     weights = tuple(np.split(weight * slope, splits))
-    n_sites = int(len(outliers[0]))
-    return SiteClassifier(weights, bias * slope + shift, n_sites, int(len(x_out)) - n_sites, source, share)
+    n_sites = int(len(outliers.features[0]))
+    return SiteClassifier(
+        weights,
+        bias * slope + shift,
+        n_sites,
+        int(len(x_out)) - n_sites,
+        outliers.source,
+        outliers.share,
+        outliers.patients,
+    )
 
 
 @dataclass(frozen=True)
@@ -227,14 +245,10 @@ def fit_guard(
     train: list[np.ndarray],
     val: list[np.ndarray],
     false_flags: float,
-    outliers: list[np.ndarray] | None = None,
-    made_up: list[np.ndarray] | None = None,
-    outlier_source: str = "",
-    outlier_share: float = 1.0,
+    outliers: Outliers | None = None,
 ) -> GuardFit:
-    """Ledoit-Wolf per tap on the training features, and with ``outliers`` (other sites' features, one
-    array per tap; ``made_up``: those of ``made_up_outliers``) the site classifier beside it;
-    threshold at the validation quantile."""
+    """Ledoit-Wolf per tap on the training features, and with ``outliers`` the site classifier
+    beside it; threshold at the validation quantile."""
     from sklearn.covariance import LedoitWolf
 
     if len(val[0]) < MIN_GUARD_VAL:
@@ -252,9 +266,7 @@ def fit_guard(
         medians.append(float(np.median((((features - lw.location_) @ root) ** 2).sum(1))))
     draft = GuardFit(tuple(taps), tuple(means), tuple(roots), tuple(medians), 0.0, false_flags, ())
     if outliers is not None:
-        site = fit_site_classifier(
-            train, outliers, made_up, val, draft.gaussian_log(val), outlier_source, outlier_share
-        )
+        site = fit_site_classifier(train, outliers, val, draft.gaussian_log(val))
         draft = replace(draft, site=site)
     val_scores = np.sort(draft.scores(val))
     threshold = float(np.quantile(val_scores, 1.0 - false_flags))
@@ -603,10 +615,11 @@ def made_up_outliers(images: np.ndarray, per_kind: int = MADE_UP_PER_KIND, seed:
     return np.stack(made)
 
 
-def _outlier_images(folder: Path, share: float, size: int) -> np.ndarray:
-    """The images of ``folder`` that fit the site classifier (``cxr.foreign.outlier_fit_part``)."""
+def outlier_paths(folder: Path, share: float) -> list[str]:
+    """The images of ``folder`` that fit the site classifier (``cxr.foreign.outlier_fit_part``);
+    a one-line error where the folder is missing or too few are chosen."""
     from cxr.foreign import outlier_fit_part
-    from cxr.imaging import ImageDecodeError, decode_many, list_images
+    from cxr.imaging import list_images
 
     if not Path(folder).is_dir():
         raise GraphEditError(f"--guard-outliers {folder} is not a folder")
@@ -617,10 +630,25 @@ def _outlier_images(folder: Path, share: float, size: int) -> np.ndarray:
             f"--guard-outliers {folder}: {len(chosen)} images chosen of {len(paths)}; the site "
             f"classifier needs at least {MIN_OUTLIERS} (give more images or a larger --guard-outlier-share)"
         )
+    return chosen
+
+
+def _outliers(folder: Path, share: float, size: int, probe, train_images: np.ndarray) -> Outliers:
+    from cxr.foreign import outlier_patient, patient_key
+    from cxr.imaging import ImageDecodeError, decode_many
+
+    chosen = outlier_paths(folder, share)
     try:
-        return decode_many(chosen, size)
+        images = decode_many(chosen, size)
     except ImageDecodeError as exc:
         raise GraphEditError(f"--guard-outliers {folder}: {exc}") from None
+    return Outliers(
+        run_features(probe, images)[0],
+        run_features(probe, made_up_outliers(train_images))[0],
+        Path(folder).name,
+        share,
+        tuple(sorted({patient_key(outlier_patient(p)) for p in chosen})),
+    )
 
 
 def _fit_guard(
@@ -629,22 +657,12 @@ def _fit_guard(
     train_images, _ = _split_images(manifest, "train", contract.input_size, contract.positive_class)
     probe = feature_model(proto, taps, with_logit=False)
     train_features, _ = run_features(probe, train_images)
-    outlier_features = made_up = None
-    if outliers is not None:  # other sites' chests, and training images turned, inverted or halved
-        outlier_features, _ = run_features(
-            probe, _outlier_images(outliers, outlier_share, contract.input_size)
-        )
-        made_up, _ = run_features(probe, made_up_outliers(train_images))
-    fit = fit_guard(
-        [t for t, _ in taps],
-        train_features,
-        val_features,
-        false_flags,
-        outlier_features,
-        made_up,
-        Path(outliers).name if outliers is not None else "",
-        outlier_share,
+    learnt = (
+        _outliers(outliers, outlier_share, contract.input_size, probe, train_images)
+        if outliers is not None
+        else None
     )
+    fit = fit_guard([t for t, _ in taps], train_features, val_features, false_flags, learnt)
     if fit.facts.n_train < MIN_GUARD_TRAIN:
         warning = (
             f"fitted on only {fit.facts.n_train} training images (fewer than "

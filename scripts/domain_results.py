@@ -27,6 +27,13 @@ import numpy as np
 import pandas as pd
 
 SETS = ("non_xray", "rot90", "rot180", "inverted", "half")
+LABELS = {  # the tables' words for the made-up sets
+    "non_xray": "not X-rays (photos, text, micrographs, noise)",
+    "rot90": "chest X-rays turned 90°",
+    "rot180": "chest X-rays turned 180°",
+    "inverted": "chest X-rays inverted (black bones)",
+    "half": "half a chest X-ray, stretched to full size",
+}
 DRAWS, DRAW_SIZE = 200, 50
 SITES = "other sites (patients the guard did not learn from)"
 
@@ -83,11 +90,15 @@ def calibration(frame: pd.DataFrame, contract) -> dict:
     }
 
 
-def held_out_sites(sites: pd.DataFrame, guard) -> pd.DataFrame:
+def held_out_sites(sites: pd.DataFrame, root: Path, guard) -> pd.DataFrame:
     """The other sites' rows whose patients the guard's site classifier did not learn from."""
     from cxr.foreign import not_learnt_from
 
-    return sites[sites["path"].isin(not_learnt_from(sites["path"].tolist(), guard.facts))]
+    paths = [str(root / p) for p in sites["path"]]
+    kept = set(not_learnt_from(paths, guard.facts))
+    if not kept:
+        sys.exit(f"the guard learnt from every patient of {root}; none is left to measure it on")
+    return sites[[p in kept for p in paths]]
 
 
 def measure(model: Path, args, cxr_infer: str) -> dict:
@@ -100,7 +111,9 @@ def measure(model: Path, args, cxr_infer: str) -> dict:
         "test split": score(
             cxr_infer, args.source, model, out / "test", "--manifest", str(args.manifest), "--split", "test"
         ),
-        SITES: held_out_sites(score(cxr_infer, args.other_sites, model, out / "other_sites"), guard),
+        SITES: held_out_sites(
+            score(cxr_infer, args.other_sites, model, out / "other_sites"), args.other_sites, guard
+        ),
     }
     for name in SETS:
         runs[name] = score(cxr_infer, args.work / "sets" / name, model, out / name)
@@ -151,7 +164,7 @@ def tables(summary: dict) -> str:
     for kind in kinds:
         n = summary[models[0]]["flag_rates"][kind]["n"]
         lines.append(
-            f"| {kind} | {n} | "
+            f"| {LABELS.get(kind, kind)} | {n} | "
             + " | ".join(f"{summary[m]['flag_rates'][kind]['rate']:.1%}" for m in models)
             + " |"
         )

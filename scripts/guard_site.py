@@ -95,15 +95,18 @@ def table(rows: dict[str, list[float]], columns: list[str]) -> str:
 
 def experiments(feats: dict[str, list[np.ndarray]], rate: float) -> str:
     from cxr.export import trust
+    from cxr.export.trust import Outliers
 
     taps = [f"tap{i}" for i in range(4)]
     train, val = feats["train"], feats["val"]
     columns = ["test", "sites_held_out", *[f"site:{c}" for c in COLLECTIONS], *KINDS]
     outliers = {
         "the Gaussian alone": None,
-        "+ classifier, made-up outliers only": (feats["made_up"], None),
-        "+ classifier, other sites only": (feats["sites_fit"], None),
-        "+ classifier, other sites and made-up outliers (shipped)": (feats["sites_fit"], feats["made_up"]),
+        "+ classifier, made-up outliers only": Outliers(feats["made_up"]),
+        "+ classifier, other sites only": Outliers(feats["sites_fit"]),
+        "+ classifier, other sites and made-up outliers (shipped)": Outliers(
+            feats["sites_fit"], feats["made_up"]
+        ),
     }
     parts = [f"### Fitted on half of the other sites' patients, {rate:.0%} false flags on validation\n"]
     parts.append(
@@ -112,12 +115,12 @@ def experiments(feats: dict[str, list[np.ndarray]], rate: float) -> str:
     )
     rows = {}
     for name, out in outliers.items():
-        fit = trust.fit_guard(taps, train, val, rate, *(out or (None, None)))
+        fit = trust.fit_guard(taps, train, val, rate, out)
         rows[name] = measure(fit, feats, columns)
         print(f"  {name}", file=sys.stderr, flush=True)
     for c_value in (0.001, 0.1):
         trust.SITE_C, saved = c_value, trust.SITE_C
-        fit = trust.fit_guard(taps, train, val, rate, feats["sites_fit"], feats["made_up"])
+        fit = trust.fit_guard(taps, train, val, rate, Outliers(feats["sites_fit"], feats["made_up"]))
         trust.SITE_C = saved
         rows[f"+ classifier, both, C = {c_value:g} (shipped {saved:g})"] = measure(fit, feats, columns)
     parts.append(table(rows, columns))
@@ -130,7 +133,7 @@ def experiments(feats: dict[str, list[np.ndarray]], rate: float) -> str:
         probe = {**feats, "unseen collections": joined(*[feats[f"site:{c}"] for c in unseen])}
         cols = ["test", "unseen collections", *KINDS]
         for label, made_up in (("other sites", None), ("other sites and made-up", feats["made_up"])):
-            fit = trust.fit_guard(taps, train, val, rate, seen, made_up)
+            fit = trust.fit_guard(taps, train, val, rate, Outliers(seen, made_up))
             cross[f"fitted on {' + '.join(fitted)} ({label})"] = measure(fit, probe, cols)
     parts.append(table(cross, ["test", "unseen collections", *KINDS]))
     return "\n".join(parts)

@@ -72,7 +72,7 @@ def measure_pair(fp32: Path, int8: Path, test, sites: np.ndarray) -> dict:
     return {"gate": gate, **figures}
 
 
-def table(results: dict[str, dict], command: str, n_sites: int) -> str:
+def table(results: dict[str, dict], command: str, n_sites: str) -> str:
     lines = [
         "# INT8 against fp32 on the test split and the other sites",
         "",
@@ -135,19 +135,21 @@ def main(argv: list[str] | None = None) -> None:
     from cxr.foreign import not_learnt_from
     from cxr.imaging import decode_many, list_images
 
-    guard = ModelContract.from_file(args.models[0]).guard
     all_sites = [str(p) for p in list_images(args.other_sites)]
-    site_paths = not_learnt_from(all_sites, guard.facts if guard else {})
-    sites = decode_many(site_paths, 128)
-    results = {}
+    results, n_sites = {}, set()
     for model in args.models:
         int8 = default_out(model)
         if not int8.is_file():
             sys.exit(f"no {int8}: run `make quantize` first")
+        guard = ModelContract.from_file(model).guard
+        site_paths = not_learnt_from(all_sites, guard.facts if guard else {})
+        if not site_paths:
+            sys.exit(f"{model}: its guard learnt from every patient of {args.other_sites}; none is left")
+        n_sites.add(len(site_paths))
         test = load_split(args.manifest, "test", 128, "PNEUMONIA")
-        results[model.stem] = measure_pair(model, int8, test, sites)
+        results[model.stem] = measure_pair(model, int8, test, decode_many(site_paths, 128))
     command = "python scripts/int8_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = table(results, command, len(sites))
+    text = table(results, command, " or ".join(str(n) for n in sorted(n_sites)))
     write_text_atomic(args.out, text)
     print(text)
 

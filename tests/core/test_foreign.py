@@ -44,3 +44,36 @@ def test_chest_variants_keep_the_pixels_and_change_the_layout() -> None:
         assert variant.dtype == np.uint8 and variant.flags["C_CONTIGUOUS"]
         assert not np.array_equal(variant, image)
     assert (chest_variant(image, "inverted") == 255 - image).all()
+
+
+def _dicom(path, patient: str):
+    import pydicom
+
+    from tests.dicom_fixtures import write_dicom
+
+    write_dicom(path, np.full((8, 8), 1000, np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.PatientID = patient
+    ds.save_as(path)
+    return str(path)
+
+
+def test_a_dicom_files_patient_is_its_patient_id_not_its_name(tmp_path) -> None:
+    from cxr.foreign import outlier_patient
+
+    first = _dicom(tmp_path / "1.2.840.1.dcm", "P17")
+    second = _dicom(tmp_path / "1.2.840.2.dcm", "P17")
+    nameless = _dicom(tmp_path / "site_p3-1.dcm", "")
+    assert outlier_patient(first) == outlier_patient(second) == "P17"
+    assert outlier_patient(nameless) == "site_p3"  # no PatientID: the file name's patient
+    assert outlier_patient("missing/site_p9-2.png") == "site_p9"
+
+
+def test_measuring_leaves_out_exactly_the_patients_learnt_from() -> None:
+    from cxr.foreign import not_learnt_from, patient_key
+
+    paths = [f"/x/site_p{i}-{j}.png" for i in range(10) for j in (1, 2)]
+    facts = {"site_classifier": {"patients_sha256": [patient_key("site_p1"), patient_key("site_p4")]}}
+    kept = not_learnt_from(paths, facts)
+    assert len(kept) == 16 and not any("site_p1-" in p or "site_p4-" in p for p in kept)
+    assert not_learnt_from(paths, {}) == paths  # a guard without a site classifier

@@ -697,3 +697,31 @@ def test_bad_outlier_folders_are_one_line_errors(tmp_path: Path, fitted, attack:
     result, out = _with_outliers(tmp_path, fitted, folder)
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output and not out.exists()
+
+
+def test_the_model_records_which_patients_the_classifier_learnt_from(tmp_path: Path, fitted) -> None:
+    from cxr.foreign import not_learnt_from, outlier_fit_part
+    from cxr.imaging import list_images
+    from cxr.infer.model import OnnxClassifier
+
+    folder = _other_site(tmp_path, 60)
+    result, out = _with_outliers(tmp_path, fitted, folder)
+    assert result.exit_code == 0, result.output
+    paths = [str(p) for p in list_images(folder)]
+    facts = OnnxClassifier(out, device="cpu").guard.facts
+    assert len(facts["site_classifier"]["patients_sha256"]) == int(outlier_fit_part(paths, 0.5).sum())
+    assert sorted(not_learnt_from(paths, facts)) == sorted(
+        p for p, fit in zip(paths, outlier_fit_part(paths, 0.5)) if not fit
+    )
+    assert not any("site_p" in key for key in facts["site_classifier"]["patients_sha256"])  # hashed
+
+
+def test_outliers_without_a_guard_is_a_usage_error(tmp_path: Path, fitted) -> None:
+    result, out = _with_outliers(tmp_path, fitted, _other_site(tmp_path, 60), "--no-guard")
+    assert result.exit_code == 2 and "--no-guard" in result.output and not out.exists()
+
+
+def test_using_every_outlier_patient_warns_that_none_is_left_to_measure(tmp_path: Path, fitted) -> None:
+    result, _ = _with_outliers(tmp_path, fitted, _other_site(tmp_path, 30), "--guard-outlier-share", "1")
+    assert result.exit_code == 0, result.output
+    assert "none is left out to measure the guard on" in result.output
