@@ -136,7 +136,7 @@ def attach_trust(
             else " (no --guard-outliers: no site classifier)"
         )
         click.echo(
-            f"domain guard: {len(g.taps)} taps{site}, threshold {g.threshold:.3f} "
+            f"domain guard: {len(g.taps)} layers{site}, threshold {g.threshold:.3f} "
             f"({g.false_flag_rate:.1%} of the validation images flagged)"
         )
         if g.facts.warning:

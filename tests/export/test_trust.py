@@ -75,7 +75,7 @@ def fitted(tmp_path: Path) -> tuple[Path, Path]:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "domain guard: 4 taps" in result.output and "calibration: platt" in result.output
+    assert "domain guard: 4 layers" in result.output and "calibration: platt" in result.output
     return out, manifest
 
 
