@@ -124,3 +124,15 @@ def random_set_p_values(
             for _ in range(draws)
         ]
     )
+
+
+def import_test_in_background() -> None:
+    """Start importing scipy.stats (about half a second on a cold process) in a daemon thread, so
+    that the set-level test at the end of a run does not wait for it: the import overlaps with
+    scoring. Worker processes start by forkserver or spawn, never by fork, so the thread is safe."""
+    import importlib
+    import threading
+
+    threading.Thread(
+        target=importlib.import_module, args=("scipy.stats",), name="cxr-shift-import", daemon=True
+    ).start()

@@ -48,7 +48,7 @@ from cxr.errors import InputError, Unavailable
 from cxr.imaging import list_images
 from cxr.infer.model import OnnxClassifier
 from cxr.messages import first_line
-from cxr.shift import shift_test
+from cxr.shift import import_test_in_background, shift_test
 
 ProgressFn = Callable[[int, int], None]  # (files just finished, total files)
 FOREIGN_POLICIES = (
@@ -223,6 +223,8 @@ class Engine(ABC):
         ):
             return ScoreResult.of(out_csv, complete, model.provider, settings, already_complete=True)
         other_engine(out_csv, options.resume, ours=self.name)
+        if model.guard is not None:
+            import_test_in_background()  # the set-level test's library, ready when the run ends
         return self._score(Job(model, out_csv, targets, settings, options, progress))
 
     @abstractmethod
