@@ -122,15 +122,29 @@ def age_in_years(value: str) -> float | None:
     return int(text[:-1]) * _AGE_UNITS[text[-1]]
 
 
+def read_header(path: str | Path):
+    """A DICOM file's header without its pixels, or None where it cannot be read (an unreadable
+    header is the decoder's to report)."""
+    try:
+        import pydicom
+
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - pydicom raises many types for a broken or missing file
+        return None
+
+
+def patient_id(path: str | Path) -> str:
+    """A DICOM file's PatientID, or '' where it has none or its header cannot be read."""
+    ds = read_header(path)
+    return str(ds.get("PatientID", "") or "").strip() if ds is not None else ""
+
+
 def header_flags(path: str | Path) -> list[str]:
     """What a DICOM header says against this model (``qc`` reasons): a modality that is not
     radiography, a body part other than the chest, a lateral or other non-frontal view, and a
     patient age outside the training population."""
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to report
+    ds = read_header(path)
+    if ds is None:
         return []
     flags = []
     modality = str(ds.get("Modality", "") or "").upper()

@@ -113,20 +113,9 @@ def outlier_patient(path: str) -> str:
     from pathlib import Path
 
     from cxr.data import patient_id_from_name
+    from cxr.dicom import is_dicom_file, patient_id
 
-    if Path(path).is_file():
-        from cxr.dicom import is_dicom_file
-
-        if is_dicom_file(Path(path)):
-            import pydicom
-
-            try:
-                patient = str(pydicom.dcmread(path, stop_before_pixels=True).get("PatientID", "")).strip()
-            except Exception:  # noqa: BLE001 - a broken header falls back to the file name
-                patient = ""
-            if patient:
-                return patient
-    return patient_id_from_name(Path(path).name)
+    return (is_dicom_file(Path(path)) and patient_id(path)) or patient_id_from_name(Path(path).name)
 
 
 def patient_key(patient: str) -> str:
@@ -141,7 +130,11 @@ def outlier_fit_part(paths: list[str], share: float) -> np.ndarray:
     """Which images of an outlier folder fit the domain guard's site classifier: those whose patient
     (``outlier_patient``) has a stable hash below ``share``. The other patients' images are kept
     out, so the guard can be measured on them; the same patients always give the same choice."""
-    keys = [patient_key(outlier_patient(p)) for p in paths]
+    return keys_in_fit_part([patient_key(outlier_patient(p)) for p in paths], share)
+
+
+def keys_in_fit_part(keys: list[str], share: float) -> np.ndarray:
+    """``outlier_fit_part`` for patients already hashed by ``patient_key``."""
     return np.array([int(k[:8], 16) / 16**8 < share for k in keys], dtype=bool)
 
 

@@ -615,16 +615,17 @@ def made_up_outliers(images: np.ndarray, per_kind: int = MADE_UP_PER_KIND, seed:
     return np.stack(made)
 
 
-def outlier_paths(folder: Path, share: float) -> list[str]:
-    """The images of ``folder`` that fit the site classifier (``cxr.foreign.outlier_fit_part``);
-    a one-line error where the folder is missing or too few are chosen."""
-    from cxr.foreign import outlier_fit_part
+def outlier_paths(folder: Path, share: float) -> dict[str, str]:
+    """The images of ``folder`` that fit the site classifier (``cxr.foreign.outlier_fit_part``), each
+    with its hashed patient; a one-line error where the folder is missing or too few are chosen."""
+    from cxr.foreign import keys_in_fit_part, outlier_patient, patient_key
     from cxr.imaging import list_images
 
     if not Path(folder).is_dir():
         raise GraphEditError(f"--guard-outliers {folder} is not a folder")
     paths = [str(p) for p in list_images(folder)]
-    chosen = [p for p, fit in zip(paths, outlier_fit_part(paths, share)) if fit]
+    keys = [patient_key(outlier_patient(p)) for p in paths]
+    chosen = {p: k for p, k, fit in zip(paths, keys, keys_in_fit_part(keys, share)) if fit}
     if len(chosen) < MIN_OUTLIERS:
         raise GraphEditError(
             f"--guard-outliers {folder}: {len(chosen)} images chosen of {len(paths)}; the site "
@@ -634,12 +635,11 @@ def outlier_paths(folder: Path, share: float) -> list[str]:
 
 
 def _outliers(folder: Path, share: float, size: int, probe, train_images: np.ndarray) -> Outliers:
-    from cxr.foreign import outlier_patient, patient_key
     from cxr.imaging import ImageDecodeError, decode_many
 
     chosen = outlier_paths(folder, share)
     try:
-        images = decode_many(chosen, size)
+        images = decode_many(list(chosen), size)
     except ImageDecodeError as exc:
         raise GraphEditError(f"--guard-outliers {folder}: {exc}") from None
     return Outliers(
@@ -647,7 +647,7 @@ def _outliers(folder: Path, share: float, size: int, probe, train_images: np.nda
         run_features(probe, made_up_outliers(train_images))[0],
         Path(folder).name,
         share,
-        tuple(sorted({patient_key(outlier_patient(p)) for p in chosen})),
+        tuple(sorted(set(chosen.values()))),
     )
 
 

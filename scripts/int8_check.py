@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     from cxr.imaging import decode_many, list_images
 
     all_sites = [str(p) for p in list_images(args.other_sites)]
+    test = load_split(args.manifest, "test", 128, "PNEUMONIA")
+    decoded: dict[tuple[str, ...], np.ndarray] = {}  # the held-out sites, decoded once per set of paths
     results, n_sites = {}, set()
     for model in args.models:
         int8 = default_out(model)
@@ -146,8 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         if not site_paths:
             sys.exit(f"{model}: its guard learnt from every patient of {args.other_sites}; none is left")
         n_sites.add(len(site_paths))
-        test = load_split(args.manifest, "test", 128, "PNEUMONIA")
-        results[model.stem] = measure_pair(model, int8, test, decode_many(site_paths, 128))
+        key = tuple(site_paths)
+        if key not in decoded:
+            decoded[key] = decode_many(site_paths, 128)
+        results[model.stem] = measure_pair(model, int8, test, decoded[key])
     command = "python scripts/int8_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = table(results, command, " or ".join(str(n) for n in sorted(n_sites)))
     write_text_atomic(args.out, text)
